@@ -34,6 +34,8 @@ __all__ = [
     "targets_to_grid",
     "grid_collisions",
     "least_squares_init",
+    "least_squares_init_from_gram",
+    "label_gram",
     "quantize",
     "count_clipped",
 ]
@@ -214,29 +216,37 @@ def grid_collisions(targets: Array, c: int = 3, size: int = 11) -> Array:
     return xp.sum(_later_duplicate(flat, valid, xp) & valid, axis=-1)
 
 
-def least_squares_init(phi: Array, grids: Array, ridge: float | None = None) -> np.ndarray:
-    """The initialisation matrix Q of ISTA-Net/DeRefNet (SPEC §2).
+def label_gram(targets: Array, c: int = 3, size: int = 11, collision: str = "sum") -> np.ndarray:
+    """``X Xᵀ`` of the flattened label maps of ``targets (..., K, 3)``, without materialising the maps.
 
-    Least squares over training labels ``X`` (columns = flattened label maps): with ``Y = Φ X``,
-    ``Q = X Yᵀ (Y Yᵀ)⁻¹``. Computed through the Gram matrix ``S = X Xᵀ`` as ``Q = S Φᵀ (Φ S Φᵀ)⁻¹`` so
-    memory does not grow with the number of frames. If ``Φ S Φᵀ`` is singular (too few or degenerate labels)
-    a ridge of ``1e-10 · trace/m`` is added (or ``ridge`` when given) and a warning says so.
-
-    Args:
-      phi: ``(m, n)`` measurement matrix.
-      grids: ``(N, √n, √n)`` or ``(N, n)`` training label maps.
-      ridge: explicit Tikhonov term added to ``Y Yᵀ``; ``None`` adds one only when needed.
+    A label map has at most K non-zero cells, so ``x xᵀ = Σ_{k,l} b_k b_l e_{cell_k} e_{cell_l}ᵀ`` per frame
+    (targets sharing a cell add up, which is the ``"sum"`` policy; ``"overwrite"`` first drops the rows a later
+    target overwrites). Memory stays ``O(N·K²)`` for N frames instead of ``O(N·(size·c)²)``.
 
     Returns:
-      ``(n, m)`` float64 numpy array (``(1089, 121)`` for SeqCSIST); ``x⁰ = Q y``.
+      ``((size·c)², (size·c)²)`` float64.
     """
+    if collision not in ("sum", "overwrite"):
+        raise ValueError(f"collision must be 'sum' or 'overwrite', got {collision!r}")
+    targets = np.asarray(targets, dtype=np.float64)
+    if targets.ndim < 2 or targets.shape[-1] != 3:
+        raise ValueError(f"targets must have shape (..., K, 3), got {targets.shape}")
+    targets = targets.reshape(-1, targets.shape[-2], 3)
+    n = (size * c) ** 2
+    flat, valid = _grid_cells(targets, c, size, np)
+    if collision == "overwrite":
+        valid = valid & ~_later_duplicate(flat, valid, np)
+    vals = np.where(valid, targets[..., 2], 0.0)
+    pair_index = (flat[:, :, None] * n + flat[:, None, :]).reshape(-1)
+    pair_value = (vals[:, :, None] * vals[:, None, :]).reshape(-1)
+    return np.bincount(pair_index, weights=pair_value, minlength=n * n).reshape(n, n)
+
+
+def least_squares_init_from_gram(phi: Array, gram: Array, ridge: float | None = None) -> np.ndarray:
+    """Q from the label Gram matrix ``S = X Xᵀ``: ``Q = S Φᵀ (Φ S Φᵀ)⁻¹`` (see :func:`least_squares_init`)."""
     phi = np.asarray(phi, dtype=np.float64)
-    m, n = phi.shape
-    x = np.asarray(grids, dtype=np.float64).reshape(-1, n)
-    if x.shape[0] == 0:
-        raise ValueError("least_squares_init needs at least one training label map")
-    gram = x.T @ x  # (n, n)
-    xyt = gram @ phi.T  # X Yᵀ, (n, m)
+    m, _ = phi.shape
+    xyt = np.asarray(gram, dtype=np.float64) @ phi.T  # X Yᵀ, (n, m)
     yyt = phi @ xyt  # Y Yᵀ, (m, m)
     if ridge is None:
         cond = np.linalg.cond(yyt)
@@ -254,6 +264,31 @@ def least_squares_init(phi: Array, grids: Array, ridge: float | None = None) -> 
     yyt = yyt + ridge * np.eye(m)
     # Q = X Yᵀ (Y Yᵀ)⁻¹ ⇔ (Y Yᵀ) Qᵀ = (X Yᵀ)ᵀ since Y Yᵀ is symmetric.
     return np.linalg.solve(yyt, xyt.T).T
+
+
+def least_squares_init(phi: Array, grids: Array, ridge: float | None = None) -> np.ndarray:
+    """The initialisation matrix Q of ISTA-Net/DeRefNet (SPEC §2).
+
+    Least squares over training labels ``X`` (columns = flattened label maps): with ``Y = Φ X``,
+    ``Q = X Yᵀ (Y Yᵀ)⁻¹``. Computed through the Gram matrix ``S = X Xᵀ`` as ``Q = S Φᵀ (Φ S Φᵀ)⁻¹`` so
+    memory does not grow with the number of frames (for a whole dataset, pass targets to :func:`label_gram`
+    and use :func:`least_squares_init_from_gram`). If ``Y Yᵀ`` is singular (too few or degenerate labels) a
+    ridge of ``1e-10 · trace/m`` is added (or ``ridge`` when given) and a warning says so.
+
+    Args:
+      phi: ``(m, n)`` measurement matrix.
+      grids: ``(N, √n, √n)`` or ``(N, n)`` training label maps.
+      ridge: explicit Tikhonov term added to ``Y Yᵀ``; ``None`` adds one only when needed.
+
+    Returns:
+      ``(n, m)`` float64 numpy array (``(1089, 121)`` for SeqCSIST); ``x⁰ = Q y``.
+    """
+    phi = np.asarray(phi, dtype=np.float64)
+    n = phi.shape[1]
+    x = np.asarray(grids, dtype=np.float64).reshape(-1, n)
+    if x.shape[0] == 0:
+        raise ValueError("least_squares_init needs at least one training label map")
+    return least_squares_init_from_gram(phi, x.T @ x, ridge=ridge)
 
 
 def count_clipped(images: Array) -> Array:
