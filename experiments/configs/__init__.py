@@ -1,0 +1,52 @@
+"""Experiment configs: ``experiments/configs/<name>.py`` files, each with ``get_config(arg=None)``.
+
+``--config=<name>`` or ``--config=<name>:<variant>`` resolves a config by name (see :func:`resolve`), and
+``--config.a.b=value`` overrides any field (ml_collections ``config_flags``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+
+import ml_collections
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent
+_NOT_CONFIGS = {"__init__", "common"}
+
+
+def available_configs() -> list[str]:
+    """Names of the config files in this directory (those defining ``get_config``)."""
+    names = []
+    for path in sorted(CONFIG_DIR.glob("*.py")):
+        if path.stem in _NOT_CONFIGS or path.stem.startswith("_"):
+            continue
+        if "def get_config" in path.read_text():
+            names.append(path.stem)
+    return names
+
+
+def config_path(spec: str) -> str:
+    """Maps ``name[:arg]`` to ``/abs/path/name.py[:arg]`` (paths are passed through unchanged).
+
+    Raises:
+      ValueError: the name is not a config file; the message lists the available configs.
+    """
+    name, sep, arg = spec.partition(":")
+    if name.endswith(".py") or "/" in name:
+        return spec
+    path = CONFIG_DIR / f"{name}.py"
+    if not path.exists() or name in _NOT_CONFIGS:
+        raise ValueError(
+            f"unknown config {name!r}; available configs: {', '.join(available_configs())} "
+            f"(or pass a path to a config file)"
+        )
+    return f"{path}{sep}{arg}"
+
+
+def get_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads a config by ``name[:arg]`` without flags (for notebooks and tests)."""
+    name, _, arg = spec.partition(":")
+    config_path(spec)  # validates the name
+    module = importlib.import_module(f"experiments.configs.{name}")
+    return module.get_config(arg or None)

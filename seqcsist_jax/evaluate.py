@@ -1,0 +1,237 @@
+"""Evaluation of a trained method: predicted maps → detections → CSO-mAP, exports and figures.
+
+The paper protocol (SPEC §4): each predicted 33×33 map is thresholded at 70 and every remaining cell is a
+detection (``decode="grid"``); only frames 2..T-3 (2..17 of a 20-frame trajectory) are scored, for every
+method. Other decoders (``peak``, ``refine``, ``trajectory`` — :mod:`seqcsist_jax.decode`) give continuous
+positions and are reported separately, never mixed into the paper-comparison numbers.
+
+Outputs of :func:`evaluate_run` under ``{workdir}/eval/{split}[-{decode}]/``:
+``metrics.json`` (CSO-mAP, AP05…AP25, diagnostics, params, FPS), ``detections.csv``
+(trajectory, frame, x, y, brightness, score), ``pr_curves.png``, ``samples.png`` and ``loss_curves.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from seqcsist_jax import metrics as metrics_lib
+
+DECODERS = ("grid", "peak", "refine", "trajectory")
+PAPER_COLUMNS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
+
+
+def scored_frame_range(num_frames: int, margin: int = 2) -> tuple[int, int]:
+    """Inclusive range of scored frames: 2..T-3 (2..17 for T = 20, SPEC §4.6)."""
+    return margin, num_frames - 1 - margin
+
+
+def predict_maps(
+    predict: Callable, params: Any, frames: np.ndarray, *, batch_size: int, mesh: jax.sharding.Mesh
+) -> np.ndarray:
+    """Runs ``predict(params, frames_batch)`` over all trajectories.
+
+    Batches are padded to a multiple of the mesh size so one compiled shape serves the whole split; with
+    several processes each feeds its slice of every batch and the results are gathered on all of them.
+
+    Args:
+      frames: ``(N, T, 11, 11)`` raw grey values (any dtype; cast to float32).
+
+    Returns:
+      ``(N, T', 33, 33)`` float32 maps.
+    """
+    n = len(frames)
+    per = max(batch_size, 1)
+    per = -(-per // mesh.size) * mesh.size
+    pc, pi = jax.process_count(), jax.process_index()
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    outputs = []
+    for start in range(0, n, per):
+        chunk = np.asarray(frames[start : start + per], np.float32)
+        real = len(chunk)
+        if real < per:  # pad with copies of the last trajectory; dropped below
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], per - real, axis=0)])
+        local = chunk[pi * per // pc : (pi + 1) * per // pc]
+        out = predict(params, jax.make_array_from_process_local_data(sharding, local))
+        out = np.asarray(multihost_utils.process_allgather(out, tiled=True))
+        outputs.append(out[:real])
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def _frame_targets(arrays: Mapping[str, np.ndarray], frames: np.ndarray) -> np.ndarray:
+    return np.asarray(arrays["targets"])[:, frames]
+
+
+def score_maps(
+    maps: np.ndarray,
+    frame_index: np.ndarray,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    threshold: float = 70.0,
+    decode: str = "grid",
+    decode_options: Mapping[str, Any] | None = None,
+) -> tuple[dict, list[list[np.ndarray]]]:
+    """CSO-mAP of predicted maps on the scored frames.
+
+    Args:
+      maps: ``(N, T', 33, 33)`` predictions for input frames ``frame_index (T',)``.
+      arrays: the split (``frames (N, T, 11, 11)``, ``targets (N, T, MAXT, 3)``).
+      threshold: brightness threshold of the grid decoder (70 for SeqCSIST).
+      decode: ``grid`` (paper protocol), ``peak``, ``refine`` or ``trajectory``.
+
+    Returns:
+      ``(metrics, detections)``: metrics from :func:`metrics.cso_map` plus diagnostics; detections a list over
+      trajectories of lists over scored frames of ``(M, 4)`` rows ``(x, y, brightness, score)``.
+    """
+    if decode not in DECODERS:
+        raise ValueError(f"decode must be one of {DECODERS}, got {decode!r}")
+    frames = np.asarray(arrays["frames"])
+    n, t = frames.shape[:2]
+    frame_index = np.asarray(frame_index)
+    first, last = scored_frame_range(t)
+    scored = np.arange(first, last + 1)
+    missing = np.setdiff1d(scored, frame_index)
+    if missing.size:
+        raise ValueError(f"the method predicts frames {frame_index.tolist()} but frames {missing.tolist()} are scored")
+    if decode == "grid":
+        position = {int(f): i for i, f in enumerate(frame_index)}
+        selected = maps[:, [position[int(f)] for f in scored]]
+        flat = metrics_lib.grids_to_detections(selected.reshape(-1, *maps.shape[-2:]), threshold=threshold)
+        # grid detections carry the cell value as both brightness and score
+        flat = [np.concatenate([d[:, :2], d[:, 2:3], d[:, 2:3]], axis=1) for d in flat]
+        detections = [flat[i * len(scored) : (i + 1) * len(scored)] for i in range(n)]
+    else:
+        from seqcsist_jax.decode import decode as decode_fn
+
+        full = np.zeros((n, t) + maps.shape[-2:], np.float32)
+        full[:, frame_index] = maps
+        decoded = decode_fn(frames, maps=full, method=decode, **dict(decode_options or {}))
+        detections = [[decoded[i][f] for f in scored] for i in range(n)]
+    targets = _frame_targets(arrays, scored).reshape(n * len(scored), *np.asarray(arrays["targets"]).shape[2:])
+    flat_dets = [d for traj in detections for d in traj]
+    result = metrics_lib.cso_map(flat_dets, list(targets))
+    result.pop("scores", None)  # the pooled ranking: large and rarely needed in reports
+    result.update(metrics_lib.detection_diagnostics(flat_dets, list(targets)))
+    result["decode"] = decode
+    result["num_frames_scored"] = len(flat_dets)
+    return result, detections
+
+
+def paper_row(name: str, metrics: Mapping[str, Any], params: int | None = None, fps: float | None = None) -> str:
+    """One Markdown row in the layout of the paper's table: method, CSO-mAP, AP05…AP25 (×100), FPS, params."""
+    cells = [name] + [f"{100 * float(metrics[k]):.2f}" for k in PAPER_COLUMNS]
+    cells.append("–" if fps is None else f"{fps:,.0f}")
+    cells.append("–" if params is None else _format_params(params))
+    return "| " + " | ".join(cells) + " |"
+
+
+PAPER_HEADER = "| method | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | FPS | params |\n|---|---|---|---|---|---|---|---|---|"
+
+
+def _format_params(n: int) -> str:
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f} K"
+    return str(n)
+
+
+def measure_fps(predict: Callable, params: Any, frames: np.ndarray, *, batch_size: int, mesh, repeats: int = 1) -> float:
+    """Input frames per second of ``predict`` on ``frames (N, T, 11, 11)`` after one warm-up call."""
+    predict_maps(predict, params, frames[:batch_size], batch_size=batch_size, mesh=mesh)  # compile
+    start = time.perf_counter()
+    for _ in range(repeats):
+        predict_maps(predict, params, frames, batch_size=batch_size, mesh=mesh)
+    elapsed = (time.perf_counter() - start) / repeats
+    return frames.shape[0] * frames.shape[1] / elapsed
+
+
+def export_detections(path: pathlib.Path, detections: Sequence[Sequence[np.ndarray]], trajectory_ids,
+                      frame_numbers: Sequence[int]) -> None:
+    """CSV with one row per detection: trajectory, frame, x, y, brightness, score."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["trajectory", "frame", "x", "y", "brightness", "score"])
+        for tid, traj in zip(trajectory_ids, detections):
+            for frame, dets in zip(frame_numbers, traj):
+                for x, y, b, s in np.asarray(dets).reshape(-1, 4):
+                    w.writerow([int(tid), int(frame), f"{x:.6f}", f"{y:.6f}", f"{b:.4f}", f"{s:.6f}"])
+    tmp.replace(path)
+
+
+def _json_ready(metrics: Mapping[str, Any]) -> dict:
+    out = {}
+    for k, v in metrics.items():
+        if k == "pr_curves":
+            out[k] = {t: {a: np.asarray(b).tolist() for a, b in c.items()} for t, c in v.items()}
+        elif isinstance(v, (np.ndarray, np.generic)):
+            out[k] = v.tolist()
+        else:
+            out[k] = v
+    return out
+
+
+def evaluate_run(
+    trainer,
+    params: Any,
+    *,
+    split: str = "test",
+    decode: str = "grid",
+    out_dir: str | pathlib.Path | None = None,
+    name: str | None = None,
+    step: int | None = None,
+    decode_options: Mapping[str, Any] | None = None,
+) -> dict:
+    """Scores ``params`` on a split and writes metrics, detections and figures (see module docstring).
+
+    ``trainer`` is a :class:`seqcsist_jax.train.Trainer` (it holds the model, data and mesh).
+    Returns the metrics dict without PR curves (those are in the JSON).
+    """
+    from seqcsist_jax import plots
+    from seqcsist_jax.models import count_params
+
+    config = trainer.config
+    arrays = trainer.split_arrays(split, config.dataset.get("max_eval_trajectories") if split != "test" else None)
+    frames = np.asarray(arrays["frames"])
+    frame_index = trainer.method.frame_index(frames.shape[1])
+    maps = predict_maps(trainer.predict, params, frames, batch_size=config.eval.batch_size, mesh=trainer.mesh)
+    fps = measure_fps(trainer.predict, params, frames[: max(config.eval.batch_size, 1) * 4],
+                      batch_size=config.eval.batch_size, mesh=trainer.mesh)
+    start = time.perf_counter()
+    result, detections = score_maps(maps, frame_index, arrays, threshold=config.eval.threshold, decode=decode,
+                                    decode_options=decode_options)
+    result["decode_seconds"] = time.perf_counter() - start
+    result["params"] = int(count_params(params))
+    result["fps"] = float(fps)
+    result["split"] = split
+    result["num_trajectories"] = int(len(frames))
+    if step is not None:
+        result["step"] = int(step)
+    label = name or config.model.name
+    result["table_row"] = paper_row(label, result, result["params"], fps)
+
+    if jax.process_index() == 0:
+        out = pathlib.Path(out_dir) if out_dir else trainer.workdir / "eval" / (split if decode == "grid" else f"{split}-{decode}")
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "metrics.json.tmp"
+        tmp.write_text(json.dumps(_json_ready(result), indent=2, default=float))
+        tmp.replace(out / "metrics.json")
+        first, last = scored_frame_range(frames.shape[1])
+        ids = arrays.get("trajectory_id", np.arange(len(frames)))
+        export_detections(out / "detections.csv", detections, ids, range(first, last + 1))
+        plots.plot_pr_curves(result, out / "pr_curves.png", title=f"{label} — {split} ({decode} decoding)")
+        plots.plot_samples(arrays, maps, frame_index, detections, out / "samples.png",
+                           num=config.eval.num_figure_samples, threshold=config.eval.threshold)
+        plots.plot_loss_curves(trainer.workdir / "metrics.jsonl", out / "loss_curves.png")
+        print(PAPER_HEADER)
+        print(result["table_row"])
+    return {k: v for k, v in result.items() if k != "pr_curves"}

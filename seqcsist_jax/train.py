@@ -1,0 +1,443 @@
+"""Training loop: ``train_and_evaluate(config, workdir)``.
+
+The core is pure: an immutable :class:`TrainState` and ``train_step(state, batch) -> (state, metrics)`` built by
+:func:`make_train_step`, jitted over a ``('data',)`` device mesh with the batch sharded along its leading
+(trajectory) axis and the state replicated — data parallelism the way ``pmap`` is written in current JAX.
+Everything with side effects (data building, Q caching, checkpoints, logging, progress bars) lives in
+:func:`train_and_evaluate`, which never reads command-line flags so notebooks can call it.
+
+Workdir layout::
+
+    config.json            the resolved config
+    qinit.npz              Q computed from the training split (cached; SPEC §2)
+    metrics.jsonl          train/eval scalars, one JSON object per line
+    tensorboard/           event files
+    checkpoints/latest/    periodic checkpoints (resume), checkpoints/best/ best by val CSO-mAP
+    eval/<split>/          metrics JSON, detections and figures written by evaluation
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pathlib
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from seqcsist_jax import imaging
+from seqcsist_jax import methods
+from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like
+from seqcsist_jax.metric_writers import MetricWriter
+
+log = logging.getLogger(__name__)
+
+Batch = Mapping[str, jax.Array]
+StepHook = Callable[[int, Mapping[str, float]], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a non-finite loss or gradient; the message names the step."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training. ``bad_step`` is the first step whose loss or gradients were
+    non-finite (-1 while all were finite); such a step leaves params and optimiser state untouched."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    bad_step: jax.Array
+
+
+# ----------------------------------------------------------------------------------------------- pure core
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam with PyTorch's ``weight_decay`` semantics: L2 added to the gradient before the moments (not AdamW)."""
+    if config.name != "adam":
+        raise ValueError(f"unknown optimizer {config.name!r} (supported: 'adam')")
+    parts = []
+    if config.get("grad_clip_norm"):
+        parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+    if config.weight_decay:
+        parts.append(optax.add_decayed_weights(config.weight_decay))
+    parts.append(optax.adam(config.learning_rate, b1=config.b1, b2=config.b2, eps=config.eps))
+    return optax.chain(*parts)
+
+
+def create_train_state(
+    rng: jax.Array, model, optimizer: optax.GradientTransformation, frames: jax.Array, phi, q
+) -> TrainState:
+    """Initialises params from one example batch ``frames (B, T, 11, 11)``."""
+    init_rng, rng = jax.random.split(rng)
+    params = model.init(init_rng, frames, phi, q)["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        rng=rng,
+        bad_step=jnp.full((), -1, jnp.int32),
+    )
+
+
+def make_train_step(model, loss_fn, optimizer: optax.GradientTransformation, phi, q):
+    """Returns the pure ``train_step(state, batch) -> (state, metrics)``.
+
+    ``batch`` holds ``frames (B, T, 11, 11)`` and ``labels (B, T, 33, 33)``; the loss is the mean over the B
+    trajectories, so sharding B over devices reproduces DDP's gradient averaging.
+    """
+    phi = jnp.asarray(phi, jnp.float32)
+    q = jnp.asarray(q, jnp.float32)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        rng, _ = jax.random.split(state.rng)
+
+        def loss(params):
+            outputs = model.apply({"params": params}, batch["frames"], phi, q)
+            return loss_fn(outputs, batch["labels"])
+
+        (total, terms), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+        # A non-finite step must not poison the state: keep the last good params so they can be checkpointed.
+        keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            rng=rng,
+            bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step),
+        )
+        metrics = {"loss": total, "grad_norm": grad_norm, **terms}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_predict_fn(model, phi, q):
+    """``predict(params, frames (B, T, 11, 11)) -> maps (B, T', 33, 33)``."""
+    phi = jnp.asarray(phi, jnp.float32)
+    q = jnp.asarray(q, jnp.float32)
+
+    def predict(params, frames):
+        return model.apply({"params": params}, frames, phi, q)["output"]
+
+    return predict
+
+
+# ------------------------------------------------------------------------------------------ data and Q
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D ``('data',)`` mesh over all (global) devices."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def load_arrays(dataset: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
+    """A whole split as numpy arrays (``frames``, ``targets``, ``num_targets``, ...).
+
+    ``dataset.name == "simulated"`` generates it in memory with the simulator (per-split seeds); otherwise it is
+    read through ``tfds.data_source`` from ``dataset.data_dir``, building the dataset first when missing.
+    """
+    if dataset.name == "simulated":
+        from seqcsist_jax.data.simulate import simulate_seqcsist, split_seed
+
+        counts = {
+            dataset.train_split: dataset.num_train,
+            dataset.eval_split: dataset.num_eval,
+            dataset.test_split: dataset.num_test,
+        }
+        if split not in counts:
+            raise ValueError(f"unknown split {split!r} for simulated data; choose from {sorted(counts)}")
+        seed_split = {dataset.train_split: "train", dataset.eval_split: "validation", dataset.test_split: "test"}
+        options = dataset.simulate.to_dict() if dataset.get("simulate") else {}
+        arrays = simulate_seqcsist(counts[split], split_seed(0, seed_split[split]), **options)
+        arrays["trajectory_id"] = np.arange(len(arrays["frames"]), dtype=np.int64)
+        return arrays
+    from seqcsist_jax.data.pipeline import load_split_arrays
+
+    return load_split_arrays(
+        dataset.name, split, data_dir=dataset.data_dir, build_if_missing=dataset.build_if_missing
+    )
+
+
+def compute_q(train_targets: np.ndarray, phi: np.ndarray, collision: str = "sum") -> np.ndarray:
+    """Q = X Yᵀ (Y Yᵀ)⁻¹ over the training labels (SPEC §2), via the label Gram matrix. ``(1089, 121)``."""
+    return imaging.least_squares_init_from_gram(phi, imaging.label_gram(train_targets, collision=collision))
+
+
+def cached_q(workdir: pathlib.Path, dataset_name: str, train_arrays: Mapping[str, np.ndarray], phi, collision):
+    """Loads ``{workdir}/qinit.npz`` when it was computed for the same data, else computes and caches Q."""
+    path = workdir / "qinit.npz"
+    key = f"{dataset_name}|{len(train_arrays['frames'])}|{collision}"
+    if path.exists():
+        with np.load(path) as f:
+            if str(f["key"]) == key:
+                return f["q"]
+    q = compute_q(train_arrays["targets"], phi, collision=collision)
+    if jax.process_index() == 0:
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, q=q, key=key)
+        tmp.replace(path)
+    return q
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+def _steps_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int, int]:
+    num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+    eval_every = (
+        config.eval_every_steps if config.eval_every_steps > 0 else config.eval_every_epochs * steps_per_epoch
+    )
+    if num_steps <= 0:
+        raise ValueError(f"nothing to train: {num_steps} steps ({steps_per_epoch} steps per epoch)")
+    return num_steps, max(1, eval_every)
+
+
+def _subset(arrays: Mapping[str, np.ndarray], limit: int | None) -> dict[str, np.ndarray]:
+    if not limit:
+        return dict(arrays)
+    return {k: v[:limit] if np.ndim(v) else v for k, v in arrays.items()}
+
+
+def _write_json(path: pathlib.Path, data: Any) -> None:
+    if jax.process_index() != 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float))
+    tmp.replace(path)
+
+
+class Trainer:
+    """Holds what one run needs (model, data, shardings, jitted functions); built by :func:`train_and_evaluate`.
+
+    Tests and notebooks may use it for finer control; its methods have side effects only on ``workdir``.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+        from seqcsist_jax.data.pipeline import TrajectoryLoader, make_source
+
+        self.config = config
+        self.workdir = pathlib.Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        devices = jax.devices()
+        if config.get("num_devices", -1) > 0:
+            if config.num_devices > len(devices):
+                raise ValueError(f"config.num_devices={config.num_devices} but only {len(devices)} devices exist")
+            devices = devices[: config.num_devices]
+        self.mesh = data_mesh(devices)
+        self.replicated = NamedSharding(self.mesh, P())
+        self.data_sharding = NamedSharding(self.mesh, P("data"))
+        self.global_batch = config.per_device_batch_size * self.mesh.size
+
+        ds = config.dataset
+        self.train_arrays = load_arrays(ds, ds.train_split)
+        self.phi = imaging.measurement_matrix().astype(np.float64)
+        self.q = cached_q(self.workdir, ds.name, self.train_arrays, self.phi, ds.collision)
+        self.method = methods.build_method(config.model, config.loss)
+        self.optimizer = create_optimizer(config.optimizer)
+
+        self.loader = TrajectoryLoader(
+            make_source(self.train_arrays),
+            batch_size=self.global_batch,
+            shuffle=config.shuffle,
+            seed=config.seed,
+            num_epochs=None,
+            drop_remainder=True,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            collision=ds.collision,
+        )
+        self.steps_per_epoch = len(self.loader)
+        self.num_steps, self.eval_every = _steps_schedule(config, self.steps_per_epoch)
+
+        frames_shape = (self.global_batch,) + self.train_arrays["frames"].shape[1:]
+        model, opt = self.method.model, self.optimizer
+        init = lambda rng: create_train_state(rng, model, opt, jnp.zeros(frames_shape, jnp.float32), self.phi, self.q)
+        self._init = jax.jit(init, out_shardings=self.replicated)
+        self.train_step = jax.jit(
+            make_train_step(model, self.method.loss_fn, opt, self.phi, self.q),
+            in_shardings=(self.replicated, self.data_sharding),
+            out_shardings=(self.replicated, self.replicated),
+            donate_argnums=0,
+        )
+        self.predict = jax.jit(
+            make_predict_fn(model, self.phi, self.q),
+            in_shardings=(self.replicated, self.data_sharding),
+            out_shardings=self.data_sharding,
+        )
+        self.checkpoints = RunCheckpoints(self.workdir, keep=config.keep_checkpoints)
+        self._split_cache: dict[str, dict[str, np.ndarray]] = {ds.train_split: self.train_arrays}
+
+    def split_arrays(self, split: str, max_trajectories: int | None = None) -> dict[str, np.ndarray]:
+        """A split's arrays (cached), truncated to ``max_trajectories``."""
+        if split not in self._split_cache:
+            self._split_cache[split] = load_arrays(self.config.dataset, split)
+        return _subset(self._split_cache[split], max_trajectories)
+
+    def initial_state(self) -> TrainState:
+        return self._init(jax.random.PRNGKey(self.config.seed))
+
+    def shard(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Per-process batch → global arrays sharded over the ``('data',)`` mesh."""
+        return {
+            k: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(batch[k]))
+            for k in ("frames", "labels")
+        }
+
+    def meta(self) -> dict:
+        return {"config": self.config.to_dict(), "steps_per_epoch": self.steps_per_epoch}
+
+    def restore_or_init(self) -> tuple[TrainState, int]:
+        state = self.initial_state()
+        if self.checkpoints.latest.latest_step() is None:
+            return state, 0
+        state, loader_state, _, step = self.checkpoints.restore("latest", abstract_like(state))
+        self.loader.set_state(loader_state)
+        log.info("resumed from %s at step %d", self.checkpoints.latest.directory, step)
+        return state, int(step)
+
+    def evaluate(self, params, split: str, max_trajectories: int | None = None) -> dict:
+        """CSO-mAP of ``params`` on a split (frames 2..17 of each trajectory, SPEC §4.6)."""
+        from seqcsist_jax import evaluate as evaluation
+
+        arrays = self.split_arrays(split, max_trajectories)
+        maps, frame_index = evaluation.predict_maps(
+            self.predict, params, arrays["frames"], batch_size=self.config.eval.batch_size, mesh=self.mesh
+        )
+        metrics, _ = evaluation.score_maps(
+            maps, frame_index, arrays, threshold=self.config.eval.threshold, decode="grid"
+        )
+        return metrics
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, hooks: Sequence[StepHook] = ()
+) -> dict:
+    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint, then scores the best checkpoint.
+
+    Args:
+      config: an experiment config (see ``experiments/configs``).
+      workdir: output directory; an existing run there is resumed automatically.
+      hooks: callables ``hook(step, scalars)`` run after every step (e.g. to interrupt a test run).
+
+    Returns:
+      dict with ``step``, ``best`` (validation metrics of the best checkpoint) and ``test`` (its test metrics).
+
+    Raises:
+      NonFiniteLossError: a step produced a non-finite loss; the latest good checkpoint is kept.
+    """
+    if config.get("multihost") and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(workdir / "config.json", config.to_dict())
+
+    trainer = Trainer(config, workdir)
+    writer = MetricWriter(workdir)
+    state, step = trainer.restore_or_init()
+    num_steps = trainer.num_steps
+    log.info(
+        "training %s: %d steps (%d per epoch), global batch %d on %d devices",
+        config.model.name, num_steps, trainer.steps_per_epoch, trainer.global_batch, trainer.mesh.size,
+    )
+
+    progress = None
+    if config.progress_bar and jax.process_index() == 0:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=num_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+    def check_finite(s: TrainState) -> None:
+        bad = int(jax.device_get(s.bad_step))
+        if bad >= 0:
+            last = trainer.checkpoints.latest.latest_step()
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient at step {bad + 1} (0-based {bad}); training stopped. "
+                f"Last good checkpoint: {'none' if last is None else f'step {last}'} in {workdir / 'checkpoints'}"
+            )
+
+    def save_latest(s: TrainState, at: int) -> None:
+        check_finite(s)
+        trainer.checkpoints.save_latest(at, s, trainer.loader.get_state(), trainer.meta())
+
+    iterator = iter(trainer.loader)
+    pending: list[dict] = []
+    window_start = time.perf_counter()
+    window_steps = 0
+    try:
+        while step < num_steps:
+            batch = trainer.shard(next(iterator))
+            state, metrics = trainer.train_step(state, batch)
+            step += 1
+            pending.append(metrics)
+            window_steps += 1
+            last = step == num_steps
+            if step % config.log_every_steps == 0 or last:
+                check_finite(state)
+                scalars = {k: float(np.mean([jax.device_get(m[k]) for m in pending])) for k in pending[0]}
+                elapsed = time.perf_counter() - window_start
+                scalars["steps_per_second"] = window_steps / max(elapsed, 1e-9)
+                scalars["epoch"] = step / trainer.steps_per_epoch
+                writer.write(step, scalars, "train")
+                if progress is not None:
+                    progress.set_postfix(loss=f"{scalars['loss']:.4g}", sps=f"{scalars['steps_per_second']:.2f}")
+                pending, window_steps, window_start = [], 0, time.perf_counter()
+            if progress is not None:
+                progress.update(1)
+            if step % config.checkpoint_every_steps == 0 or last:
+                save_latest(state, step)
+            if step % trainer.eval_every == 0 or last:
+                check_finite(state)
+                metrics_eval = trainer.evaluate(
+                    state.params, config.dataset.eval_split, config.dataset.max_eval_trajectories
+                )
+                writer.write(step, _scalar_metrics(metrics_eval), config.dataset.eval_split)
+                save_latest(state, step)
+                if trainer.checkpoints.save_best(
+                    step, state, trainer.loader.get_state(), trainer.meta(), _scalar_metrics(metrics_eval)
+                ):
+                    log.info("step %d: new best %s CSO-mAP %.4f", step, config.dataset.eval_split,
+                             metrics_eval["mAP"])
+                if progress is not None:
+                    progress.write(f"step {step}: {config.dataset.eval_split} CSO-mAP {100 * metrics_eval['mAP']:.2f}")
+            for hook in hooks:
+                hook(step, metrics)
+    finally:
+        if progress is not None:
+            progress.close()
+        writer.close()
+
+    result = {"step": step, "best": trainer.checkpoints.best_metrics()}
+    result["test"] = _final_test(trainer, state)
+    _write_json(workdir / "result.json", result)
+    trainer.checkpoints.close()
+    return result
+
+
+def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0 and not isinstance(v, (str, dict))}
+
+
+def _final_test(trainer: Trainer, state: TrainState) -> dict:
+    """Scores the best checkpoint (by validation CSO-mAP) on the test split, as the paper does."""
+    from seqcsist_jax import evaluate as evaluation
+
+    best_state, *_ = trainer.checkpoints.restore("best", abstract_like(state))
+    return evaluation.evaluate_run(trainer, best_state.params, split=trainer.config.dataset.test_split)
