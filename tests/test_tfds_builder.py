@@ -1,0 +1,344 @@
+"""The `seqcsist` TFDS builder: registration, configs, builds, determinism, readers, the public config.
+
+Everything here runs without TensorFlow except the tests marked ``tf`` (CI installs the ``tf`` extra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import unittest
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import seqcsist_jax  # noqa: F401  (registers the builder)
+from seqcsist_jax.data.public_format import PublicFormatError, write_public_split
+from seqcsist_jax.data.simulate import simulate_seqcsist, split_seed
+from tfds_builders.seqcsist import seqcsist_dataset_builder as sdb
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FOLDER = {"train": "train", "validation": "val", "test": "test"}
+MINI_SIZES = {"train": 350, "validation": 75, "test": 75}
+KEYS = ("frames", "targets", "num_targets", "trajectory_id", "frame_numbers")
+
+
+def _read_split(name, split: str, data_dir=None) -> dict[str, np.ndarray]:
+    """A whole split through the random-access reader; ``name`` is a TFDS name or a prepared builder."""
+    if isinstance(name, str):
+        ds = tfds.data_source(name, split=split, data_dir=os.fspath(data_dir), download=False)
+    else:
+        ds = name.as_data_source(split=split)
+    examples = ds.__getitems__(list(range(len(ds))))
+    return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in KEYS}
+
+
+def _build(name_or_config, data_dir, manual_dir=None, **kwargs) -> tfds.core.DatasetBuilder:
+    if isinstance(name_or_config, str):
+        builder = tfds.builder(name_or_config, data_dir=os.fspath(data_dir), **kwargs)
+    else:
+        builder = sdb.Builder(config=name_or_config, data_dir=os.fspath(data_dir), **kwargs)
+    config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)) if manual_dir else None
+    builder.download_and_prepare(download_config=config)
+    return builder
+
+
+def _data_files(builder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(pathlib.Path(builder.data_path).glob("*.parquet-*"))}
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    """`seqcsist/mini` built once into a temporary data_dir: (builder, data_dir)."""
+    data_dir = tmp_path_factory.mktemp("tfds_mini")
+    return _build("seqcsist/mini", data_dir), data_dir
+
+
+# --------------------------------------------------------------------------------------------- registration
+
+
+def test_registered_by_name_and_configs():
+    assert "seqcsist" in tfds.list_builders(with_community_datasets=False)
+    cls = tfds.builder_cls("seqcsist")
+    assert cls is sdb.Builder
+    names = [c.name for c in cls.BUILDER_CONFIGS]
+    assert names == ["default", "mini", "noise_2", "noise_3", "noise_4", "noise_5", "targets_2_8", "public"]
+    for config in cls.BUILDER_CONFIGS:
+        assert str(config.version) == "1.0.0" and config.release_notes and config.description
+    assert tfds.builder("seqcsist").builder_config.name == "default"
+
+
+def test_features_per_config(tmp_path):
+    def feature_specs(name):
+        features = tfds.builder(name, data_dir=os.fspath(tmp_path)).info.features
+        return {k: (tuple(features[k].shape), np.dtype(features[k].np_dtype)) for k in KEYS}
+
+    default = feature_specs("seqcsist")
+    assert default == {
+        "frames": ((20, 11, 11), np.uint8),
+        "targets": ((20, 4, 3), np.float32),
+        "num_targets": ((20,), np.int32),
+        "trajectory_id": ((), np.int32),
+        "frame_numbers": ((20,), np.int32),
+    }
+    assert feature_specs("seqcsist/noise_3")["frames"] == ((20, 11, 11), np.float32)
+    assert feature_specs("seqcsist/targets_2_8")["targets"] == ((20, 8, 3), np.float32)
+    assert feature_specs("seqcsist/public") == default
+
+
+def test_import_registers_lazily_without_importing_tfds():
+    code = textwrap.dedent("""
+        import sys
+        import seqcsist_jax
+        assert "tensorflow_datasets" not in sys.modules, "import seqcsist_jax must not import TFDS"
+        assert "jax" not in sys.modules, "import seqcsist_jax must stay light"
+        import tensorflow_datasets as tfds
+        print(tfds.builder_cls("seqcsist").__module__)
+        """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("seqcsist_dataset_builder")
+
+    code = "import tfds_builders.seqcsist, tensorflow_datasets as tfds; print(tfds.builder_cls('seqcsist').name)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "seqcsist"
+
+
+# --------------------------------------------------------------------------------------------- simulated builds
+
+
+def test_mini_splits_shapes_dtypes(mini):
+    builder, data_dir = mini
+    assert builder.info.file_format == tfds.core.file_adapters.FileFormat.PARQUET
+    assert {s: builder.info.splits[s].num_examples for s in MINI_SIZES} == MINI_SIZES
+    for split, n in MINI_SIZES.items():
+        ds = tfds.data_source("seqcsist/mini", split=split, data_dir=os.fspath(data_dir), download=False)
+        assert len(ds) == n
+        example = ds[n - 1]
+        assert example["frames"].shape == (20, 11, 11) and example["frames"].dtype == np.uint8
+        assert example["targets"].shape == (20, 4, 3) and example["targets"].dtype == np.float32
+        assert example["num_targets"].shape == (20,) and example["num_targets"].dtype == np.int32
+        assert example["frame_numbers"].shape == (20,)
+        assert int(example["trajectory_id"]) == n - 1
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_mini_agrees_with_simulator(mini, split):
+    _, data_dir = mini
+    got = _read_split("seqcsist/mini", split, data_dir)
+    n = MINI_SIZES[split]
+    # The seed rule of the dataset card: split_seed(0, release folder name), the simulator's CLI rule.
+    want = simulate_seqcsist(n, split_seed(0, FOLDER[split]))
+    for key in ("frames", "targets", "num_targets"):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    np.testing.assert_array_equal(got["trajectory_id"], np.arange(n))
+    np.testing.assert_array_equal(got["frame_numbers"], np.arange(n * 20).reshape(n, 20))
+
+
+def test_two_builds_are_byte_identical(mini, tmp_path):
+    builder, data_dir = mini
+    again = _build("seqcsist/mini", tmp_path)
+    files, files_again = _data_files(builder), _data_files(again)
+    assert len(files) == 3 and files == files_again
+    for split in MINI_SIZES:
+        a, b = _read_split("seqcsist/mini", split, data_dir), _read_split("seqcsist/mini", split, tmp_path)
+        for key in KEYS:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_parquet_shards_hold_every_example(mini):
+    # Regression test for the TFDS 4.9.10 Parquet writer, which kept 1 of 5 batches of 100 from an iterator.
+    import pyarrow.parquet as pq
+
+    builder, _ = mini
+    rows = {s: sum(pq.ParquetFile(i.filename).metadata.num_rows for i in builder.info.splits[s].file_instructions)
+            for s in MINI_SIZES}
+    assert rows == MINI_SIZES
+
+
+@pytest.mark.parametrize("config_name", ["noise_2", "targets_2_8"])
+def test_variant_configs_match_simulator(tmp_path, config_name):
+    # The paper-size variants at a few trajectories: same options, same seeds rule.
+    base = next(c for c in sdb.BUILDER_CONFIGS if c.name == config_name)
+    sizes = {"train": 3, "validation": 2, "test": 2}
+    small = dataclasses.replace(base, name=f"{config_name}_small", split_sizes=tuple(sizes.items()))
+    builder = _build(small, tmp_path)
+    most_targets = 0
+    for split, n in sizes.items():
+        got = _read_split(builder, split)
+        most_targets = max(most_targets, int(got["num_targets"].max()))
+        want = simulate_seqcsist(n, split_seed(0, FOLDER[split]), **base.simulation_options())
+        np.testing.assert_array_equal(got["frames"], want["frames"])
+        np.testing.assert_array_equal(got["targets"], want["targets"])
+    if config_name == "noise_2":
+        clean = simulate_seqcsist(2, split_seed(0, "test"), output="float32", clip=False)
+        assert got["frames"].dtype == np.float32
+        np.testing.assert_array_equal(got["targets"], clean["targets"])  # same trajectories as default
+        noise = got["frames"] - clean["frames"]
+        assert 1.7 < noise.std() < 2.3 and noise.min() < -3  # σ = 2, neither clipped nor rounded
+    else:
+        assert got["targets"].shape[2] == 8 and most_targets > 4
+
+
+def test_array_record_request_is_served_from_parquet(mini, tmp_path):
+    # tfds.data_source(name) without data_dir asks the builder for array_record.
+    _, data_dir = mini
+    builder = tfds.builder("seqcsist/mini", data_dir=os.fspath(data_dir), file_format="array_record")
+    source = builder.as_data_source(split="test")
+    assert len(source) == 75 and type(source).__name__ == "ParquetDataSource"
+    fresh = _build("seqcsist/mini", tmp_path, file_format="array_record")
+    assert fresh.info.file_format == tfds.core.file_adapters.FileFormat.PARQUET
+
+
+def _site_packages_without_tensorflow(dest: pathlib.Path) -> tuple[str, pathlib.Path]:
+    """A copy (of symlinks) of the venv's site-packages without TensorFlow: (original path, copy)."""
+    site = pathlib.Path(sysconfig.get_paths()["purelib"])
+    dest.mkdir()
+    for entry in site.iterdir():
+        name = entry.name.lower()
+        if name == "tensorflow" or name.startswith(("tensorflow-", "tensorflow_cpu-", "tensorflow_gpu-")):
+            continue
+        (dest / entry.name).symlink_to(entry)
+    return os.fspath(site), dest
+
+
+def test_data_source_builds_and_reads_without_tensorflow(mini, tmp_path):
+    """A subprocess where TensorFlow cannot be imported builds `mini` and reads it through data_source."""
+    builder, data_dir = mini
+    site, no_tf_site = _site_packages_without_tensorflow(tmp_path / "site")
+    child_dir, out = tmp_path / "child_data", tmp_path / "child.npz"
+    code = textwrap.dedent(f"""
+        import os, sys, importlib.util
+        site = os.path.realpath({site!r})
+        sys.path[:] = [{os.fspath(no_tf_site)!r} if os.path.realpath(p) == site else p for p in sys.path]
+        sys.path_importer_cache.clear()
+        assert importlib.util.find_spec("tensorflow") is None, "TensorFlow still importable"
+        import numpy as np
+        import seqcsist_jax
+        import tensorflow_datasets as tfds
+        from seqcsist_jax.data.pipeline import TrajectoryLoader, make_source
+        built = tfds.data_source("seqcsist/mini", split="test", data_dir={os.fspath(child_dir)!r})  # builds
+        parent = tfds.data_source("seqcsist/mini", split="validation", data_dir={os.fspath(data_dir)!r})
+        ex = parent.__getitems__(list(range(len(parent))))
+        loader = TrajectoryLoader(make_source("seqcsist/mini", split="test", data_dir={os.fspath(child_dir)!r}),
+                                  batch_size=4, shuffle=False, process_index=0, process_count=1)
+        batch = next(iter(loader))
+        np.savez({os.fspath(out)!r}, n_built=len(built), frames=np.stack([e["frames"] for e in ex]),
+                 targets=np.stack([e["targets"] for e in ex]), batch_labels=batch["labels"])
+        tf_modules = [m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow.")]
+        assert not tf_modules, tf_modules
+        print("ok")
+        """)
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-4000:]
+    child = np.load(out)
+    assert int(child["n_built"]) == 75
+    here = _read_split("seqcsist/mini", "validation", data_dir)
+    np.testing.assert_array_equal(child["frames"], here["frames"])
+    np.testing.assert_array_equal(child["targets"], here["targets"])
+    # Built without TensorFlow, the files are byte-identical to the build made here.
+    child_files = {p.name: p.read_bytes() for p in (child_dir / "seqcsist/mini/1.0.0").glob("*.parquet-*")}
+    assert child_files == _data_files(builder)
+    assert child["batch_labels"].shape == (4, 20, 33, 33)
+
+
+# --------------------------------------------------------------------------------------------- tf.data reader
+
+
+@pytest.mark.tf
+def test_tfds_load_matches_data_source(mini):
+    pytest.importorskip("tensorflow", reason="the `tf` extra is not installed (CI installs it)")
+    _, data_dir = mini
+    for split in MINI_SIZES:
+        ds = tfds.load("seqcsist/mini", split=split, data_dir=os.fspath(data_dir), batch_size=-1, download=False)
+        via_tf = tfds.as_numpy(ds)
+        via_source = _read_split("seqcsist/mini", split, data_dir)
+        for key in KEYS:
+            np.testing.assert_array_equal(via_tf[key], via_source[key], err_msg=f"{split}/{key}")
+            assert via_tf[key].dtype == via_source[key].dtype or key == "trajectory_id"
+
+
+@pytest.mark.tf
+def test_dataset_builder_testcase_on_dummy_data():
+    """tfds.testing.DatasetBuilderTestCase (tfds_builders/seqcsist/seqcsist_dataset_builder_test.py)."""
+    pytest.importorskip("tensorflow", reason="the `tf` extra is not installed (CI installs it)")
+    from tfds_builders.seqcsist import seqcsist_dataset_builder_test as builder_test
+
+    suite = unittest.defaultTestLoader.loadTestsFromTestCase(builder_test.SeqcsistPublicTest)
+    stream = io.StringIO()
+    result = unittest.TextTestRunner(stream=stream, verbosity=2).run(suite)
+    assert result.wasSuccessful(), stream.getvalue()[-6000:]
+    ran = result.testsRun - len(result.skipped)
+    assert ran >= 5, stream.getvalue()  # baseclass, registered, info, tags, download_and_prepare_as_dataset
+
+
+# --------------------------------------------------------------------------------------------- public config
+
+
+def _public_release(root: pathlib.Path, sizes: dict[str, int], start_index: int) -> dict[str, dict]:
+    arrays = {}
+    for split, n in sizes.items():
+        arrays[split] = simulate_seqcsist(n, split_seed(11, FOLDER[split]))
+        write_public_split(root, FOLDER[split], arrays[split], start_index=start_index, progress=False)
+    return arrays
+
+
+def test_public_config_reproduces_source_arrays(tmp_path):
+    sizes = {"train": 3, "validation": 2, "test": 1}
+    manual = tmp_path / "manual"
+    source = _public_release(manual / "track_5000_20", sizes, start_index=0)  # one sub-folder level is accepted
+    builder = _build("seqcsist/public", tmp_path / "data", manual_dir=manual)
+    assert {s: builder.info.splits[s].num_examples for s in sizes} == sizes
+    for split, n in sizes.items():
+        got = _read_split("seqcsist/public", split, tmp_path / "data")
+        for key in ("frames", "targets", "num_targets"):
+            np.testing.assert_array_equal(got[key], source[split][key], err_msg=f"{split}/{key}")
+        np.testing.assert_array_equal(got["frame_numbers"], np.arange(n * 20).reshape(n, 20))
+        np.testing.assert_array_equal(got["trajectory_id"], np.arange(n))
+
+
+def test_public_config_on_dummy_data_numbered_from_one(tmp_path):
+    dummy = pathlib.Path(sdb.__file__).parent / "dummy_data"
+    _build("seqcsist/public", tmp_path, manual_dir=dummy)
+    got = _read_split("seqcsist/public", "validation", tmp_path)
+    want = simulate_seqcsist(2, split_seed(7, "val"))  # how dummy_data/ was written (see its test module)
+    np.testing.assert_array_equal(got["frames"], want["frames"])
+    np.testing.assert_array_equal(got["targets"], want["targets"])
+    np.testing.assert_array_equal(got["frame_numbers"], 1 + np.arange(40).reshape(2, 20))
+
+
+@pytest.mark.parametrize("victim", ["val/image/image_27.png", "test/annotation/COS3.xml"])
+def test_public_config_names_corrupted_file(tmp_path, victim):
+    manual = tmp_path / "manual"
+    shutil.copytree(pathlib.Path(sdb.__file__).parent / "dummy_data", manual)
+    bad = manual / victim
+    bad.write_bytes(b"\x89PNG but not really" if bad.suffix == ".png" else b"<annotation><object>")
+    with pytest.raises(PublicFormatError) as err:
+        _build("seqcsist/public", tmp_path / "data", manual_dir=manual)
+    assert str(bad) in str(err.value)
+
+
+def test_public_config_explains_wrong_layout(tmp_path):
+    manual = tmp_path / "manual"
+    (manual / "something").mkdir(parents=True)
+    with pytest.raises(ValueError, match="does not hold the SeqCSIST release") as err:
+        _build("seqcsist/public", tmp_path / "data", manual_dir=manual)
+    assert "annotation/COS{N}.xml" in str(err.value)
+
+
+def test_dataset_card_explains_file_format():
+    card = (pathlib.Path(sdb.__file__).parent / "README.md").read_text()
+    assert "Parquet" in card and "array_record" in card and "tfds.load" in card
+    from tensorflow_datasets.core import dataset_metadata
+
+    tags = (pathlib.Path(sdb.__file__).parent / "TAGS.txt").read_text().split()
+    assert tags and set(tags) <= set(dataset_metadata.valid_tags())

@@ -1,0 +1,323 @@
+"""seqcsist dataset: sequential closely-spaced infrared small targets (SPEC §3).
+
+One example is one trajectory of ``T = 20`` frames (all fixed-shape ``Tensor`` features):
+
+- ``frames``: ``(20, 11, 11)`` grey levels, ``uint8`` as released (``float32`` for the ``noise_*`` configs);
+- ``targets``: ``(20, MAXT, 3)`` float32 rows ``(xc, yc, brightness)`` (``xc`` along image rows), zero padded
+  (``MAXT`` = 4, 8 for ``targets_2_8``);
+- ``num_targets``: ``(20,)`` int32 real rows per frame;
+- ``trajectory_id``: int32 index of the trajectory in its split (examples are stored in this order);
+- ``frame_numbers``: ``(20,)`` int32 source frame numbers (``N`` of ``image_{N}.png`` for ``public``; for the
+  simulated configs ``20·trajectory_id + t``, the numbers the public-format writer gives with start index 0).
+
+Label grids are not stored; :mod:`seqcsist_jax.data.pipeline` computes them from ``targets``.
+
+File format: every split is written as **Parquet** (see README.md): the only TFDS format that both
+``tfds.data_source`` (random access, no TensorFlow) and ``tfds.load`` (tf.data) can read, so one prepared copy
+serves both readers. ``tfds.data_source`` asks for ``array_record`` when it is called without ``data_dir``;
+this builder serves such requests from Parquet (also random access) instead of writing a copy that
+``tfds.load`` could not read.
+
+Seeds (simulated configs): split ``s`` uses ``split_seed(base_seed, s')`` with ``s'`` the public release's
+folder name (``train``/``val``/``test``), so ``python -m seqcsist_jax.data.simulate --seed 0 --split val``
+writes exactly the ``validation`` split of ``default``. All simulated configs share ``base_seed = 0``; the
+simulator draws noise from its own stream, so ``noise_*`` holds the same trajectories as ``default``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+from tensorflow_datasets.core import file_adapters
+from tensorflow_datasets.core import writer as tfds_writer
+
+_LOG = logging.getLogger(__name__)
+
+FRAMES_PER_TRAJECTORY = 20
+FRAME_SIZE = 11
+
+#: TFDS split name → folder (and split-seed) name of the public release.
+PUBLIC_SPLIT_NAMES: dict[str, str] = {"train": "train", "validation": "val", "test": "test"}
+
+#: Trajectories per split of the paper's dataset.
+PAPER_SPLIT_SIZES: dict[str, int] = {"train": 3500, "validation": 750, "test": 750}
+
+_FORMAT = file_adapters.FileFormat
+
+
+class _CanonicalExampleWriter(tfds_writer.ExampleWriter):
+    """TFDS's example writer with two fixes that make the prepared files exact and reproducible.
+
+    * Every record is re-serialised with ``deterministic=True`` (map keys sorted). TFDS serialises the
+      ``tf.Example`` feature map in an order that differs between processes with and without TensorFlow
+      loaded, so builds on two machines decoded to equal arrays but were not byte-identical.
+    * Parquet shards receive a list rather than an iterator: ``ParquetFileAdapter.write_examples`` (TFDS
+      4.9.10) batches with ``islice(iterator, i, i + 100)``, which on an iterator skips ``i`` examples before
+      every batch (a 3,500-example shard was written with 700 rows while ``dataset_info.json`` said 3,500). On a
+      list the same code is correct. Shards here are a few MB.
+    """
+
+    def write(self, path, examples):
+        from tensorflow_datasets.proto import tf_example_pb2
+
+        parse = tf_example_pb2.Example.FromString
+        examples = [(key, parse(record).SerializeToString(deterministic=True)) for key, record in examples]
+        return super().write(path, examples)
+
+
+@dataclasses.dataclass(eq=False)
+class SeqcsistConfig(tfds.core.BuilderConfig):
+    """One variant of the dataset.
+
+    Attributes:
+      source: ``"simulate"`` (generated with :func:`seqcsist_jax.data.simulate.simulate_seqcsist`) or
+        ``"public"`` (the public release read from ``manual_dir``).
+      split_sizes: trajectories per TFDS split (simulated configs).
+      base_seed: per-split seeds are ``split_seed(base_seed, folder name)``.
+      max_targets: ``MAXT``, the padded target axis of ``targets``.
+      frames_dtype: ``"uint8"`` (8-bit as released) or ``"float32"`` (unquantised).
+      simulation: extra :class:`~seqcsist_jax.data.simulate.SimulationOptions` fields as ``(name, value)``
+        pairs (``output`` and ``max_targets_padded`` are set from ``frames_dtype`` and ``max_targets``).
+    """
+
+    source: str = "simulate"
+    split_sizes: tuple[tuple[str, int], ...] = tuple(PAPER_SPLIT_SIZES.items())
+    base_seed: int = 0
+    max_targets: int = 4
+    frames_dtype: str = "uint8"
+    simulation: tuple[tuple[str, Any], ...] = ()
+
+    def simulation_options(self) -> dict[str, Any]:
+        """Keyword options for ``simulate_seqcsist`` of this config."""
+        options = dict(self.simulation)
+        options.update(
+            output=self.frames_dtype,
+            max_targets_padded=self.max_targets,
+            frames_per_trajectory=FRAMES_PER_TRAJECTORY,
+            size=FRAME_SIZE,
+        )
+        return options
+
+
+_V1 = tfds.core.Version("1.0.0")
+_NOTES = {"1.0.0": "Initial release."}
+
+
+def _simulated(name: str, description: str, **kwargs: Any) -> SeqcsistConfig:
+    return SeqcsistConfig(name=name, version=_V1, release_notes=_NOTES, description=description, **kwargs)
+
+
+def _noise(sigma: int) -> SeqcsistConfig:
+    return _simulated(
+        f"noise_{sigma}",
+        f"Paper size (3,500 / 750 / 750 trajectories) with additive Gaussian noise of σ = {sigma} grey levels "
+        "(the paper's robustness study); same trajectories as `default`. Frames are float32: rendered frame "
+        "plus noise, neither rounded nor clipped (DECISION), so the noise is exactly Gaussian.",
+        frames_dtype="float32",
+        # Clipping at 0 would rectify the noise on the (mostly dark) background and shrink its spread.
+        simulation=(("noise_sigma", float(sigma)), ("clip", False)),
+    )
+
+
+BUILDER_CONFIGS: list[SeqcsistConfig] = [
+    _simulated(
+        "default",
+        "Paper size: 3,500 / 750 / 750 trajectories × 20 frames (70,000 / 15,000 / 15,000 frames), 2–4 "
+        "targets per frame, noise-free, 8-bit frames. Fixed seeds: every machine builds byte-identical data.",
+    ),
+    _simulated(
+        "mini",
+        "The `default` generator at one tenth the size (350 / 75 / 75 trajectories) for CPU experiments and "
+        "the README quickstart.",
+        split_sizes=tuple((k, v // 10) for k, v in PAPER_SPLIT_SIZES.items()),
+    ),
+    *[_noise(s) for s in (2, 3, 4, 5)],
+    _simulated(
+        "targets_2_8",
+        "Paper size with 2–8 targets per frame (the paper's density study); more than 4 targets use the 8 "
+        "compass directions. `targets` is padded to 8 rows.",
+        max_targets=8,
+        simulation=(("min_targets", 2), ("max_targets", 8)),
+    ),
+    SeqcsistConfig(
+        name="public",
+        version=_V1,
+        release_notes=_NOTES,
+        description="The public SeqCSIST release (5,000 trajectories: 3,500 / 750 / 750), ingested from "
+        "`manual_dir`; see MANUAL_DOWNLOAD_INSTRUCTIONS. Its `val` folder becomes the `validation` split.",
+        source="public",
+    ),
+]
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+The `public` config ingests the SeqCSIST release of Zhai et al. (IEEE TGRS 2025) as distributed by its
+authors (https://github.com/GrokCV/SeqCSIST, "Dataset" section; the authors' code calls the folder
+`track_5000_20`). Download and extract it, then place (or symlink) it as `manual_dir`, by default
+`<data_dir>/downloads/manual/`, or pass
+`download_and_prepare_kwargs={"download_config": tfds.download.DownloadConfig(manual_dir=PATH)}`.
+
+Expected layout (`manual_dir` itself, or a single sub-folder of it such as `track_5000_20/`):
+
+    train/image/image_{N}.png      train/annotation/COS{N}.xml     (70,000 frames)
+    val/image/image_{N}.png        val/annotation/COS{N}.xml       (15,000 frames -> split `validation`)
+    test/image/image_{N}.png       test/annotation/COS{N}.xml      (15,000 frames)
+
+Frames are 11x11 8-bit grey PNGs; each XML holds one <object><coordinate><xc/><yc/><brightness/></coordinate>
+per target. Files sort by the first integer in their name and 20 consecutive numbers form one trajectory
+(numbering may start at 0 or 1). A missing or corrupt file stops the build with an error naming it.
+"""
+
+
+def _find_public_root(manual_dir: epath.Path) -> epath.Path:
+    """The folder of ``manual_dir`` (itself or one sub-folder) that holds the split folders."""
+    wanted = set(PUBLIC_SPLIT_NAMES.values())
+
+    def has_splits(path: epath.Path) -> bool:
+        return all((path / s).is_dir() for s in wanted)
+
+    if has_splits(manual_dir):
+        return manual_dir
+    candidates = [p for p in manual_dir.iterdir() if p.is_dir() and has_splits(p)]
+    if len(candidates) == 1:
+        return candidates[0]
+    raise ValueError(
+        f"manual_dir {manual_dir} does not hold the SeqCSIST release: expected folders "
+        f"{sorted(wanted)} in it or in exactly one sub-folder (found {len(candidates)} candidates).\n"
+        + MANUAL_DOWNLOAD_INSTRUCTIONS
+    )
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """DatasetBuilder for the SeqCSIST dataset (one example = one 20-frame trajectory)."""
+
+    VERSION = _V1
+    RELEASE_NOTES = _NOTES
+    BUILDER_CONFIGS = BUILDER_CONFIGS
+    DEFAULT_BUILDER_CONFIG_NAME = "default"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+
+    #: Format written when none is requested: readable by both `tfds.data_source` and `tfds.load`.
+    DEFAULT_FILE_FORMAT = _FORMAT.PARQUET
+
+    def __init__(self, *, file_format: str | Any | None = None, **kwargs: Any):
+        requested = None if file_format is None else _FORMAT.from_value(file_format)
+        # Random-access requests (tfds.data_source asks for array_record by default) are resolved below:
+        # they must neither clash with an existing prepared copy nor create one that tf.data cannot read.
+        passthrough = requested if requested in (_FORMAT.TFRECORD, _FORMAT.RIEGELI) else None
+        super().__init__(file_format=passthrough, **kwargs)
+        if passthrough is not None:
+            return
+        if (self.data_path / "dataset_info.json").exists():
+            available = self.info.available_file_formats()
+            if requested is not None and requested in available:
+                self.info.set_file_format(requested, override=True, override_if_initialized=True)
+            # Otherwise keep the prepared format (restored from dataset_info.json); as_data_source picks a
+            # random-access one itself and reports a clear error if there is none.
+            return
+        if requested not in (None, self.DEFAULT_FILE_FORMAT):
+            _LOG.info("seqcsist: writing %s instead of the requested %s so that both tfds.data_source and "
+                      "tfds.load can read the prepared data", self.DEFAULT_FILE_FORMAT.value, requested.value)
+        self.info.set_file_format(self.DEFAULT_FILE_FORMAT, override=True)
+
+    def _example_writer(self) -> tfds_writer.ExampleWriter:
+        return _CanonicalExampleWriter(file_format=self.info.file_format)
+
+    def _download_and_prepare(self, dl_manager, download_config) -> None:
+        super()._download_and_prepare(dl_manager, download_config)
+        self._check_parquet_row_counts()
+
+    def _check_parquet_row_counts(self) -> None:
+        """Fails the build if a Parquet shard holds fewer rows than its split info claims (see above)."""
+        if self.info.file_format != _FORMAT.PARQUET:
+            return
+        import pyarrow.parquet as pq
+
+        for split in self.info.splits.values():
+            for instruction in split.file_instructions:
+                rows = pq.ParquetFile(instruction.filename).metadata.num_rows
+                if rows != instruction.examples_in_shard:
+                    raise RuntimeError(
+                        f"{instruction.filename}: {rows} rows written, {instruction.examples_in_shard} expected; "
+                        "the TFDS Parquet writer lost examples"
+                    )
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        """Returns the dataset metadata (features depend on the config's dtype and MAXT)."""
+        cfg: SeqcsistConfig = self.builder_config
+        t, s = FRAMES_PER_TRAJECTORY, FRAME_SIZE
+        raw = tfds.features.Encoding.BYTES  # raw bytes: fast to encode and decode, exact for floats
+        features = tfds.features.FeaturesDict({
+            "frames": tfds.features.Tensor(
+                shape=(t, s, s), dtype=np.dtype(cfg.frames_dtype), encoding=raw,
+                doc="grey levels, xc along rows"),
+            "targets": tfds.features.Tensor(
+                shape=(t, cfg.max_targets, 3), dtype=np.float32, encoding=raw,
+                doc="(xc, yc, brightness) per target in px / grey levels; rows with brightness 0 are padding"),
+            "num_targets": tfds.features.Tensor(shape=(t,), dtype=np.int32, doc="real target rows per frame"),
+            "trajectory_id": tfds.features.Tensor(shape=(), dtype=np.int32, doc="index in the split"),
+            "frame_numbers": tfds.features.Tensor(shape=(t,), dtype=np.int32, doc="source frame numbers"),
+        })
+        return self.dataset_info_from_configs(
+            features=features,
+            supervised_keys=None,
+            homepage="https://github.com/GrokCV/SeqCSIST",
+            # The stored order is the paper's fixed order; shuffling happens in the input pipeline.
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        """One generator per split: simulated in one vectorised call, or read from the public release."""
+        cfg: SeqcsistConfig = self.builder_config
+        if cfg.source == "public":
+            root = _find_public_root(epath.Path(dl_manager.manual_dir))
+            return {
+                split: self._generate_examples(source="public", root=root, split=folder)
+                for split, folder in PUBLIC_SPLIT_NAMES.items()
+            }
+        if cfg.source != "simulate":
+            raise ValueError(f"config {cfg.name}: unknown source {cfg.source!r}")
+        sizes = dict(cfg.split_sizes)
+        return {
+            split: self._generate_examples(source="simulate", num=sizes[split], split=PUBLIC_SPLIT_NAMES[split])
+            for split in PUBLIC_SPLIT_NAMES
+        }
+
+    def _generate_examples(
+        self, source: str, split: str, num: int = 0, root: epath.Path | None = None
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Yields ``(trajectory_id, example)`` in the stored (paper) order."""
+        cfg: SeqcsistConfig = self.builder_config
+        if source == "public":
+            # Deferred import: the public-format reader pulls in PIL only when needed.
+            from seqcsist_jax.data.public_format import read_public_split
+
+            arrays = read_public_split(root, split, frames_per_trajectory=FRAMES_PER_TRAJECTORY,
+                                       max_targets=cfg.max_targets)
+            frame_numbers = arrays["frame_numbers"]
+        else:
+            # Deferred import: the simulator imports JAX (through the imaging model); registering the builder
+            # must stay cheap.
+            from seqcsist_jax.data.simulate import simulate_seqcsist, split_seed
+
+            arrays = simulate_seqcsist(num, split_seed(cfg.base_seed, split), **cfg.simulation_options())
+            frame_numbers = np.arange(num * FRAMES_PER_TRAJECTORY).reshape(num, FRAMES_PER_TRAJECTORY)
+        frames = np.asarray(arrays["frames"], dtype=np.dtype(cfg.frames_dtype))
+        targets = np.asarray(arrays["targets"], dtype=np.float32)
+        num_targets = np.asarray(arrays["num_targets"], dtype=np.int32)
+        frame_numbers = np.asarray(frame_numbers, dtype=np.int32)
+        if targets.shape[2] != cfg.max_targets:
+            raise ValueError(f"config {cfg.name}: targets have {targets.shape[2]} rows per frame, the features "
+                             f"expect MAXT={cfg.max_targets}")
+        for i in range(frames.shape[0]):
+            yield i, {
+                "frames": frames[i],
+                "targets": targets[i],
+                "num_targets": num_targets[i],
+                "trajectory_id": np.int32(i),
+                "frame_numbers": frame_numbers[i],
+            }
