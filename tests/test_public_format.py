@@ -43,7 +43,8 @@ def split(tmp_path, pristine):
 
 
 def _read(split_dir, **kw):
-    return read_public_split(split_dir.parent, split_dir.name, frames_per_trajectory=T_SMALL, progress=False, **kw)
+    return read_public_split(split_dir.parent, split_dir.name, frames_per_trajectory=T_SMALL, progress=False,
+                             **kw)
 
 
 @pytest.mark.parametrize("start", [0, 1])

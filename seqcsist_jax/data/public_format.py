@@ -157,7 +157,8 @@ def parse_annotation(path: str | os.PathLike, size: int = 11) -> np.ndarray:
         raise PublicFormatError(f"{path}: missing field <size>")
     for axis in ("width", "height"):
         if _number(size_el.find(axis), f"size/{axis}", path) != size:
-            raise PublicFormatError(f"{path}: <size>/<{axis}> is {size_el.find(axis).text.strip()}, expected {size}")
+            found = size_el.find(axis).text.strip()
+            raise PublicFormatError(f"{path}: <size>/<{axis}> is {found}, expected {size}")
     sigma = _number(root.find("sigma"), "sigma", path)
     if sigma <= 0:
         raise PublicFormatError(f"{path}: <sigma> must be > 0, got {sigma}")
@@ -179,7 +180,11 @@ def parse_annotation(path: str | os.PathLike, size: int = 11) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike, size: int = 11) -> np.ndarray:
-    """One frame as ``(size, size)`` uint8; PublicFormatError naming ``path`` unless it is 8-bit grey of that size."""
+    """One frame as ``(size, size)`` uint8.
+
+    Raises:
+      PublicFormatError: naming ``path`` unless it decodes as an 8-bit grey (mode ``L``) ``size × size`` image.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -225,10 +230,15 @@ def split_files(root: str | os.PathLike, split: str) -> list[tuple[int, Path, Pa
         if not d.is_dir():
             raise PublicFormatError(f"{d}: directory not found")
     images, anns = _numbered(image_dir, ".png"), _numbered(ann_dir, ".xml")
-    for number in sorted(set(images) - set(anns)):
-        raise PublicFormatError(f"{images[number]}: image without annotation (expected {ann_dir}/COS{number}.xml)")
-    for number in sorted(set(anns) - set(images)):
-        raise PublicFormatError(f"{anns[number]}: annotation without image (expected {image_dir}/image_{number}.png)")
+    lonely_images, lonely_anns = sorted(set(images) - set(anns)), sorted(set(anns) - set(images))
+    if lonely_images:
+        n = lonely_images[0]
+        raise PublicFormatError(f"{images[n]}: image without annotation (expected {ann_dir}/COS{n}.xml; "
+                                f"{len(lonely_images)} such images)")
+    if lonely_anns:
+        n = lonely_anns[0]
+        raise PublicFormatError(f"{anns[n]}: annotation without image (expected {image_dir}/image_{n}.png; "
+                                f"{len(lonely_anns)} such annotations)")
     return [(n, images[n], anns[n]) for n in sorted(images)]
 
 
@@ -346,7 +356,8 @@ def _validate_arrays(arrays: Mapping[str, np.ndarray], size: int) -> tuple[np.nd
     if frames.ndim != 4 or frames.shape[2:] != (size, size):
         raise ValueError(f"arrays['frames'] must have shape (N, T, {size}, {size}), got {frames.shape}")
     if targets.ndim != 4 or targets.shape[:2] != frames.shape[:2] or targets.shape[3] != 3:
-        raise ValueError(f"arrays['targets'] must have shape {frames.shape[:2] + ('MAXT', 3)}, got {targets.shape}")
+        want = frames.shape[:2] + ("MAXT", 3)
+        raise ValueError(f"arrays['targets'] must have shape {want}, got {targets.shape}")
     real = targets[..., 2] != 0
     if "num_targets" in arrays:
         counts = np.asarray(arrays["num_targets"])

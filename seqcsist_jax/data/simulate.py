@@ -71,6 +71,7 @@ __all__ = [
     "DIRECTION_VECTORS",
     "SPLIT_SIZES",
     "SimulationOptions",
+    "make_options",
     "simulate_seqcsist",
     "split_seed",
     "main",
@@ -242,8 +243,9 @@ class SimulationOptions:
             raise ValueError(f"option x0_range must hold integers, got {self.x0_range!r}")
         for name in ("spacing", "step", "drift_max", "noise_sigma", "max_slope", "sigma"):
             value = getattr(self, name)
-            if not np.isfinite(value) or value < 0 or (name in ("sigma", "max_slope") and value == 0):
-                raise ValueError(f"option {name} must be finite and {'> 0' if name in ('sigma', 'max_slope') else '>= 0'}, got {value!r}")
+            strict = name in ("sigma", "max_slope")
+            if not np.isfinite(value) or value < 0 or (strict and value == 0):
+                raise ValueError(f"option {name} must be finite and {'> 0' if strict else '>= 0'}, got {value!r}")
         if min(abs(self.slope_range[0]), abs(self.slope_range[1])) > self.max_slope and (
             self.slope_range[0] * self.slope_range[1] > 0
         ):
