@@ -304,8 +304,9 @@ def quantize(images: Array, clip: bool = True) -> Array:
     Args:
       images: ``(..., H, W)`` float grey values.
       clip: round and clip to ``[0, 255]`` (**DECISION**, the public writer's behaviour). With ``clip=False``
-        values outside ``[0, 255]`` after rounding raise ``ValueError`` instead of wrapping around; use the
-        simulator's float output for an unclipped variant. :func:`count_clipped` counts clipped pixels.
+        and numpy input, values outside ``[0, 255]`` after rounding raise ``ValueError`` instead of wrapping
+        around (JAX input cannot raise under ``jit`` and is always clipped); use the simulator's float output
+        for an unclipped variant. :func:`count_clipped` counts clipped pixels.
 
     Returns:
       ``(..., H, W)`` uint8 array (numpy or JAX like the input).
