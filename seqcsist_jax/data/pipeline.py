@@ -121,6 +121,10 @@ def make_source(
 
     Returns:
       ``tfds.data_source(...)`` (no TensorFlow needed) or an :class:`ArraySource`.
+
+    Multi-host: every process opens the whole split (the loader makes each read only its own slice of every
+    global batch). Prepare the dataset once before starting the processes, or on process 0 before the others
+    call this, so that they do not build the same data_dir concurrently.
     """
     if isinstance(name_or_arrays, Mapping):
         if split is not None:
