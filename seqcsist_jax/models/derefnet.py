@@ -1,0 +1,167 @@
+"""DeRefNet (SPEC §5): ISTA-Net unfolding per frame, time encoding, temporal deformable alignment, tail.
+
+Shapes: a batch of ``B`` trajectories of ``T`` frames of ``11×11`` raw grey values (no normalisation) is
+mapped to ``(B, J, 33, 33)`` maps for the centre frames (``J = T-4`` for the default 5-frame window: frames
+2..T-3, the paper's protocol; ``J = T`` with ``predict_edges``). Φ ``(121, 1089)`` and Q ``(1089, 121)`` are
+constants passed to every call, not parameters.
+
+Parameter tree (``variables["params"]``), with the public code's names in brackets:
+``stage_{i}`` [``fcs.{i}``], ``time_encoding/dense`` [``TDDA.mlp``], ``tdfa/feat_extract``
+[``TDDA.feat_extract.0.conv``], ``tdfa/attention/{conv0_s,conv1_s,conv_squeeze}`` [``TDDA.feat_aggregate.*``],
+``tdfa/align_1``, ``tdfa/align_2``, ``tdfa/conv``, ``tdfa/tail/{head, res_k/{conv1,conv2}, out}``
+[``TDDA.tail_conv.{0.conv, 1.k.conv1/2, 2}``]. :mod:`seqcsist_jax.interop` converts public checkpoints.
+
+The paper reports 0.89 M parameters and 15.70 GFLOPs per 20-frame trajectory; the code as written (and this
+model) has ≈1.48 M parameters, of which the time-encoding Dense is 1.19 M (1089² + 1089). Without the time
+encoding the model has ≈0.29 M. See :func:`count_params` and :func:`flops_per_trajectory`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqcsist_jax.models.ista_stage import IstaStage
+from seqcsist_jax.models.tdfa import TDFA, TimeEncoding, pair_indices
+
+
+class DeRefNet(nn.Module):
+    """DeRefNet as the public code builds it, with the paper's ablation switches.
+
+    Attributes:
+      num_stages: ISTA-Net stages (9).
+      channels: feature channels of the stages, TDFA and tail (32).
+      time_encoding: multiply each frame by ``sigmoid(Dense(t/num_frames))`` before alignment.
+      selective_attention: offsets of the first alignment conv from the selective-attention fusion (True) or
+        from the plain concatenation of centre and neighbour features (False).
+      window: frames per alignment window, odd (5: centre ± 2).
+      predict_edges: also predict the first/last ``window//2`` frames by replicate-padding the sequence (off:
+        the paper's protocol scores only centre frames 2..T-3).
+      num_frames: the time-encoding denominator (the public code's constant 20, independent of the input T).
+      num_res_blocks: residual blocks in the tail (5).
+    """
+
+    num_stages: int = 9
+    channels: int = 32
+    time_encoding: bool = True
+    selective_attention: bool = True
+    window: int = 5
+    predict_edges: bool = False
+    num_frames: int = 20
+    num_res_blocks: int = 5
+
+    def output_frame_index(self, num_frames: int) -> np.ndarray:
+        """``(J,)`` int32: the input frames the outputs correspond to, for ``num_frames``-frame inputs."""
+        return pair_indices(num_frames, self.window, self.predict_edges)[0]
+
+    @nn.compact
+    def __call__(self, frames: jax.Array, phi: jax.Array, q: jax.Array) -> dict[str, Any]:
+        """
+        Args:
+          frames: ``(B, T, h, w)`` raw grey values (``h·w = m``, 11×11).
+          phi: ``(m, n)`` measurement matrix Φ (121×1089).
+          q: ``(n, m)`` initialisation matrix Q (1089×121).
+
+        Returns:
+          dict with
+            ``output (B, J, s, s)`` predicted maps (``s = √n = 33``) of the frames ``frame_index``;
+            ``frame_index (J,)`` numpy int32 input-frame index of each output;
+            ``sym (num_stages, B, T, s, s)`` symmetry residuals of every stage;
+            ``x_last (B, T, s, s)`` the last stage's output (before the time encoding);
+            ``aligned (B, J, window-1, s, s)`` the neighbours aligned to each centre frame.
+        """
+        if frames.ndim != 4:
+            raise ValueError(f"frames must be (B, T, h, w), got shape {frames.shape}")
+        b, t, fh, fw = frames.shape
+        m, n = phi.shape
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"phi must be (m, s²) for a square label grid, got shape {phi.shape}")
+        if fh * fw != m:
+            raise ValueError(f"frames of {fh}×{fw} pixels do not match phi with {m} rows")
+        if q.shape != (n, m):
+            raise ValueError(f"q must have shape {(n, m)} (transpose of phi's), got {q.shape}")
+
+        dtype = jnp.float32
+        y = frames.reshape(b * t, m).astype(dtype)
+        phi = phi.astype(dtype)
+        x = y @ q.astype(dtype).T
+        y_phi = y @ phi
+        syms = []
+        for i in range(self.num_stages):
+            x, sym = IstaStage(self.channels, name=f"stage_{i}")(x, y_phi, phi, side)
+            syms.append(sym.reshape(b, t, side, side))
+        x_last = x.reshape(b, t, side, side)
+
+        maps = x_last
+        if self.time_encoding:
+            weights = TimeEncoding(n, self.num_frames, name="time_encoding")(np.arange(t))
+            maps = maps * weights.reshape(1, t, side, side)
+
+        out = TDFA(
+            channels=self.channels,
+            window=self.window,
+            selective_attention=self.selective_attention,
+            predict_edges=self.predict_edges,
+            num_res_blocks=self.num_res_blocks,
+            name="tdfa",
+        )(maps)
+        out["sym"] = jnp.stack(syms)
+        out["x_last"] = x_last
+        return out
+
+
+def count_params(params: Any) -> int:
+    """Total number of scalars in a parameter pytree."""
+    return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+def _cost_flops(compiled: Any) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax returns one dict per computation
+        cost = cost[0]
+    return float(cost["flops"])
+
+
+def flops_per_trajectory(
+    model: DeRefNet,
+    params: Any,
+    phi: jax.Array | np.ndarray,
+    q: jax.Array | np.ndarray,
+    num_frames: int = 20,
+    training: bool = False,
+) -> float:
+    """FLOPs of one trajectory as XLA's cost analysis counts them (a multiply-add counts 2).
+
+    Args:
+      model, params: the network and its ``params`` collection.
+      phi, q: Φ and Q.
+      num_frames: trajectory length T.
+      training: count the forward + backward pass of the ``code`` loss instead of inference only.
+
+    Returns:
+      FLOPs for a batch of one trajectory (the compiled program for the host's backend).
+    """
+    side = math.isqrt(phi.shape[1])
+    frame_side = math.isqrt(phi.shape[0])
+    frames = jax.ShapeDtypeStruct((1, num_frames, frame_side, frame_side), jnp.float32)
+    phi_s = jax.ShapeDtypeStruct(phi.shape, jnp.float32)
+    q_s = jax.ShapeDtypeStruct(q.shape, jnp.float32)
+    if not training:
+        fn = lambda p, f, a, b: model.apply({"params": p}, f, a, b)["output"]  # noqa: E731
+        lowered = jax.jit(fn).lower(params, frames, phi_s, q_s)
+    else:
+        from seqcsist_jax.losses import derefnet_loss
+
+        labels = jax.ShapeDtypeStruct((1, num_frames, side, side), jnp.float32)
+
+        def loss_fn(p, f, a, b, lab):
+            return derefnet_loss(model.apply({"params": p}, f, a, b), lab)[0]
+
+        lowered = jax.jit(jax.grad(loss_fn)).lower(params, frames, phi_s, q_s, labels)
+    return _cost_flops(lowered.compile())
