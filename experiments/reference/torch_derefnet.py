@@ -87,8 +87,8 @@ class DeformAlign(nn.Module):
 
     def __init__(self, channels: int, offset_in: int):
         super().__init__()
-        n = channels * 9
-        self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3).uniform_(-1 / math.sqrt(n), 1 / math.sqrt(n)))
+        # mmcv >= 2 DeformConv2d.reset_parameters: kaiming_uniform_(nonlinearity='relu'), U(±√(6/(C·9)))
+        self.weight = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(channels, channels, 3, 3), nonlinearity="relu"))
         self.conv_offset = nn.Conv2d(offset_in, 18, 3, padding=1, bias=True)
         nn.init.zeros_(self.conv_offset.weight)
         nn.init.zeros_(self.conv_offset.bias)

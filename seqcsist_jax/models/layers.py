@@ -12,8 +12,8 @@ Initialisers reproduce what the public PyTorch code gets (SPEC §5):
 * :func:`kaiming_normal_fan_in` — mmagic ``default_init_weights(m, scale)``: ``kaiming_init(a=0,
   mode='fan_in', bias=0)`` (normal, gain √2) then weights × ``scale``: N(0, 2·scale²/fan_in), bias 0.
 * :data:`torch_default_kernel` / :func:`torch_default_bias` — ``nn.Conv2d``/``nn.Linear``'s default
-  ``kaiming_uniform_(a=√5)``: U(±1/√fan_in) for the weights and U(±1/√fan_in) for the bias. mmcv's
-  ``DeformConv2d.reset_parameters`` draws the same U(±1/√(C_in·kh·kw)).
+  ``kaiming_uniform_(a=√5)``: U(±1/√fan_in) for the weights and U(±1/√fan_in) for the bias. (The deformable
+  kernels use :mod:`seqcsist_jax.ops.deform_conv`'s mmcv ≥ 2 init, ``kaiming_uniform_(nonlinearity='relu')``.)
 """
 
 from __future__ import annotations

@@ -144,9 +144,11 @@ class TDFA(nn.Module):
     """Temporal deformable feature alignment of every (centre, neighbour) pair, then the tail.
 
     Params: ``feat_extract`` (ConvModule 1→C: Kaiming fan_out, bias 0), ``attention/{conv0_s, conv1_s,
-    conv_squeeze}`` (PyTorch default), ``align_1`` (deformable 3×3 C→C, no bias, offsets from the aggregated
-    features through the zero-initialised ``conv_offset``), ``align_2`` (the same with offsets from its own
-    input), ``conv`` (3×3 C→1, bias, PyTorch default) and ``tail``.
+    conv_squeeze}`` (PyTorch default), ``align_1`` (deformable 3×3 C→C, no bias, mmcv ≥ 2 kernel init, offsets
+    from the aggregated features through the zero-initialised ``conv_offset``), ``align_2`` (the same with
+    offsets from its own input), ``conv`` (3×3 C→1, bias, PyTorch default) and ``tail``. The deformable convs
+    are :mod:`seqcsist_jax.ops.deform_conv`'s modules with their defaults (``method="auto"``; gradient rule
+    at the image border of torchvision, which differs from mmcv only for sample points exactly on ``-1``).
 
     With ``selective_attention=False`` the offsets of ``align_1`` are computed from the plain concatenation of
     the centre and neighbour features (2C channels, TDAN-style), which is the "stacked deformable alignment"
