@@ -1,0 +1,453 @@
+"""The paper's comparison table on this pipeline: ``python -m experiments.compare``.
+
+For every selected method it trains the method's config (or loads the finished run) in ``WORKDIR/<method>``
+with the same, stated budget, scores the best checkpoint (by validation CSO-mAP) on the test split with the
+paper's protocol (grid decoding, threshold 70, frames 2..17), measures parameters, FLOPs per trajectory and
+inference FPS on this machine, and writes a Markdown table, a JSON file and a figure next to the paper's
+published numbers (SPEC §7, clearly labelled: those were trained at full scale on the public data)::
+
+    python -m experiments.compare --dataset=seqcsist/mini --budget_steps=700 --learning_rate=1e-3 \\
+        --workdir=workdirs/compare_mini --output=experiments/benchmarks/results/compare_mini
+    python -m experiments.compare --methods=srcnn,edsr --paper_scale --workdir=workdirs/compare_paper
+
+Flags:
+  --methods           comma-separated config names (default: all of :data:`DEFAULT_METHODS`)
+  --dataset           dataset override (``seqcsist/mini``, ``seqcsist/default``, ``simulated``; default: config's)
+  --budget_steps N    training steps for every learned method (or --budget_epochs E); equal for all
+  --paper_scale       use each config's own schedule (100 epochs, SRCNN 200) instead of a budget
+  --learning_rate     override the configs' learning rate (default: keep 1e-4, the paper's)
+  --variant           config variant for every method (``smoke`` in tests; default: the paper's architecture)
+  --evals             validation evaluations per run (best checkpoint among them; default 2)
+  --max_eval_trajectories  validation subset size (default: the config's)
+  --workdir           one subdirectory per method; finished runs with the same config are reused
+  --output            path prefix of the table files (default ``WORKDIR/compare`` → .md, .json, .png)
+  --force             recompute even when a finished run with the same config exists
+
+Classical methods (``model.trainable = False``: ISTA, FISTA) are not trained; they are evaluated directly with
+the batched, jitted solver, and their FLOPs are counted analytically from the measured mean iteration count
+(XLA's cost analysis counts a ``while_loop`` body once). Learned methods' FLOPs come from XLA's cost analysis of
+the jitted inference of one trajectory (a multiply-add counts 2). FPS is input frames per second of the jitted
+inference on batches of ``config.eval.batch_size`` trajectories, after a warm-up call, on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import pathlib
+import platform
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+DEFAULT_METHODS = (
+    "ista", "fista", "lista", "istanet", "istanet_plus", "fistanet", "istanet_pp",
+    "srcnn", "edsr", "espcn", "tdan", "derefnet",
+)  # fmt: skip
+METRICS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
+ROW_FILE = "compare_row.json"
+FLOPS_FRAMES = 20  # FLOPs are reported per 20-frame trajectory (the paper's), whatever the dataset's length
+
+log = logging.getLogger("compare")
+
+
+# --------------------------------------------------------------------------------------------- arguments
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated config names")
+    p.add_argument("--dataset", default=None, help="dataset name override, e.g. seqcsist/mini")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget_steps", type=int, default=None, help="training steps per learned method")
+    budget.add_argument("--budget_epochs", type=float, default=None, help="training epochs per learned method")
+    budget.add_argument("--paper_scale", action="store_true", help="each config's own (paper) schedule")
+    p.add_argument("--learning_rate", type=float, default=None, help="learning-rate override for every method")
+    p.add_argument("--variant", default="", help="config variant for every method ('' = paper architecture)")
+    p.add_argument("--evals", type=int, default=2, help="validation evaluations per training run")
+    p.add_argument("--max_eval_trajectories", type=int, default=None, help="validation subset size")
+    p.add_argument("--workdir", required=True, help="output directory (one subdirectory per method)")
+    p.add_argument("--output", default=None, help="path prefix of compare.{md,json,png} (default WORKDIR/compare)")
+    p.add_argument("--force", action="store_true", help="recompute finished runs")
+    args = p.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not args.methods:
+        p.error("--methods is empty")
+    if not (args.paper_scale or args.budget_steps or args.budget_epochs):
+        p.error("give a training budget (--budget_steps or --budget_epochs) or --paper_scale")
+    if args.budget_steps is not None and args.budget_steps <= 0:
+        p.error("--budget_steps must be positive")
+    if args.budget_epochs is not None and args.budget_epochs <= 0:
+        p.error("--budget_epochs must be positive")
+    if args.evals < 1:
+        p.error("--evals must be >= 1")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+
+def method_config(name: str, args: argparse.Namespace):
+    """The config of one method with the comparison's overrides applied (dataset, budget, learning rate).
+
+    Raises:
+      ValueError: unknown config name (the message lists the available ones).
+    """
+    from experiments import configs
+
+    spec = f"{name}:{args.variant}" if args.variant else name
+    config = configs.get_config(spec)
+    if "trainable" not in config.model:  # configs written before the field existed (derefnet) are trainable
+        config.model.trainable = True
+    if args.dataset:
+        config.dataset.name = args.dataset
+    if args.max_eval_trajectories:
+        config.dataset.max_eval_trajectories = args.max_eval_trajectories
+    if args.learning_rate is not None:
+        config.optimizer.learning_rate = args.learning_rate
+    if not args.paper_scale:
+        if args.budget_steps:
+            config.num_train_steps = int(args.budget_steps)
+        else:
+            config.num_train_steps = -1
+            config.num_epochs = float(args.budget_epochs)
+    config.progress_bar = sys.stderr.isatty()
+    return config
+
+
+def _schedule(config, evals: int) -> int:
+    """Resolves the number of steps of a run and sets ``evals`` evaluations (and checkpoints) per run."""
+    if config.num_train_steps > 0:
+        steps = int(config.num_train_steps)
+    else:  # an epoch budget or the paper's schedule: one step per global batch of trajectories
+        from seqcsist_jax import train as train_lib
+
+        num_train = len(train_lib.load_arrays(config.dataset, config.dataset.train_split)["frames"])
+        steps_per_epoch = num_train // (config.per_device_batch_size * _num_devices(config))
+        steps = int(round(config.num_epochs * steps_per_epoch))
+    steps = max(1, steps)
+    config.num_train_steps = steps
+    every = max(1, math.ceil(steps / evals))
+    config.eval_every_steps = every
+    config.checkpoint_every_steps = every
+    config.log_every_steps = max(1, min(config.log_every_steps, every))
+    return steps
+
+
+def _num_devices(config) -> int:
+    import jax
+
+    return config.num_devices if config.get("num_devices", -1) > 0 else jax.device_count()
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+
+
+def _abstract_inputs(num_frames: int):
+    import jax
+    import jax.numpy as jnp
+
+    return (
+        jax.ShapeDtypeStruct((1, num_frames, 11, 11), jnp.float32),
+        jax.ShapeDtypeStruct((121, 1089), jnp.float32),
+        jax.ShapeDtypeStruct((1089, 121), jnp.float32),
+    )
+
+
+def learned_flops(method, num_frames: int) -> float:
+    """XLA cost-analysis FLOPs of the jitted inference of one trajectory (params as abstract shapes)."""
+    import jax
+
+    from seqcsist_jax.models import flops_per_trajectory
+
+    frames, phi, q = _abstract_inputs(num_frames)
+    params = jax.eval_shape(method.model.init, jax.random.PRNGKey(0), frames, phi, q)["params"]
+    return float(flops_per_trajectory(method.model, params, phi, q, num_frames=num_frames))
+
+
+def classical_flops(trainer, num_frames: int = FLOPS_FRAMES, num_trajectories: int = 2) -> tuple[float, float]:
+    """Analytic FLOPs of ISTA/FISTA per ``num_frames``-frame trajectory, from the mean iteration count measured
+    on the first ``num_trajectories`` test trajectories.
+
+    Returns:
+      ``(flops_per_trajectory, mean_iterations)``.
+    """
+    import jax.numpy as jnp
+
+    from seqcsist_jax.baselines import classical
+
+    arrays = trainer.split_arrays(trainer.config.dataset.test_split, num_trajectories)
+    frames = jnp.asarray(arrays["frames"], jnp.float32)
+    out = trainer.method.model.apply({}, frames, jnp.asarray(trainer.phi, jnp.float32), None)
+    mean_iter = float(np.mean(np.asarray(out["iterations"])))
+    return classical.flops_per_frame(mean_iter) * num_frames, mean_iter
+
+
+def _paper_row(name: str) -> dict | None:
+    from seqcsist_jax.baselines import published
+
+    row = published.published(name)
+    if row is None:
+        return None
+    return {"mAP": row.mAP, **{k: getattr(row, k) for k in METRICS[1:]}, "fps": row.fps, "params": row.params}
+
+
+def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> dict:
+    """Trains (or loads) and evaluates one method; returns its table row (also saved to ``workdir/ROW_FILE``)."""
+    from seqcsist_jax import evaluate as evaluation
+    from seqcsist_jax import methods
+    from seqcsist_jax import train as train_lib
+    from seqcsist_jax.baselines import published
+
+    config = method_config(name, args)
+    workdir.mkdir(parents=True, exist_ok=True)
+    trainable = bool(config.model.trainable)
+    if trainable:
+        _schedule(config, args.evals)
+    key = json.loads(json.dumps(config.to_dict(), default=str))
+
+    row_path = workdir / ROW_FILE
+    if row_path.exists() and not args.force:
+        cached = json.loads(row_path.read_text())
+        if cached.get("config") == key:
+            log.info("%s: reusing the finished run in %s", name, workdir)
+            return cached
+
+    start = time.perf_counter()
+    if trainable:
+        result = train_lib.train_and_evaluate(config, workdir)
+        test = result["test"]
+        steps = int(result["step"])
+        flops = learned_flops(methods.build_method(config.model, config.loss), FLOPS_FRAMES)
+        extra = {"best_validation_mAP": (result.get("best") or {}).get("mAP")}
+    else:
+        trainer = train_lib.Trainer(config, workdir)
+        test = evaluation.evaluate_run(trainer, {}, split=config.dataset.test_split, name=published.label(name))
+        steps = 0
+        flops, mean_iter = classical_flops(trainer, FLOPS_FRAMES)
+        extra = {"mean_iterations": mean_iter, "max_iter": int(config.model.max_iter)}
+    seconds = time.perf_counter() - start
+
+    row = {
+        "method": name,
+        "label": published.label(name),
+        "trainable": trainable,
+        "params": int(test["params"]),
+        "flops_per_trajectory": flops,
+        "fps": float(test["fps"]),
+        **{k: float(test[k]) for k in METRICS},
+        "steps": steps,
+        "learning_rate": float(config.optimizer.learning_rate) if trainable else None,
+        "weight_decay": float(config.optimizer.weight_decay) if trainable else None,
+        "seconds": seconds,
+        "num_test_trajectories": int(test.get("num_trajectories", 0)),
+        "paper": _paper_row(name),
+        "config": key,
+        **extra,
+    }
+    tmp = row_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row, indent=2, default=float))
+    tmp.replace(row_path)
+    return row
+
+
+# --------------------------------------------------------------------------------------------- the table
+
+
+def _fmt_params(n: int | None) -> str:
+    if not n:
+        return "–"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f} K"
+    return str(n)
+
+
+def _fmt_flops(f: float | None) -> str:
+    if f is None:
+        return "–"
+    return f"{f / 1e9:.3g} G" if f >= 1e8 else f"{f / 1e6:.3g} M"
+
+
+def _fmt_fps(f: float | None) -> str:
+    if f is None:
+        return "–"
+    return f"{f:,.1f}" if f < 10 else f"{f:,.0f}"
+
+
+def machine_info() -> dict:
+    import jax
+
+    device = jax.devices()[0]
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)),
+        "num_devices": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def settings_text(settings: dict) -> str:
+    if settings.get("paper_scale"):
+        budget = "each config's own schedule (paper scale: 100 epochs, SRCNN 200)"
+    elif settings.get("budget_steps"):
+        budget = f"{settings['budget_steps']} steps (one trajectory per step) for every learned method"
+    else:
+        budget = f"{settings['budget_epochs']} epochs for every learned method"
+    lr = settings.get("learning_rate")
+    lr_text = f"learning rate {lr:g} for every method" if lr is not None else "each config's learning rate (1e-4)"
+    return f"dataset `{settings.get('dataset') or 'config default'}`; budget: {budget}; {lr_text}"
+
+
+def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
+    """The comparison as Markdown: this run, then the paper's numbers for the same methods."""
+    lines = [
+        "## Comparison on this pipeline",
+        "",
+        f"Trained and scored here: {settings_text(settings)}. Test split, paper protocol (grid decoding, "
+        "threshold 70, frames 2..17, CSO-mAP and AP ×100). Classical methods are not trained. "
+        f"FPS: input frames per second of the jitted inference on this machine ({machine['device']}, "
+        f"{machine['cpu_count']} CPU cores, backend {machine['backend']}); FLOPs per 20-frame trajectory "
+        "(XLA cost analysis; ISTA/FISTA analytic from the mean iteration count).",
+        "",
+        "| method | params | FLOPs / traj | FPS | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | steps | paper CSO-mAP |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        paper = r.get("paper")
+        cells = [
+            r["label"],
+            _fmt_params(r["params"]),
+            _fmt_flops(r["flops_per_trajectory"]),
+            _fmt_fps(r["fps"]),
+            *[f"{100 * r[k]:.2f}" for k in METRICS],
+            str(r["steps"]) if r["trainable"] else "–",
+            f"{paper['mAP']:.2f}" if paper else "–",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Published numbers (from the paper, not measured here)",
+        "",
+        "SeqCSIST paper, comparison table (SPEC §7): trained at full scale (100 epochs, SRCNN 200) on the public "
+        "data (3,500 training trajectories, 4 GPUs) and scored on its 750 test trajectories; FPS on the authors' "
+        "hardware.",
+        "",
+        "| method | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | FPS | params |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        paper = r.get("paper")
+        if not paper:
+            lines.append(f"| {r['label']} | not reported | | | | | | | |")
+            continue
+        cells = [r["label"], *[f"{paper[k]:.2f}" for k in METRICS], _fmt_fps(paper["fps"]), paper["params"] or "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(rows: Sequence[dict], path: pathlib.Path) -> None:
+    """Bars: CSO-mAP of this run next to the paper's, per method; and AP per distance threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["label"] for r in rows]
+    ours = [100 * r["mAP"] for r in rows]
+    paper = [r["paper"]["mAP"] if r.get("paper") else np.nan for r in rows]
+    x = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(rows) + 4), 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    ax = axes[0]
+    ax.bar(x - 0.2, ours, 0.4, label="this run")
+    ax.bar(x + 0.2, paper, 0.4, label="paper (full scale)", alpha=0.6)
+    ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("CSO-mAP (×100)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax = axes[1]
+    thresholds = [0.05, 0.10, 0.15, 0.20, 0.25]
+    for r in rows:
+        ax.plot(thresholds, [100 * r[k] for k in METRICS[1:]], marker="o", ms=3, label=r["label"])
+    ax.set_xlabel("distance threshold (px)")
+    ax.set_ylabel("AP (×100), this run")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_outputs(rows: Sequence[dict], settings: dict, prefix: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Writes ``prefix.md``, ``prefix.json`` and ``prefix.png``; returns their paths."""
+    machine = machine_info()
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    paths = {ext: prefix.with_name(prefix.name + f".{ext}") for ext in ("md", "json", "png")}
+    paths["md"].write_text(markdown_table(rows, settings, machine))
+    public_rows = [{k: v for k, v in r.items() if k != "config"} for r in rows]
+    data = {"settings": settings, "machine": machine, "rows": public_rows,
+            "paper_source": "SeqCSIST paper comparison table (SPEC §7), full-scale training on the public data"}
+    paths["json"].write_text(json.dumps(data, indent=2, default=float))
+    plot_comparison(rows, paths["png"])
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Runs the comparison; returns ``{"rows": [...], "paths": {...}}``."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # quiet orbax/absl chatter
+    for name in ("compare", "seqcsist_jax"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    from experiments import configs
+
+    unknown = [m for m in args.methods if m not in configs.available_configs()]
+    if unknown:
+        raise SystemExit(f"error: unknown method(s) {unknown}; available configs: {configs.available_configs()}")
+    workdir = pathlib.Path(args.workdir)
+    prefix = pathlib.Path(args.output) if args.output else workdir / "compare"
+    settings = {
+        "methods": args.methods,
+        "dataset": args.dataset,
+        "budget_steps": args.budget_steps,
+        "budget_epochs": args.budget_epochs,
+        "paper_scale": args.paper_scale,
+        "learning_rate": args.learning_rate,
+        "variant": args.variant,
+        "evals": args.evals,
+    }
+    rows = []
+    total = time.perf_counter()
+    for i, name in enumerate(args.methods, 1):
+        print(f"[{i}/{len(args.methods)}] {name} ...", flush=True)
+        row = run_method(name, args, workdir / name)
+        rows.append(row)
+        print(
+            f"[{i}/{len(args.methods)}] {name}: CSO-mAP {100 * row['mAP']:.2f} (paper "
+            f"{row['paper']['mAP'] if row.get('paper') else '–'}), {row['steps']} steps, "
+            f"{_fmt_params(row['params'])} params, {_fmt_fps(row['fps'])} FPS, {row['seconds']:.0f} s",
+            flush=True,
+        )
+        write_outputs(rows, settings, prefix)  # partial tables survive an interrupted run
+    settings["total_seconds"] = time.perf_counter() - total
+    paths = write_outputs(rows, settings, prefix)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return {"rows": rows, "paths": paths}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""``python -m experiments.compare``: overrides, table layout, and one tiny end-to-end run with reuse."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import compare
+from seqcsist_jax.baselines import published
+
+
+def _row(name: str, **values) -> dict:
+    row = {
+        "method": name, "label": published.label(name), "trainable": name != "ista", "params": 15841,
+        "flops_per_trajectory": 2.5e9, "fps": 1234.5, "mAP": 0.4, "AP05": 0.01, "AP10": 0.1, "AP15": 0.4,
+        "AP20": 0.7, "AP25": 0.79, "steps": 300, "paper": compare._paper_row(name),
+    }  # fmt: skip
+    row.update(values)
+    return row
+
+
+def test_parse_args_validation():
+    with pytest.raises(SystemExit):  # no budget
+        compare.parse_args(["--workdir=/tmp/x"])
+    with pytest.raises(SystemExit):  # two budgets
+        compare.parse_args(["--workdir=/tmp/x", "--budget_steps=3", "--paper_scale"])
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--workdir=/tmp/x", "--budget_steps=0"])
+    args = compare.parse_args(["--workdir=/tmp/x", "--budget_steps=5", "--methods=srcnn, tdan"])
+    assert args.methods == ["srcnn", "tdan"]
+    assert compare.parse_args(["--workdir=/tmp/x", "--paper_scale"]).methods == list(compare.DEFAULT_METHODS)
+
+
+def test_unknown_method_is_reported(tmp_path):
+    with pytest.raises(SystemExit, match="unknown method"):
+        compare.main(["--methods=srcnn,bogus", "--budget_steps=1", f"--workdir={tmp_path}"])
+
+
+def test_method_config_applies_the_equal_budget():
+    args = compare.parse_args(
+        ["--workdir=/tmp/x", "--budget_steps=90", "--learning_rate=1e-3", "--dataset=seqcsist/mini", "--evals=3"]
+    )
+    for name in ("srcnn", "tdan", "istanet_pp"):
+        config = compare.method_config(name, args)
+        assert compare._schedule(config, args.evals) == 90
+        assert config.num_train_steps == 90
+        assert config.eval_every_steps == 30 and config.checkpoint_every_steps == 30
+        assert config.optimizer.learning_rate == 1e-3
+        assert config.dataset.name == "seqcsist/mini"
+    # a config's own settings that the budget does not touch stay (ISTA-Net++ has no weight decay)
+    assert compare.method_config("istanet_pp", args).optimizer.weight_decay == 0.0
+    assert compare.method_config("srcnn", args).optimizer.weight_decay == 1e-5
+    assert not compare.method_config("ista", args).model.trainable
+    paper = compare.parse_args(["--workdir=/tmp/x", "--paper_scale"])
+    assert compare.method_config("srcnn", paper).num_epochs == 200
+
+
+def test_markdown_table_keeps_paper_numbers_apart():
+    rows = [_row("ista", trainable=False, params=0, steps=0), _row("srcnn"), _row("fista", trainable=False)]
+    machine = {"device": "cpu", "cpu_count": 2, "backend": "cpu"}
+    settings = {"dataset": "seqcsist/mini", "budget_steps": 300, "learning_rate": 1e-3}
+    text = compare.markdown_table(rows, settings, machine)
+    ours, paper = text.split("## Published numbers (from the paper, not measured here)")
+    assert "300 steps" in ours and "seqcsist/mini" in ours and "learning rate 0.001" in ours
+    srcnn_row = next(line for line in ours.splitlines() if line.startswith("| SRCNN"))
+    cells = [c.strip() for c in srcnn_row.strip("|").split("|")]
+    assert cells == ["SRCNN", "15.8 K", "2.5 G", "1,234", "40.00", "1.00", "10.00", "40.00", "70.00", "79.00",
+                     "300", "49.64"]  # fmt: skip
+    assert "| SRCNN | 49.64 | 1.40 | 16.30 | 51.20 | 85.00 | 94.30 | 102,961 | 15.8 K |" in paper
+    assert "| FISTA | not reported |" in paper
+    assert "| ISTA | 10.72 | 0.14 | 1.97 | 8.74 | 18.22 | 24.53 | 0.1 | – |" in paper
+
+
+def test_end_to_end_smoke_run_and_reuse(tmp_path):
+    workdir = tmp_path / "runs"
+    prefix = tmp_path / "out" / "compare_test"
+    argv = ["--methods=ista,espcn", "--variant=smoke", "--budget_steps=2", f"--workdir={workdir}",
+            f"--output={prefix}", "--evals=1"]  # fmt: skip
+    result = compare.main(argv)
+    for ext in ("md", "json", "png"):
+        assert prefix.with_name(f"compare_test.{ext}").stat().st_size > 200
+    data = json.loads(prefix.with_name("compare_test.json").read_text())
+    assert data["settings"]["budget_steps"] == 2 and data["machine"]["backend"]
+    ista, espcn = data["rows"]
+    assert (ista["method"], ista["trainable"], ista["steps"], ista["params"]) == ("ista", False, 0, 0)
+    assert ista["mean_iterations"] == pytest.approx(50)  # the smoke config's max_iter: never converges
+    assert espcn["trainable"] and espcn["steps"] == 2
+    assert espcn["params"] == (25 * 4 + 4) + (9 * 4 * 4 + 4) + (9 * 4 * 9 + 9)  # the smoke ESPCN (4/4 channels)
+    for row in (ista, espcn):
+        assert 0.0 <= row["mAP"] <= 1.0 and row["fps"] > 0 and row["flops_per_trajectory"] > 0
+        assert row["paper"]["mAP"] == published.published(row["method"]).mAP
+        assert np.isclose(row["mAP"], np.mean([row[k] for k in ("AP05", "AP10", "AP15", "AP20", "AP25")]))
+    assert (workdir / "espcn" / "eval" / "test" / "metrics.json").exists()
+
+    # a second call with the same settings reuses both finished runs
+    marker = (workdir / "espcn" / "metrics.jsonl").stat().st_mtime_ns
+    again = compare.main(argv)
+    assert [r["seconds"] for r in again["rows"]] == [r["seconds"] for r in result["rows"]]
+    assert (workdir / "espcn" / "metrics.jsonl").stat().st_mtime_ns == marker
