@@ -1,0 +1,218 @@
+"""The public entry point :func:`decode` and its padded-array form :func:`decode_arrays`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from seqcsist_jax.decode import frames as frames_mod
+from seqcsist_jax.decode import maps as maps_mod
+from seqcsist_jax.decode import trajectory as traj_mod
+from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
+
+__all__ = ["decode", "decode_arrays", "Decoded", "localisation_confidence", "map_seeds"]
+
+
+@dataclasses.dataclass
+class Decoded:
+    """Padded decoder output (``refine``/``trajectory``) plus what the diagnostics need.
+
+    Attributes:
+      detections: ``(N, T, Kmax, 4)`` rows ``(x, y, brightness, score)``; rows ``>= count`` are zero.
+      count: ``(N, T)`` detections per frame.
+      pos_var: ``(N, T, Kmax)`` posterior position variance (px², mean of x and y).
+      count_prob: ``(N, T)`` probability of the chosen count.
+      frame_cost: ``(N, T, Kmax+1)`` per-frame fit cost for every count ``K = 0..Kmax`` (both methods fit
+        frames).
+      trajectory: the :class:`~seqcsist_jax.decode.trajectory.TrajectoryFits` (``trajectory`` only).
+    """
+
+    detections: np.ndarray
+    count: np.ndarray
+    pos_var: np.ndarray
+    count_prob: np.ndarray
+    frame_cost: np.ndarray
+    trajectory: Any = None
+
+    def to_lists(self) -> list[list[np.ndarray]]:
+        """``N`` lists of ``T`` arrays ``(M, 4)`` (float64)."""
+        n, t = self.count.shape
+        det = self.detections.astype(np.float64)
+        return [[det[i, j, : self.count[i, j]].copy() for j in range(t)] for i in range(n)]
+
+
+def localisation_confidence(pos_var: np.ndarray, radius: float) -> np.ndarray:
+    """``P(‖error‖ <= radius)`` for an isotropic 2-D Gaussian error of per-axis variance ``pos_var``.
+
+    ``1 - exp(-r²/(2σ²))`` (Rayleigh CDF), computed as ``-expm1`` so tiny variances keep distinct scores.
+    """
+    v = np.maximum(np.asarray(pos_var, np.float64), 1e-300)
+    return -np.expm1(-(radius**2) / (2.0 * v))
+
+
+def _check_frames(frames: Any) -> np.ndarray:
+    arr = np.asarray(frames)
+    if arr.ndim != 4 or arr.shape[-1] != arr.shape[-2]:
+        raise ValueError(f"frames must have shape (N, T, S, S), got {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"frames must hold numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr).all(axis=(2, 3)))[0]
+        raise ValueError(f"frames contain NaN or inf values (trajectory {bad[0]}, frame {bad[1]})")
+    return arr
+
+
+def _check_maps(maps: Any, frames: np.ndarray, c: int) -> tuple[np.ndarray, int]:
+    """Maps ``(N, T', n, n)`` and the index of the frame their first entry belongs to."""
+    arr = np.asarray(maps)
+    n, t, s = frames.shape[:3]
+    if arr.ndim != 4 or arr.shape[0] != n or arr.shape[-1] != arr.shape[-2] or arr.shape[-1] != s * c:
+        raise ValueError(
+            f"maps must have shape (N, T, {s * c}, {s * c}) matching frames {frames.shape}, got {arr.shape}"
+        )
+    if arr.shape[1] == t:
+        first = 0
+    elif arr.shape[1] == t - 4:  # DeRefNet predicts the centre frames 2..T-3 only
+        first = 2
+    else:
+        raise ValueError(f"maps must have T={t} frames (or T-4={t - 4} centre frames), got {arr.shape[1]}")
+    arr = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr).all(axis=(2, 3)))[0]
+        raise ValueError(f"maps contain NaN or inf values (trajectory {bad[0]}, map {bad[1]})")
+    return arr, first
+
+
+def _full_maps(maps: np.ndarray, first: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, T, n, n)`` maps (zeros where none was given) and the ``(T,)`` mask of frames that had one."""
+    n, tm = maps.shape[:2]
+    full = np.zeros((n, t) + maps.shape[2:], np.float32)
+    full[:, first : first + tm] = maps
+    have = np.zeros(t, bool)
+    have[first : first + tm] = True
+    return full, have
+
+
+def map_seeds(maps: np.ndarray, opts: DecodeOptions, slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start rows from map peaks: ``(F, slots, 3)`` ``(x, y, brightness)`` strongest first, ``(F,)`` counts."""
+    flat = maps.reshape(-1, *maps.shape[-2:])
+    fr, xy, total, _ = maps_mod.peak_table(flat, opts.threshold, opts.c, opts.connectivity)
+    f = flat.shape[0]
+    seeds = np.zeros((f, slots, 3), np.float32)
+    count = np.zeros(f, np.int32)
+    if fr.size:
+        order = np.lexsort((-total, fr))  # by frame, then brightness descending
+        fr, xy, total = fr[order], xy[order], total[order]
+        starts = np.searchsorted(fr, np.arange(f))
+        rank = np.arange(fr.size) - starts[fr]
+        keep = rank < slots
+        seeds[fr[keep], rank[keep], :2] = xy[keep]
+        seeds[fr[keep], rank[keep], 2] = total[keep]
+        count = np.minimum(np.bincount(fr, minlength=f), slots).astype(np.int32)
+    return seeds, count
+
+
+def _frame_fits(frames: np.ndarray, maps: np.ndarray | None, opts: DecodeOptions, progress: bool):
+    n, t, s, _ = frames.shape
+    flat = frames.reshape(n * t, s, s)
+    seeds = seed_count = None
+    if maps is not None and opts.map_seeds:
+        seeds, seed_count = map_seeds(maps, opts, frames_mod.slots_for(opts.max_targets))
+    return frames_mod.fit_frames(flat, opts, seeds, seed_count, progress=progress)
+
+
+def decode_arrays(
+    frames: Any, maps: Any = None, method: str = "trajectory", progress: bool = False, **options: Any
+) -> Decoded:
+    """Continuous decoding (``refine`` or ``trajectory``) as padded arrays; see :func:`decode`."""
+    if method not in ("refine", "trajectory"):
+        raise ValueError(f"decode_arrays supports 'refine' and 'trajectory', got {method!r}")
+    opts = make_options(**options)
+    frames = _check_frames(frames)
+    n, t, s, _ = frames.shape
+    full_maps = None
+    if maps is not None:
+        m, first = _check_maps(maps, frames, opts.c)
+        full_maps, _ = _full_maps(m, first, t)
+    kmax = opts.max_targets
+    fits = _frame_fits(frames, full_maps, opts, progress)
+    crit = frames_mod.count_criterion(fits.cost, 3, opts, opts.count_penalty)  # (F, Kmax+1), index = K
+    chosen = np.argmin(crit, axis=-1)
+    rel = crit - crit[np.arange(crit.shape[0]), chosen][:, None]
+    frame_prob = 1.0 / np.sum(np.exp(-0.5 * rel), axis=-1)
+    counts = chosen.reshape(n, t)
+    frame_cost = fits.cost.reshape(n, t, kmax + 1)
+    if method == "refine":
+        idx = np.maximum(chosen - 1, 0)
+        params = fits.params[np.arange(n * t), idx].reshape(n, t, kmax, 3)
+        var = fits.pos_var[np.arange(n * t), idx].reshape(n, t, kmax)
+        prob = frame_prob.reshape(n, t)
+        traj = None
+    else:
+        traj = traj_mod.fit_trajectories(frames, fits, counts, opts, progress=progress)
+        params, var = traj.params, traj.pos_var
+        counts = np.repeat(traj.count[:, None], t, axis=1)
+        prob = np.repeat(traj.count_prob[:, None], t, axis=1)
+    active = np.arange(kmax)[None, None, :] < counts[..., None]
+    score = prob[..., None] * localisation_confidence(np.where(active, var, 1.0), opts.score_radius)
+    det = np.concatenate([params.astype(np.float64), score[..., None]], axis=-1)
+    det = np.where(active[..., None], det, 0.0)
+    var = np.where(active, var, np.inf)
+    return Decoded(det, counts.astype(np.int32), var, prob, frame_cost, traj)
+
+
+def decode(frames: Any, maps: Any = None, method: str = "trajectory", **options: Any) -> list[list[np.ndarray]]:
+    """Decodes continuous target positions and brightnesses from SeqCSIST frames.
+
+    Args:
+      frames: ``(N, T, S, S)`` raw grey values (uint8 as stored, or float), ``T = 20`` for SeqCSIST.
+      maps: optional ``(N, T, 11c, 11c)`` model label maps (DeRefNet, ISTA, …); ``(N, T-4, …)`` is read as the
+        centre frames ``2..T-3`` that DeRefNet predicts (other frames then have no map).
+      method: one of
+        - ``"grid"``: the published protocol — every map cell ``>= threshold`` is a detection at its grid point
+          (score = brightness = cell value);
+        - ``"peak"``: local maxima of the map ``>= threshold``; position = weighted centroid of the peak's
+          neighbourhood, brightness = its sum, score = brightness;
+        - ``"refine"``: per-frame least-squares fit of positions and brightnesses to the 8-bit frame on the
+          imaging model (:mod:`seqcsist_jax.decode.frames`), count by a BIC-like criterion;
+        - ``"trajectory"``: per-trajectory fit of polynomial paths with constant brightness
+          (:mod:`seqcsist_jax.decode.trajectory`), one count per trajectory.
+        ``grid`` and ``peak`` need maps; without them the physics-only map
+        (:func:`seqcsist_jax.decode.maps.physics_maps`, non-negative sparse least squares on Φ) is used.
+        ``refine`` and ``trajectory`` work from the frames alone; maps only add starts (their peaks).
+      **options: fields of :class:`~seqcsist_jax.decode.options.DecodeOptions`, plus ``progress`` (bool,
+        tqdm bars) and, for ``grid``/``peak`` without maps, ``physics_iterations`` (FISTA iterations, 100).
+
+    Returns:
+      ``N`` lists of ``T`` float64 arrays ``(M, 4)`` with rows ``(x, y, brightness, score)``; ``x`` on the
+      row axis, in pixels. Scores rank detections across a split: for ``refine``/``trajectory`` they are
+      ``P(count right) · P(localisation error <= score_radius)`` from the fit's posterior (see the README).
+
+    Raises:
+      ValueError: bad shapes, NaN/inf in frames or maps, unknown method; TypeError: unknown option.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    progress = bool(options.pop("progress", False))
+    physics_iterations = int(options.pop("physics_iterations", 100))
+    if method in ("refine", "trajectory"):
+        return decode_arrays(frames, maps, method, progress=progress, **options).to_lists()
+    opts = make_options(**options)
+    frames = _check_frames(frames)
+    n, t, s, _ = frames.shape
+    if maps is None:
+        flat = maps_mod.physics_maps(frames.reshape(n * t, s, s), opts.c, opts.sigma, physics_iterations)
+        full, have = flat.reshape(n, t, s * opts.c, s * opts.c), np.ones(t, bool)
+    else:
+        m, first = _check_maps(maps, frames, opts.c)
+        full, have = _full_maps(m, first, t)
+    flat = full.reshape(n * t, *full.shape[2:])
+    if method == "grid":
+        dets = maps_mod.grid_detections(flat, opts.threshold, opts.c)
+    else:
+        dets = maps_mod.peak_detections(flat, opts.threshold, opts.c, opts.connectivity)
+    empty = np.zeros((0, 4))
+    return [[dets[i * t + j] if have[j] else empty for j in range(t)] for i in range(n)]

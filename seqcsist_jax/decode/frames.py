@@ -1,0 +1,311 @@
+"""Per-frame continuous fitting (the ``refine`` decoder and the starts of the ``trajectory`` decoder).
+
+For every frame and every count ``K = 1..max_targets`` the decoder fits ``K`` targets ``(x, y, b)`` to the
+8-bit frame by Levenberg–Marquardt on the forward model of :mod:`seqcsist_jax.decode.forward` (censored at the
+clip level), plus the optional Gaussian brightness prior. Counts are grown greedily, each from the best fit
+with one target fewer, from several starts:
+
+* **add**: the ``K-1`` targets plus a new one where the matched filter of the residual peaks — the residual
+  ``obs - pred`` correlated with the PSF of every 1/3-px grid point, normalised to signal-to-noise units (this
+  is one step of matching pursuit on Φ);
+* **split**: the ``K-1`` targets with the one nearest that peak replaced by two, 0.4 px apart along the
+  direction to the peak, each with half its brightness (a ``K-1`` fit often sits between two close targets,
+  where "add" starts in the wrong basin);
+* **map**: the ``K`` strongest peaks of a model's label map (DeRefNet, ISTA, …), when maps are given.
+
+The best start (lowest cost) is kept for each ``K``. The count (``K = 0``, the empty model, included) is
+chosen by a BIC-like criterion ``cost_K / s² + count_penalty · 3K`` (:func:`count_criterion`); ``s² = 1/12 + noise_sigma²`` is the per-pixel
+residual variance at the truth. Every fit also returns the posterior position variance ``s²·diag((JᵀJ)⁻¹)``
+of each target, used by the scores.
+
+Compilation: a fit with ``K`` targets runs in a fixed number of *slots* (``K`` rounded up to 1, 2, 4, 8, …);
+unused slots have zero brightness, zero Jacobian columns and an identity block in ``JᵀJ``, so they never
+move. Each slot count compiles once per chunk shape and serves every ``K`` up to it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqcsist_jax import imaging
+from seqcsist_jax.decode import forward
+from seqcsist_jax.decode.lm import levenberg_marquardt
+from seqcsist_jax.decode.options import DecodeOptions
+
+__all__ = [
+    "FrameFits",
+    "fit_frames",
+    "count_criterion",
+    "frame_objective",
+    "position_variances",
+    "slots_for",
+    "empty_cost",
+]
+
+_MIN_BRIGHTNESS = 1.0
+_SPLIT_HALF_DISTANCE = 0.2
+
+
+class FrameFits(NamedTuple):
+    """Per-frame fits for every count, padded over ``K``.
+
+    Attributes:
+      params: ``(F, Kmax, Kmax, 3)``: ``params[f, K-1, :K]`` are the ``K``-target fit's rows ``(x, y, b)``.
+      cost: ``(F, Kmax + 1)`` final cost (censored squared residuals + prior term) of each count's fit;
+        ``cost[:, 0]`` is the empty model's (``Σ obs²``).
+      pos_var: ``(F, Kmax, Kmax)`` mean of the x and y posterior variances of each target (px²).
+    """
+
+    params: np.ndarray
+    cost: np.ndarray
+    pos_var: np.ndarray
+
+
+def slots_for(k: int) -> int:
+    """Slots a ``k``-target fit runs in: ``k`` rounded up to a power of two (1, 2, 4, 8, …)."""
+    return 1 << max(0, int(k) - 1).bit_length()
+
+
+def _prior_terms(slots: int, opts: DecodeOptions, dtype) -> tuple[jax.Array, jax.Array]:
+    """Prior precision (in cost units) and mean over a ``(slots·3,)`` parameter vector."""
+    weight = np.zeros((slots, 3), np.float32)
+    mean = np.zeros((slots, 3), np.float32)
+    if opts.brightness_prior is not None:
+        mu, sd = opts.brightness_prior
+        weight[:, 2] = opts.noise_variance / sd**2
+        mean[:, 2] = mu
+    return jnp.asarray(weight.reshape(-1), dtype), jnp.asarray(mean.reshape(-1), dtype)
+
+
+def masked_normal(jtj: jax.Array, jtr: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Freezes the parameters where ``mask`` is false: zero their rows/columns and put 1 on the diagonal."""
+    m = mask.astype(jtj.dtype)
+    return jtj * m[:, None] * m[None, :] + jnp.diag(1.0 - m), jtr * m
+
+
+def frame_objective(obs: jax.Array, active: jax.Array, opts: DecodeOptions):
+    """``normal_fn``, ``cost_fn`` and ``project`` of one frame's fit over ``theta (3·slots,)``.
+
+    Args:
+      obs: ``(S, S)`` observed frame.
+      active: ``(slots,)`` bool, the slots holding targets (inactive slots have brightness 0 and stay fixed).
+    """
+    slots = active.shape[0]
+    sat = forward.saturated_pixels(obs, opts.clip_level, opts.max_saturated)
+    pw, pm = _prior_terms(slots, opts, obs.dtype)
+    pmask = jnp.repeat(active, 3)
+    pw = pw * pmask
+    size = obs.shape[-1]
+
+    def normal_fn(theta):
+        jtj, jtr, cost = forward.frame_normal_equations(
+            theta.reshape(slots, 3), obs, opts.clip_level, sat, opts.sigma
+        )
+        dev = theta - pm
+        jtj, jtr = masked_normal(jtj + jnp.diag(pw), jtr + pw * dev, pmask)
+        return jtj, jtr, cost + jnp.sum(pw * dev * dev)
+
+    def cost_fn(theta):
+        dev = theta - pm
+        return forward.frame_cost(theta.reshape(slots, 3), obs, opts.clip_level, opts.sigma) + jnp.sum(pw * dev * dev)
+
+    def project(theta):
+        p = theta.reshape(slots, 3)
+        xy = jnp.clip(p[:, :2], -1.0, float(size))
+        b = jnp.where(active, jnp.maximum(p[:, 2], _MIN_BRIGHTNESS), 0.0)
+        return jnp.concatenate([xy, b[:, None]], axis=1).reshape(-1)
+
+    return normal_fn, cost_fn, project
+
+
+def position_variances(jtj: jax.Array, noise_variance: float, per_target: int = 3) -> jax.Array:
+    """Mean x/y posterior variance ``s²·diag((JᵀJ)⁻¹)`` per target; parameters ``(x, y, …)`` per target.
+
+    Args:
+      jtj: ``(P, P)`` normal matrix (with frozen parameters as identity blocks).
+      per_target: parameters per target, positions first.
+
+    Returns:
+      ``(P / per_target,)`` px², finite (singular directions give a large variance, not inf/NaN).
+    """
+    p = jtj.shape[-1]
+    eye = jnp.eye(p, dtype=jtj.dtype)
+    scale = jnp.sqrt(jnp.clip(jnp.diag(jtj), 1e-12, None))
+    # Jacobi scaling: positions (px) and brightness (grey levels) differ by orders of magnitude.
+    scaled = jtj / (scale[:, None] * scale[None, :]) + 1e-6 * eye
+    inv_diag = jnp.diag(forward.spd_solve_many(scaled, eye)) / scale**2
+    var = noise_variance * inv_diag.reshape(-1, per_target)
+    out = 0.5 * (var[:, 0] + var[:, 1])
+    return jnp.where(jnp.isfinite(out) & (out > 0), out, 1e6)
+
+
+def _fit_one(start: jax.Array, active: jax.Array, obs: jax.Array, opts: DecodeOptions):
+    slots = start.shape[0]
+    normal_fn, cost_fn, project = frame_objective(obs, active, opts)
+    res = levenberg_marquardt(project(start.reshape(-1)), normal_fn, cost_fn, project, opts.frame_iterations)
+    return res.theta.reshape(slots, 3), res.cost, position_variances(res.jtj, opts.noise_variance)
+
+
+@functools.lru_cache(maxsize=4)
+def _grid_filter(size: int, c: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    coords = imaging.grid_coordinates(c, size)
+    a = imaging.pixel_integrals(coords, size, sigma).astype(np.float32)  # (n, S)
+    return a, coords.astype(np.float32)
+
+
+def _matched_filter_peak(resid: jax.Array, opts: DecodeOptions) -> jax.Array:
+    """``(3,)`` start ``(x, y, b)`` of a new target: the grid point where the residual best matches the PSF."""
+    size = resid.shape[-1]
+    a_np, coords_np = _grid_filter(size, opts.c, opts.sigma)
+    a, coords = jnp.asarray(a_np), jnp.asarray(coords_np)
+    t = jnp.sum(resid[:, None, :] * a[None, :, :], -1)  # (S, n): Σ_c R[r, c] a_j[c]
+    mf = jnp.sum(a[:, :, None] * t[None, :, :], 1)  # (n, n): Σ_r a_i[r] t[r, j]
+    energy = jnp.sum(a * a, -1)
+    norm = energy[:, None] * energy[None, :]
+    idx = jnp.argmax(mf / jnp.sqrt(norm))
+    i, j = idx // coords.shape[0], idx % coords.shape[0]
+    b = jnp.maximum(mf[i, j] / norm[i, j], 20.0)
+    return jnp.stack([coords[i], coords[j], b])
+
+
+def _grow_starts(prev: jax.Array, k: jax.Array, obs: jax.Array, opts: DecodeOptions) -> jax.Array:
+    """``(2, slots, 3)`` starts with ``k`` active slots from a fit with ``k-1`` active: add and split."""
+    slots = prev.shape[0]
+    r, _ = forward.residuals(forward.predict(prev, obs.shape[-1], opts.sigma), obs, opts.clip_level)
+    new = _matched_filter_peak(-r, opts)
+    slot = k - 1
+    add = prev.at[slot].set(new)
+    old_active = jnp.arange(slots) < slot
+    d2 = jnp.where(old_active, jnp.sum((prev[:, :2] - new[None, :2]) ** 2, -1), jnp.inf)
+    j = jnp.argmin(d2)
+    delta = new[:2] - prev[j, :2]
+    length = jnp.sqrt(jnp.sum(delta**2))
+    unit = jnp.where(length > 1e-3, delta / jnp.maximum(length, 1e-3), jnp.array([1.0, 0.0], prev.dtype))
+    shift = jnp.concatenate([unit * _SPLIT_HALF_DISTANCE, -0.5 * prev[j, 2:]])
+    mirror = jnp.concatenate([-unit * _SPLIT_HALF_DISTANCE, -0.5 * prev[j, 2:]])
+    split = prev.at[j].set(prev[j] + mirror).at[slot].set(prev[j] + shift)
+    return jnp.stack([add, split])
+
+
+def _centroid_start(obs: jax.Array, slots: int) -> jax.Array:
+    """``(slots, 3)`` with slot 0 at the intensity centroid holding the total intensity."""
+    size = obs.shape[-1]
+    w = jnp.maximum(obs, 0.0)
+    total = jnp.maximum(jnp.sum(w), 1.0)
+    grid = jnp.arange(size, dtype=obs.dtype)
+    x = jnp.sum(w.sum(1) * grid) / total
+    y = jnp.sum(w.sum(0) * grid) / total
+    return jnp.zeros((slots, 3), obs.dtype).at[0].set(jnp.stack([x, y, total]))
+
+
+@functools.partial(jax.jit, static_argnames=("opts",))
+def _stage(obs: jax.Array, prev: jax.Array, seeds: jax.Array, seed_count: jax.Array, k: jax.Array,
+           opts: DecodeOptions):
+    """Fits ``k`` targets (traced) in ``prev.shape[1]`` slots to a chunk of frames.
+
+    ``obs (F, S, S)``; ``prev (F, slots, 3)``: the ``k-1``-target fits; ``seeds (F, M, 3)`` map seeds with
+    ``seed_count (F,)`` valid rows. Returns the best ``(F, slots, 3)`` params, ``(F,)`` costs, ``(F, slots)``
+    position variances.
+    """
+    slots = prev.shape[1]
+    active = jnp.arange(slots) < k
+
+    def one(o, p, s, n):
+        grown = _grow_starts(p, k, o, opts)
+        first = _centroid_start(o, slots)[None]
+        starts = jnp.where(k == 1, jnp.concatenate([first, first]), grown)
+        valid = jnp.array([True, False]) | (k > 1)
+        if s.shape[0]:  # map seeds: the k strongest peaks (rows sorted by brightness)
+            m = s.shape[0]
+            seed = jnp.zeros((slots, 3), o.dtype).at[: min(m, slots)].set(s[:slots])
+            seed = jnp.where(active[:, None], seed, 0.0)
+            starts = jnp.concatenate([starts, seed[None]])
+            valid = jnp.concatenate([valid, (n >= k)[None]])
+        params, cost, var = jax.vmap(lambda st: _fit_one(st, active, o, opts))(starts)
+        cost = jnp.where(valid, cost, jnp.inf)
+        best = jnp.argmin(cost)
+        return params[best], cost[best], var[best]
+
+    return jax.vmap(one)(obs, prev, seeds, seed_count)
+
+
+def count_criterion(cost: np.ndarray, params_per_target: int, opts: DecodeOptions, penalty: float) -> np.ndarray:
+    """``(..., Kmax+1)`` BIC-like criterion ``cost_K/s² + penalty·params_per_target·K`` for ``K = 0..Kmax``.
+
+    ``cost (..., Kmax+1)`` indexed by ``K``; counts outside ``[min_targets, max_targets]`` get ``+inf``.
+    """
+    ks = np.arange(cost.shape[-1])
+    crit = np.asarray(cost, np.float64) / opts.noise_variance + penalty * params_per_target * ks
+    return np.where((ks >= opts.min_targets) & (ks <= opts.max_targets), crit, np.inf)
+
+
+def empty_cost(frames: np.ndarray, opts: DecodeOptions) -> np.ndarray:
+    """``(...)`` cost of the model without targets: ``Σ obs²`` over the frame's pixels (none is censored)."""
+    f = np.asarray(frames, np.float64)
+    return np.sum(f * f, axis=(-2, -1))
+
+
+def _pad_chunk(x: np.ndarray, lo: int, hi: int, chunk: int) -> jax.Array:
+    block = x[lo:hi]
+    if hi - lo < chunk:
+        block = np.concatenate([block, np.repeat(block[-1:], chunk - (hi - lo), axis=0)])
+    return jnp.asarray(block)
+
+
+def fit_frames(
+    frames: np.ndarray,
+    opts: DecodeOptions,
+    seeds: np.ndarray | None = None,
+    seed_count: np.ndarray | None = None,
+    progress: bool = False,
+) -> FrameFits:
+    """Fits ``K = 1..max_targets`` targets to every frame.
+
+    Args:
+      frames: ``(F, S, S)`` grey values (uint8 or float).
+      opts: decoder options.
+      seeds: optional ``(F, M, 3)`` start rows ``(x, y, b)`` from a model's map, strongest first; rows beyond
+        ``seed_count`` are ignored.
+      seed_count: ``(F,)`` valid seed rows per frame.
+      progress: show a tqdm bar over chunks.
+
+    Returns:
+      :class:`FrameFits`.
+    """
+    frames = np.asarray(frames, np.float32)
+    f = frames.shape[0]
+    kmax = opts.max_targets
+    if seeds is None or seeds.shape[1] == 0:
+        seeds = np.zeros((f, 0, 3), np.float32)
+        seed_count = np.zeros(f, np.int32)
+    seeds = np.asarray(seeds, np.float32)[:, : slots_for(kmax)]
+    seed_count = np.minimum(np.asarray(seed_count, np.int32), seeds.shape[1])
+    params = np.zeros((f, kmax, kmax, 3), np.float32)
+    cost = np.full((f, kmax + 1), np.inf, np.float32)
+    cost[:, 0] = empty_cost(frames, opts)
+    pos_var = np.full((f, kmax, kmax), np.inf, np.float32)
+    chunk = max(1, min(opts.chunk, f))
+    starts = range(0, f, chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="refine", unit="chunk")
+    for lo in starts:
+        hi = min(lo + chunk, f)
+        obs, sc = _pad_chunk(frames, lo, hi, chunk), _pad_chunk(seed_count, lo, hi, chunk)
+        prev = jnp.zeros((chunk, 1, 3), jnp.float32)
+        for k in range(1, kmax + 1):
+            slots = slots_for(k)
+            if prev.shape[1] < slots:
+                prev = jnp.pad(prev, ((0, 0), (0, slots - prev.shape[1]), (0, 0)))
+            sd = _pad_chunk(seeds[:, :slots], lo, hi, chunk)
+            prev, c, v = _stage(obs, prev, sd, sc, jnp.int32(k), opts)
+            params[lo:hi, k - 1, :k] = np.asarray(prev)[: hi - lo, :k]
+            cost[lo:hi, k] = np.asarray(c)[: hi - lo]
+            pos_var[lo:hi, k - 1, :k] = np.asarray(v)[: hi - lo, :k]
+    return FrameFits(params, cost, pos_var)

@@ -1,0 +1,117 @@
+"""Options of the continuous decoders (one frozen dataclass, validated once)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+__all__ = ["DecodeOptions", "make_options", "METHODS"]
+
+#: Decoding methods of :func:`seqcsist_jax.decode.decode`.
+METHODS: tuple[str, ...] = ("grid", "peak", "refine", "trajectory")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+    """Every knob of :func:`seqcsist_jax.decode.decode`. Lengths in pixels, brightness in grey levels.
+
+    Attributes:
+      threshold: map value a cell/peak needs (70, the SeqCSIST protocol) — ``grid``, ``peak`` and map seeds.
+      c: sub-pixel division of the label maps (3).
+      connectivity: 4 or 8, neighbourhood of the ``peak`` decoder.
+      sigma: PSF width (SPEC §2).
+      clip_level: the 8-bit saturation level; observed pixels at this level are censored in the fits.
+        ``None`` for unclipped float frames.
+      noise_sigma: std of additive noise in the frames (0 for the released data). The fits' noise variance is
+        ``s² = 1/12 + noise_sigma²`` (rounding adds a uniform ±½ error of variance 1/12); it scales the
+        priors, the count criterion and the uncertainties.
+      min_targets, max_targets: range of target counts the fits consider (per frame / per trajectory);
+        ``K = 0`` (no target) is allowed, so an empty frame gives no detections.
+      brightness_prior: ``(mean, std)`` of a Gaussian prior on every brightness, or ``None``. **DECISION**:
+        the default ``(235, 8.66)`` is the mean and std of SPEC §3's uniform 220–250 draw. Close targets trade
+        separation against brightness almost perfectly; the prior breaks that tie in single frames (measured
+        on simulated frames started at the truth: ~73 → ~82 CSO-mAP). Trajectory fits hardly need it.
+      frame_iterations: LM iterations of every per-frame fit (fixed budget).
+      trajectory_iterations: LM iterations of every trajectory fit.
+      degree: polynomial degree in time of each target's path in the trajectory fit (2: the reference paths
+        are lines, parabolas and circle arcs over 0.8 px, the outward drift is linear on average).
+      count_penalty: penalty per fitted parameter added to ``cost/s²`` when choosing the number of targets
+        (``log n`` ≈ 4.8 is BIC for a 121-pixel frame; tuned on the validation split).
+      trajectory_count_penalty: the same for trajectory fits (per parameter of the trajectory model).
+      templates: per-frame solutions used as starts of each trajectory fit (per candidate count).
+      map_seeds: use peaks of supplied model maps as extra starts (``refine``/``trajectory``).
+      max_saturated: saturated pixels per frame handled as censored (more are treated as ordinary pixels).
+      score_radius: ``r₀`` of the localisation confidence ``1 - exp(-r₀²/(2σ²))`` in the scores.
+      chunk: frames (``refine``) or trajectories×frames/T (``trajectory``) per jitted call; every call is
+        padded to this size so each shape compiles once.
+    """
+
+    threshold: float = 70.0
+    c: int = 3
+    connectivity: int = 4
+    sigma: float = 0.5
+    clip_level: float | None = 255.0
+    noise_sigma: float = 0.0
+    min_targets: int = 0
+    max_targets: int = 4
+    brightness_prior: tuple[float, float] | None = (235.0, 8.66)
+    frame_iterations: int = 12
+    trajectory_iterations: int = 15
+    degree: int = 2
+    count_penalty: float = 4.8
+    trajectory_count_penalty: float = 4.8
+    templates: int = 3
+    map_seeds: bool = True
+    max_saturated: int = 8
+    score_radius: float = 0.1
+    chunk: int = 4096
+
+    @property
+    def noise_variance(self) -> float:
+        """``s²``: variance of one pixel's residual at the true targets (rounding + additive noise)."""
+        return 1.0 / 12.0 + float(self.noise_sigma) ** 2
+
+    def __post_init__(self) -> None:
+        def check(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(msg)
+
+        check(isinstance(self.min_targets, int) and not isinstance(self.min_targets, bool) and self.min_targets >= 0,
+              f"decode option min_targets must be a non-negative integer, got {self.min_targets!r}")
+        for name in ("c", "max_targets", "frame_iterations", "trajectory_iterations",
+                     "templates", "chunk"):
+            v = getattr(self, name)
+            check(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                  f"decode option {name} must be a positive integer, got {v!r}")
+        check(self.min_targets <= self.max_targets,
+              f"decode options min_targets ({self.min_targets}) > max_targets ({self.max_targets})")
+        check(isinstance(self.degree, int) and 0 <= self.degree <= 6,
+              f"decode option degree must be an integer in 0..6, got {self.degree!r}")
+        check(self.connectivity in (4, 8), f"decode option connectivity must be 4 or 8, got {self.connectivity!r}")
+        check(isinstance(self.max_saturated, int) and self.max_saturated >= 0,
+              f"decode option max_saturated must be a non-negative integer, got {self.max_saturated!r}")
+        for name in ("threshold", "sigma", "noise_sigma", "count_penalty", "trajectory_count_penalty",
+                     "score_radius"):
+            v = getattr(self, name)
+            check(isinstance(v, (int, float)) and math.isfinite(v), f"decode option {name} must be finite, got {v!r}")
+        check(self.sigma > 0 and self.score_radius > 0 and self.noise_sigma >= 0,
+              "decode options sigma and score_radius must be > 0 and noise_sigma >= 0")
+        if self.clip_level is not None:
+            check(math.isfinite(self.clip_level) and self.clip_level > 0,
+                  f"decode option clip_level must be positive or None, got {self.clip_level!r}")
+        if self.brightness_prior is not None:
+            bp = tuple(float(v) for v in self.brightness_prior)
+            check(len(bp) == 2 and all(math.isfinite(v) for v in bp) and bp[1] > 0,
+                  f"decode option brightness_prior must be (mean, std > 0) or None, got {self.brightness_prior!r}")
+            object.__setattr__(self, "brightness_prior", bp)
+
+
+def make_options(options: DecodeOptions | None = None, **overrides: Any) -> DecodeOptions:
+    """``DecodeOptions`` from keyword overrides, with a TypeError naming unknown options."""
+    known = {f.name for f in dataclasses.fields(DecodeOptions)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown decode option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    base = options if options is not None else DecodeOptions()
+    return dataclasses.replace(base, **overrides)
