@@ -326,6 +326,7 @@ def _good():
         (lambda x, o, k: (x, o, k), {"padding": -1}, "padding"),
         (lambda x, o, k: (x, o, k), {"stride": (1, 0)}, "stride"),
         (lambda x, o, k: (x, o, k), {"dilation": (1, 1, 1)}, "dilation"),
+        (lambda x, o, k: (x, o, k), {"stride": 1.5}, "stride"),
         (lambda x, o, k: (x, o, np.zeros((7, 7, 4, 4))), {"padding": 0}, "too small"),
         (lambda x, o, k: (x, o, k), {"method": "fft"}, "method"),
         (lambda x, o, k: (x, o, k), {"edge_grad": "tf"}, "edge_grad"),

@@ -85,6 +85,8 @@ differentiable w.r.t. the input, the offsets and the kernel.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from typing import Any, Callable, Literal, Sequence
 
 import flax.linen as nn
@@ -114,11 +116,14 @@ METHODS: tuple[str, ...] = ("gather", "matmul")
 
 
 def _pair(value: IntPair, name: str, minimum: int) -> tuple[int, int]:
-    """Normalises an int-or-pair argument and checks its range."""
-    if isinstance(value, int):
-        pair = (value, value)
+    """Normalises an int-or-pair argument (Python or numpy integers) and checks its range."""
+    if isinstance(value, numbers.Integral):
+        pair = (int(value), int(value))
     else:
-        pair = tuple(int(v) for v in value)
+        try:
+            pair = tuple(operator.index(v) for v in value)
+        except TypeError as err:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from err
         if len(pair) != 2:
             raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     if any(v < minimum for v in pair):
