@@ -1,8 +1,8 @@
 """Continuous sub-pixel decoding of SeqCSIST frames with the differentiable imaging model.
 
-Every published SeqCSIST method outputs a 33×33 map whose cells become detections at grid points, which caps
-CSO-mAP near 48–59 (SPEC §4). The frames are 8-bit images of a known imaging model (SPEC §2) and a trajectory
-moves almost rigidly over 20 frames (SPEC §3); these decoders use both.
+Every published SeqCSIST method outputs a 33×33 map whose cells become detections at grid points, which
+caps CSO-mAP near 48–59 (SPEC §4). The frames are 8-bit images of a known imaging model (SPEC §2) and a
+trajectory moves almost rigidly over 20 frames (SPEC §3); these decoders use both.
 
 ``decode(frames, maps=None, method='trajectory', **options)`` → ``N`` lists of ``T`` arrays ``(M, 4)`` rows
 ``(x, y, brightness, score)``. Methods: ``grid`` (the protocol), ``peak`` (map maxima, centroids), ``refine``

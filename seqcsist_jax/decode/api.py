@@ -97,7 +97,7 @@ def _full_maps(maps: np.ndarray, first: int, t: int) -> tuple[np.ndarray, np.nda
 
 
 def map_seeds(maps: np.ndarray, opts: DecodeOptions, slots: int) -> tuple[np.ndarray, np.ndarray]:
-    """Start rows from map peaks: ``(F, slots, 3)`` ``(x, y, brightness)`` strongest first, ``(F,)`` counts."""
+    """Starts from map peaks: ``(F, slots, 3)`` rows ``(x, y, b)``, strongest first, and ``(F,)`` counts."""
     flat = maps.reshape(-1, *maps.shape[-2:])
     fr, xy, total, _ = maps_mod.peak_table(flat, opts.threshold, opts.c, opts.connectivity)
     f = flat.shape[0]
@@ -164,16 +164,18 @@ def decode_arrays(
     return Decoded(det, counts.astype(np.int32), var, prob, frame_cost, traj)
 
 
-def decode(frames: Any, maps: Any = None, method: str = "trajectory", **options: Any) -> list[list[np.ndarray]]:
+def decode(
+    frames: Any, maps: Any = None, method: str = "trajectory", **options: Any
+) -> list[list[np.ndarray]]:
     """Decodes continuous target positions and brightnesses from SeqCSIST frames.
 
     Args:
       frames: ``(N, T, S, S)`` raw grey values (uint8 as stored, or float), ``T = 20`` for SeqCSIST.
-      maps: optional ``(N, T, 11c, 11c)`` model label maps (DeRefNet, ISTA, …); ``(N, T-4, …)`` is read as the
-        centre frames ``2..T-3`` that DeRefNet predicts (other frames then have no map).
+      maps: optional ``(N, T, 11c, 11c)`` model label maps (DeRefNet, ISTA, …); ``(N, T-4, …)`` is read as
+        the centre frames ``2..T-3`` that DeRefNet predicts (other frames then have no map).
       method: one of
-        - ``"grid"``: the published protocol — every map cell ``>= threshold`` is a detection at its grid point
-          (score = brightness = cell value);
+        - ``"grid"``: the published protocol — every map cell ``>= threshold`` is a detection at its grid
+          point (score = brightness = cell value);
         - ``"peak"``: local maxima of the map ``>= threshold``; position = weighted centroid of the peak's
           neighbourhood, brightness = its sum, score = brightness;
         - ``"refine"``: per-frame least-squares fit of positions and brightnesses to the 8-bit frame on the

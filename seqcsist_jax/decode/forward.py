@@ -1,8 +1,9 @@
 """The forward model the decoders fit: frames from continuous targets, censored residuals, normal equations.
 
-A frame is ``Σ_k b_k · a(x_k) ⊗ a(y_k)`` (SPEC §2, :func:`seqcsist_jax.imaging.render`), with ``a(u)`` the 1-D
-pixel integrals of the Gaussian PSF. Its derivatives are analytic: ``∂a(u)[r]/∂u = (e^{-lo²} - e^{-hi²}) /
-(σ√2·√π)`` with ``lo, hi = (r ∓ ½ - u)/(σ√2)``, so a Gauss–Newton step needs no automatic differentiation.
+A frame is ``Σ_k b_k · a(x_k) ⊗ a(y_k)`` (SPEC §2, :func:`seqcsist_jax.imaging.render`), with ``a(u)`` the
+1-D pixel integrals of the Gaussian PSF. Its derivatives are analytic:
+``∂a(u)[r]/∂u = (e^{-lo²} - e^{-hi²}) / (σ√2·√π)`` with ``lo, hi = (r ∓ ½ - u)/(σ√2)``, so a Gauss–Newton
+step needs no automatic differentiation.
 
 **Fitting 8-bit frames (DECISION, documented choice).** Stored frames are ``clip(round(render), 0, 255)``.
 
@@ -54,7 +55,8 @@ def axis_profiles(u: jax.Array, size: int = 11, sigma: float = 0.5) -> tuple[jax
       u: ``(...)`` coordinates in pixels.
 
     Returns:
-      ``a, da``, both ``(..., size)``: ``a[r]`` the fraction of the unit Gaussian in pixel ``r``, ``da = ∂a/∂u``.
+      ``a, da``, both ``(..., size)``: ``a[r]`` the fraction of the unit Gaussian in pixel ``r``,
+      ``da = ∂a/∂u``.
     """
     u = jnp.asarray(u)
     s = sigma * _SQRT2
@@ -120,10 +122,11 @@ def frame_normal_equations(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Gauss–Newton quantities ``JᵀJ``, ``Jᵀr`` and ``rᵀr`` of one frame, exploiting separability.
 
-    Every Jacobian column is an outer product ``U ⊗ V`` of two ``size``-vectors (``∂/∂x_k = b_k a'(x_k) ⊗
-    a(y_k)``, ``∂/∂y_k = b_k a(x_k) ⊗ a'(y_k)``, ``∂/∂b_k = a(x_k) ⊗ a(y_k)``), so ``JᵀJ = (UUᵀ) ∘ (VVᵀ)``
-    over all pixels (``O(P²·S)`` instead of ``O(P²·S²)``); the rows of censored pixels (observed and predicted
-    at the clip level, at most ``len(saturated)`` of them) are then subtracted.
+    Every Jacobian column is an outer product ``U ⊗ V`` of two ``size``-vectors
+    (``∂/∂x_k = b_k a'(x_k) ⊗ a(y_k)``, ``∂/∂y_k = b_k a(x_k) ⊗ a'(y_k)``, ``∂/∂b_k = a(x_k) ⊗ a(y_k)``), so
+    ``JᵀJ = (UUᵀ) ∘ (VVᵀ)`` over all pixels (``O(P²·S)`` instead of ``O(P²·S²)``); the rows of censored
+    pixels (observed and predicted at the clip level, at most ``len(saturated)`` of them) are then
+    subtracted.
 
     Args:
       params: ``(K, 3)`` rows ``(x, y, b)``; the parameter vector is ``params.reshape(-1)`` (``P = 3K``).
@@ -186,7 +189,8 @@ def _cholesky_solve_unrolled(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.stack(x)
 
 
-#: Systems up to this size use the unrolled Cholesky (fast to run, compile time grows as P³); larger ones LAPACK.
+#: Systems up to this size use the unrolled Cholesky (fast to run, compile time grows as P³); larger ones
+#: LAPACK.
 UNROLLED_MAX = 12
 
 

@@ -1,9 +1,9 @@
 """Per-frame continuous fitting (the ``refine`` decoder and the starts of the ``trajectory`` decoder).
 
 For every frame and every count ``K = 1..max_targets`` the decoder fits ``K`` targets ``(x, y, b)`` to the
-8-bit frame by Levenberg–Marquardt on the forward model of :mod:`seqcsist_jax.decode.forward` (censored at the
-clip level), plus the optional Gaussian brightness prior. Counts are grown greedily, each from the best fit
-with one target fewer, from several starts:
+8-bit frame by Levenberg–Marquardt on the forward model of :mod:`seqcsist_jax.decode.forward` (censored at
+the clip level), plus the optional Gaussian brightness prior. Counts are grown greedily, each from the best
+fit with one target fewer, from several starts:
 
 * **add**: the ``K-1`` targets plus a new one where the matched filter of the residual peaks — the residual
   ``obs - pred`` correlated with the PSF of every 1/3-px grid point, normalised to signal-to-noise units (this
@@ -14,9 +14,9 @@ with one target fewer, from several starts:
 * **map**: the ``K`` strongest peaks of a model's label map (DeRefNet, ISTA, …), when maps are given.
 
 The best start (lowest cost) is kept for each ``K``. The count (``K = 0``, the empty model, included) is
-chosen by a BIC-like criterion ``cost_K / s² + count_penalty · 3K`` (:func:`count_criterion`); ``s² = 1/12 + noise_sigma²`` is the per-pixel
-residual variance at the truth. Every fit also returns the posterior position variance ``s²·diag((JᵀJ)⁻¹)``
-of each target, used by the scores.
+chosen by a BIC-like criterion ``cost_K / s² + count_penalty · 3K`` (:func:`count_criterion`);
+``s² = 1/12 + noise_sigma²`` is the per-pixel residual variance at the truth. Every fit also returns the
+posterior position variance ``s²·diag((JᵀJ)⁻¹)`` of each target, used by the scores.
 
 Compilation: a fit with ``K`` targets runs in a fixed number of *slots* (``K`` rounded up to 1, 2, 4, 8, …);
 unused slots have zero brightness, zero Jacobian columns and an identity block in ``JᵀJ``, so they never
@@ -112,7 +112,8 @@ def frame_objective(obs: jax.Array, active: jax.Array, opts: DecodeOptions):
 
     def cost_fn(theta):
         dev = theta - pm
-        return forward.frame_cost(theta.reshape(slots, 3), obs, opts.clip_level, opts.sigma) + jnp.sum(pw * dev * dev)
+        data = forward.frame_cost(theta.reshape(slots, 3), obs, opts.clip_level, opts.sigma)
+        return data + jnp.sum(pw * dev * dev)
 
     def project(theta):
         p = theta.reshape(slots, 3)
@@ -124,7 +125,7 @@ def frame_objective(obs: jax.Array, active: jax.Array, opts: DecodeOptions):
 
 
 def position_variances(jtj: jax.Array, noise_variance: float, per_target: int = 3) -> jax.Array:
-    """Mean x/y posterior variance ``s²·diag((JᵀJ)⁻¹)`` per target; parameters ``(x, y, …)`` per target.
+    """Mean x/y posterior variance ``s²·diag((JᵀJ)⁻¹)`` per target (parameters ``(x, y, …)`` per target).
 
     Args:
       jtj: ``(P, P)`` normal matrix (with frozen parameters as identity blocks).
@@ -159,7 +160,7 @@ def _grid_filter(size: int, c: int, sigma: float) -> tuple[np.ndarray, np.ndarra
 
 
 def _matched_filter_peak(resid: jax.Array, opts: DecodeOptions) -> jax.Array:
-    """``(3,)`` start ``(x, y, b)`` of a new target: the grid point where the residual best matches the PSF."""
+    """``(3,)`` start ``(x, y, b)`` of a new target: the grid point whose PSF best matches the residual."""
     size = resid.shape[-1]
     a_np, coords_np = _grid_filter(size, opts.c, opts.sigma)
     a, coords = jnp.asarray(a_np), jnp.asarray(coords_np)
@@ -234,8 +235,10 @@ def _stage(obs: jax.Array, prev: jax.Array, seeds: jax.Array, seed_count: jax.Ar
     return jax.vmap(one)(obs, prev, seeds, seed_count)
 
 
-def count_criterion(cost: np.ndarray, params_per_target: int, opts: DecodeOptions, penalty: float) -> np.ndarray:
-    """``(..., Kmax+1)`` BIC-like criterion ``cost_K/s² + penalty·params_per_target·K`` for ``K = 0..Kmax``.
+def count_criterion(
+    cost: np.ndarray, params_per_target: int, opts: DecodeOptions, penalty: float
+) -> np.ndarray:
+    """``(..., Kmax+1)`` BIC-like criterion ``cost_K/s² + penalty·params_per_target·K``, ``K = 0..Kmax``.
 
     ``cost (..., Kmax+1)`` indexed by ``K``; counts outside ``[min_targets, max_targets]`` get ``+inf``.
     """
@@ -245,7 +248,7 @@ def count_criterion(cost: np.ndarray, params_per_target: int, opts: DecodeOption
 
 
 def empty_cost(frames: np.ndarray, opts: DecodeOptions) -> np.ndarray:
-    """``(...)`` cost of the model without targets: ``Σ obs²`` over the frame's pixels (none is censored)."""
+    """``(...)`` cost of the model without targets: ``Σ obs²`` (no pixel is censored)."""
     f = np.asarray(frames, np.float64)
     return np.sum(f * f, axis=(-2, -1))
 

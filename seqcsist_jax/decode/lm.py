@@ -2,8 +2,8 @@
 
 Fixed iteration count and no data-dependent control flow, so a batch of problems compiles once and runs in
 lock step. Each iteration solves ``(JᵀJ + λ·diag(JᵀJ)) δ = -Jᵀr`` (Marquardt's scaling makes the damping
-independent of the parameters' units: pixels for positions, grey levels for brightness), evaluates the cost at
-the projected candidate and accepts it only if the cost drops; λ shrinks ×0.3 on success and grows ×10 on
+independent of the parameters' units: pixels for positions, grey levels for brightness), evaluates the cost
+at the projected candidate and accepts it only if the cost drops; λ shrinks ×0.3 on success and grows ×10 on
 failure, so a rejected step is retried with a shorter, more gradient-like one.
 """
 
@@ -25,7 +25,7 @@ class LMResult(NamedTuple):
     Attributes:
       theta: ``(P,)`` final parameters.
       cost: final cost (scalar).
-      jtj: ``(P, P)`` Gauss–Newton normal matrix at ``theta`` (the inverse Fisher information up to the noise
+      jtj: ``(P, P)`` Gauss–Newton normal matrix at ``theta`` (the Fisher information up to the noise
         variance), for uncertainties.
     """
 

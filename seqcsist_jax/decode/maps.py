@@ -1,14 +1,14 @@
 """Detections from predicted 33×33 label maps (``grid``, ``peak``), and a physics-only map from the frames.
 
-* :func:`grid_detections` is the published protocol (SPEC §4.1): every cell ``>= threshold`` is one detection at
-  its grid point, score = brightness = cell value. It delegates to :func:`seqcsist_jax.metrics.grids_to_detections`
-  so both agree exactly.
+* :func:`grid_detections` is the published protocol (SPEC §4.1): every cell ``>= threshold`` is one
+  detection at its grid point, score = brightness = cell value. It delegates to
+  :func:`seqcsist_jax.metrics.grids_to_detections` so both agree exactly.
 * :func:`peak_detections`: only local maxima of the map above the threshold; position = weighted centroid of
   the peak's neighbourhood (continuous, off-grid), brightness = neighbourhood sum, score = brightness.
 * :func:`physics_maps`: a label map from a frame alone — non-negative sparse least squares on Φ
-  (:func:`seqcsist_jax.imaging.measurement_matrix`) by FISTA — so the grid/peak decoders (and map seeds) have a
-  model-free input. Φ is separable (``Φ vec(X) = vec(A X Aᵀ)`` with ``A (11, 33)`` the pixel integrals of the
-  grid points), which makes each iteration ~16k multiply-adds per frame instead of 132k.
+  (:func:`seqcsist_jax.imaging.measurement_matrix`) by FISTA — so the grid/peak decoders (and map seeds)
+  have a model-free input. Φ is separable (``Φ vec(X) = vec(A X Aᵀ)`` with ``A (11, 33)`` the pixel
+  integrals of the grid points), which makes each iteration ~16k multiply-adds per frame instead of 132k.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def physics_maps(
     l1: float = 1.0,
     chunk: int = 2048,
 ) -> np.ndarray:
-    """Non-negative sparse label maps from frames alone: ``argmin_{X>=0} ½‖Φ vec X - y‖² + l1·ΣX`` by FISTA.
+    """Non-negative sparse label maps from frames: ``argmin_{X>=0} ½‖Φ vec X - y‖² + l1·ΣX`` by FISTA.
 
     Args:
       frames: ``(F, S, S)`` grey values.

@@ -29,7 +29,8 @@ class DecodeOptions:
       min_targets, max_targets: range of target counts the fits consider (per frame / per trajectory);
         ``K = 0`` (no target) is allowed, so an empty frame gives no detections.
       brightness_prior: ``(mean, std)`` of a Gaussian prior on every brightness, or ``None``. **DECISION**:
-        the default ``(235, 8.66)`` is the mean and std of SPEC §3's uniform 220–250 draw. Close targets trade
+        the default ``(235, 8.66)`` is the mean and std of SPEC §3's uniform 220–250 draw. Close targets
+        trade
         separation against brightness almost perfectly; the prior breaks that tie in single frames (measured
         on simulated frames started at the truth: ~73 → ~82 CSO-mAP). Trajectory fits hardly need it.
       frame_iterations: LM iterations of every per-frame fit (fixed budget).
@@ -40,6 +41,8 @@ class DecodeOptions:
         (``log n`` ≈ 4.8 is BIC for a 121-pixel frame; tuned on the validation split).
       trajectory_count_penalty: the same for trajectory fits (per parameter of the trajectory model).
       templates: per-frame solutions used as starts of each trajectory fit (per candidate count).
+      runner_up: when a trajectory fit also tries the runner-up count of the per-frame votes: ``"split"``
+        (only where the per-frame counts disagree), ``"always"`` or ``"never"``.
       map_seeds: use peaks of supplied model maps as extra starts (``refine``/``trajectory``).
       max_saturated: saturated pixels per frame handled as censored (more are treated as ordinary pixels).
       score_radius: ``r₀`` of the localisation confidence ``1 - exp(-r₀²/(2σ²))`` in the scores.
@@ -62,6 +65,7 @@ class DecodeOptions:
     count_penalty: float = 4.8
     trajectory_count_penalty: float = 4.8
     templates: int = 3
+    runner_up: str = "split"
     map_seeds: bool = True
     max_saturated: int = 8
     score_radius: float = 0.1
@@ -77,8 +81,9 @@ class DecodeOptions:
             if not cond:
                 raise ValueError(msg)
 
-        check(isinstance(self.min_targets, int) and not isinstance(self.min_targets, bool) and self.min_targets >= 0,
-              f"decode option min_targets must be a non-negative integer, got {self.min_targets!r}")
+        mt = self.min_targets
+        check(isinstance(mt, int) and not isinstance(mt, bool) and mt >= 0,
+              f"decode option min_targets must be a non-negative integer, got {mt!r}")
         for name in ("c", "max_targets", "frame_iterations", "trajectory_iterations",
                      "templates", "chunk"):
             v = getattr(self, name)
@@ -88,13 +93,17 @@ class DecodeOptions:
               f"decode options min_targets ({self.min_targets}) > max_targets ({self.max_targets})")
         check(isinstance(self.degree, int) and 0 <= self.degree <= 6,
               f"decode option degree must be an integer in 0..6, got {self.degree!r}")
-        check(self.connectivity in (4, 8), f"decode option connectivity must be 4 or 8, got {self.connectivity!r}")
+        check(self.runner_up in ("split", "always", "never"),
+              f"decode option runner_up must be 'split', 'always' or 'never', got {self.runner_up!r}")
+        check(self.connectivity in (4, 8),
+              f"decode option connectivity must be 4 or 8, got {self.connectivity!r}")
         check(isinstance(self.max_saturated, int) and self.max_saturated >= 0,
               f"decode option max_saturated must be a non-negative integer, got {self.max_saturated!r}")
         for name in ("threshold", "sigma", "noise_sigma", "count_penalty", "trajectory_count_penalty",
                      "score_radius"):
             v = getattr(self, name)
-            check(isinstance(v, (int, float)) and math.isfinite(v), f"decode option {name} must be finite, got {v!r}")
+            check(isinstance(v, (int, float)) and math.isfinite(v),
+                  f"decode option {name} must be finite, got {v!r}")
         check(self.sigma > 0 and self.score_radius > 0 and self.noise_sigma >= 0,
               "decode options sigma and score_radius must be > 0 and noise_sigma >= 0")
         if self.clip_level is not None:
@@ -103,7 +112,8 @@ class DecodeOptions:
         if self.brightness_prior is not None:
             bp = tuple(float(v) for v in self.brightness_prior)
             check(len(bp) == 2 and all(math.isfinite(v) for v in bp) and bp[1] > 0,
-                  f"decode option brightness_prior must be (mean, std > 0) or None, got {self.brightness_prior!r}")
+                  f"decode option brightness_prior must be (mean, std > 0) or None, "
+                  f"got {self.brightness_prior!r}")
             object.__setattr__(self, "brightness_prior", bp)
 
 

@@ -2,10 +2,10 @@
 
 A SeqCSIST trajectory moves almost rigidly (SPEC §3): the reference point follows a line, parabola or circle
 arc at 0.04 px/frame, each target keeps its direction and drifts outward by < 0.0014 px/frame, brightness is
-fixed. Per target the model is ``x_k(t) = Σ_d cx_{k,d} P_d(τ_t)``, ``y_k(t)`` likewise, ``b_k`` constant, with
-``P_d`` the Legendre polynomials of ``τ_t = (t - (T-1)/2) / ((T-1)/2) ∈ [-1, 1]`` (well conditioned) — so
-``2(D+1)+1`` unknowns per target are fitted to all ``T·S²`` pixels at once. A single frame leaves 2–4 targets
-0.42 px apart poorly determined (8-bit rounding, clipping); twenty frames pin them down.
+fixed. Per target the model is ``x_k(t) = Σ_d cx_{k,d} P_d(τ_t)``, ``y_k(t)`` likewise, ``b_k`` constant,
+with ``P_d`` the Legendre polynomials of ``τ_t = (t - (T-1)/2) / ((T-1)/2) ∈ [-1, 1]`` (well conditioned) —
+so ``2(D+1)+1`` unknowns per target are fitted to all ``T·S²`` pixels at once. A single frame leaves 2–4
+targets 0.42 px apart poorly determined (8-bit rounding, clipping); twenty frames pin them down.
 
 Starts (robustness matters: a 0.1 px start error costs 5–10 CSO-mAP points when the optimiser falls into the
 wrong basin) come from the per-frame fits (:mod:`seqcsist_jax.decode.frames`) for the candidate count ``K``:
@@ -19,8 +19,10 @@ wrong basin) come from the per-frame fits (:mod:`seqcsist_jax.decode.frames`) fo
 3. start path ``p_k(t) = c(t) + median offset``, brightness the median of the associated fits.
 
 Each start is refined by Levenberg–Marquardt on the censored forward model of all frames; the lowest cost
-wins. Counts per trajectory: the per-frame counts vote; the most-voted count and a runner-up are both fitted
-and the BIC-like criterion ``cost/s² + trajectory_count_penalty · (2D+3)·K`` picks one.
+wins. Counts per trajectory: the per-frame counts vote; the most-voted count is fitted, and a runner-up (the
+next most voted, else the neighbouring count) too where the per-frame counts disagree (``runner_up="split"``;
+``"always"``/``"never"``); the BIC-like criterion ``cost/s² + trajectory_count_penalty · (2D+3)·K`` picks one
+and the count probability is its ``exp(-crit/2)`` share among the fitted candidates.
 """
 
 from __future__ import annotations
@@ -44,7 +46,13 @@ from seqcsist_jax.decode.frames import (
 from seqcsist_jax.decode.lm import levenberg_marquardt
 from seqcsist_jax.decode.options import DecodeOptions
 
-__all__ = ["TrajectoryFits", "fit_trajectories", "legendre_basis", "template_frames"]
+__all__ = [
+    "TrajectoryFits",
+    "fit_trajectories",
+    "fit_from_paths",
+    "legendre_basis",
+    "template_frames",
+]
 
 
 class TrajectoryFits(NamedTuple):
@@ -78,7 +86,8 @@ def legendre_basis(num_frames: int, degree: int) -> np.ndarray:
 def template_frames(num_frames: int, templates: int) -> np.ndarray:
     """Frames used as rigid templates: ``templates`` frames evenly spread, away from the ends."""
     lo, hi = (2, num_frames - 3) if num_frames >= 6 else (0, num_frames - 1)
-    return np.unique(np.round(np.linspace(lo, hi, templates + 2)[1:-1] if templates > 1 else [(lo + hi) / 2]).astype(int))
+    spots = np.linspace(lo, hi, templates + 2)[1:-1] if templates > 1 else np.array([(lo + hi) / 2])
+    return np.unique(np.round(spots).astype(int))
 
 
 def _local_map(basis: np.ndarray) -> np.ndarray:
@@ -92,7 +101,7 @@ def _local_map(basis: np.ndarray) -> np.ndarray:
 
 
 def _objective(obs: jax.Array, active: jax.Array, local: jax.Array, opts: DecodeOptions):
-    """``normal_fn``, ``cost_fn``, ``project``, ``positions`` of one trajectory over ``theta (slots·Pk,)``."""
+    """``normal_fn``, ``cost_fn``, ``project``, ``positions`` of one trajectory, ``theta (slots·Pk,)``."""
     t_frames, size = obs.shape[0], obs.shape[-1]
     slots = active.shape[0]
     pk = local.shape[-1]
@@ -120,7 +129,8 @@ def _objective(obs: jax.Array, active: jax.Array, local: jax.Array, opts: Decode
         return jtj, jtr, jnp.sum(c) + jnp.sum(pw * dev * dev)
 
     def cost_fn(theta):
-        c = jax.vmap(lambda p, o: forward.frame_cost(p, o, opts.clip_level, opts.sigma))(positions(theta), obs)
+        frame_cost = functools.partial(forward.frame_cost, clip_level=opts.clip_level, sigma=opts.sigma)
+        c = jax.vmap(frame_cost)(positions(theta), obs)
         dev = theta - pm
         return jnp.sum(c) + jnp.sum(pw * dev * dev)
 
@@ -142,7 +152,9 @@ def _fit_batch(obs: jax.Array, starts: jax.Array, count: jax.Array, local: jax.A
         normal_fn, cost_fn, project, positions = _objective(o, active, local, opts)
 
         def fit(s):
-            res = levenberg_marquardt(project(s.reshape(-1)), normal_fn, cost_fn, project, opts.trajectory_iterations)
+            res = levenberg_marquardt(
+                project(s.reshape(-1)), normal_fn, cost_fn, project, opts.trajectory_iterations
+            )
             return res.theta, res.cost, res.jtj
 
         theta, cost, jtj = jax.vmap(fit)(st)
@@ -192,7 +204,9 @@ def _associate(q: np.ndarray, ref: np.ndarray, active: np.ndarray) -> np.ndarray
     return out
 
 
-def _starts(fits_params: np.ndarray, count: np.ndarray, slots: int, basis: np.ndarray, templates: np.ndarray) -> np.ndarray:
+def _starts(
+    fits_params: np.ndarray, count: np.ndarray, slots: int, basis: np.ndarray, templates: np.ndarray
+) -> np.ndarray:
     """``(N, len(templates), slots, 2D+3)`` start coefficients for counts ``count (N,)``."""
     n, t = fits_params.shape[:2]
     d1 = basis.shape[1]
@@ -256,7 +270,8 @@ def fit_trajectories(
       frames: ``(N, T, S, S)`` grey values.
       frame_fits: :func:`seqcsist_jax.decode.frames.fit_frames` of the ``N·T`` frames (trajectory-major).
       frame_counts: ``(N, T)`` per-frame chosen counts (the votes).
-      opts: decoder options (``degree``, ``templates``, ``trajectory_iterations``, ``trajectory_count_penalty``).
+      opts: decoder options (``degree``, ``templates``, ``trajectory_iterations``,
+        ``trajectory_count_penalty``, ``runner_up``).
       progress: tqdm bar over chunks.
 
     Returns:
@@ -270,39 +285,43 @@ def fit_trajectories(
     local = jnp.asarray(_local_map(basis))
     templates = template_frames(t, opts.templates)
     fp = frame_fits.params.reshape(n, t, kmax, kmax, 3)
-    cands = _vote_candidates(frame_counts, opts, 2 if kmax > opts.min_targets else 1)
+    cands = _vote_candidates(frame_counts, opts, 1 if opts.runner_up == "never" else 2)
     pk = 2 * (opts.degree + 1) + 1
     num_c = cands.shape[1]
     all_params = np.zeros((num_c, n, t, slots, 3), np.float32)
-    all_cost = np.zeros((num_c, n), np.float64)
+    all_cost = np.full((num_c, n), np.inf)
     all_var = np.zeros((num_c, n, t, slots), np.float32)
     chunk = max(1, min(n, max(1, opts.chunk // t)))
     for ci in range(num_c):
-        starts = _starts(fp, cands[:, ci], slots, basis, templates)
-        rng = range(0, n, chunk)
+        todo = np.arange(n)
+        if ci > 0:
+            todo = np.flatnonzero(cands[:, ci] != cands[:, 0])
+            if opts.runner_up == "split":  # only where the per-frame counts disagree
+                todo = todo[np.any(frame_counts[todo] != cands[todo, :1], axis=1)]
+        if todo.size == 0:
+            continue
+        starts = _starts(fp[todo], cands[todo, ci], slots, basis, templates)
+        rng = range(0, todo.size, chunk)
         if progress:
             from tqdm.auto import tqdm
 
             rng = tqdm(rng, desc=f"trajectory (candidate {ci + 1}/{num_c})", unit="chunk")
         for lo in rng:
-            hi = min(lo + chunk, n)
-            pad = chunk - (hi - lo)
-
-            def padded(x):
-                x = x[lo:hi]
-                return jnp.asarray(np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x)
-
-            p, c, v = _fit_batch(padded(frames), padded(starts), padded(cands[:, ci]), local, opts)
-            all_params[ci, lo:hi] = np.asarray(p)[: hi - lo]
-            all_cost[ci, lo:hi] = np.asarray(c)[: hi - lo]
-            all_var[ci, lo:hi] = np.asarray(v)[: hi - lo]
+            sel = todo[lo : lo + chunk]
+            rows = np.concatenate([sel, np.repeat(sel[-1:], chunk - sel.size)])
+            local_rows = np.searchsorted(todo, rows)
+            p, c, v = _fit_batch(
+                jnp.asarray(frames[rows]), jnp.asarray(starts[local_rows]), jnp.asarray(cands[rows, ci]),
+                local, opts,
+            )
+            m = sel.size
+            all_params[ci, sel] = np.asarray(p)[:m]
+            all_cost[ci, sel] = np.asarray(c)[:m]
+            all_var[ci, sel] = np.asarray(v)[:m]
     crit = all_cost.T / opts.noise_variance + opts.trajectory_count_penalty * pk * cands
     best = np.argmin(crit, 1)
     rel = crit - crit[np.arange(n), best][:, None]
-    # Same count fitted twice (no runner-up) must not split the probability.
-    dup = np.zeros_like(rel, bool)
-    dup[:, 1:] = cands[:, 1:] == cands[:, :1]
-    weights = np.where(dup, 0.0, np.exp(-0.5 * rel))
+    weights = np.exp(-0.5 * rel)  # candidates not fitted have cost inf → weight 0
     count_prob = 1.0 / weights.sum(1)
     params = all_params[best, np.arange(n)][:, :, :kmax]
     var = all_var[best, np.arange(n)][:, :, :kmax]
@@ -311,3 +330,48 @@ def fit_trajectories(
     params = np.where(mask[..., None], params, 0.0)
     var = np.where(mask, var, np.inf)
     return TrajectoryFits(params, count, all_cost[best, np.arange(n)], var, count_prob, cands, crit)
+
+
+def fit_from_paths(
+    frames: np.ndarray, paths: np.ndarray, count: np.ndarray, opts: DecodeOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    """Trajectory fits started from given per-frame paths (e.g. the truth, for diagnosing optimiser basins).
+
+    Args:
+      frames: ``(N, T, S, S)`` grey values.
+      paths: ``(N, T, K, 3)`` rows ``(x, y, b)``; the start is their least-squares polynomial fit in time.
+      count: ``(N,)`` targets per trajectory (rows ``>= count`` ignored).
+      opts: decoder options.
+
+    Returns:
+      ``params (N, T, Kmax, 3)`` and ``cost (N,)`` of the fits.
+    """
+    frames = np.asarray(frames, np.float32)
+    n, t = frames.shape[:2]
+    slots = slots_for(opts.max_targets)
+    basis = legendre_basis(t, opts.degree)
+    d1 = basis.shape[1]
+    pinv = np.linalg.pinv(basis)
+    paths = np.asarray(paths, np.float64)[:, :, :slots]
+    paths = np.pad(paths, ((0, 0), (0, 0), (0, slots - paths.shape[2]), (0, 0)))
+    starts = np.zeros((n, 1, slots, 2 * d1 + 1), np.float32)
+    starts[:, 0, :, :d1] = np.einsum("dt,ntk->nkd", pinv, paths[..., 0])
+    starts[:, 0, :, d1 : 2 * d1] = np.einsum("dt,ntk->nkd", pinv, paths[..., 1])
+    starts[:, 0, :, 2 * d1] = paths[..., 2].mean(1)
+    local = jnp.asarray(_local_map(basis))
+    chunk = max(1, min(n, max(1, opts.chunk // t)))
+    params = np.zeros((n, t, slots, 3), np.float32)
+    cost = np.zeros(n)
+    count = np.asarray(count, np.int32)
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        pad = chunk - (hi - lo)
+
+        def padded(x):
+            x = x[lo:hi]
+            return jnp.asarray(np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x)
+
+        p, c, _ = _fit_batch(padded(frames), padded(starts), padded(count), local, opts)
+        params[lo:hi] = np.asarray(p)[: hi - lo]
+        cost[lo:hi] = np.asarray(c)[: hi - lo]
+    return params[:, :, : opts.max_targets], cost
