@@ -11,9 +11,21 @@ Parameter tree (``variables["params"]``), with the public code's names in bracke
 ``tdfa/align_1``, ``tdfa/align_2``, ``tdfa/conv``, ``tdfa/tail/{head, res_k/{conv1,conv2}, out}``
 [``TDDA.tail_conv.{0.conv, 1.k.conv1/2, 2}``]. :mod:`seqcsist_jax.interop` converts public checkpoints.
 
-The paper reports 0.89 M parameters and 15.70 GFLOPs per 20-frame trajectory; the code as written (and this
-model) has ≈1.48 M parameters, of which the time-encoding Dense is 1.19 M (1089² + 1089). Without the time
-encoding the model has ≈0.29 M. See :func:`count_params` and :func:`flops_per_trajectory`.
+Size (default options; :func:`count_params`, :func:`flops_per_trajectory`). The paper reports 0.89 M
+parameters and 15.70 GFLOPs per 20-frame trajectory. The public code as written, and this model, has
+1,482,879 parameters, of which the time-encoding Dense holds 1,187,010 (1089² + 1089); without it 295,869.
+The paper's 0.89 M matches neither, so the paper's model presumably had a smaller time encoder. XLA counts
+14.9 GFLOPs per trajectory for inference (a multiply-add = 2 FLOPs; 7.5 G multiply-adds: ISTA stages 3.7 G,
+alignment 2.1 G of which the two deformable convs 1.3 G and their offset convs 0.7 G, tail 1.6 G, the rest
+< 0.1 G), close to the paper's figure. A training forward also runs the stages' symmetry branch (+1.9 G
+multiply-adds, 18.5 GFLOPs); a training step (forward + backward) is ≈ 56 GFLOPs.
+
+Formulation (chosen by measurement on CPU, ``experiments/benchmarks/bench_model.py``): NHWC
+``lax.conv_general_dilated`` everywhere (it beat NCHW and an im2col matmul on XLA:CPU); the stages run on all
+``B·T`` frames at once; every (centre, neighbour) pair of every trajectory goes through the alignment in one
+batched call, with the feature extractor and attention projections computed once per frame rather than once
+per pair; ``xΦᵀΦ`` as ``(xΦᵀ)Φ``. The deformable convolutions (:mod:`seqcsist_jax.ops.deform_conv`) take
+most of the CPU training step.
 """
 
 from __future__ import annotations
@@ -135,33 +147,42 @@ def flops_per_trajectory(
     q: jax.Array | np.ndarray,
     num_frames: int = 20,
     training: bool = False,
+    backend: str | None = "cpu",
 ) -> float:
     """FLOPs of one trajectory as XLA's cost analysis counts them (a multiply-add counts 2).
+
+    Inference counts only what produces ``output``: XLA drops the symmetry branch of the stages, which only
+    feeds the loss (≈ 3.7 GFLOPs at the default size).
 
     Args:
       model, params: the network and its ``params`` collection.
       phi, q: Φ and Q.
       num_frames: trajectory length T.
       training: count the forward + backward pass of the ``code`` loss instead of inference only.
+      backend: platform to compile for. The default ``"cpu"`` counts every convolution; GPU compilers call
+        cuDNN for convolutions, which the cost analysis does not count (``None``: the default device).
 
     Returns:
-      FLOPs for a batch of one trajectory (the compiled program for the host's backend).
+      FLOPs for a batch of one trajectory.
     """
     side = math.isqrt(phi.shape[1])
     frame_side = math.isqrt(phi.shape[0])
     frames = jax.ShapeDtypeStruct((1, num_frames, frame_side, frame_side), jnp.float32)
     phi_s = jax.ShapeDtypeStruct(phi.shape, jnp.float32)
     q_s = jax.ShapeDtypeStruct(q.shape, jnp.float32)
-    if not training:
-        fn = lambda p, f, a, b: model.apply({"params": p}, f, a, b)["output"]  # noqa: E731
-        lowered = jax.jit(fn).lower(params, frames, phi_s, q_s)
-    else:
-        from seqcsist_jax.losses import derefnet_loss
+    params_s = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.float32), params)
+    device = jax.devices(backend)[0] if backend else None
+    with jax.default_device(device):
+        if not training:
+            fn = lambda p, f, a, b: model.apply({"params": p}, f, a, b)["output"]  # noqa: E731
+            lowered = jax.jit(fn).lower(params_s, frames, phi_s, q_s)
+        else:
+            from seqcsist_jax.losses import derefnet_loss
 
-        labels = jax.ShapeDtypeStruct((1, num_frames, side, side), jnp.float32)
+            labels = jax.ShapeDtypeStruct((1, num_frames, side, side), jnp.float32)
 
-        def loss_fn(p, f, a, b, lab):
-            return derefnet_loss(model.apply({"params": p}, f, a, b), lab)[0]
+            def loss_fn(p, f, a, b, lab):
+                return derefnet_loss(model.apply({"params": p}, f, a, b), lab)[0]
 
-        lowered = jax.jit(jax.grad(loss_fn)).lower(params, frames, phi_s, q_s, labels)
-    return _cost_flops(lowered.compile())
+            lowered = jax.jit(jax.grad(loss_fn)).lower(params_s, frames, phi_s, q_s, labels)
+        return _cost_flops(lowered.compile())

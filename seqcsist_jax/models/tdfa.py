@@ -12,7 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqcsist_jax.models.layers import Conv, kaiming_normal_fan_in, kaiming_normal_fan_out, torch_default_bias
+from seqcsist_jax.models.layers import (
+    Conv,
+    kaiming_normal_fan_in,
+    kaiming_normal_fan_out,
+    torch_default_bias,
+    torch_default_kernel,
+)
 from seqcsist_jax.ops import deform_conv
 
 _zeros = nn.initializers.zeros
@@ -68,7 +74,7 @@ class TimeEncoding(nn.Module):
         p = jnp.broadcast_to(p, (p.shape[0], self.features))
         dense = nn.Dense(
             self.features,
-            kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+            kernel_init=torch_default_kernel,
             bias_init=torch_default_bias(self.features),
             name="dense",
         )
