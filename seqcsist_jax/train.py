@@ -108,7 +108,7 @@ def make_train_step(model, loss_fn, optimizer: optax.GradientTransformation, phi
             return loss_fn(outputs, batch["labels"])
 
         (total, terms), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
@@ -163,7 +163,7 @@ def load_arrays(dataset: ml_collections.ConfigDict, split: str) -> dict[str, np.
         }
         if split not in counts:
             raise ValueError(f"unknown split {split!r} for simulated data; choose from {sorted(counts)}")
-        seed_split = {dataset.train_split: "train", dataset.eval_split: "validation", dataset.test_split: "test"}
+        seed_split = {dataset.train_split: "train", dataset.eval_split: "val", dataset.test_split: "test"}
         options = dataset.simulate.to_dict() if dataset.get("simulate") else {}
         arrays = simulate_seqcsist(counts[split], split_seed(0, seed_split[split]), **options)
         arrays["trajectory_id"] = np.arange(len(arrays["frames"]), dtype=np.int64)
@@ -318,9 +318,10 @@ class Trainer:
         from seqcsist_jax import evaluate as evaluation
 
         arrays = self.split_arrays(split, max_trajectories)
-        maps, frame_index = evaluation.predict_maps(
+        maps = evaluation.predict_maps(
             self.predict, params, arrays["frames"], batch_size=self.config.eval.batch_size, mesh=self.mesh
         )
+        frame_index = self.method.frame_index(np.shape(arrays["frames"])[1])
         metrics, _ = evaluation.score_maps(
             maps, frame_index, arrays, threshold=self.config.eval.threshold, decode="grid"
         )
