@@ -323,3 +323,20 @@ def test_options_validation():
         DecodeOptions(min_targets=3, max_targets=2)
     with pytest.raises(ValueError, match="brightness_prior"):
         DecodeOptions(brightness_prior=(235.0, -1.0))
+
+
+def test_unclipped_float_frames_are_not_censored():
+    # A float frame above 255 was not clipped: no pixel is saturated, the cost is the plain squared residual.
+    params = jnp.asarray([[5.0, 5.0, 700.0]], jnp.float32)
+    obs = jnp.asarray(imaging.render(np.asarray(params, np.float64)), jnp.float32)
+    assert float(obs.max()) > 256
+    assert int(jnp.sum(forward.saturation_mask(obs, 255.0))) == 0
+    low = params.at[0, 2].set(650.0)
+    want = float(jnp.sum((forward.predict(low) - obs) ** 2))
+    np.testing.assert_allclose(float(forward.frame_cost(low, obs, 255.0)), want, rtol=1e-5)
+    clipped = jnp.minimum(jnp.round(obs), 255.0)  # the same frame stored in 8 bits: censored at 255
+    assert int(jnp.sum(forward.saturation_mask(clipped, 255.0))) > 0
+    # Censored: only the rounding of the unsaturated pixels remains (< ¼ per pixel); uncensored: the clipped
+    # centre alone (predicted ~326) costs ~71².
+    assert float(forward.frame_cost(params, clipped, 255.0)) < 0.25 * int(jnp.sum(clipped > 0))
+    assert float(forward.frame_cost(params, clipped, None)) > 1000.0

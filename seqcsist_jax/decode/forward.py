@@ -32,6 +32,7 @@ __all__ = [
     "axis_profiles",
     "predict",
     "residuals",
+    "saturation_mask",
     "frame_cost",
     "saturated_pixels",
     "frame_normal_equations",
@@ -77,6 +78,18 @@ def predict(params: jax.Array, size: int = 11, sigma: float = 0.5) -> jax.Array:
     return jnp.einsum("...k,...kr,...kc->...rc", params[..., 2], ax, ay)
 
 
+def saturation_mask(obs: jax.Array, clip_level: float | None) -> jax.Array:
+    """``(..., S, S)`` bool: pixels stored at the clip level, i.e. within ½ grey level of it.
+
+    A frame with any pixel above ``clip_level + ½`` evidently was not clipped there (unclipped float data), so
+    none of its pixels counts as saturated.
+    """
+    if clip_level is None:
+        return jnp.zeros(obs.shape, bool)
+    clipped_frame = jnp.max(obs, axis=(-2, -1), keepdims=True) <= clip_level + 0.5
+    return (obs >= clip_level - 0.5) & clipped_frame
+
+
 def residuals(pred: jax.Array, obs: jax.Array, clip_level: float | None) -> tuple[jax.Array, jax.Array]:
     """Censored residuals ``pred - obs`` and the mask of pixels whose residual is live (not censored away).
 
@@ -85,12 +98,13 @@ def residuals(pred: jax.Array, obs: jax.Array, clip_level: float | None) -> tupl
       clip_level: saturation level of the stored frames (255), or ``None`` for unclipped data.
 
     Returns:
-      ``r, live``: same shape; ``r = 0`` where ``obs >= clip_level`` and ``pred >= clip_level``.
+      ``r, live``: same shape; ``r = 0`` where the pixel is saturated (:func:`saturation_mask`) and
+      ``pred >= clip_level``.
     """
     r = pred - obs
     if clip_level is None:
         return r, jnp.ones_like(r, dtype=bool)
-    live = ~((obs >= clip_level) & (pred >= clip_level))
+    live = ~(saturation_mask(obs, clip_level) & (pred >= clip_level))
     return jnp.where(live, r, 0.0), live
 
 
@@ -109,8 +123,10 @@ def saturated_pixels(obs: jax.Array, clip_level: float | None, max_saturated: in
     flat = obs.reshape(-1)
     if clip_level is None or max_saturated == 0:
         return jnp.full((max(max_saturated, 1),), -1, jnp.int32)
-    vals, idx = jax.lax.top_k(flat, max_saturated)
-    return jnp.where(vals >= clip_level, idx, -1).astype(jnp.int32)
+    sat = saturation_mask(obs, clip_level).reshape(-1)
+    # Saturated pixels first (stable order by index), at most max_saturated of them.
+    vals, idx = jax.lax.top_k(jnp.where(sat, 1.0, 0.0) - jnp.arange(flat.size) * 1e-4, max_saturated)
+    return jnp.where(vals > 0.5, idx, -1).astype(jnp.int32)
 
 
 def frame_normal_equations(

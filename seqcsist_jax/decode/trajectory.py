@@ -27,6 +27,7 @@ and the count probability is its ``exp(-crit/2)`` share among the fitted candida
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from typing import NamedTuple
@@ -234,6 +235,11 @@ def _starts(
     return out
 
 
+def _fit_degree(opts: DecodeOptions, num_frames: int) -> DecodeOptions:
+    """Caps the path degree at ``T - 1`` (a short sequence cannot determine more coefficients)."""
+    return dataclasses.replace(opts, degree=min(opts.degree, max(num_frames - 1, 0)))
+
+
 def _vote_candidates(frame_counts: np.ndarray, opts: DecodeOptions, num: int) -> np.ndarray:
     """``(N, num)`` counts to fit: the most voted per-frame count, then runners-up (or neighbours)."""
     n = frame_counts.shape[0]
@@ -279,6 +285,7 @@ def fit_trajectories(
     """
     frames = np.asarray(frames, np.float32)
     n, t = frames.shape[:2]
+    opts = _fit_degree(opts, t)
     kmax = opts.max_targets
     slots = slots_for(kmax)
     basis = legendre_basis(t, opts.degree)
@@ -348,6 +355,7 @@ def fit_from_paths(
     """
     frames = np.asarray(frames, np.float32)
     n, t = frames.shape[:2]
+    opts = _fit_degree(opts, t)
     slots = slots_for(opts.max_targets)
     basis = legendre_basis(t, opts.degree)
     d1 = basis.shape[1]
