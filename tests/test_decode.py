@@ -340,3 +340,23 @@ def test_unclipped_float_frames_are_not_censored():
     # centre alone (predicted ~326) costs ~71².
     assert float(forward.frame_cost(params, clipped, 255.0)) < 0.25 * int(jnp.sum(clipped > 0))
     assert float(forward.frame_cost(params, clipped, None)) > 1000.0
+
+
+@pytest.mark.parametrize("shared_from", [0, 1, 2, 3])
+def test_shared_reparametrisation_round_trip(shared_from):
+    from seqcsist_jax.decode import trajectory as traj
+
+    slots, degree = 4, 2
+    pk = 2 * (degree + 1) + 1
+    r = traj.shared_reparametrisation(slots, degree, shared_from)
+    if shared_from > degree:
+        np.testing.assert_array_equal(r, np.eye(slots * pk))
+    rng = np.random.default_rng(shared_from)
+    coef = rng.normal(size=(1, 1, slots, pk))
+    s = min(shared_from, degree + 1)
+    # Group-shared coefficients (degree >= s) equal across targets: the reduced layout reproduces them.
+    coef[..., s : degree + 1] = coef[:, :, :1, s : degree + 1]
+    coef[..., degree + 1 + s : 2 * degree + 2] = coef[:, :, :1, degree + 1 + s : 2 * degree + 2]
+    reduced = traj._reduce(coef, np.array([slots]), degree, shared_from)
+    assert reduced.shape[-1] == r.shape[1] == slots * (2 * s + 1) + 2 * (degree + 1 - s)
+    np.testing.assert_allclose(r @ reduced[0, 0], coef.reshape(-1), rtol=1e-6)

@@ -37,6 +37,10 @@ class DecodeOptions:
       trajectory_iterations: LM iterations of every trajectory fit.
       degree: polynomial degree in time of each target's path in the trajectory fit (2: the reference paths
         are lines, parabolas and circle arcs over 0.8 px, the outward drift is linear on average).
+      shared_from: Legendre degree from which the path coefficients are common to the whole group (the
+        targets move with one reference point, SPEC §3): ``> degree`` fits independent paths, ``2`` shares
+        the curvature, ``1`` the velocity too (rigid translation; the < 0.014 px outward drift is then
+        ignored). Fewer free coefficients mean less noise in the fitted positions.
       count_penalty: penalty per fitted parameter added to ``cost/s²`` when choosing the number of targets
         (``log n`` ≈ 4.8 is BIC for a 121-pixel frame; tuned on the validation split).
       trajectory_count_penalty: the same for trajectory fits (per parameter of the trajectory model).
@@ -62,6 +66,7 @@ class DecodeOptions:
     frame_iterations: int = 12
     trajectory_iterations: int = 15
     degree: int = 2
+    shared_from: int = 2
     count_penalty: float = 4.8
     trajectory_count_penalty: float = 4.8
     templates: int = 3
@@ -91,6 +96,8 @@ class DecodeOptions:
                   f"decode option {name} must be a positive integer, got {v!r}")
         check(self.min_targets <= self.max_targets,
               f"decode options min_targets ({self.min_targets}) > max_targets ({self.max_targets})")
+        check(isinstance(self.shared_from, int) and self.shared_from >= 0,
+              f"decode option shared_from must be a non-negative integer, got {self.shared_from!r}")
         check(isinstance(self.degree, int) and 0 <= self.degree <= 6,
               f"decode option degree must be an integer in 0..6, got {self.degree!r}")
         check(self.runner_up in ("split", "always", "never"),

@@ -52,6 +52,7 @@ __all__ = [
     "fit_trajectories",
     "fit_from_paths",
     "legendre_basis",
+    "shared_reparametrisation",
     "template_frames",
 ]
 
@@ -101,21 +102,72 @@ def _local_map(basis: np.ndarray) -> np.ndarray:
     return e
 
 
-def _objective(obs: jax.Array, active: jax.Array, local: jax.Array, opts: DecodeOptions):
-    """``normal_fn``, ``cost_fn``, ``project``, ``positions`` of one trajectory, ``theta (slots·Pk,)``."""
-    t_frames, size = obs.shape[0], obs.shape[-1]
+def shared_reparametrisation(slots: int, degree: int, shared_from: int) -> np.ndarray:
+    """``R (slots·Pk, P)``: per-target coefficients ``= R @ θ`` for a group sharing its high-order terms.
+
+    ``θ`` holds, per target, the Legendre coefficients of degree ``< shared_from`` of ``x`` and ``y`` and the
+    brightness, then the coefficients of degree ``shared_from..D`` of ``x`` and ``y`` common to the whole
+    group. ``shared_from > D`` gives the identity (independent paths); ``shared_from = 2`` shares the
+    curvature; ``shared_from = 1`` shares the velocity too (a rigidly translating group).
+    """
+    d1 = degree + 1
+    s = min(max(shared_from, 0), d1)
+    pk = 2 * d1 + 1
+    own = 2 * s + 1
+    shared = 2 * (d1 - s)
+    r = np.zeros((slots, pk, slots * own + shared), np.float32)
+    for k in range(slots):
+        base = k * own
+        for d in range(s):
+            r[k, d, base + d] = 1.0  # x_d
+            r[k, d1 + d, base + s + d] = 1.0  # y_d
+        r[k, 2 * d1, base + 2 * s] = 1.0  # brightness
+        for j, d in enumerate(range(s, d1)):
+            r[k, d, slots * own + j] = 1.0
+            r[k, d1 + d, slots * own + (d1 - s) + j] = 1.0
+    return r.reshape(slots * pk, slots * own + shared)
+
+
+def _reduce(starts: np.ndarray, count: np.ndarray, degree: int, shared_from: int) -> np.ndarray:
+    """Per-target start coefficients ``(N, S, slots, Pk)`` → ``(N, S, P)`` in the shared layout."""
+    n, ns, slots, pk = starts.shape
+    d1 = degree + 1
+    s = min(max(shared_from, 0), d1)
+    own = np.concatenate([starts[..., :s], starts[..., d1 : d1 + s], starts[..., 2 * d1 :]], -1)
+    active = (np.arange(slots)[None, :] < count[:, None]).astype(np.float64)[:, None, :, None]
+    weight = active / np.maximum(active.sum(2, keepdims=True), 1.0)
+    hx = (starts[..., s:d1] * weight).sum(2)
+    hy = (starts[..., d1 + s : 2 * d1] * weight).sum(2)
+    return np.concatenate([own.reshape(n, ns, -1), hx, hy], -1).astype(np.float32)
+
+
+def _objective(
+    obs: jax.Array, active: jax.Array, local: jax.Array, reparam: jax.Array, opts: DecodeOptions
+):
+    """``normal_fn``, ``cost_fn``, ``project``, ``positions`` of one trajectory over ``theta (P,)``.
+
+    ``theta`` is in the (possibly shared) layout of ``reparam (slots·Pk, P)``; per-target coefficients are
+    ``reparam @ theta``.
+    """
+    t_frames = obs.shape[0]
     slots = active.shape[0]
     pk = local.shape[-1]
     sat = jax.vmap(lambda o: forward.saturated_pixels(o, opts.clip_level, opts.max_saturated))(obs)
     # The brightness prior applies once to each target's one constant brightness (not once per frame).
     pw1, pm1 = _prior_terms(1, opts, obs.dtype)  # brightness entries at index 2
-    pw = jnp.zeros((slots, pk), obs.dtype).at[:, pk - 1].set(pw1[2]) * active[:, None]
-    pm = jnp.zeros((slots, pk), obs.dtype).at[:, pk - 1].set(pm1[2])
-    pw, pm = pw.reshape(-1), pm.reshape(-1)
-    pmask = jnp.repeat(active, pk)
+    is_b = jnp.zeros((slots, pk), bool).at[:, pk - 1].set(True).reshape(-1)
+    bright = jnp.einsum("e,ep->p", is_b.astype(obs.dtype), reparam) > 0  # brightness entries of theta
+    owner = jnp.einsum("e,ep->p", jnp.repeat(active, pk).astype(obs.dtype), reparam) > 0
+    pw = jnp.where(bright & owner, pw1[2], 0.0)
+    pm = jnp.where(bright, pm1[2], 0.0)
+    # Frozen: the parameters of inactive slots (and shared terms of an empty group).
+    pmask = owner
+
+    def expanded(theta):
+        return (reparam @ theta).reshape(slots, pk)
 
     def positions(theta):  # (T, slots, 3)
-        return jnp.einsum("tap,kp->tka", local, theta.reshape(slots, pk))
+        return jnp.einsum("tap,kp->tka", local, expanded(theta))
 
     def normal_fn(theta):
         m, g, c = jax.vmap(
@@ -125,6 +177,8 @@ def _objective(obs: jax.Array, active: jax.Array, local: jax.Array, opts: Decode
         g = g.reshape(t_frames, slots, 3)
         jtj = jnp.einsum("tap,tkalb,tbq->kplq", local, m, local).reshape(slots * pk, slots * pk)
         jtr = jnp.einsum("tap,tka->kp", local, g).reshape(-1)
+        jtj = reparam.T @ jtj @ reparam
+        jtr = reparam.T @ jtr
         dev = theta - pm
         jtj, jtr = masked_normal(jtj + jnp.diag(pw), jtr + pw * dev, pmask)
         return jtj, jtr, jnp.sum(c) + jnp.sum(pw * dev * dev)
@@ -136,26 +190,24 @@ def _objective(obs: jax.Array, active: jax.Array, local: jax.Array, opts: Decode
         return jnp.sum(c) + jnp.sum(pw * dev * dev)
 
     def project(theta):
-        th = theta.reshape(slots, pk)
-        b = jnp.where(active, jnp.maximum(th[:, -1], _MIN_BRIGHTNESS), 0.0)
-        return th.at[:, -1].set(b).reshape(-1)
+        return jnp.where(bright, jnp.where(owner, jnp.maximum(theta, _MIN_BRIGHTNESS), 0.0), theta)
 
     return normal_fn, cost_fn, project, positions
 
 
 @functools.partial(jax.jit, static_argnames=("opts",))
-def _fit_batch(obs: jax.Array, starts: jax.Array, count: jax.Array, local: jax.Array, opts: DecodeOptions):
-    """``obs (B, T, S, S)``, ``starts (B, S_, slots, Pk)``, ``count (B,)`` → best fit per trajectory."""
-    slots, pk = starts.shape[2], starts.shape[3]
+def _fit_batch(obs: jax.Array, starts: jax.Array, count: jax.Array, local: jax.Array, reparam: jax.Array,
+               opts: DecodeOptions):
+    """``obs (B, T, S, S)``, ``starts (B, S_, P)``, ``count (B,)`` → best fit per trajectory."""
+    pk = local.shape[-1]
+    slots = reparam.shape[0] // pk
 
     def one(o, st, k):
         active = jnp.arange(slots) < k
-        normal_fn, cost_fn, project, positions = _objective(o, active, local, opts)
+        normal_fn, cost_fn, project, positions = _objective(o, active, local, reparam, opts)
 
         def fit(s):
-            res = levenberg_marquardt(
-                project(s.reshape(-1)), normal_fn, cost_fn, project, opts.trajectory_iterations
-            )
+            res = levenberg_marquardt(project(s), normal_fn, cost_fn, project, opts.trajectory_iterations)
             return res.theta, res.cost, res.jtj
 
         theta, cost, jtj = jax.vmap(fit)(st)
@@ -166,7 +218,7 @@ def _fit_batch(obs: jax.Array, starts: jax.Array, count: jax.Array, local: jax.A
         eye = jnp.eye(jtj.shape[0], dtype=jtj.dtype)
         cov = forward.spd_solve_many(jtj / (scale[:, None] * scale[None, :]) + 1e-6 * eye, eye)
         cov = opts.noise_variance * cov / (scale[:, None] * scale[None, :])
-        cov = cov.reshape(slots, pk, slots, pk)
+        cov = (reparam @ cov @ reparam.T).reshape(slots, pk, slots, pk)
         block = jnp.einsum("kpkq->kpq", cov)  # (slots, Pk, Pk) per-target blocks
         var = jnp.einsum("tap,kpq,taq->tka", local[:, :2], block, local[:, :2]).mean(-1)  # (T, slots)
         var = jnp.where(jnp.isfinite(var) & (var > 0), var, 1e6)
@@ -290,10 +342,10 @@ def fit_trajectories(
     slots = slots_for(kmax)
     basis = legendre_basis(t, opts.degree)
     local = jnp.asarray(_local_map(basis))
+    reparam = jnp.asarray(shared_reparametrisation(slots, opts.degree, opts.shared_from))
     templates = template_frames(t, opts.templates)
     fp = frame_fits.params.reshape(n, t, kmax, kmax, 3)
     cands = _vote_candidates(frame_counts, opts, 1 if opts.runner_up == "never" else 2)
-    pk = 2 * (opts.degree + 1) + 1
     num_c = cands.shape[1]
     all_params = np.zeros((num_c, n, t, slots, 3), np.float32)
     all_cost = np.full((num_c, n), np.inf)
@@ -307,7 +359,8 @@ def fit_trajectories(
                 todo = todo[np.any(frame_counts[todo] != cands[todo, :1], axis=1)]
         if todo.size == 0:
             continue
-        starts = _starts(fp[todo], cands[todo, ci], slots, basis, templates)
+        starts = _reduce(_starts(fp[todo], cands[todo, ci], slots, basis, templates), cands[todo, ci],
+                         opts.degree, opts.shared_from)
         rng = range(0, todo.size, chunk)
         if progress:
             from tqdm.auto import tqdm
@@ -319,13 +372,15 @@ def fit_trajectories(
             local_rows = np.searchsorted(todo, rows)
             p, c, v = _fit_batch(
                 jnp.asarray(frames[rows]), jnp.asarray(starts[local_rows]), jnp.asarray(cands[rows, ci]),
-                local, opts,
+                local, reparam, opts,
             )
             m = sel.size
             all_params[ci, sel] = np.asarray(p)[:m]
             all_cost[ci, sel] = np.asarray(c)[:m]
             all_var[ci, sel] = np.asarray(v)[:m]
-    crit = all_cost.T / opts.noise_variance + opts.trajectory_count_penalty * pk * cands
+    # Parameters per target for the criterion: its own coefficients (shared terms add a constant).
+    own = 2 * min(max(opts.shared_from, 0), opts.degree + 1) + 1
+    crit = all_cost.T / opts.noise_variance + opts.trajectory_count_penalty * own * cands
     best = np.argmin(crit, 1)
     rel = crit - crit[np.arange(n), best][:, None]
     weights = np.exp(-0.5 * rel)  # candidates not fitted have cost inf → weight 0
@@ -367,10 +422,12 @@ def fit_from_paths(
     starts[:, 0, :, d1 : 2 * d1] = np.einsum("dt,ntk->nkd", pinv, paths[..., 1])
     starts[:, 0, :, 2 * d1] = paths[..., 2].mean(1)
     local = jnp.asarray(_local_map(basis))
+    reparam = jnp.asarray(shared_reparametrisation(slots, opts.degree, opts.shared_from))
     chunk = max(1, min(n, max(1, opts.chunk // t)))
     params = np.zeros((n, t, slots, 3), np.float32)
     cost = np.zeros(n)
     count = np.asarray(count, np.int32)
+    starts = _reduce(starts, count, opts.degree, opts.shared_from)
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
         pad = chunk - (hi - lo)
@@ -379,7 +436,7 @@ def fit_from_paths(
             x = x[lo:hi]
             return jnp.asarray(np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x)
 
-        p, c, _ = _fit_batch(padded(frames), padded(starts), padded(count), local, opts)
+        p, c, _ = _fit_batch(padded(frames), padded(starts), padded(count), local, reparam, opts)
         params[lo:hi] = np.asarray(p)[: hi - lo]
         cost[lo:hi] = np.asarray(c)[: hi - lo]
     return params[:, :, : opts.max_targets], cost
