@@ -170,22 +170,25 @@ def test_grid_is_the_protocol():
 
 def test_peak_on_synthetic_map():
     m = np.zeros((33, 33))
-    # Peak A: 3×3 blob centred on cell (10, 20); peak B: isolated cell (25, 5) with one 4-neighbour.
-    m[9:12, 19:22] = [[5, 10, 5], [10, 100, 30], [5, 10, 5]]
+    # Peak A: 3×3 blob around cell (10, 20); peak B: isolated cell (25, 5) with one neighbour.
+    blob = np.array([[5, 10, 5], [10, 100, 30], [5, 12, 7]], float)
+    m[9:12, 19:22] = blob
     m[25, 5], m[25, 6] = 90.0, 20.0
     m[2, 2] = 60.0  # local maximum below the threshold
     det = peak_detections(m[None], threshold=70.0)[0]
     assert det.shape == (2, 4)
-    # Independent centroids: peak + its 4 neighbours, weights = values.
-    wa = np.array([100, 10, 10, 10, 30])
-    xa = np.array([10, 9, 11, 10, 10])
-    ya = np.array([20, 20, 20, 19, 21])
-    # Cell i sits at (i - 1)/3 px (SPEC §1, c = 3).
-    exp_a = [(wa @ (xa - 1)) / wa.sum() / 3, (wa @ (ya - 1)) / wa.sum() / 3, wa.sum()]
+    # Independent centroids over the 3×3 windows; cell i sits at (i - 1)/3 px (SPEC §1, c = 3).
+    rows, cols = np.meshgrid(np.arange(9, 12), np.arange(19, 22), indexing="ij")
+    exp_a = [(blob * (rows - 1)).sum() / blob.sum() / 3, (blob * (cols - 1)).sum() / blob.sum() / 3, blob.sum()]
     exp_b = [(25 - 1) / 3, ((90 * 5 + 20 * 6) / 110 - 1) / 3, 110.0]
     np.testing.assert_allclose(det[0, :3], exp_a, atol=1e-12)
     np.testing.assert_allclose(det[1, :3], exp_b, atol=1e-12)
     np.testing.assert_allclose(det[:, 3], det[:, 2])
+    # A blob centred on a cell corner is one peak (8-neighbour maximum test), not two.
+    corner = np.zeros((33, 33))
+    corner[14:16, 14:16] = [[100, 90], [95, 99]]
+    assert len(peak_detections(corner[None])[0]) == 1
+    assert len(peak_detections(corner[None], connectivity=4)[0]) == 2
 
 
 def test_peak_and_grid_on_zero_map_give_nothing():

@@ -4,7 +4,7 @@
   detection at its grid point, score = brightness = cell value. It delegates to
   :func:`seqcsist_jax.metrics.grids_to_detections` so both agree exactly.
 * :func:`peak_detections`: only local maxima of the map above the threshold; position = weighted centroid of
-  the peak's neighbourhood (continuous, off-grid), brightness = neighbourhood sum, score = brightness.
+  the peak's 3×3 neighbourhood (continuous, off-grid), brightness = neighbourhood sum, score = brightness.
 * :func:`physics_maps`: a label map from a frame alone — non-negative sparse least squares on Φ
   (:func:`seqcsist_jax.imaging.measurement_matrix`) by FISTA — so the grid/peak decoders (and map seeds)
   have a model-free input. Φ is separable (``Φ vec(X) = vec(A X Aᵀ)`` with ``A (11, 33)`` the pixel
@@ -59,22 +59,23 @@ def _neighbour_offsets(connectivity: int) -> list[tuple[int, int]]:
 
 
 def peak_table(
-    maps: np.ndarray, threshold: float = 70.0, c: int = 3, connectivity: int = 4
+    maps: np.ndarray, threshold: float = 70.0, c: int = 3, connectivity: int = 8
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Local maxima of label maps with their centroids and neighbourhood sums, as flat arrays.
 
     A cell is a peak when its value is ``>= threshold``, strictly greater than its neighbours that come before
     it in row-major order and ``>=`` the ones after it (a plateau yields exactly one peak). Neighbours are the
-    4 edge neighbours by default: two targets 0.42 px apart on a diagonal land in diagonally adjacent cells of
-    the 1/3-px grid, and an 8-neighbourhood would merge them. A peak's neighbourhood is the peak cell plus its
-    neighbours that are not themselves peaks; its position is the centroid of that neighbourhood weighted by
-    the positive cell values, its brightness the sum of those values.
+    8 cells around it by default; ``connectivity=4`` compares edge neighbours only, which keeps two targets
+    on diagonally adjacent cells of a sparse (label-like) map apart but splits a blurry blob centred on a cell
+    corner into two peaks. A peak's neighbourhood is its 3×3 window without the cells that are peaks
+    themselves; its position is the centroid of that window weighted by the positive cell values, its
+    brightness the sum of those values (adjacent peaks may share window cells; each counts them).
 
     Args:
       maps: ``(F, n, n)`` label maps.
       threshold: minimum peak value (70 for SeqCSIST, like the grid protocol).
       c: sub-pixel division (cell ``i`` sits at ``(i - (c-1)//2)/c`` px).
-      connectivity: 4 or 8 neighbours.
+      connectivity: 8 or 4 neighbours for the local-maximum test.
 
     Returns:
       ``frame (M,) int``, ``xy (M, 2)`` px, ``brightness (M,)``, ``peak value (M,)``; frame-major, row-major.
@@ -95,7 +96,7 @@ def peak_table(
     total = maps[fr, ii, jj].copy()
     sx = np.zeros_like(total)
     sy = np.zeros_like(total)
-    for di, dj in offsets:
+    for di, dj in _neighbour_offsets(8):
         w = wpad[fr, ii + 1 + di, jj + 1 + dj]
         total += w
         sx += w * di
@@ -106,7 +107,7 @@ def peak_table(
 
 
 def peak_detections(
-    maps: np.ndarray, threshold: float = 70.0, c: int = 3, connectivity: int = 4
+    maps: np.ndarray, threshold: float = 70.0, c: int = 3, connectivity: int = 8
 ) -> list[np.ndarray]:
     """Local-maximum decoder (see :func:`peak_table`).
 

@@ -19,7 +19,7 @@ class DecodeOptions:
     Attributes:
       threshold: map value a cell/peak needs (70, the SeqCSIST protocol) — ``grid``, ``peak`` and map seeds.
       c: sub-pixel division of the label maps (3).
-      connectivity: 4 or 8, neighbourhood of the ``peak`` decoder.
+      connectivity: 8 or 4, neighbours of the local-maximum test of the ``peak`` decoder and of map seeds.
       sigma: PSF width (SPEC §2).
       clip_level: the 8-bit saturation level; observed pixels at this level are censored in the fits.
         ``None`` for unclipped float frames.
@@ -56,7 +56,7 @@ class DecodeOptions:
 
     threshold: float = 70.0
     c: int = 3
-    connectivity: int = 4
+    connectivity: int = 8
     sigma: float = 0.5
     clip_level: float | None = 255.0
     noise_sigma: float = 0.0
