@@ -363,3 +363,30 @@ def test_shared_reparametrisation_round_trip(shared_from):
     reduced = traj._reduce(coef, np.array([slots]), degree, shared_from)
     assert reduced.shape[-1] == r.shape[1] == slots * (2 * s + 1) + 2 * (degree + 1 - s)
     np.testing.assert_allclose(r @ reduced[0, 0], coef.reshape(-1), rtol=1e-6)
+
+
+def test_map_seeds_are_strongest_peaks_first():
+    from seqcsist_jax.decode import map_seeds
+
+    maps = np.zeros((2, 33, 33))
+    maps[0, 5, 5], maps[0, 20, 20], maps[0, 10, 30] = 100.0, 220.0, 150.0
+    seeds, count = map_seeds(maps, make_options(), slots=2)
+    assert count.tolist() == [2, 0]
+    np.testing.assert_allclose(seeds[0, :, 2], [220.0, 150.0])
+    np.testing.assert_allclose(seeds[0, 0, :2], [19 / 3, 19 / 3])
+    np.testing.assert_allclose(seeds[0, 1, :2], [9 / 3, 29 / 3])
+
+
+def test_refine_with_model_maps(synthetic):
+    # Seeds from a map (here the grid-snapped truth) join the physics starts; the pair cases stay exact.
+    # (The trajectory decoder starts from these same per-frame fits.)
+    pairs = [i for i, (name, _) in enumerate(CASES) if name.startswith("pair")]
+    frames = synthetic["frames"][pairs]
+    maps = imaging.targets_to_grid(synthetic["targets"][pairs]).astype(np.float32)
+    for method, tol in (("refine", 0.03),):
+        dec = decode_arrays(frames, maps, method, max_targets=2)
+        assert (dec.count == 2).all()
+        for j, i in enumerate(pairs):
+            truth = CASES[i][1]
+            errs = np.concatenate([_matched_errors(dec.detections[j, t, :2, :2], truth[t]) for t in range(T)])
+            assert errs.max() <= tol, f"{method} with maps, {CASES[i][0]}: max error {errs.max():.3f}"
