@@ -149,7 +149,7 @@ def _fit_one(start: jax.Array, active: jax.Array, obs: jax.Array, opts: DecodeOp
     slots = start.shape[0]
     normal_fn, cost_fn, project = frame_objective(obs, active, opts)
     res = levenberg_marquardt(project(start.reshape(-1)), normal_fn, cost_fn, project, opts.frame_iterations)
-    return res.theta.reshape(slots, 3), res.cost, position_variances(res.jtj, opts.noise_variance)
+    return res.theta.reshape(slots, 3), res.cost, res.jtj
 
 
 @functools.lru_cache(maxsize=4)
@@ -227,10 +227,10 @@ def _stage(obs: jax.Array, prev: jax.Array, seeds: jax.Array, seed_count: jax.Ar
             seed = jnp.where(active[:, None], seed, 0.0)
             starts = jnp.concatenate([starts, seed[None]])
             valid = jnp.concatenate([valid, (n >= k)[None]])
-        params, cost, var = jax.vmap(lambda st: _fit_one(st, active, o, opts))(starts)
+        params, cost, jtj = jax.vmap(lambda st: _fit_one(st, active, o, opts))(starts)
         cost = jnp.where(valid, cost, jnp.inf)
         best = jnp.argmin(cost)
-        return params[best], cost[best], var[best]
+        return params[best], cost[best], position_variances(jtj[best], opts.noise_variance)
 
     return jax.vmap(one)(obs, prev, seeds, seed_count)
 
