@@ -6,8 +6,8 @@ paper's protocol (grid decoding, threshold 70, frames 2..17), measures parameter
 inference FPS on this machine, and writes a Markdown table, a JSON file and a figure next to the paper's
 published numbers (SPEC §7, clearly labelled: those were trained at full scale on the public data)::
 
-    python -m experiments.compare --dataset=seqcsist/mini --budget_steps=700 --learning_rate=1e-3 \\
-        --workdir=workdirs/compare_mini --output=experiments/benchmarks/results/compare_mini
+    python -m experiments.compare --dataset=seqcsist/mini --budget_steps=100 --learning_rate=1e-3 --evals=1 \\
+        --max_eval_trajectories=25 --workdir=workdirs/compare_mini --output=experiments/benchmarks/results/compare_mini
     python -m experiments.compare --methods=srcnn,edsr --paper_scale --workdir=workdirs/compare_paper
 
 Flags:
@@ -102,8 +102,6 @@ def method_config(name: str, args: argparse.Namespace):
 
     spec = f"{name}:{args.variant}" if args.variant else name
     config = configs.get_config(spec)
-    if "trainable" not in config.model:  # configs written before the field existed (derefnet) are trainable
-        config.model.trainable = True
     if args.dataset:
         config.dataset.name = args.dataset
     if args.max_eval_trajectories:
@@ -118,6 +116,11 @@ def method_config(name: str, args: argparse.Namespace):
             config.num_epochs = float(args.budget_epochs)
     config.progress_bar = sys.stderr.isatty()
     return config
+
+
+def is_trainable(config) -> bool:
+    """``config.model.trainable`` (classical solvers set it False); configs without the field are trainable."""
+    return bool(config.model.get("trainable", True))
 
 
 def _schedule(config, evals: int) -> int:
@@ -206,7 +209,7 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
 
     config = method_config(name, args)
     workdir.mkdir(parents=True, exist_ok=True)
-    trainable = bool(config.model.trainable)
+    trainable = is_trainable(config)
     if trainable:
         _schedule(config, args.evals)
     key = json.loads(json.dumps(config.to_dict(), default=str))
@@ -254,6 +257,17 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
     tmp.write_text(json.dumps(row, indent=2, default=float))
     tmp.replace(row_path)
     return row
+
+
+def failed_row(name: str, error: BaseException) -> dict:
+    """A table row for a method whose run raised (metrics NaN, the error kept)."""
+    from seqcsist_jax.baselines import published
+
+    return {
+        "method": name, "label": published.label(name), "trainable": None, "params": None,
+        "flops_per_trajectory": None, "fps": None, **{k: float("nan") for k in METRICS}, "steps": None,
+        "paper": _paper_row(name), "error": f"{type(error).__name__}: {error}",
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- the table
@@ -305,7 +319,16 @@ def settings_text(settings: dict) -> str:
         budget = f"{settings['budget_epochs']} epochs for every learned method"
     lr = settings.get("learning_rate")
     lr_text = f"learning rate {lr:g} for every method" if lr is not None else "each config's learning rate (1e-4)"
-    return f"dataset `{settings.get('dataset') or 'config default'}`; budget: {budget}; {lr_text}"
+    evals = settings.get("evals")
+    subset = settings.get("max_eval_trajectories")
+    eval_text = (
+        f"; best of {evals} validation evaluation(s)" + (f" on {subset} validation trajectories" if subset else "")
+        if evals else ""
+    )
+    text = f"dataset `{settings.get('dataset') or 'config default'}`; budget: {budget}; {lr_text}{eval_text}"
+    if settings.get("seconds_all_methods"):
+        text += f"; wall time of all runs {settings['seconds_all_methods'] / 60:.0f} min"
+    return text
 
 
 def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
@@ -324,6 +347,11 @@ def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
     ]
     for r in rows:
         paper = r.get("paper")
+        if r.get("error"):
+            message = r["error"].splitlines()[0][:100].replace("|", "/")
+            paper_map = f"{paper['mAP']:.2f}" if paper else "–"
+            lines.append(f"| {r['label']} | failed: {message} |" + " |" * 9 + f" {paper_map} |")
+            continue
         cells = [
             r["label"],
             _fmt_params(r["params"]),
@@ -376,8 +404,10 @@ def plot_comparison(rows: Sequence[dict], path: pathlib.Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax = axes[1]
     thresholds = [0.05, 0.10, 0.15, 0.20, 0.25]
-    for r in rows:
-        ax.plot(thresholds, [100 * r[k] for k in METRICS[1:]], marker="o", ms=3, label=r["label"])
+    colors = plt.cm.tab20(np.linspace(0, 1, 20))
+    for i, r in enumerate(rows):  # 20 colours and alternating markers keep up to 20 methods apart
+        ax.plot(thresholds, [100 * r[k] for k in METRICS[1:]], marker="osd^v<>"[i % 7], ms=3, color=colors[i % 20],
+                label=r["label"])
     ax.set_xlabel("distance threshold (px)")
     ax.set_ylabel("AP (×100), this run")
     ax.grid(alpha=0.3)
@@ -429,12 +459,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "learning_rate": args.learning_rate,
         "variant": args.variant,
         "evals": args.evals,
+        "max_eval_trajectories": args.max_eval_trajectories,
     }
     rows = []
     total = time.perf_counter()
     for i, name in enumerate(args.methods, 1):
         print(f"[{i}/{len(args.methods)}] {name} ...", flush=True)
-        row = run_method(name, args, workdir / name)
+        try:
+            row = run_method(name, args, workdir / name)
+        except Exception as e:  # one failing method (e.g. a diverged run) must not lose the others' results
+            log.exception("%s failed", name)
+            rows.append(failed_row(name, e))
+            print(f"[{i}/{len(args.methods)}] {name}: FAILED ({type(e).__name__}: {e})", flush=True)
+            write_outputs(rows, settings, prefix)
+            continue
         rows.append(row)
         print(
             f"[{i}/{len(args.methods)}] {name}: CSO-mAP {100 * row['mAP']:.2f} (paper "
@@ -443,7 +481,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             flush=True,
         )
         write_outputs(rows, settings, prefix)  # partial tables survive an interrupted run
-    settings["total_seconds"] = time.perf_counter() - total
+    settings["seconds_this_call"] = time.perf_counter() - total
+    # wall time of every method's train + evaluation, including runs reused from earlier calls
+    settings["seconds_all_methods"] = float(sum(r.get("seconds") or 0.0 for r in rows))
     paths = write_outputs(rows, settings, prefix)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return {"rows": rows, "paths": paths}

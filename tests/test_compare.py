@@ -52,13 +52,16 @@ def test_method_config_applies_the_equal_budget():
     # a config's own settings that the budget does not touch stay (ISTA-Net++ has no weight decay)
     assert compare.method_config("istanet_pp", args).optimizer.weight_decay == 0.0
     assert compare.method_config("srcnn", args).optimizer.weight_decay == 1e-5
-    assert not compare.method_config("ista", args).model.trainable
+    assert not compare.is_trainable(compare.method_config("ista", args))
+    assert compare.is_trainable(compare.method_config("derefnet", args))
+    assert "trainable" not in compare.method_config("derefnet", args).model  # DeRefNet takes every model field
     paper = compare.parse_args(["--workdir=/tmp/x", "--paper_scale"])
     assert compare.method_config("srcnn", paper).num_epochs == 200
 
 
 def test_markdown_table_keeps_paper_numbers_apart():
-    rows = [_row("ista", trainable=False, params=0, steps=0), _row("srcnn"), _row("fista", trainable=False)]
+    rows = [_row("ista", trainable=False, params=0, steps=0), _row("srcnn"), _row("fista", trainable=False),
+            compare.failed_row("tdan", FloatingPointError("non-finite loss at step 7"))]
     machine = {"device": "cpu", "cpu_count": 2, "backend": "cpu"}
     settings = {"dataset": "seqcsist/mini", "budget_steps": 300, "learning_rate": 1e-3}
     text = compare.markdown_table(rows, settings, machine)
@@ -70,6 +73,9 @@ def test_markdown_table_keeps_paper_numbers_apart():
                      "300", "49.64"]  # fmt: skip
     assert "| SRCNN | 49.64 | 1.40 | 16.30 | 51.20 | 85.00 | 94.30 | 102,961 | 15.8 K |" in paper
     assert "| FISTA | not reported |" in paper
+    tdan_row = next(line for line in ours.splitlines() if line.startswith("| TDAN"))
+    assert "failed: FloatingPointError: non-finite loss at step 7" in tdan_row and tdan_row.endswith("| 47.96 |")
+    assert tdan_row.count("|") == srcnn_row.count("|")
     assert "| ISTA | 10.72 | 0.14 | 1.97 | 8.74 | 18.22 | 24.53 | 0.1 | – |" in paper
 
 
