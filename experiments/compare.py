@@ -41,7 +41,7 @@ import pathlib
 import platform
 import sys
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
