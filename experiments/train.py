@@ -12,7 +12,6 @@ An existing run in ``--workdir`` is resumed from its latest checkpoint.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from absl import app, flags
@@ -44,7 +43,6 @@ def main(argv: list[str]) -> None:
     del argv
     from seqcsist_jax.train import train_and_evaluate
 
-    logging.getLogger().setLevel(logging.INFO)
     result = train_and_evaluate(_CONFIG.value, FLAGS.workdir)
     best = result.get("best") or {}
     test = result.get("test") or {}

@@ -54,9 +54,11 @@ def plot_samples(
     num: int = 4,
     threshold: float = 70.0,
     first_scored: int = 2,
+    zoom: float = 1.6,
 ) -> None:
     """A row per sample trajectory: the input frame with ground truth, and the predicted map with detections.
 
+    The map panel is zoomed to ``±zoom`` px around the targets so sub-pixel errors are visible.
     ``detections[i][k]`` are the detections of trajectory i's k-th scored frame (frame ``first_scored + k``).
     """
     frames = np.asarray(arrays["frames"])
@@ -65,7 +67,7 @@ def plot_samples(
     if n == 0:
         return
     picks = np.linspace(0, len(frames) - 1, n).round().astype(int)
-    fig, axes = plt.subplots(n, 2, figsize=(6.4, 3.1 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 2, figsize=(6.6, 3.2 * n), squeeze=False, constrained_layout=True)
     size = frames.shape[-1]
     cells = maps.shape[-1]
     c = cells // size
@@ -77,20 +79,22 @@ def plot_samples(
         f = first_scored + k
         gt = targets[i, f]
         gt = gt[gt[:, 2] != 0]
+        d = np.asarray(detections[i][k]).reshape(-1, 4)
         ax = axes[row, 0]
         ax.imshow(frames[i, f], cmap="gray", extent=(-0.5, size - 0.5, size - 0.5, -0.5))
-        ax.scatter(gt[:, 1], gt[:, 0], marker="+", c="lime", s=60, label="ground truth")
-        ax.set_title(f"trajectory {i}, frame {f}: input", fontsize=8)
+        ax.scatter(gt[:, 1], gt[:, 0], marker="+", c="lime", s=50, linewidths=1)
+        ax.set_title(f"trajectory {i}, frame {f}: input ({len(gt)} targets)", fontsize=8)
         ax = axes[row, 1]
         pred = maps[i, position[f]] if f in position else np.zeros((cells, cells))
-        ax.imshow(pred, cmap="magma", extent=(lo, hi, hi, lo), vmin=0, vmax=max(float(pred.max()), threshold))
-        d = np.asarray(detections[i][k]).reshape(-1, 4)
-        ax.scatter(gt[:, 1], gt[:, 0], marker="+", c="lime", s=60, label="ground truth")
-        ax.scatter(d[:, 1], d[:, 0], marker="x", c="cyan", s=25, label=f"detections ({len(d)})")
-        ax.set_xlim(-0.5, size - 0.5)
-        ax.set_ylim(size - 0.5, -0.5)
-        ax.set_title("predicted map", fontsize=8)
+        im = ax.imshow(pred, cmap="magma", extent=(lo, hi, hi, lo), vmin=0, vmax=max(float(pred.max()), threshold))
+        ax.scatter(gt[:, 1], gt[:, 0], marker="+", c="lime", s=90, linewidths=1.5, label="ground truth")
+        ax.scatter(d[:, 1], d[:, 0], marker="x", c="cyan", s=30, linewidths=1, label=f"detections ({len(d)})")
+        centre = gt[:, :2].mean(axis=0) if len(gt) else np.array([size / 2, size / 2])
+        ax.set_xlim(centre[1] - zoom, centre[1] + zoom)
+        ax.set_ylim(centre[0] + zoom, centre[0] - zoom)
+        ax.set_title("predicted 33×33 map (zoomed)", fontsize=8)
         ax.legend(fontsize=6, loc="lower right")
+        fig.colorbar(im, ax=ax, shrink=0.8).ax.tick_params(labelsize=6)
         for a in axes[row]:
             a.set_xlabel("y (columns, px)", fontsize=7)
             a.set_ylabel("x (rows, px)", fontsize=7)

@@ -63,7 +63,19 @@ class TrainState:
 # ----------------------------------------------------------------------------------------------- pure core
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int | None = None) -> optax.Schedule | float:
+    """``constant`` (the paper) or ``cosine`` decay to 0 over ``num_steps`` (used by the short CPU configs)."""
+    kind = config.get("schedule", "constant")
+    if kind == "constant":
+        return config.learning_rate
+    if kind == "cosine":
+        if not num_steps:
+            raise ValueError("the cosine schedule needs the number of training steps")
+        return optax.cosine_decay_schedule(config.learning_rate, num_steps)
+    raise ValueError(f"unknown learning-rate schedule {kind!r} (supported: 'constant', 'cosine')")
+
+
+def create_optimizer(config: ml_collections.ConfigDict, num_steps: int | None = None) -> optax.GradientTransformation:
     """Adam with PyTorch's ``weight_decay`` semantics: L2 added to the gradient before the moments (not AdamW)."""
     if config.name != "adam":
         raise ValueError(f"unknown optimizer {config.name!r} (supported: 'adam')")
@@ -72,7 +84,8 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
     if config.weight_decay:
         parts.append(optax.add_decayed_weights(config.weight_decay))
-    parts.append(optax.adam(config.learning_rate, b1=config.b1, b2=config.b2, eps=config.eps))
+    lr = learning_rate_schedule(config, num_steps)
+    parts.append(optax.adam(lr, b1=config.b1, b2=config.b2, eps=config.eps))
     return optax.chain(*parts)
 
 
@@ -251,7 +264,6 @@ class Trainer:
         self.phi = imaging.measurement_matrix().astype(np.float64)
         self.q = cached_q(self.workdir, ds.name, self.train_arrays, self.phi, ds.collision)
         self.method = methods.build_method(config.model, config.loss)
-        self.optimizer = create_optimizer(config.optimizer)
 
         self.loader = TrajectoryLoader(
             make_source(self.train_arrays),
@@ -266,6 +278,7 @@ class Trainer:
         )
         self.steps_per_epoch = len(self.loader)
         self.num_steps, self.eval_every = _steps_schedule(config, self.steps_per_epoch)
+        self.optimizer = create_optimizer(config.optimizer, self.num_steps)
 
         frames_shape = (self.global_batch,) + self.train_arrays["frames"].shape[1:]
         model, opt = self.method.model, self.optimizer
@@ -310,7 +323,7 @@ class Trainer:
             return state, 0
         state, loader_state, _, step = self.checkpoints.restore("latest", abstract_like(state))
         self.loader.set_state(loader_state)
-        log.info("resumed from %s at step %d", self.checkpoints.latest.directory, step)
+        _say(f"resumed from {self.checkpoints.latest.directory} at step {step}")
         return state, int(step)
 
     def evaluate(self, params, split: str, max_trajectories: int | None = None) -> dict:
@@ -354,9 +367,9 @@ def train_and_evaluate(
     writer = MetricWriter(workdir)
     state, step = trainer.restore_or_init()
     num_steps = trainer.num_steps
-    log.info(
-        "training %s: %d steps (%d per epoch), global batch %d on %d devices",
-        config.model.name, num_steps, trainer.steps_per_epoch, trainer.global_batch, trainer.mesh.size,
+    _say(
+        f"training {config.model.name} on {config.dataset.name}: {num_steps} steps ({trainer.steps_per_epoch} per "
+        f"epoch), global batch {trainer.global_batch} on {trainer.mesh.size} device(s); workdir {workdir}"
     )
 
     progress = None
@@ -411,13 +424,11 @@ def train_and_evaluate(
                 )
                 writer.write(step, _scalar_metrics(metrics_eval), config.dataset.eval_split)
                 save_latest(state, step)
-                if trainer.checkpoints.save_best(
+                best = trainer.checkpoints.save_best(
                     step, state, trainer.loader.get_state(), trainer.meta(), _scalar_metrics(metrics_eval)
-                ):
-                    log.info("step %d: new best %s CSO-mAP %.4f", step, config.dataset.eval_split,
-                             metrics_eval["mAP"])
-                if progress is not None:
-                    progress.write(f"step {step}: {config.dataset.eval_split} CSO-mAP {100 * metrics_eval['mAP']:.2f}")
+                )
+                _say(f"step {step}: {config.dataset.eval_split} CSO-mAP {100 * metrics_eval['mAP']:.2f}"
+                     + (" (new best)" if best else ""))
             for hook in hooks:
                 hook(step, metrics)
     finally:
@@ -430,6 +441,14 @@ def train_and_evaluate(
     _write_json(workdir / "result.json", result)
     trainer.checkpoints.close()
     return result
+
+
+def _say(message: str) -> None:
+    """A progress message on process 0 that does not break tqdm's bar."""
+    if jax.process_index() == 0:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
 
 
 def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

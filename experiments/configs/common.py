@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 1e-4
+    config.optimizer.schedule = "constant"  # the paper; "cosine" decays to 0 over the run
     # PyTorch Adam's weight_decay: L2 added to the gradient before the moment estimates (not AdamW).
     config.optimizer.weight_decay = 1e-5
     config.optimizer.b1 = 0.9
@@ -85,6 +86,7 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collect
         config.dataset.name = "seqcsist/mini"
         config.shuffle = True
         config.optimizer.learning_rate = 1e-3
+        config.optimizer.schedule = "cosine"
         config.num_epochs = 2
         config.eval_every_epochs = 1
         config.checkpoint_every_steps = 200
