@@ -15,6 +15,8 @@ Rows (per config):
   ceiling of every published (grid-decoded) method;
 * ``physics / {grid, peak, refine, trajectory}``: from the frames alone (grid/peak on the non-negative sparse
   least-squares map, refine/trajectory with the greedy physics starts);
+* ``oracle-map seeds / {refine, trajectory}``: seeded by the grid-snapped truth, i.e. what a perfect grid
+  model's map adds as starts (``--no-oracle-seeds`` skips these rows);
 * ``model / {grid, peak, refine, trajectory}``: with a model's maps (``--maps`` file with ``maps`` of shape
   ``(N, T, 33, 33)`` or ``(N, T-4, 33, 33)`` for the same split; ``--workdir`` of a training run once wired).
 
@@ -207,12 +209,16 @@ def run_config(config: str, args: argparse.Namespace) -> dict:
                  "first_call_s": dt})
 
     sources: list[tuple[str, np.ndarray | None]] = [("physics", None)]
+    if not args.no_oracle_seeds:
+        sources.append(("oracle-map seeds", oracle))
     if args.maps is not None:
         sources.append(("model", load_maps(args.maps, frames)))
     elif args.workdir is not None:
         sources.append(("model", maps_from_workdir(args.workdir, frames)))
     for source, maps in sources:
         for method in args.methods:
+            if source == "oracle-map seeds" and method in ("grid", "peak"):
+                continue  # the oracle grid row above is this map's protocol score
             wmaps = None if maps is None else maps[:warm_n]
             if method in ("grid", "peak"):
                 res, first, dt = timed(lambda: decode(frames, maps, method, **opts),
@@ -228,7 +234,7 @@ def run_config(config: str, args: argparse.Namespace) -> dict:
             print(f"[{config}] {source:8s} {method:10s} mAP {row['mAP']:6.2f}  AP05 {row['AP05']:6.2f}  "
                   f"count {row['count_accuracy']:.3f}  rmse {row['rmse']:.4f}  {dt:6.1f} s "
                   f"(first call {first:.1f} s)")
-            if dec is not None and not args.no_diagnostics:
+            if dec is not None and not args.no_diagnostics and source != "oracle-map seeds":
                 diags[f"{source}/{method}"] = diagnostics(method, dec, data, frames, opts)
                 print(f"[{config}]   diagnostics: {json.dumps(diags[f'{source}/{method}'], default=float)}")
     return {"config": config, "trajectories": n, "scored_frames": n * 16, "decoder_options": opts,
@@ -279,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warm-trajectories", type=int, default=206,
                    help="trajectories of the warm-up call (>= one chunk so it compiles every shape)")
     p.add_argument("--no-diagnostics", action="store_true")
+    p.add_argument("--no-oracle-seeds", action="store_true",
+                   help="skip the refine/trajectory rows seeded by the grid-snapped truth (ideal model map)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--tag", default="", help="suffix of the result files (bench_decode{tag}.json/md)")
     args = p.parse_args(argv)
