@@ -26,7 +26,7 @@ Flags:
 Classical methods (``model.trainable = False``: ISTA, FISTA) are not trained; they are evaluated directly with
 the batched, jitted solver, and their FLOPs are counted analytically from the measured mean iteration count
 (XLA's cost analysis counts a ``while_loop`` body once). Learned methods' FLOPs come from XLA's cost analysis of
-the jitted inference of one trajectory (a multiply-add counts 2). FPS is input frames per second of the jitted
+the jitted inference of one trajectory (a multiply-add counts 2). FPS is predicted frames (output maps) per second of the jitted
 inference on batches of ``config.eval.batch_size`` trajectories, after a warm-up call, on this machine.
 """
 
@@ -74,6 +74,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", required=True, help="output directory (one subdirectory per method)")
     p.add_argument("--output", default=None, help="path prefix of compare.{md,json,png} (default WORKDIR/compare)")
     p.add_argument("--force", action="store_true", help="recompute finished runs")
+    p.add_argument("--lr_schedule", default=None, choices=("constant", "cosine"),
+                   help="learning-rate schedule override (default: the configs' own, constant like the paper)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override applied to every method, e.g. --set dataset.num_train=3500 (repeatable)")
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not args.methods:
@@ -108,6 +112,10 @@ def method_config(name: str, args: argparse.Namespace):
         config.dataset.max_eval_trajectories = args.max_eval_trajectories
     if args.learning_rate is not None:
         config.optimizer.learning_rate = args.learning_rate
+    if getattr(args, "lr_schedule", None):
+        config.optimizer.schedule = args.lr_schedule
+    for item in getattr(args, "overrides", []):
+        apply_override(config, item)
     if not args.paper_scale:
         if args.budget_steps:
             config.num_train_steps = int(args.budget_steps)
@@ -116,6 +124,32 @@ def method_config(name: str, args: argparse.Namespace):
             config.num_epochs = float(args.budget_epochs)
     config.progress_bar = sys.stderr.isatty()
     return config
+
+
+def apply_override(config, item: str) -> None:
+    """Applies ``KEY=VALUE`` (dotted key, Python-literal value) to a config, keeping the field's type.
+
+    Raises:
+      ValueError: malformed item or unknown key.
+    """
+    import ast
+
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+    *path, last = key.split(".")
+    target = config
+    for part in path:
+        if part not in target:
+            raise ValueError(f"--set {item!r}: unknown config key {key!r}")
+        target = target[part]
+    if last not in target:
+        raise ValueError(f"--set {item!r}: unknown config key {key!r}")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text  # bare strings
+    target[last] = value
 
 
 def is_trainable(config) -> bool:
@@ -325,7 +359,11 @@ def settings_text(settings: dict) -> str:
         f"; best of {evals} validation evaluation(s)" + (f" on {subset} validation trajectories" if subset else "")
         if evals else ""
     )
+    if settings.get("lr_schedule"):
+        lr_text += f" ({settings['lr_schedule']} schedule)"
     text = f"dataset `{settings.get('dataset') or 'config default'}`; budget: {budget}; {lr_text}{eval_text}"
+    if settings.get("overrides"):
+        text += "; overrides " + ", ".join(f"`{o}`" for o in settings["overrides"])
     if settings.get("seconds_all_methods"):
         text += f"; wall time of all runs {settings['seconds_all_methods'] / 60:.0f} min"
     return text
@@ -338,7 +376,7 @@ def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
         "",
         f"Trained and scored here: {settings_text(settings)}. Test split, paper protocol (grid decoding, "
         "threshold 70, frames 2..17, CSO-mAP and AP ×100). Classical methods are not trained. "
-        f"FPS: input frames per second of the jitted inference on this machine ({machine['device']}, "
+        f"FPS: predicted frames (output maps) per second of the jitted inference on this machine ({machine['device']}, "
         f"{machine['cpu_count']} CPU cores, backend {machine['backend']}); FLOPs per 20-frame trajectory "
         "(XLA cost analysis; ISTA/FISTA analytic from the mean iteration count).",
         "",
@@ -460,6 +498,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "variant": args.variant,
         "evals": args.evals,
         "max_eval_trajectories": args.max_eval_trajectories,
+        "lr_schedule": args.lr_schedule,
+        "overrides": args.overrides,
     }
     rows = []
     total = time.perf_counter()

@@ -27,6 +27,7 @@ flags.DEFINE_string("torch_checkpoint", None, "Public PyTorch DeRefNet checkpoin
 flags.DEFINE_string("config", None, "Config name[:variant] for --torch_checkpoint (default: derefnet).")
 flags.DEFINE_string("data_dir", None, "Override config.dataset.data_dir.")
 flags.DEFINE_string("dataset", None, "Override config.dataset.name, e.g. seqcsist/public.")
+flags.DEFINE_bool("export_public", False, "Also write predictions as public-layout COS{N}.xml annotations.")
 
 
 def load_run_config(workdir: pathlib.Path):
@@ -41,7 +42,7 @@ def load_run_config(workdir: pathlib.Path):
 
 
 def evaluate_workdir(workdir, checkpoint="best", split="test", decode="grid", torch_checkpoint=None,
-                     config=None) -> dict:
+                     config=None, export_public=False) -> dict:
     """Library form of this command (no flags). Returns the metrics dict."""
     from seqcsist_jax import evaluate as evaluation
     from seqcsist_jax.checkpointing import abstract_like
@@ -53,15 +54,19 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode="grid", to
         from seqcsist_jax.interop import load_public_checkpoint
 
         config = config if config is not None else configs.get_config("derefnet")
+        if config.model.name != "derefnet":
+            raise ValueError(f"--torch_checkpoint imports DeRefNet weights; the config's model is {config.model.name!r}")
         trainer = Trainer(config, workdir)
-        params = load_public_checkpoint(torch_checkpoint)
+        options = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+        params = load_public_checkpoint(torch_checkpoint, **options)
         name, step = f"{config.model.name} (imported {pathlib.Path(torch_checkpoint).name})", None
     else:
         config = config if config is not None else load_run_config(workdir)
         trainer = Trainer(config, workdir)
         state, _, _, step = trainer.checkpoints.restore(checkpoint, abstract_like(trainer.initial_state()))
         params, name = state.params, config.model.name
-    return evaluation.evaluate_run(trainer, params, split=split, decode=decode, name=name, step=step)
+    return evaluation.evaluate_run(trainer, params, split=split, decode=decode, name=name, step=step,
+                                   export_public=export_public)
 
 
 def main(argv) -> None:
@@ -82,7 +87,7 @@ def main(argv) -> None:
         if FLAGS.dataset:
             config.dataset.name = FLAGS.dataset
     result = evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.decode,
-                              FLAGS.torch_checkpoint, config)
+                              FLAGS.torch_checkpoint, config, FLAGS.export_public)
     print(json.dumps({k: v for k, v in result.items() if k not in ("table_row",)}, indent=1, default=float))
 
 

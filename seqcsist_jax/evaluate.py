@@ -110,9 +110,12 @@ def score_maps(
     else:
         from seqcsist_jax.decode import decode as decode_fn
 
-        full = np.zeros((n, t) + maps.shape[-2:], np.float32)
-        full[:, frame_index] = maps
-        decoded = decode_fn(frames, maps=full, method=decode, **dict(decode_options or {}))
+        if np.array_equal(frame_index, np.arange(t)) or np.array_equal(frame_index, np.arange(2, t - 2)):
+            seeds = maps  # the layouts decode() understands: all frames, or DeRefNet's centre frames
+        else:
+            seeds = np.zeros((n, t) + maps.shape[-2:], np.float32)
+            seeds[:, frame_index] = maps
+        decoded = decode_fn(frames, maps=seeds, method=decode, **dict(decode_options or {}))
         detections = [[decoded[i][f] for f in scored] for i in range(n)]
     targets = _frame_targets(arrays, scored).reshape(n * len(scored), *np.asarray(arrays["targets"]).shape[2:])
     flat_dets = [d for traj in detections for d in traj]
@@ -144,13 +147,17 @@ def _format_params(n: int) -> str:
 
 
 def measure_fps(predict: Callable, params: Any, frames: np.ndarray, *, batch_size: int, mesh, repeats: int = 1) -> float:
-    """Input frames per second of ``predict`` on ``frames (N, T, 11, 11)`` after one warm-up call."""
+    """Predicted frames per second of ``predict`` on ``frames (N, T, 11, 11)`` after one warm-up call.
+
+    Counts output maps (16 per 20-frame trajectory for DeRefNet, 20 for single-frame methods), as the model
+    benchmark does; the host-side batching is included.
+    """
     predict_maps(predict, params, frames[:batch_size], batch_size=batch_size, mesh=mesh)  # compile
     start = time.perf_counter()
     for _ in range(repeats):
-        predict_maps(predict, params, frames, batch_size=batch_size, mesh=mesh)
+        maps = predict_maps(predict, params, frames, batch_size=batch_size, mesh=mesh)
     elapsed = (time.perf_counter() - start) / repeats
-    return frames.shape[0] * frames.shape[1] / elapsed
+    return maps.shape[0] * maps.shape[1] / elapsed
 
 
 def export_detections(path: pathlib.Path, detections: Sequence[Sequence[np.ndarray]], trajectory_ids,
@@ -166,6 +173,37 @@ def export_detections(path: pathlib.Path, detections: Sequence[Sequence[np.ndarr
                 for x, y, b, s in np.asarray(dets).reshape(-1, 4):
                     w.writerow([int(tid), int(frame), f"{x:.6f}", f"{y:.6f}", f"{b:.4f}", f"{s:.6f}"])
     tmp.replace(path)
+
+
+def export_public_predictions(
+    directory: pathlib.Path,
+    detections: Sequence[Sequence[np.ndarray]],
+    frame_numbers: np.ndarray,
+    scored: Sequence[int],
+    size: int = 11,
+) -> int:
+    """Writes predictions as public-layout annotations ``{directory}/annotation/COS{N}.xml`` (SPEC §3).
+
+    One file per scored frame, one ``<object>`` per detection with its ``(xc, yc, brightness)``; ``N`` is the
+    frame's number in the source data (``frame_numbers (N_traj, T)``), so the files line up with the public
+    release's images. Detections outside the image are clipped to its border. Returns the number of files.
+    """
+    from seqcsist_jax.data.public_format import annotation_xml
+
+    out = pathlib.Path(directory) / "annotation"
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for traj, numbers in zip(detections, np.asarray(frame_numbers)):
+        for k, frame in enumerate(scored):
+            dets = np.asarray(traj[k], np.float64).reshape(-1, 4)[:, :3].copy()
+            dets[:, :2] = np.clip(dets[:, :2], -0.5, size - 0.5)
+            number = int(numbers[frame])
+            path = out / f"COS{number}.xml"
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(annotation_xml(number, dets, size=size))
+            tmp.replace(path)
+            written += 1
+    return written
 
 
 def _json_ready(metrics: Mapping[str, Any]) -> dict:
@@ -190,11 +228,14 @@ def evaluate_run(
     name: str | None = None,
     step: int | None = None,
     decode_options: Mapping[str, Any] | None = None,
+    export_public: bool = False,
 ) -> dict:
     """Scores ``params`` on a split and writes metrics, detections and figures (see module docstring).
 
     ``trainer`` is a :class:`seqcsist_jax.train.Trainer` (it holds the model, data and mesh).
-    Returns the metrics dict without PR curves (those are in the JSON).
+    With ``export_public`` the detections are also written as public-layout annotation files under
+    ``public/annotation/`` of the output directory. Returns the metrics dict without PR curves (those are in the
+    JSON).
     """
     from seqcsist_jax import plots
     from seqcsist_jax.models import count_params
@@ -228,6 +269,13 @@ def evaluate_run(
         first, last = scored_frame_range(frames.shape[1])
         ids = arrays.get("trajectory_id", np.arange(len(frames)))
         export_detections(out / "detections.csv", detections, ids, range(first, last + 1))
+        if export_public:
+            t = frames.shape[1]
+            numbers = arrays.get("frame_numbers")
+            if numbers is None:  # generated data: number frames consecutively from 0 like the simulator's CLI
+                numbers = np.asarray(ids)[:, None] * t + np.arange(t)
+            export_public_predictions(out / "public", detections, numbers, range(first, last + 1),
+                                      size=frames.shape[-1])
         plots.plot_pr_curves(result, out / "pr_curves.png", title=f"{label} — {split} ({decode} decoding)")
         plots.plot_samples(arrays, maps, frame_index, detections, out / "samples.png",
                            num=config.eval.num_figure_samples, threshold=config.eval.threshold)

@@ -213,9 +213,12 @@ def cached_q(workdir: pathlib.Path, dataset_name: str, train_arrays: Mapping[str
 
 
 def _steps_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int, int]:
-    num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-    eval_every = (
-        config.eval_every_steps if config.eval_every_steps > 0 else config.eval_every_epochs * steps_per_epoch
+    if config.num_train_steps > 0:
+        num_steps = int(config.num_train_steps)
+    else:
+        num_steps = int(round(config.num_epochs * steps_per_epoch))
+    eval_every = int(
+        config.eval_every_steps if config.eval_every_steps > 0 else round(config.eval_every_epochs * steps_per_epoch)
     )
     if num_steps <= 0:
         raise ValueError(f"nothing to train: {num_steps} steps ({steps_per_epoch} steps per epoch)")

@@ -105,3 +105,15 @@ def test_end_to_end_smoke_run_and_reuse(tmp_path):
     again = compare.main(argv)
     assert [r["seconds"] for r in again["rows"]] == [r["seconds"] for r in result["rows"]]
     assert (workdir / "espcn" / "metrics.jsonl").stat().st_mtime_ns == marker
+
+
+def test_set_overrides_and_schedule_reach_the_config():
+    args = compare.parse_args(["--methods=srcnn", "--budget_steps=5", "--workdir=w", "--lr_schedule=cosine",
+                               "--set", "dataset.num_train=3500", "--set", "dataset.name=simulated"])
+    config = compare.method_config("srcnn", args)
+    assert config.dataset.num_train == 3500 and config.dataset.name == "simulated"
+    assert config.optimizer.schedule == "cosine"
+    with pytest.raises(ValueError, match="unknown config key 'dataset.nope'"):
+        compare.apply_override(config, "dataset.nope=1")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        compare.apply_override(config, "dataset.num_train")

@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.per_device_batch_size = 1  # trajectories per device per step
     config.num_devices = -1  # devices in the ('data',) mesh; -1 = all (global batch = per-device × devices)
     config.shuffle = False  # the public sampler's fixed order
-    config.num_epochs = 100
+    config.num_epochs = 100.0  # float: fractional budgets are allowed
     config.num_train_steps = -1  # > 0 overrides num_epochs
     config.eval_every_epochs = 10
     config.eval_every_steps = -1  # > 0 overrides eval_every_epochs
@@ -87,7 +87,7 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collect
         config.shuffle = True
         config.optimizer.learning_rate = 1e-3
         config.optimizer.schedule = "cosine"
-        config.num_epochs = 2
+        config.num_epochs = 2.0
         config.eval_every_epochs = 1
         config.checkpoint_every_steps = 200
         config.log_every_steps = 20
