@@ -17,6 +17,7 @@ import pathlib
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory (holds config.json and checkpoints/).", required=True)
@@ -69,8 +70,15 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode="grid", to
                                    export_public=export_public)
 
 
+def _quiet_libraries() -> None:
+    """Orbax/absl INFO chatter hides the progress bar; keep warnings unless --verbosity was given."""
+    if not FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+
+
 def main(argv) -> None:
     del argv
+    _quiet_libraries()
     config = None
     if FLAGS.config or FLAGS.torch_checkpoint:
         from experiments import configs

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from experiments import configs
@@ -39,8 +40,15 @@ def resolve_config_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def _quiet_libraries() -> None:
+    """Orbax/absl INFO chatter hides the progress bar; keep warnings unless --verbosity was given."""
+    if not FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+
+
 def main(argv: list[str]) -> None:
     del argv
+    _quiet_libraries()
     from seqcsist_jax.train import train_and_evaluate
 
     result = train_and_evaluate(_CONFIG.value, FLAGS.workdir)

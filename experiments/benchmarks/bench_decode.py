@@ -18,7 +18,8 @@ Rows (per config):
 * ``oracle-map seeds / {refine, trajectory}``: seeded by the grid-snapped truth, i.e. what a perfect grid
   model's map adds as starts (``--no-oracle-seeds`` skips these rows);
 * ``model / {grid, peak, refine, trajectory}``: with a model's maps (``--maps`` file with ``maps`` of shape
-  ``(N, T, 33, 33)`` or ``(N, T-4, 33, 33)`` for the same split; ``--workdir`` of a training run once wired).
+  ``(N, T, 33, 33)`` or ``(N, T-4, 33, 33)`` for the same split, or ``--workdir`` of a training run whose best
+  checkpoint predicts them).
 
 Columns: CSO-mAP and AP05…AP25 (×100), per-frame count accuracy, RMSE of matched pairs (Hungarian within
 0.25 px), decoding time of the whole split after a warm-up call that compiles every shape (the compile time of
@@ -93,11 +94,19 @@ def load_maps(path: Path, frames: np.ndarray) -> np.ndarray:
     return maps[: frames.shape[0]]
 
 
-def maps_from_workdir(workdir: Path, frames: np.ndarray) -> np.ndarray:
-    """Maps of a trained model's best checkpoint for ``frames`` (to be wired to the training layer)."""
-    raise NotImplementedError(
-        f"--workdir ({workdir}) is not wired yet; export the model's test maps to an .npz and pass --maps"
-    )
+def maps_from_workdir(workdir: Path, frames: np.ndarray, checkpoint: str = "best") -> np.ndarray:
+    """Maps of a trained run's checkpoint for ``frames (N, T, 11, 11)``: ``(N, T', 33, 33)`` as the model
+    outputs them (DeRefNet: centre frames 2..T-3, which :func:`decode` understands)."""
+    from experiments.evaluate import load_run_config
+    from seqcsist_jax import evaluate as evaluation
+    from seqcsist_jax.checkpointing import abstract_like
+    from seqcsist_jax.train import Trainer
+
+    trainer = Trainer(load_run_config(Path(workdir)), workdir)
+    state, _, _, step = trainer.checkpoints.restore(checkpoint, abstract_like(trainer.initial_state()))
+    print(f"model maps: {trainer.config.model.name} from {workdir} ({checkpoint} checkpoint, step {step})")
+    return evaluation.predict_maps(trainer.predict, state.params, frames,
+                                   batch_size=trainer.config.eval.batch_size, mesh=trainer.mesh)
 
 
 def score(dets: list[list[np.ndarray]], targets: np.ndarray, frames_mask: np.ndarray | None = None) -> dict:
@@ -278,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="default", choices=[*CONFIGS, "all"])
     p.add_argument("--maps", type=Path, default=None, help=".npz with 'maps' (N, T or T-4, 33, 33)")
-    p.add_argument("--workdir", type=Path, default=None, help="training run directory (not wired yet)")
+    p.add_argument("--workdir", type=Path, default=None, help="training run directory: maps from its best checkpoint")
     p.add_argument("--trajectories", type=int, default=750)
     p.add_argument("--base-seed", type=int, default=0)
     p.add_argument("--methods", nargs="+", default=["grid", "peak", "refine", "trajectory"])

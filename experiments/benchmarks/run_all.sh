@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Re-measures every CPU benchmark quoted in README.md, one after another (run it on a quiet machine):
+#   bash experiments/benchmarks/run_all.sh [QUICK_RUN_WORKDIR]
+# Each benchmark prints its side-by-side ratios and writes experiments/benchmarks/results/<name>.{json,md}.
+# QUICK_RUN_WORKDIR (default workdirs/quick, from `python -m experiments.train --config=derefnet_quick`) adds the
+# rows decoded from that model's maps to bench_decode.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+quick=${1:-workdirs/quick}
+note="quiet machine, benchmarks run one at a time"
+python -m experiments.benchmarks.bench_data --note "$note"
+python -m experiments.benchmarks.bench_metric
+python -m experiments.benchmarks.bench_pipeline
+python -m experiments.benchmarks.bench_deform_conv --note "$note"
+python -m experiments.benchmarks.bench_model
+python -m experiments.benchmarks.bench_classical
+python -m experiments.benchmarks.bench_decode --config all
+if [ -d "$quick/checkpoints/best" ]; then
+  python -m experiments.benchmarks.bench_decode --config default --workdir "$quick" --tag _derefnet_quick --no-diagnostics
+fi
