@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     configs = list(CONFIGS) if args.config == "all" else [args.config]
     results = [run_config(c, args) for c in configs]
-    note = f"{machine()}; helpers share the machine, timings are noisy"
+    note = f"{machine()}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"bench_decode{args.tag}.json").write_text(
         json.dumps({"results": results, "machine": note}, indent=2, default=float) + "\n")
