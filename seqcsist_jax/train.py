@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import pathlib
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax
 import jax

@@ -7,7 +7,6 @@ pattern 0.3 px (or 1/3 px, on the label grid) from a reference point moving ~0.0
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +20,6 @@ from seqcsist_jax.decode import (
     decode,
     decode_arrays,
     forward,
-    grid_detections,
     localisation_confidence,
     make_options,
     peak_detections,

@@ -10,43 +10,17 @@ The public detectors score frames ``[2:18]`` of a 20-frame trajectory; for a tra
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqcsist_jax.models.layers import Conv, torch_default_kernel
+from seqcsist_jax.models.layers import Conv, check_inputs, torch_default_kernel  # noqa: F401 (check_inputs re-exported)
 
 Initializer = Callable[..., jax.Array]
 
 SCORED_MARGIN = 2  # the public detectors use frames [2:18] of 20 for their regression loss and predictions
-
-
-def check_inputs(frames: jax.Array, phi: jax.Array, q: jax.Array | None) -> tuple[int, int, int, int]:
-    """Validates the call signature shared by all methods.
-
-    Returns:
-      ``(B, T, m, side)``: batch, frames per trajectory, pixels per frame (121) and label-grid side (33).
-
-    Raises:
-      ValueError: naming the argument whose shape is wrong.
-    """
-    if frames.ndim != 4:
-        raise ValueError(f"frames must be (B, T, h, w), got shape {frames.shape}")
-    b, t, h, w = frames.shape
-    if phi.ndim != 2:
-        raise ValueError(f"phi must be a (m, n) matrix, got shape {phi.shape}")
-    m, n = phi.shape
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"phi must be (m, s²) for a square label grid, got shape {phi.shape}")
-    if h * w != m:
-        raise ValueError(f"frames of {h}×{w} pixels do not match phi with {m} rows")
-    if q is not None and q.shape != (n, m):
-        raise ValueError(f"q must have shape {(n, m)} (transpose of phi's), got {q.shape}")
-    return b, t, m, side
 
 
 def scored_slice(num_frames: int, margin: int = SCORED_MARGIN) -> slice:

@@ -26,7 +26,6 @@ import math
 import jax
 import jax.numpy as jnp
 
-from seqcsist_jax import imaging
 
 __all__ = [
     "axis_profiles",

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqcsist_jax.models.ista_stage import IstaStage
+from seqcsist_jax.models.layers import check_inputs
 from seqcsist_jax.models.tdfa import TDFA, TimeEncoding, pair_indices
 
 
@@ -87,17 +88,8 @@ class DeRefNet(nn.Module):
             ``x_last (B, T, s, s)`` the last stage's output (before the time encoding);
             ``aligned (B, J, window-1, s, s)`` the neighbours aligned to each centre frame.
         """
-        if frames.ndim != 4:
-            raise ValueError(f"frames must be (B, T, h, w), got shape {frames.shape}")
-        b, t, fh, fw = frames.shape
-        m, n = phi.shape
-        side = math.isqrt(n)
-        if side * side != n:
-            raise ValueError(f"phi must be (m, s²) for a square label grid, got shape {phi.shape}")
-        if fh * fw != m:
-            raise ValueError(f"frames of {fh}×{fw} pixels do not match phi with {m} rows")
-        if q.shape != (n, m):
-            raise ValueError(f"q must have shape {(n, m)} (transpose of phi's), got {q.shape}")
+        b, t, m, side = check_inputs(frames, phi, q)
+        n = side * side
 
         dtype = jnp.float32
         y = frames.reshape(b * t, m).astype(dtype)
