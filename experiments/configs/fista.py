@@ -5,17 +5,10 @@
 
 import ml_collections
 
-from experiments.configs import common
+from experiments.configs import ista
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = common.base_config()
+    config = ista.get_config(arg)  # the same solver settings; only the algorithm differs
     config.model.name = "fista"
-    config.model.trainable = False
-    config.model.lam = 1.0
-    config.model.max_iter = 3000
-    config.model.tol = 1e-4
-    variant = arg or ""
-    if variant == "smoke":
-        config.model.max_iter = 50
-    return common.apply_variant(config, variant)
+    return config

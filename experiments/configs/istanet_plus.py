@@ -4,18 +4,12 @@ L2 1e-5, 100 epochs. ``:smoke``: 2 stages of 4 channels.
 
 import ml_collections
 
-from experiments.configs import common
+from experiments.configs import istanet
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = common.base_config()
+    config = istanet.get_config(arg)  # ISTA-Net's settings and smoke variant, with the plus stage
     config.model.name = "istanet_plus"
-    config.model.trainable = True
-    config.model.num_stages = 9
-    config.model.channels = 32
-    config.loss.gamma = 0.01
-    variant = arg or ""
-    if variant == "smoke":
-        config.model.num_stages = 2
-        config.model.channels = 4
-    return common.apply_variant(config, variant)
+    if (arg or "") != "smoke":
+        config.model.num_stages = 9
+    return config
