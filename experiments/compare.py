@@ -45,10 +45,9 @@ from typing import Sequence
 
 import numpy as np
 
-DEFAULT_METHODS = (
-    "ista", "fista", "lista", "istanet", "istanet_plus", "fistanet", "istanet_pp",
-    "srcnn", "edsr", "espcn", "tdan", "derefnet",
-)  # fmt: skip
+from seqcsist_jax.methods import METHOD_TABLE  # cheap: the table imports no method module
+
+DEFAULT_METHODS = tuple(METHOD_TABLE)  # every method, in the table's order
 METRICS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
 ROW_FILE = "compare_row.json"
 FLOPS_FRAMES = 20  # FLOPs are reported per 20-frame trajectory (the paper's), whatever the dataset's length
@@ -200,7 +199,7 @@ def learned_flops(method, num_frames: int) -> float:
     """XLA cost-analysis FLOPs of the jitted inference of one trajectory (params as abstract shapes)."""
     import jax
 
-    from seqcsist_jax.models import flops_per_trajectory
+    from seqcsist_jax.model_stats import flops_per_trajectory
 
     frames, phi, q = _abstract_inputs(num_frames)
     params = jax.eval_shape(method.model.init, jax.random.PRNGKey(0), frames, phi, q)["params"]

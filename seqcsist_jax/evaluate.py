@@ -238,7 +238,7 @@ def evaluate_run(
     JSON).
     """
     from seqcsist_jax import plots
-    from seqcsist_jax.models import count_params
+    from seqcsist_jax.model_stats import count_params
 
     config = trainer.config
     arrays = trainer.split_arrays(split, config.dataset.get("max_eval_trajectories") if split != "test" else None)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from seqcsist_jax.interop import convert_state_dict, params_to_state_dict, state_dict_shapes
-from seqcsist_jax.losses import derefnet_loss
-from seqcsist_jax.models import DeRefNet, count_params, flops_per_trajectory
+from seqcsist_jax.models.derefnet_loss import derefnet_loss
+from seqcsist_jax.models import DeRefNet
+from seqcsist_jax.model_stats import count_params, flops_per_trajectory
 from seqcsist_jax.testing import parity_inputs as pi
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "derefnet_parity.npz"

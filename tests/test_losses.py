@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqcsist_jax.losses import LOSS_PRESETS, derefnet_loss
+from seqcsist_jax.models.derefnet_loss import LOSS_PRESETS, derefnet_loss
 
 
 def _random_out(rng, b=2, t=7, s=5, stages=3, window=5):

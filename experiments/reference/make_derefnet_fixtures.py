@@ -65,7 +65,7 @@ def jax_results(options: dict, state: dict, inputs: dict) -> dict[str, np.ndarra
     import jax
 
     from seqcsist_jax.interop import convert_state_dict, params_to_state_dict
-    from seqcsist_jax.losses import derefnet_loss
+    from seqcsist_jax.models.derefnet_loss import derefnet_loss
     from seqcsist_jax.models import DeRefNet
 
     model = DeRefNet(**options)

@@ -235,7 +235,7 @@ class TorchDeRefNet(nn.Module):
 
 def torch_derefnet_loss(out, labels, constraint_weight: float = 0.1, align_weight: float = 0.1):
     """The public loss, averaged over trajectories; returns ``(total, terms)`` like
-    :func:`seqcsist_jax.losses.derefnet_loss`."""
+    :func:`seqcsist_jax.models.derefnet_loss.derefnet_loss`."""
     idx = torch.as_tensor(out["frame_index"], dtype=torch.long, device=labels.device)
     constraint = (out["sym"] ** 2).mean(dim=(2, 3, 4)).sum(dim=0)
     reg = ((out["output"] - labels[:, idx]) ** 2).mean(dim=(2, 3)).sum(dim=1)

@@ -1,4 +1,5 @@
-"""The paper's comparison methods (SPEC §7), each registered with :mod:`seqcsist_jax.methods` on import.
+"""The paper's comparison methods (SPEC §7); each module exports ``build_<name>`` builders listed in
+:data:`seqcsist_jax.methods.METHOD_TABLE`.
 
 ==============  ===============================  ====================================
 config name     module                           method

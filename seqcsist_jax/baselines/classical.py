@@ -219,5 +219,5 @@ def _builder(algorithm: str):
     return build
 
 
-for _name in ALGORITHMS:
-    methods.register(_name)(_builder(_name))
+build_ista = _builder("ista")
+build_fista = _builder("fista")

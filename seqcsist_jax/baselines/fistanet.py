@@ -145,8 +145,7 @@ def fistanet_loss(
     return reduce_terms(terms, {"l1": l1, "constraint": constraint, "sparsity": sparsity})
 
 
-@methods.register("fistanet")
-def _build(model_config, loss_config) -> methods.Method:
+def build_fistanet(model_config, loss_config) -> methods.Method:
     model = FISTANet(
         num_layers=int(model_config.get("num_layers", 7)),
         channels=int(model_config.get("channels", 32)),

@@ -121,5 +121,5 @@ def _builder(name: str, plus: bool, default_stages: int):
     return build
 
 
-methods.register("istanet")(_builder("istanet", False, 8))
-methods.register("istanet_plus")(_builder("istanet_plus", True, 9))
+build_istanet = _builder("istanet", False, 8)
+build_istanet_plus = _builder("istanet_plus", True, 9)

@@ -98,8 +98,7 @@ def istanet_pp_loss(outputs: dict, labels: jax.Array) -> tuple[jax.Array, dict]:
     return reduce_terms({"discrepancy": per_trajectory_mse(out[:, scored], labels[:, scored])}, {})
 
 
-@methods.register("istanet_pp")
-def _build(model_config, loss_config) -> methods.Method:
+def build_istanet_pp(model_config, loss_config) -> methods.Method:
     del loss_config
     model = ISTANetPP(
         num_stages=int(model_config.get("num_stages", 20)),

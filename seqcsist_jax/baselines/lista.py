@@ -76,8 +76,7 @@ def lista_loss(outputs: dict, labels: jax.Array) -> tuple[jax.Array, dict]:
     return reduce_terms({"discrepancy": per_trajectory_mse(outputs["output"], labels)}, {})
 
 
-@methods.register("lista")
-def _build(model_config, loss_config) -> methods.Method:
+def build_lista(model_config, loss_config) -> methods.Method:
     del loss_config
     model = LISTA(num_layers=int(model_config.get("num_layers", 16)), lam=float(model_config.get("lam", 0.4)))
     return methods.Method("lista", model, lista_loss)

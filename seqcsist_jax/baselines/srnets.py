@@ -120,8 +120,7 @@ def scored_frames_loss(outputs: dict, labels: jax.Array) -> tuple[jax.Array, dic
     return reduce_terms({"mse": per_trajectory_mse(out[:, scored], labels[:, scored])}, {})
 
 
-@methods.register("srcnn")
-def _build_srcnn(model_config, loss_config) -> methods.Method:
+def build_srcnn(model_config, loss_config) -> methods.Method:
     del loss_config
     model = SRCNN(
         channels=tuple(model_config.get("channels", (32, 16))), kernels=tuple(model_config.get("kernels", (9, 5, 5)))
@@ -129,8 +128,7 @@ def _build_srcnn(model_config, loss_config) -> methods.Method:
     return methods.Method("srcnn", model, all_frames_loss)
 
 
-@methods.register("edsr")
-def _build_edsr(model_config, loss_config) -> methods.Method:
+def build_edsr(model_config, loss_config) -> methods.Method:
     del loss_config
     model = EDSR(
         channels=int(model_config.get("channels", 32)),
@@ -141,8 +139,7 @@ def _build_edsr(model_config, loss_config) -> methods.Method:
     return methods.Method("edsr", model, scored_frames_loss)
 
 
-@methods.register("espcn")
-def _build_espcn(model_config, loss_config) -> methods.Method:
+def build_espcn(model_config, loss_config) -> methods.Method:
     del loss_config
     model = ESPCN(channels=tuple(model_config.get("channels", (64, 32))))
     return methods.Method("espcn", model, scored_frames_loss)

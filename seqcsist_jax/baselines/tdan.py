@@ -157,8 +157,7 @@ def tdan_loss(outputs: dict, labels: jax.Array, align_weight: float = 0.01) -> t
     return reduce_terms({"reg": reg, "align": align}, {"align": align_weight})
 
 
-@methods.register("tdan")
-def _build(model_config, loss_config) -> methods.Method:
+def build_tdan(model_config, loss_config) -> methods.Method:
     model = TDAN(
         channels=int(model_config.get("channels", 32)),
         num_blocks_before_align=int(model_config.get("num_blocks_before_align", 5)),

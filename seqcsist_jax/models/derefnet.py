@@ -11,7 +11,7 @@ Parameter tree (``variables["params"]``), with the public code's names in bracke
 ``tdfa/align_1``, ``tdfa/align_2``, ``tdfa/conv``, ``tdfa/tail/{head, res_k/{conv1,conv2}, out}``
 [``TDDA.tail_conv.{0.conv, 1.k.conv1/2, 2}``]. :mod:`seqcsist_jax.interop` converts public checkpoints.
 
-Size (default options; :func:`count_params`, :func:`flops_per_trajectory`). The paper reports 0.89 M
+Size (default options; :func:`seqcsist_jax.model_stats.count_params`, :func:`~seqcsist_jax.model_stats.flops_per_trajectory`). The paper reports 0.89 M
 parameters and 15.70 GFLOPs per 20-frame trajectory. The public code as written, and this model, has
 1,482,879 parameters, of which the time-encoding Dense holds 1,187,010 (1089² + 1089); without it 295,869.
 The paper's 0.89 M matches neither, so the paper's model presumably had a smaller time encoder. XLA counts
@@ -30,7 +30,6 @@ most of the CPU training step.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -120,61 +119,21 @@ class DeRefNet(nn.Module):
         return out
 
 
-def count_params(params: Any) -> int:
-    """Total number of scalars in a parameter pytree."""
-    return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)))
+def build_derefnet(model_config, loss_config):
+    """``methods`` builder: DeRefNet and its three-term loss (``loss_config.preset``: ``code`` or ``paper``)."""
+    import functools
 
+    from seqcsist_jax.methods import Method
+    from seqcsist_jax.models.derefnet_loss import derefnet_loss
 
-def _cost_flops(compiled: Any) -> float:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):  # older jax returns one dict per computation
-        cost = cost[0]
-    return float(cost["flops"])
+    options = model_config.to_dict()
+    options.pop("name", None)
+    model = DeRefNet(**options)
+    loss = functools.partial(derefnet_loss, preset=loss_config.get("preset", "code"))
+    half = model.window // 2
 
+    def frame_index(num_frames: int) -> np.ndarray:
+        # Centre frames with a full window (the paper protocol) unless edge frames are predicted too.
+        return np.arange(num_frames) if model.predict_edges else np.arange(half, num_frames - half)
 
-def flops_per_trajectory(
-    model: DeRefNet,
-    params: Any,
-    phi: jax.Array | np.ndarray,
-    q: jax.Array | np.ndarray,
-    num_frames: int = 20,
-    training: bool = False,
-    backend: str | None = "cpu",
-) -> float:
-    """FLOPs of one trajectory as XLA's cost analysis counts them (a multiply-add counts 2).
-
-    Inference counts only what produces ``output``: XLA drops the symmetry branch of the stages, which only
-    feeds the loss (≈ 3.7 GFLOPs at the default size).
-
-    Args:
-      model, params: the network and its ``params`` collection.
-      phi, q: Φ and Q.
-      num_frames: trajectory length T.
-      training: count the forward + backward pass of the ``code`` loss instead of inference only.
-      backend: platform to compile for. The default ``"cpu"`` counts every convolution; GPU compilers call
-        cuDNN for convolutions, which the cost analysis does not count (``None``: the default device).
-
-    Returns:
-      FLOPs for a batch of one trajectory.
-    """
-    side = math.isqrt(phi.shape[1])
-    frame_side = math.isqrt(phi.shape[0])
-    frames = jax.ShapeDtypeStruct((1, num_frames, frame_side, frame_side), jnp.float32)
-    phi_s = jax.ShapeDtypeStruct(phi.shape, jnp.float32)
-    q_s = jax.ShapeDtypeStruct(q.shape, jnp.float32)
-    params_s = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.float32), params)
-    device = jax.devices(backend)[0] if backend else None
-    with jax.default_device(device):
-        if not training:
-            fn = lambda p, f, a, b: model.apply({"params": p}, f, a, b)["output"]  # noqa: E731
-            lowered = jax.jit(fn).lower(params_s, frames, phi_s, q_s)
-        else:
-            from seqcsist_jax.losses import derefnet_loss
-
-            labels = jax.ShapeDtypeStruct((1, num_frames, side, side), jnp.float32)
-
-            def loss_fn(p, f, a, b, lab):
-                return derefnet_loss(model.apply({"params": p}, f, a, b), lab)[0]
-
-            lowered = jax.jit(jax.grad(loss_fn)).lower(params_s, frames, phi_s, q_s, labels)
-        return _cost_flops(lowered.compile())
+    return Method("derefnet", model, loss, frame_index)
