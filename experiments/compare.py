@@ -45,6 +45,7 @@ from typing import Sequence
 
 import numpy as np
 
+from seqcsist_jax.fileio import atomic_path, atomic_write_json
 from seqcsist_jax.methods import METHOD_TABLE  # cheap: the table imports no method module
 
 DEFAULT_METHODS = tuple(METHOD_TABLE)  # every method, in the table's order
@@ -286,9 +287,7 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
         "config": key,
         **extra,
     }
-    tmp = row_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, indent=2, default=float))
-    tmp.replace(row_path)
+    atomic_write_json(row_path, row)
     return row
 
 
@@ -450,11 +449,11 @@ def plot_comparison(rows: Sequence[dict], path: pathlib.Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def write_outputs(rows: Sequence[dict], settings: dict, prefix: pathlib.Path) -> dict[str, pathlib.Path]:

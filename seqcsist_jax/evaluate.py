@@ -13,7 +13,6 @@ Outputs of :func:`evaluate_run` under ``{workdir}/eval/{split}[-{decode}]/``:
 from __future__ import annotations
 
 import csv
-import json
 import pathlib
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -23,6 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from seqcsist_jax import metrics as metrics_lib
+from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json
 
 DECODERS = ("grid", "peak", "refine", "trajectory")
 PAPER_COLUMNS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
@@ -163,16 +163,13 @@ def measure_fps(predict: Callable, params: Any, frames: np.ndarray, *, batch_siz
 def export_detections(path: pathlib.Path, detections: Sequence[Sequence[np.ndarray]], trajectory_ids,
                       frame_numbers: Sequence[int]) -> None:
     """CSV with one row per detection: trajectory, frame, x, y, brightness, score."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["trajectory", "frame", "x", "y", "brightness", "score"])
         for tid, traj in zip(trajectory_ids, detections):
             for frame, dets in zip(frame_numbers, traj):
                 for x, y, b, s in np.asarray(dets).reshape(-1, 4):
                     w.writerow([int(tid), int(frame), f"{x:.6f}", f"{y:.6f}", f"{b:.4f}", f"{s:.6f}"])
-    tmp.replace(path)
 
 
 def export_public_predictions(
@@ -198,10 +195,7 @@ def export_public_predictions(
             dets = np.asarray(traj[k], np.float64).reshape(-1, 4)[:, :3].copy()
             dets[:, :2] = np.clip(dets[:, :2], -0.5, size - 0.5)
             number = int(numbers[frame])
-            path = out / f"COS{number}.xml"
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(annotation_xml(number, dets, size=size))
-            tmp.replace(path)
+            atomic_write(out / f"COS{number}.xml", annotation_xml(number, dets, size=size), fsync=False)
             written += 1
     return written
 
@@ -263,9 +257,7 @@ def evaluate_run(
     if jax.process_index() == 0:
         out = pathlib.Path(out_dir) if out_dir else trainer.workdir / "eval" / (split if decode == "grid" else f"{split}-{decode}")
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "metrics.json.tmp"
-        tmp.write_text(json.dumps(_json_ready(result), indent=2, default=float))
-        tmp.replace(out / "metrics.json")
+        atomic_write_json(out / "metrics.json", _json_ready(result))
         first, last = scored_frame_range(frames.shape[1])
         ids = arrays.get("trajectory_id", np.arange(len(frames)))
         export_detections(out / "detections.csv", detections, ids, range(first, last + 1))

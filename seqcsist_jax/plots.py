@@ -15,16 +15,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from seqcsist_jax.fileio import atomic_path  # noqa: E402
 from seqcsist_jax.metric_writers import read_metrics  # noqa: E402
 
 
 def _save(fig, path: pathlib.Path) -> None:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def plot_pr_curves(metrics: Mapping, path: pathlib.Path, title: str = "") -> None:

@@ -18,7 +18,6 @@ Workdir layout::
 
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 import time
@@ -34,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from seqcsist_jax import imaging
 from seqcsist_jax import methods
+from seqcsist_jax.fileio import atomic_path, atomic_write_json
 from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like
 from seqcsist_jax.metric_writers import MetricWriter
 
@@ -202,9 +202,8 @@ def cached_q(workdir: pathlib.Path, dataset_name: str, train_arrays: Mapping[str
                 return f["q"]
     q = compute_q(train_arrays["targets"], phi, collision=collision)
     if jax.process_index() == 0:
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, q=q, key=key)
-        tmp.replace(path)
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, q=q, key=key)
     return q
 
 
@@ -233,10 +232,7 @@ def _subset(arrays: Mapping[str, np.ndarray], limit: int | None) -> dict[str, np
 def _write_json(path: pathlib.Path, data: Any) -> None:
     if jax.process_index() != 0:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float))
-    tmp.replace(path)
+    atomic_write_json(path, data, sort_keys=True)
 
 
 class Trainer:

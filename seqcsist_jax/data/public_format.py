@@ -48,11 +48,12 @@ import concurrent.futures
 import io
 import os
 import re
-import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
+
+from seqcsist_jax.fileio import atomic_write
 
 __all__ = [
     "PublicFormatError",
@@ -328,22 +329,9 @@ def read_public_split(
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Writes ``data`` to a hidden temporary file next to ``path``, then renames it into place.
-
-    The temporary name is unique per process and thread, so concurrent writers never share one; readers skip
-    hidden names, so an interrupted write leaves no file that looks like a frame.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    # Whole or not at all; no fsync per file: an export of 100,000 frames would spend minutes in fsync, and a
+    # crashed export is simply rerun.
+    atomic_write(path, data, fsync=False)
 
 
 def _validate_arrays(arrays: Mapping[str, np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

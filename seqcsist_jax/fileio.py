@@ -1,0 +1,62 @@
+"""Crash-safe file writes: write to a hidden temporary file next to the target, fsync, then rename into place.
+
+A reader (or a restarted run) therefore sees either the old file or the complete new one, never a torn one,
+whatever kills the writer (SIGKILL, a full disk). The temporary name is unique per process and thread, so
+concurrent writers never share one, and starts with a dot, so directory scans that skip hidden names never
+mistake it for data. Every module that writes a result file goes through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import threading
+from typing import Any, Iterator
+
+PathLike = str | os.PathLike
+
+
+def temporary_sibling(path: PathLike, suffix: str = "") -> pathlib.Path:
+    """A hidden, per-process/thread unique name next to ``path`` (``suffix`` keeps e.g. ``.png`` or ``.npz``
+    for writers that choose the format from the extension)."""
+    path = pathlib.Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, suffix: str = "", fsync: bool = True) -> Iterator[pathlib.Path]:
+    """Yields a temporary path to write to; on success it is fsynced and renamed to ``path``.
+
+    On any exception (including KeyboardInterrupt) the temporary file is removed and ``path`` is untouched::
+
+        with atomic_path(out / "q.npz", suffix=".npz") as tmp:
+            np.savez(tmp, q=q)
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path, suffix)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: PathLike, data: str | bytes, fsync: bool = True) -> None:
+    """Writes ``data`` (text as UTF-8, or bytes) to ``path`` atomically (see module docstring)."""
+    with atomic_path(path, fsync=fsync) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def atomic_write_json(path: PathLike, data: Any, **json_options: Any) -> None:
+    """``json.dumps(data, indent=2, default=float)`` written atomically; ``json_options`` override those."""
+    options = {"indent": 2, "default": float, **json_options}
+    atomic_write(path, json.dumps(data, **options) + "\n")
