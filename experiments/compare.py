@@ -162,9 +162,9 @@ def _schedule(config, evals: int) -> int:
     if config.num_train_steps > 0:
         steps = int(config.num_train_steps)
     else:  # an epoch budget or the paper's schedule: one step per global batch of trajectories
-        from seqcsist_jax import train as train_lib
+        from seqcsist_jax.data.splits import count_split
 
-        num_train = len(train_lib.load_arrays(config.dataset, config.dataset.train_split)["frames"])
+        num_train = count_split(config.dataset, config.dataset.train_split)
         steps_per_epoch = num_train // (config.per_device_batch_size * _num_devices(config))
         steps = int(round(config.num_epochs * steps_per_epoch))
     steps = max(1, steps)
@@ -207,7 +207,7 @@ def learned_flops(method, num_frames: int) -> float:
     return float(flops_per_trajectory(method.model, params, phi, q, num_frames=num_frames))
 
 
-def classical_flops(trainer, num_frames: int = FLOPS_FRAMES, num_trajectories: int = 2) -> tuple[float, float]:
+def classical_flops(predictor, arrays, num_frames: int = FLOPS_FRAMES, num_trajectories: int = 2) -> tuple[float, float]:
     """Analytic FLOPs of ISTA/FISTA per ``num_frames``-frame trajectory, from the mean iteration count measured
     on the first ``num_trajectories`` test trajectories.
 
@@ -218,9 +218,8 @@ def classical_flops(trainer, num_frames: int = FLOPS_FRAMES, num_trajectories: i
 
     from seqcsist_jax.baselines import classical
 
-    arrays = trainer.split_arrays(trainer.config.dataset.test_split, num_trajectories)
-    frames = jnp.asarray(arrays["frames"], jnp.float32)
-    out = trainer.method.model.apply({}, frames, jnp.asarray(trainer.phi, jnp.float32), None)
+    frames = jnp.asarray(arrays["frames"][:num_trajectories], jnp.float32)
+    out = predictor.method.model.apply({}, frames, jnp.asarray(predictor.phi, jnp.float32), None)
     mean_iter = float(np.mean(np.asarray(out["iterations"])))
     return classical.flops_per_frame(mean_iter) * num_frames, mean_iter
 
@@ -263,10 +262,17 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
         flops = learned_flops(methods.build_method(config.model, config.loss), FLOPS_FRAMES)
         extra = {"best_validation_mAP": (result.get("best") or {}).get("mAP")}
     else:
-        trainer = train_lib.Trainer(config, workdir)
-        test = evaluation.evaluate_run(trainer, {}, split=config.dataset.test_split, name=published.label(name))
+        from seqcsist_jax.data.splits import load_arrays, q_for_workdir
+        from seqcsist_jax.predictor import make_predictor
+
+        predictor = make_predictor(config, q_for_workdir(workdir, config.dataset))
+        split = config.dataset.test_split
+        arrays = load_arrays(config.dataset, split)
+        test = evaluation.evaluate_run(predictor.predict, {}, arrays, config.eval, mesh=predictor.mesh,
+                                       frame_index=predictor.method.frame_index, name=published.label(name),
+                                       split=split, out_dir=evaluation.eval_dir(workdir, split))
         steps = 0
-        flops, mean_iter = classical_flops(trainer, FLOPS_FRAMES)
+        flops, mean_iter = classical_flops(predictor, arrays, FLOPS_FRAMES)
         extra = {"mean_iterations": mean_iter, "max_iter": int(config.model.max_iter)}
     seconds = time.perf_counter() - start
 

@@ -1,53 +1,45 @@
-"""Command-line evaluation of a training run or of an imported public PyTorch checkpoint.
+"""Command-line evaluation of a training run or of imported weights.
 
     python -m experiments.evaluate --workdir=DIR [--checkpoint=best|latest|STEP] [--split=test]
-                                   [--decode=grid|peak|refine|trajectory]
+                                   [--decode=grid|peak|refine|trajectory] [--config.a.b=value ...]
     python -m experiments.evaluate --workdir=OUT --config=derefnet --torch_checkpoint=derefnet.pth
 
-The first form reads the run's ``config.json`` from the workdir; the second converts a checkpoint trained with
-the public PyTorch code (``.pth`` state_dict, or an ``.npz`` of the same keys) and scores it with ``--config``.
-Metrics JSON, detections CSV and figures go to ``{workdir}/eval/{split}[-{decode}]/``; the paper's table row
-is printed. ``--decode=grid`` is the paper protocol; the others are this project's continuous decoders.
+The first form reads the run's ``config.json`` from the workdir (``--config.a.b=value`` overrides its fields,
+e.g. ``--config.dataset.data_dir``); the second converts a checkpoint trained with the public PyTorch code
+(``.pth`` state_dict, or an ``.npz`` of the same keys) and scores it with ``--config``. Scoring needs no
+optimiser and never loads the training split when the run cached its Q. Metrics JSON, detections CSV and
+figures go to ``{workdir}/eval/{split}[-{decode}]/``; the paper's table row is printed. ``--decode=grid`` is
+the paper protocol (the default unless the config's ``eval.decode`` says otherwise); the others are this
+project's continuous decoders.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
+
+from experiments import cli
+from seqcsist_jax.protocol import DECODERS
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Run directory (holds config.json and checkpoints/).", required=True)
+flags.DEFINE_string("workdir", None, "Run directory (holds config.json and checkpoints/), or the output "
+                    "directory for imported weights.", required=True)
 flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
-flags.DEFINE_string("split", "test", "Split to score: train | validation | test.")
-flags.DEFINE_enum("decode", "grid", ["grid", "peak", "refine", "trajectory"], "Map decoder (grid = paper).")
+flags.DEFINE_string("split", "test", "Split to score: one of the config's train/eval/test split names.")
+flags.DEFINE_enum("decode", None, list(DECODERS), "Map decoder (grid = paper protocol; default: config.eval.decode).")
 flags.DEFINE_string("torch_checkpoint", None, "Public PyTorch DeRefNet checkpoint (.pth or .npz) to import.")
-flags.DEFINE_string("config", None, "Config name[:variant] for --torch_checkpoint (default: derefnet).")
-flags.DEFINE_string("data_dir", None, "Override config.dataset.data_dir.")
-flags.DEFINE_string("dataset", None, "Override config.dataset.name, e.g. seqcsist/public.")
+cli.define_config_flag(required=False)
 flags.DEFINE_bool("export_public", False, "Also write predictions as public-layout COS{N}.xml annotations.")
 
 
-def load_run_config(workdir: pathlib.Path):
-    """The resolved config a training run saved in its workdir."""
-    import ml_collections
-
-    path = workdir / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir? "
-                                "(to score a PyTorch checkpoint pass --torch_checkpoint and --config)")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def evaluate_workdir(workdir, checkpoint="best", split="test", decode="grid", torch_checkpoint=None,
+def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torch_checkpoint=None,
                      config=None, export_public=False) -> dict:
-    """Library form of this command (no flags). Returns the metrics dict."""
+    """Library form of this command (no flags). Returns the metrics dict (plus ``out_dir``)."""
     from seqcsist_jax import evaluate as evaluation
-    from seqcsist_jax.checkpointing import abstract_like
-    from seqcsist_jax.train import Trainer
+    from seqcsist_jax.data.splits import check_split, load_arrays, q_for_workdir
+    from seqcsist_jax.predictor import make_predictor, restore_run
 
     workdir = pathlib.Path(workdir)
     if torch_checkpoint:
@@ -56,48 +48,56 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode="grid", to
 
         config = config if config is not None else configs.get_config("derefnet")
         if config.model.name != "derefnet":
-            raise ValueError(f"--torch_checkpoint imports DeRefNet weights; the config's model is {config.model.name!r}")
-        trainer = Trainer(config, workdir)
+            raise cli.UsageError(f"--torch_checkpoint imports DeRefNet weights; the config's model is "
+                                 f"{config.model.name!r}")
+        workdir.mkdir(parents=True, exist_ok=True)
+        predictor = make_predictor(config, q_for_workdir(workdir, config.dataset))
         options = {k: v for k, v in config.model.to_dict().items() if k != "name"}
         params = load_public_checkpoint(torch_checkpoint, **options)
         name, step = f"{config.model.name} (imported {pathlib.Path(torch_checkpoint).name})", None
     else:
-        config = config if config is not None else load_run_config(workdir)
-        trainer = Trainer(config, workdir)
-        state, _, _, step = trainer.checkpoints.restore(checkpoint, abstract_like(trainer.initial_state()))
-        params, name = state.params, config.model.name
-    return evaluation.evaluate_run(trainer, params, split=split, decode=decode, name=name, step=step,
-                                   export_public=export_public)
+        config, predictor, params, step = restore_run(workdir, checkpoint, config)
+        name = config.model.name
+    try:
+        check_split(config.dataset, split)
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
+    decode = decode or config.eval.get("decode", "grid") or "grid"
+    arrays = load_arrays(config.dataset, split)
+    out_dir = evaluation.eval_dir(workdir, split, decode)
+    result = evaluation.evaluate_run(
+        predictor.predict, params, arrays, config.eval, frame_index=predictor.method.frame_index,
+        mesh=predictor.mesh, name=name, split=split, decode=decode, step=step, out_dir=out_dir,
+        export_public=export_public, metrics_log=workdir / "metrics.jsonl",
+    )
+    result["out_dir"] = str(out_dir)
+    return result
 
 
-def _quiet_libraries() -> None:
-    """Orbax/absl INFO chatter hides the progress bar; keep warnings unless --verbosity was given."""
-    if not FLAGS["verbosity"].present:
-        absl_logging.set_verbosity(absl_logging.WARNING)
+def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
+    from seqcsist_jax import evaluate as evaluation
+    from seqcsist_jax.workdir import load_run_config
 
-
-def main(argv) -> None:
-    del argv
-    _quiet_libraries()
     config = None
     if FLAGS.config or FLAGS.torch_checkpoint:
-        from experiments import configs
-
-        try:
-            config = configs.get_config(FLAGS.config or "derefnet")
-        except ValueError as e:
-            sys.exit(f"error: {e}")
-    elif FLAGS.data_dir or FLAGS.dataset:
-        config = load_run_config(pathlib.Path(FLAGS.workdir))
-    if config is not None:
-        if FLAGS.data_dir:
-            config.dataset.data_dir = FLAGS.data_dir
-        if FLAGS.dataset:
-            config.dataset.name = FLAGS.dataset
+        config = cli.load_config(FLAGS.config or "derefnet", overrides)
+    elif overrides:
+        config = cli.apply_overrides(load_run_config(pathlib.Path(FLAGS.workdir)), overrides)
     result = evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.decode,
                               FLAGS.torch_checkpoint, config, FLAGS.export_public)
+    print(evaluation.PAPER_HEADER)
+    print(result["table_row"])
     print(json.dumps({k: v for k, v in result.items() if k not in ("table_row",)}, indent=1, default=float))
+    print(f"wrote {result['out_dir']}/ (metrics.json, detections.csv, pr_curves.png, samples.png)")
+
+
+def run(argv: list[str] | None = None) -> None:
+    from seqcsist_jax.workdir import ConfigMismatchError
+
+    cli.run(main, argv, expected=(ConfigMismatchError, FileNotFoundError))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -27,21 +27,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frame", type=int, default=10, help="frame shown (scored frames are 2..17)")
     args = p.parse_args(argv)
 
-    from experiments.evaluate import load_run_config
     from seqcsist_jax import evaluate as evaluation
     from seqcsist_jax import metrics
-    from seqcsist_jax.checkpointing import abstract_like
+    from seqcsist_jax.data.splits import load_arrays
     from seqcsist_jax.decode import decode
-    from seqcsist_jax.train import Trainer
+    from seqcsist_jax.predictor import restore_run
 
-    workdir = pathlib.Path(args.workdir)
-    trainer = Trainer(load_run_config(workdir), workdir)
-    state, _, _, step = trainer.checkpoints.restore("best", abstract_like(trainer.initial_state()))
-    test = trainer.split_arrays(trainer.config.dataset.test_split)
+    config, predictor, params, step = restore_run(args.workdir, "best")
+    test = load_arrays(config.dataset, config.dataset.test_split)
     idx = np.asarray(args.trajectories)
     frames, targets = np.asarray(test["frames"])[idx], np.asarray(test["targets"])[idx]
-    maps = evaluation.predict_maps(trainer.predict, state.params, frames, batch_size=len(idx), mesh=trainer.mesh)
-    frame_index = trainer.method.frame_index(frames.shape[1])
+    maps = evaluation.predict_maps(predictor.predict, params, frames, batch_size=len(idx), mesh=predictor.mesh)
+    frame_index = predictor.frame_index(frames.shape[1])
     k = int(np.nonzero(frame_index == args.frame)[0][0])
     decoded = decode(frames, maps=maps, method="trajectory")
 
@@ -53,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         gt = targets[row, args.frame]
         gt = gt[gt[:, 2] > 0]
         centre = gt[:, :2].mean(axis=0)
-        grid = metrics.grid_to_detections(maps[row, k], threshold=trainer.config.eval.threshold)
+        grid = metrics.grid_to_detections(maps[row, k], threshold=config.eval.threshold)
         cont = decoded[row][args.frame]
         panels = [
             (frames[row, args.frame], (-0.5, size - 0.5, size - 0.5, -0.5), "gray", None,

@@ -108,6 +108,15 @@ class RunCheckpoints:
         )
         return restored["state"], restored["loader"], restored["meta"], step
 
+    def restore_params(self, which: str | int) -> tuple[Any, int]:
+        """Restores only the model parameters ``(params, step)`` as host arrays, without knowing the optimiser
+        (evaluation needs no optimiser state)."""
+        manager, step = self.resolve(which)
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        state = restored["state"]
+        params = state["params"] if isinstance(state, dict) else state.params
+        return params, step
+
     def restore_meta(self, which: str | int) -> tuple[dict, int]:
         manager, step = self.resolve(which)
         restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))

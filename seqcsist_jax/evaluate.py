@@ -22,15 +22,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from seqcsist_jax import metrics as metrics_lib
+from seqcsist_jax.protocol import DECODERS, METRIC_KEYS, SCORED_MARGIN, scored_frame_range
 from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json
 
-DECODERS = ("grid", "peak", "refine", "trajectory")
-PAPER_COLUMNS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
-
-
-def scored_frame_range(num_frames: int, margin: int = 2) -> tuple[int, int]:
-    """Inclusive range of scored frames: 2..T-3 (2..17 for T = 20, SPEC §4.6)."""
-    return margin, num_frames - 1 - margin
+PAPER_COLUMNS = METRIC_KEYS
 
 
 def predict_maps(
@@ -77,6 +72,7 @@ def score_maps(
     threshold: float = 70.0,
     decode: str = "grid",
     decode_options: Mapping[str, Any] | None = None,
+    margin: int = SCORED_MARGIN,
 ) -> tuple[dict, list[list[np.ndarray]]]:
     """CSO-mAP of predicted maps on the scored frames.
 
@@ -85,6 +81,7 @@ def score_maps(
       arrays: the split (``frames (N, T, 11, 11)``, ``targets (N, T, MAXT, 3)``).
       threshold: brightness threshold of the grid decoder (70 for SeqCSIST).
       decode: ``grid`` (paper protocol), ``peak``, ``refine`` or ``trajectory``.
+      margin: frames ``margin..T-1-margin`` are scored (2 for SeqCSIST; 0 scores every frame).
 
     Returns:
       ``(metrics, detections)``: metrics from :func:`metrics.cso_map` plus diagnostics; detections a list over
@@ -95,7 +92,7 @@ def score_maps(
     frames = np.asarray(arrays["frames"])
     n, t = frames.shape[:2]
     frame_index = np.asarray(frame_index)
-    first, last = scored_frame_range(t)
+    first, last = scored_frame_range(t, margin)
     scored = np.arange(first, last + 1)
     missing = np.setdiff1d(scored, frame_index)
     if missing.size:
@@ -213,52 +210,78 @@ def _json_ready(metrics: Mapping[str, Any]) -> dict:
 
 
 def evaluate_run(
-    trainer,
+    predict: Callable,
     params: Any,
+    arrays: Mapping[str, np.ndarray],
+    eval_config: Mapping[str, Any],
     *,
+    frame_index: np.ndarray | Callable[[int], np.ndarray],
+    mesh: jax.sharding.Mesh,
+    name: str = "model",
     split: str = "test",
-    decode: str = "grid",
-    out_dir: str | pathlib.Path | None = None,
-    name: str | None = None,
-    step: int | None = None,
+    decode: str | None = None,
     decode_options: Mapping[str, Any] | None = None,
+    out_dir: str | pathlib.Path | None = None,
+    step: int | None = None,
     export_public: bool = False,
+    metrics_log: str | pathlib.Path | None = None,
+    measure_speed: bool | None = None,
 ) -> dict:
-    """Scores ``params`` on a split and writes metrics, detections and figures (see module docstring).
+    """Scores ``params`` on a split: the one evaluation path (training's validation, ``experiments.evaluate``,
+    ``compare``, the benchmarks and the README figure all call it).
 
-    ``trainer`` is a :class:`seqcsist_jax.train.Trainer` (it holds the model, data and mesh).
-    With ``export_public`` the detections are also written as public-layout annotation files under
-    ``public/annotation/`` of the output directory. Returns the metrics dict without PR curves (those are in the
-    JSON).
+    Args:
+      predict: ``predict(params, frames (B, T, 11, 11) sharded over mesh) -> (B, T', 33, 33)`` (jitted).
+      params: the method's parameters.
+      arrays: the split (``frames (N, T, 11, 11)``, ``targets (N, T, MAXT, 3)``; optional ``trajectory_id``,
+        ``frame_numbers``).
+      eval_config: ``config.eval``: ``threshold``, ``batch_size``, ``num_figure_samples``, ``decode`` (used when
+        ``decode`` is None) and optionally ``scored_margin`` (default 2, SPEC §4.6).
+      frame_index: input frames of the outputs, ``(T',)`` or a function of T (``Method.frame_index``).
+      mesh: the ``('data',)`` mesh ``predict`` was jitted for.
+      name: the method's label in the table row.
+      decode: ``grid`` (paper protocol) or a continuous decoder (see :mod:`seqcsist_jax.decode`).
+      out_dir: where to write ``metrics.json``, ``detections.csv`` and the figures (None: write nothing).
+      export_public: also write the detections as public-layout ``public/annotation/COS{N}.xml``.
+      metrics_log: a run's ``metrics.jsonl`` for the loss-curve figure.
+      measure_speed: measure inference FPS (default: when writing outputs).
+
+    Returns:
+      The metrics dict (CSO-mAP, AP05…AP25, diagnostics, ``params``, ``fps``, ``table_row``) without PR curves
+      (those are in the JSON file).
     """
     from seqcsist_jax import plots
     from seqcsist_jax.model_stats import count_params
 
-    config = trainer.config
-    arrays = trainer.split_arrays(split, config.dataset.get("max_eval_trajectories") if split != "test" else None)
+    decode = decode or eval_config.get("decode", "grid") or "grid"
+    margin = int(eval_config.get("scored_margin", SCORED_MARGIN))
     frames = np.asarray(arrays["frames"])
-    frame_index = trainer.method.frame_index(frames.shape[1])
-    maps = predict_maps(trainer.predict, params, frames, batch_size=config.eval.batch_size, mesh=trainer.mesh)
-    fps = measure_fps(trainer.predict, params, frames[: max(config.eval.batch_size, 1) * 4],
-                      batch_size=config.eval.batch_size, mesh=trainer.mesh)
+    index = np.asarray(frame_index(frames.shape[1]) if callable(frame_index) else frame_index)
+    batch_size = int(eval_config.get("batch_size", 8))
+    maps = predict_maps(predict, params, frames, batch_size=batch_size, mesh=mesh)
+    if measure_speed is None:
+        measure_speed = out_dir is not None
+    fps = None
+    if measure_speed:
+        fps = float(measure_fps(predict, params, frames[: max(batch_size, 1) * 4], batch_size=batch_size,
+                                mesh=mesh))
     start = time.perf_counter()
-    result, detections = score_maps(maps, frame_index, arrays, threshold=config.eval.threshold, decode=decode,
-                                    decode_options=decode_options)
+    result, detections = score_maps(maps, index, arrays, threshold=float(eval_config.get("threshold", 70.0)),
+                                    decode=decode, decode_options=decode_options, margin=margin)
     result["decode_seconds"] = time.perf_counter() - start
     result["params"] = int(count_params(params))
-    result["fps"] = float(fps)
+    result["fps"] = fps
     result["split"] = split
     result["num_trajectories"] = int(len(frames))
     if step is not None:
         result["step"] = int(step)
-    label = name or config.model.name
-    result["table_row"] = paper_row(label, result, result["params"], fps)
+    result["table_row"] = paper_row(name, result, result["params"], fps)
 
-    if jax.process_index() == 0:
-        out = pathlib.Path(out_dir) if out_dir else trainer.workdir / "eval" / (split if decode == "grid" else f"{split}-{decode}")
+    if out_dir is not None and jax.process_index() == 0:
+        out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "metrics.json", _json_ready(result))
-        first, last = scored_frame_range(frames.shape[1])
+        first, last = scored_frame_range(frames.shape[1], margin)
         ids = arrays.get("trajectory_id", np.arange(len(frames)))
         export_detections(out / "detections.csv", detections, ids, range(first, last + 1))
         if export_public:
@@ -268,10 +291,16 @@ def evaluate_run(
                 numbers = np.asarray(ids)[:, None] * t + np.arange(t)
             export_public_predictions(out / "public", detections, numbers, range(first, last + 1),
                                       size=frames.shape[-1])
-        plots.plot_pr_curves(result, out / "pr_curves.png", title=f"{label} — {split} ({decode} decoding)")
-        plots.plot_samples(arrays, maps, frame_index, detections, out / "samples.png",
-                           num=config.eval.num_figure_samples, threshold=config.eval.threshold)
-        plots.plot_loss_curves(trainer.workdir / "metrics.jsonl", out / "loss_curves.png")
-        print(PAPER_HEADER)
-        print(result["table_row"])
+        plots.plot_pr_curves(result, out / "pr_curves.png", title=f"{name} — {split} ({decode} decoding)")
+        plots.plot_samples(arrays, maps, index, detections, out / "samples.png",
+                           num=int(eval_config.get("num_figure_samples", 4)),
+                           threshold=float(eval_config.get("threshold", 70.0)), first_scored=margin,
+                           decode=decode)
+        if metrics_log is not None:
+            plots.plot_loss_curves(pathlib.Path(metrics_log), out / "loss_curves.png")
     return {k: v for k, v in result.items() if k != "pr_curves"}
+
+
+def eval_dir(workdir: str | pathlib.Path, split: str, decode: str = "grid") -> pathlib.Path:
+    """``{workdir}/eval/{split}`` for the paper protocol, ``{workdir}/eval/{split}-{decode}`` otherwise."""
+    return pathlib.Path(workdir) / "eval" / (split if decode == "grid" else f"{split}-{decode}")

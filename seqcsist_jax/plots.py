@@ -55,6 +55,7 @@ def plot_samples(
     threshold: float = 70.0,
     first_scored: int = 2,
     zoom: float = 1.6,
+    decode: str = "grid",
 ) -> None:
     """A row per sample trajectory: the input frame with ground truth, and the predicted map with detections.
 

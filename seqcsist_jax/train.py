@@ -29,12 +29,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from seqcsist_jax import imaging
-from seqcsist_jax import methods
-from seqcsist_jax.fileio import atomic_path, atomic_write_json
+from seqcsist_jax import sharding
 from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like
+from seqcsist_jax.data.splits import cached_q, load_arrays
+from seqcsist_jax.fileio import atomic_write_json
+from seqcsist_jax.evaluate import eval_dir
+from seqcsist_jax.predictor import make_predict_fn, make_predictor  # noqa: F401 (make_predict_fn re-exported)
+from seqcsist_jax.workdir import save_or_check_run_config
 from seqcsist_jax.metric_writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -139,74 +141,6 @@ def make_train_step(model, loss_fn, optimizer: optax.GradientTransformation, phi
     return train_step
 
 
-def make_predict_fn(model, phi, q):
-    """``predict(params, frames (B, T, 11, 11)) -> maps (B, T', 33, 33)``."""
-    phi = jnp.asarray(phi, jnp.float32)
-    q = jnp.asarray(q, jnp.float32)
-
-    def predict(params, frames):
-        return model.apply({"params": params}, frames, phi, q)["output"]
-
-    return predict
-
-
-# ------------------------------------------------------------------------------------------ data and Q
-
-
-def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D ``('data',)`` mesh over all (global) devices."""
-    devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), ("data",))
-
-
-def load_arrays(dataset: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
-    """A whole split as numpy arrays (``frames``, ``targets``, ``num_targets``, ...).
-
-    ``dataset.name == "simulated"`` generates it in memory with the simulator (per-split seeds); otherwise it is
-    read through ``tfds.data_source`` from ``dataset.data_dir``, building the dataset first when missing.
-    """
-    if dataset.name == "simulated":
-        from seqcsist_jax.data.simulate import simulate_seqcsist, split_seed
-
-        counts = {
-            dataset.train_split: dataset.num_train,
-            dataset.eval_split: dataset.num_eval,
-            dataset.test_split: dataset.num_test,
-        }
-        if split not in counts:
-            raise ValueError(f"unknown split {split!r} for simulated data; choose from {sorted(counts)}")
-        seed_split = {dataset.train_split: "train", dataset.eval_split: "val", dataset.test_split: "test"}
-        options = dataset.simulate.to_dict() if dataset.get("simulate") else {}
-        arrays = simulate_seqcsist(counts[split], split_seed(0, seed_split[split]), **options)
-        arrays["trajectory_id"] = np.arange(len(arrays["frames"]), dtype=np.int64)
-        return arrays
-    from seqcsist_jax.data.pipeline import load_split_arrays
-
-    return load_split_arrays(
-        dataset.name, split, data_dir=dataset.data_dir, build_if_missing=dataset.build_if_missing
-    )
-
-
-def compute_q(train_targets: np.ndarray, phi: np.ndarray, collision: str = "sum") -> np.ndarray:
-    """Q = X Yᵀ (Y Yᵀ)⁻¹ over the training labels (SPEC §2), via the label Gram matrix. ``(1089, 121)``."""
-    return imaging.least_squares_init_from_gram(phi, imaging.label_gram(train_targets, collision=collision))
-
-
-def cached_q(workdir: pathlib.Path, dataset_name: str, train_arrays: Mapping[str, np.ndarray], phi, collision):
-    """Loads ``{workdir}/qinit.npz`` when it was computed for the same data, else computes and caches Q."""
-    path = workdir / "qinit.npz"
-    key = f"{dataset_name}|{len(train_arrays['frames'])}|{collision}"
-    if path.exists():
-        with np.load(path) as f:
-            if str(f["key"]) == key:
-                return f["q"]
-    q = compute_q(train_arrays["targets"], phi, collision=collision)
-    if jax.process_index() == 0:
-        with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, q=q, key=key)
-    return q
-
-
 # ------------------------------------------------------------------------------------------ the loop
 
 
@@ -247,21 +181,15 @@ class Trainer:
         self.config = config
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        devices = jax.devices()
-        if config.get("num_devices", -1) > 0:
-            if config.num_devices > len(devices):
-                raise ValueError(f"config.num_devices={config.num_devices} but only {len(devices)} devices exist")
-            devices = devices[: config.num_devices]
-        self.mesh = data_mesh(devices)
-        self.replicated = NamedSharding(self.mesh, P())
-        self.data_sharding = NamedSharding(self.mesh, P("data"))
-        self.global_batch = config.per_device_batch_size * self.mesh.size
-
         ds = config.dataset
         self.train_arrays = load_arrays(ds, ds.train_split)
-        self.phi = imaging.measurement_matrix().astype(np.float64)
-        self.q = cached_q(self.workdir, ds.name, self.train_arrays, self.phi, ds.collision)
-        self.method = methods.build_method(config.model, config.loss)
+        q = cached_q(self.workdir, ds.name, self.train_arrays, ds.collision)
+        self.predictor = make_predictor(config, q)
+        self.method, self.phi, self.q = self.predictor.method, self.predictor.phi, self.predictor.q
+        self.mesh, self.predict = self.predictor.mesh, self.predictor.predict
+        self.replicated = sharding.replicated(self.mesh)
+        self.data_sharding = sharding.batch_sharding(self.mesh)
+        self.global_batch = config.per_device_batch_size * self.mesh.size
 
         self.loader = TrajectoryLoader(
             make_source(self.train_arrays),
@@ -288,11 +216,6 @@ class Trainer:
             out_shardings=(self.replicated, self.replicated),
             donate_argnums=0,
         )
-        self.predict = jax.jit(
-            make_predict_fn(model, self.phi, self.q),
-            in_shardings=(self.replicated, self.data_sharding),
-            out_shardings=self.data_sharding,
-        )
         self.checkpoints = RunCheckpoints(self.workdir, keep=config.keep_checkpoints)
         self._split_cache: dict[str, dict[str, np.ndarray]] = {ds.train_split: self.train_arrays}
 
@@ -307,10 +230,7 @@ class Trainer:
 
     def shard(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         """Per-process batch → global arrays sharded over the ``('data',)`` mesh."""
-        return {
-            k: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(batch[k]))
-            for k in ("frames", "labels")
-        }
+        return sharding.shard_batch(batch, self.mesh, keys=("frames", "labels"))
 
     def meta(self) -> dict:
         return {"config": self.config.to_dict(), "steps_per_epoch": self.steps_per_epoch}
@@ -324,23 +244,24 @@ class Trainer:
         _say(f"resumed from {self.checkpoints.latest.directory} at step {step}")
         return state, int(step)
 
-    def evaluate(self, params, split: str, max_trajectories: int | None = None) -> dict:
-        """CSO-mAP of ``params`` on a split (frames 2..17 of each trajectory, SPEC §4.6)."""
-        from seqcsist_jax import evaluate as evaluation
+    def evaluate(self, params, split: str, max_trajectories: int | None = None, **options) -> dict:
+        """CSO-mAP of ``params`` on a split (frames 2..17 of each trajectory, SPEC §4.6), through
+        :func:`seqcsist_jax.evaluate.evaluate_run` (``options`` are passed on; by default nothing is written and
+        the paper protocol's grid decoding is used)."""
+        from seqcsist_jax.evaluate import evaluate_run
 
-        arrays = self.split_arrays(split, max_trajectories)
-        maps = evaluation.predict_maps(
-            self.predict, params, arrays["frames"], batch_size=self.config.eval.batch_size, mesh=self.mesh
-        )
-        frame_index = self.method.frame_index(np.shape(arrays["frames"])[1])
-        metrics, _ = evaluation.score_maps(
-            maps, frame_index, arrays, threshold=self.config.eval.threshold, decode="grid"
-        )
-        return metrics
+        options.setdefault("decode", "grid")
+        return evaluate_run(self.predict, params, self.split_arrays(split, max_trajectories), self.config.eval,
+                            frame_index=self.method.frame_index, mesh=self.mesh, name=self.config.model.name,
+                            split=split, **options)
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, hooks: Sequence[StepHook] = ()
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    *,
+    hooks: Sequence[StepHook] = (),
+    force_config: bool = False,
 ) -> dict:
     """Trains ``config`` in ``workdir``, resuming from its latest checkpoint, then scores the best checkpoint.
 
@@ -348,27 +269,39 @@ def train_and_evaluate(
       config: an experiment config (see ``experiments/configs``).
       workdir: output directory; an existing run there is resumed automatically.
       hooks: callables ``hook(step, scalars)`` run after every step (e.g. to interrupt a test run).
+      force_config: continue a workdir whose saved ``config.json`` differs from ``config`` (overwrites it).
 
     Returns:
-      dict with ``step``, ``best`` (validation metrics of the best checkpoint) and ``test`` (its test metrics).
+      dict with ``step``, ``best`` (validation metrics of the best checkpoint), ``test`` (its test metrics) and
+      ``eval_dir`` (where the test outputs were written).
 
     Raises:
       NonFiniteLossError: a step produced a non-finite loss; the latest good checkpoint is kept.
+      ConfigMismatchError: the workdir holds a run of another config (nothing in it is changed).
     """
     if config.get("multihost") and not jax.distributed.is_initialized():
         jax.distributed.initialize()
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_json(workdir / "config.json", config.to_dict())
+    # Checked before anything is written: a mistyped --config must never overwrite another run's config.json.
+    save_or_check_run_config(workdir, config, force=force_config, write=jax.process_index() == 0)
 
     trainer = Trainer(config, workdir)
     writer = MetricWriter(workdir)
     state, step = trainer.restore_or_init()
     num_steps = trainer.num_steps
-    _say(
-        f"training {config.model.name} on {config.dataset.name}: {num_steps} steps ({trainer.steps_per_epoch} per "
-        f"epoch), global batch {trainer.global_batch} on {trainer.mesh.size} device(s); workdir {workdir}"
-    )
+    if step >= num_steps:
+        best = trainer.checkpoints.best_metrics() or {}
+        _say(f"this run already finished ({step} of {num_steps} steps, best validation CSO-mAP "
+             f"{100 * float(best.get('mAP', float('nan'))):.2f}); re-scoring its best checkpoint on the "
+             f"{config.dataset.test_split} split")
+    else:
+        _say(
+            f"training {config.model.name} on {config.dataset.name}: {num_steps} steps ({trainer.steps_per_epoch} "
+            f"per epoch), global batch {trainer.global_batch} on {trainer.mesh.size} {jax.default_backend()} "
+            f"device(s); workdir {workdir}"
+        )
+    eta = _EtaNotice(num_steps, step)
 
     progress = None
     if config.progress_bar and jax.process_index() == 0:
@@ -398,6 +331,7 @@ def train_and_evaluate(
             batch = trainer.shard(next(iterator))
             state, metrics = trainer.train_step(state, batch)
             step += 1
+            eta.after_step(step)
             pending.append(metrics)
             window_steps += 1
             last = step == num_steps
@@ -436,9 +370,47 @@ def train_and_evaluate(
 
     result = {"step": step, "best": trainer.checkpoints.best_metrics()}
     result["test"] = _final_test(trainer, state)
+    result["eval_dir"] = str(eval_dir(workdir, config.dataset.test_split, config.eval.get("decode", "grid") or "grid"))
     _write_json(workdir / "result.json", result)
     trainer.checkpoints.close()
     return result
+
+
+class _EtaNotice:
+    """Says once, a few steps in, how long the run will take at the measured rate when that is long on a
+    machine without an accelerator (the paper schedule takes days on a CPU)."""
+
+    SKIP = 2  # the first steps include compilation
+    MEASURE = 5
+    LONG_SECONDS = 30 * 60
+
+    def __init__(self, num_steps: int, start_step: int):
+        self.num_steps, self.start_step = num_steps, start_step
+        self.t0: float | None = None
+        self.done = jax.default_backend() not in ("cpu",)
+
+    def after_step(self, step: int) -> None:
+        if self.done:
+            return
+        if step == self.start_step + self.SKIP:
+            self.t0 = time.perf_counter()
+        elif self.t0 is not None and step >= self.start_step + self.SKIP + self.MEASURE:
+            self.done = True
+            rate = self.MEASURE / max(time.perf_counter() - self.t0, 1e-9)
+            remaining = (self.num_steps - step) / rate
+            if remaining > self.LONG_SECONDS:
+                _say(f"note: no accelerator found; at the measured {rate:.2f} steps/s on this CPU the remaining "
+                     f"{self.num_steps - step} steps take about {_duration(remaining)}. The run checkpoints and "
+                     "resumes; see README 'Training at paper scale, on GPUs and TPUs' for the GPU/TPU setup, or "
+                     "use --config=derefnet_quick for a 5-minute CPU run.")
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 60:.0f} minutes"
 
 
 def _say(message: str) -> None:
@@ -450,12 +422,17 @@ def _say(message: str) -> None:
 
 
 def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0 and not isinstance(v, (str, dict))}
+    return {k: float(v) for k, v in metrics.items()
+            if v is not None and np.ndim(v) == 0 and not isinstance(v, (str, dict))}
 
 
 def _final_test(trainer: Trainer, state: TrainState) -> dict:
-    """Scores the best checkpoint (by validation CSO-mAP) on the test split, as the paper does."""
-    from seqcsist_jax import evaluate as evaluation
+    """Scores the best checkpoint (by validation CSO-mAP) on the test split, as the paper does, and writes the
+    evaluation outputs under ``eval/<test split>/``."""
 
-    best_state, *_ = trainer.checkpoints.restore("best", abstract_like(state))
-    return evaluation.evaluate_run(trainer, best_state.params, split=trainer.config.dataset.test_split)
+    best_state, _, _, step = trainer.checkpoints.restore("best", abstract_like(state))
+    config = trainer.config
+    decode = config.eval.get("decode", "grid") or "grid"
+    return trainer.evaluate(best_state.params, config.dataset.test_split, None, decode=decode, step=int(step),
+                            out_dir=eval_dir(trainer.workdir, config.dataset.test_split, decode),
+                            metrics_log=trainer.workdir / "metrics.jsonl")

@@ -48,9 +48,9 @@ PUBLIC_PARAMS = {
 def smoke_data():
     """One small simulated split (``:smoke`` dataset settings: T = 8 frames), labels, Φ and Q."""
     config = configs.get_config("srcnn:smoke")
-    arrays = train_lib.load_arrays(config.dataset, config.dataset.train_split)
+    arrays = splits.load_arrays(config.dataset, config.dataset.train_split)
     phi = imaging.measurement_matrix()
-    q = train_lib.compute_q(arrays["targets"], phi)
+    q = splits.compute_q(arrays["targets"], phi)
     labels = imaging.targets_to_grid(arrays["targets"], collision=config.dataset.collision).astype(np.float32)
     batch = {"frames": jnp.asarray(arrays["frames"][:2], jnp.float32), "labels": jnp.asarray(labels[:2])}
     return batch, phi.astype(np.float32), q.astype(np.float32)

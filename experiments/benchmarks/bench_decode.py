@@ -97,16 +97,13 @@ def load_maps(path: Path, frames: np.ndarray) -> np.ndarray:
 def maps_from_workdir(workdir: Path, frames: np.ndarray, checkpoint: str = "best") -> np.ndarray:
     """Maps of a trained run's checkpoint for ``frames (N, T, 11, 11)``: ``(N, T', 33, 33)`` as the model
     outputs them (DeRefNet: centre frames 2..T-3, which :func:`decode` understands)."""
-    from experiments.evaluate import load_run_config
     from seqcsist_jax import evaluate as evaluation
-    from seqcsist_jax.checkpointing import abstract_like
-    from seqcsist_jax.train import Trainer
+    from seqcsist_jax.predictor import restore_run
 
-    trainer = Trainer(load_run_config(Path(workdir)), workdir)
-    state, _, _, step = trainer.checkpoints.restore(checkpoint, abstract_like(trainer.initial_state()))
-    print(f"model maps: {trainer.config.model.name} from {workdir} ({checkpoint} checkpoint, step {step})")
-    return evaluation.predict_maps(trainer.predict, state.params, frames,
-                                   batch_size=trainer.config.eval.batch_size, mesh=trainer.mesh)
+    config, predictor, params, step = restore_run(workdir, checkpoint)
+    print(f"model maps: {config.model.name} from {workdir} ({checkpoint} checkpoint, step {step})")
+    return evaluation.predict_maps(predictor.predict, params, frames, batch_size=config.eval.batch_size,
+                                   mesh=predictor.mesh)
 
 
 def score(dets: list[list[np.ndarray]], targets: np.ndarray, frames_mask: np.ndarray | None = None) -> dict:

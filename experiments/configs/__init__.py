@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pathlib
 
 import ml_collections
@@ -45,8 +46,22 @@ def config_path(spec: str) -> str:
 
 
 def get_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads a config by ``name[:arg]`` without flags (for notebooks and tests)."""
+    """Loads a config by ``name[:arg]`` or ``path/to/file.py[:arg]`` without flags (for notebooks and tests).
+
+    Raises:
+      ValueError: unknown name or variant, or a path that is not a config file (the message says which).
+    """
     name, _, arg = spec.partition(":")
-    config_path(spec)  # validates the name
-    module = importlib.import_module(f"experiments.configs.{name}")
+    if name.endswith(".py") or "/" in name:
+        path = pathlib.Path(name).expanduser()
+        if not path.is_file():
+            raise ValueError(f"config file {path} not found")
+        module_spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ValueError(f"{path} defines no get_config()")
+    else:
+        config_path(spec)  # validates the name
+        module = importlib.import_module(f"experiments.configs.{name}")
     return module.get_config(arg or None)

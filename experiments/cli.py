@@ -1,0 +1,198 @@
+"""One command-line style for every entry point: absl flags, ``--config=<name>[:<variant>]`` and
+``--config.a.b=value`` overrides, and one-line errors instead of tracebacks for anything a user can mistype.
+
+``--config`` is an ordinary string flag (so ``--help`` lists the config names); the ``--config.a.b=value``
+overrides are taken out of ``argv`` before absl parses it and applied with the type of the field they replace.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import sys
+from typing import Any, Callable, Sequence
+
+import ml_collections
+from absl import app, flags
+from absl import logging as absl_logging
+
+from experiments import configs
+
+OVERRIDE_PREFIX = "--config."
+
+
+class UsageError(ValueError):
+    """A mistyped command line or config field; printed as one ``error: ...`` line (exit status 2)."""
+
+
+def config_help() -> str:
+    return ("config name, optionally with a variant (name:quick, name:smoke), or a path to a config file; "
+            f"available: {', '.join(configs.available_configs())}")
+
+
+def define_config_flag(required: bool = True, default: str | None = None) -> flags.FlagHolder:
+    return flags.DEFINE_string("config", default, config_help(), required=required)
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Separates ``--config.a.b=value`` (or ``--config.a.b value``) overrides from the other arguments.
+
+    Returns:
+      ``(other_argv, [(dotted_key, raw_value), ...])`` in command-line order.
+
+    Raises:
+      UsageError: an override without a value.
+    """
+    rest, overrides = [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith(OVERRIDE_PREFIX):
+            body = a[len(OVERRIDE_PREFIX):]
+            if "=" in body:
+                key, value = body.split("=", 1)
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                key, value = body, args[i + 1]
+                i += 1
+            else:
+                raise UsageError(f"{a} needs a value (--config.{body}=VALUE)")
+            overrides.append((key, value))
+        else:
+            rest.append(a)
+        i += 1
+    return rest, overrides
+
+
+def _leaf_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    out = []
+    for key in config.keys():
+        value = config[key]
+        path = f"{prefix}{key}"
+        out.append(path)
+        if isinstance(value, ml_collections.ConfigDict):
+            out.extend(_leaf_paths(value, path + "."))
+    return out
+
+
+def _suggest(key: str, config: ml_collections.ConfigDict) -> str:
+    paths = _leaf_paths(config)
+    last = key.split(".")[-1]
+    same_leaf = [p for p in paths if p.split(".")[-1] == last and p != key]
+    close = same_leaf or difflib.get_close_matches(key, paths, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _parse_value(raw: str, current: Any, field_type: type | None, key: str) -> Any:
+    """``raw`` converted to the type of the field it replaces (None/none/null → None where allowed)."""
+    kind = field_type if field_type is not None else (type(current) if current is not None else None)
+    if raw.lower() in ("none", "null"):
+        if current is None or field_type is not None:
+            return None
+        raise UsageError(f"--config.{key}: this field cannot be None (it holds {type(current).__name__})")
+    try:
+        if kind is bool:
+            if raw.lower() in ("true", "1", "yes"):
+                return True
+            if raw.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if kind is int:
+            value = ast.literal_eval(raw)
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind is float:
+            return float(raw)
+        if kind in (tuple, list):
+            value = ast.literal_eval(raw)
+            if not isinstance(value, (tuple, list)):
+                value = (value,)
+            return kind(value)
+        if kind is str or kind is None:
+            return raw
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        name = kind.__name__ if kind is not None else "value"
+        raise UsageError(f"--config.{key}={raw!r}: expected {'a' if name[0] not in 'aeiou' else 'an'} {name}") from None
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, str]]) -> ml_collections.ConfigDict:
+    """Sets each ``(dotted_key, raw_value)`` on ``config`` (in place; returns it).
+
+    Raises:
+      UsageError: unknown field (with a did-you-mean when a field of that name exists at another level) or a
+        value that does not parse as the field's type.
+    """
+    for key, raw in overrides:
+        parts = key.split(".")
+        node = config
+        for depth, part in enumerate(parts[:-1]):
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                raise UsageError(f"unknown config field {key}{_suggest(key, config)}")
+            node = node[part]
+        leaf = parts[-1]
+        if leaf not in node:
+            raise UsageError(f"unknown config field {key}{_suggest(key, config)}")
+        if isinstance(node[leaf], ml_collections.ConfigDict):
+            raise UsageError(f"--config.{key} is a group of fields ({', '.join(node[leaf].keys())}); set one of them")
+        field_type = None
+        try:
+            ref = node.get_ref(leaf)
+            field_type = ref.get_type() if ref is not None else None
+        except Exception:  # noqa: BLE001 (plain values have no FieldReference)
+            field_type = None
+        value = _parse_value(raw, node[leaf], field_type, key)
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise UsageError(f"--config.{key}={raw!r}: {e}") from None
+    return config
+
+
+def load_config(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+    """``name[:variant]`` (or a path) → config with overrides applied. Raises UsageError."""
+    try:
+        config = configs.get_config(spec)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return apply_overrides(config, overrides)
+
+
+def quiet_libraries() -> None:
+    """Orbax/absl INFO chatter hides the progress bar; keep warnings unless --verbosity was given."""
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+def fail(message: str, status: int = 2) -> None:
+    """Prints one ``error: ...`` line to stderr and exits."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence[str] | None = None,
+        expected: tuple[type[BaseException], ...] = ()) -> None:
+    """Runs ``main(argv, overrides)`` under absl with the overrides taken out of ``argv``.
+
+    Usage errors, and the exception types in ``expected`` (errors whose message is the whole story: a bad
+    file, a mismatched workdir), end with one ``error:`` line and exit status 2 instead of a traceback.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        rest, overrides = split_overrides(argv)
+    except UsageError as e:
+        fail(str(e))
+
+    def absl_main(parsed_argv: list[str]) -> None:
+        quiet_libraries()
+        try:
+            main(parsed_argv, overrides)
+        except UsageError as e:
+            fail(str(e))
+        except expected as e:  # noqa: B030 (a tuple of exception types)
+            fail(str(e))
+
+    app.run(absl_main, argv=rest)

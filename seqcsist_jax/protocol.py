@@ -1,0 +1,36 @@
+"""The benchmark protocol's constants, stated once (SPEC §4): what is scored, at which threshold, under which keys.
+
+Every module that scores, reports or decodes takes these names from here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# SeqCSIST scores frames 2..T-3 of each trajectory (2..17 of 20), for every method (SPEC §4.6); the public
+# detectors also regress only on those frames. Single-image benchmarks (CSIST-100K, SPEC §9) score every image.
+SCORED_MARGIN = 2
+# Brightness thresholds of the grid decoder (SPEC §4.1 and §9).
+SEQCSIST_THRESHOLD = 70.0
+CSIST100K_THRESHOLD = 50.0
+# Result keys of the paper's table, in its column order (CSO-mAP, then AP at 0.05 … 0.25 px).
+METRIC_KEYS: tuple[str, ...] = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
+# Decoders of seqcsist_jax.decode; "grid" is the paper protocol, the others are this project's continuous ones.
+DECODERS: tuple[str, ...] = ("grid", "peak", "refine", "trajectory")
+
+
+def scored_frame_range(num_frames: int, margin: int = SCORED_MARGIN) -> tuple[int, int]:
+    """Inclusive range of scored frames: ``(margin, T-1-margin)``, i.e. 2..17 for T = 20.
+
+    Raises:
+      ValueError: the trajectory has no scored frame with this margin.
+    """
+    if margin < 0 or num_frames <= 2 * margin:
+        raise ValueError(f"trajectories of {num_frames} frames have no scored frame with a margin of {margin}")
+    return margin, num_frames - 1 - margin
+
+
+def scored_frames(num_frames: int, margin: int = SCORED_MARGIN) -> np.ndarray:
+    """Indices of the scored frames, ``(T - 2·margin,)`` int."""
+    first, last = scored_frame_range(num_frames, margin)
+    return np.arange(first, last + 1)

@@ -1,0 +1,105 @@
+"""A run's workdir: where its resolved config lives, and the check that a restart uses the same config.
+
+Layout (see also :mod:`seqcsist_jax.train`)::
+
+    config.json      the resolved config of the run (written once, before anything else)
+    qinit.npz        Q computed from the training split (cached)
+    metrics.jsonl    train/eval scalars
+    checkpoints/     latest/ and best/
+    eval/<split>[-<decoder>]/   evaluation outputs
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Mapping
+
+import ml_collections
+
+from seqcsist_jax.fileio import atomic_write_json
+
+CONFIG_FILE = "config.json"
+
+
+class ConfigMismatchError(ValueError):
+    """The workdir holds a run of another config; the message lists the differing keys."""
+
+
+def config_path(workdir: str | pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(workdir) / CONFIG_FILE
+
+
+def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The resolved config a run saved in its workdir.
+
+    Raises:
+      FileNotFoundError: no ``config.json`` (the message says what the directory should be).
+      ValueError: ``config.json`` is not valid JSON (names the file, line and column).
+    """
+    path = config_path(workdir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {pathlib.Path(workdir)} a training workdir? "
+                                "(to score weights that were not trained here pass --pretrained or "
+                                "--torch_checkpoint with --config)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object (the run's config), got {type(data).__name__}")
+    return ml_collections.ConfigDict(data)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``["key: old → new", ...]`` for every leaf that differs (dotted keys, sorted)."""
+    a, b = _flatten(old), _flatten(new)
+    missing = object()
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va != vb:
+            show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
+            lines.append(f"{key}: {show(va)} → {show(vb)}")
+    return lines
+
+
+# Fields that may change between restarts of one run without changing what it computes.
+RESTART_SAFE_FIELDS = ("progress_bar", "log_every_steps", "dataset.data_dir", "multihost", "checkpoint_every_steps",
+                       "checkpoint_every_seconds", "eval.batch_size", "eval.num_figure_samples")
+
+
+def save_or_check_run_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, *,
+                             force: bool = False, write: bool = True) -> None:
+    """Writes ``config.json`` for a new run, or checks that a restarted run uses the same config.
+
+    Fields in :data:`RESTART_SAFE_FIELDS` may differ (they do not change the result); the saved file is then
+    updated. ``force`` accepts any difference and overwrites the saved config.
+
+    Raises:
+      ConfigMismatchError: the workdir holds a run of another config (the message lists the differing keys).
+    """
+    path = config_path(workdir)
+    new = config.to_dict()
+    if path.exists() and not force:
+        old = load_run_config(workdir).to_dict()
+        diffs = [d for d in config_differences(old, new) if d.split(":")[0] not in RESTART_SAFE_FIELDS]
+        if diffs:
+            shown = "; ".join(diffs[:8]) + (f"; … ({len(diffs) - 8} more)" if len(diffs) > 8 else "")
+            raise ConfigMismatchError(
+                f"{path} holds a run of another config ({shown}). Use another --workdir, or pass --force_config "
+                "to overwrite the saved config and continue from its checkpoints"
+            )
+    if write:
+        atomic_write_json(path, new, sort_keys=True)
