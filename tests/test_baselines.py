@@ -10,6 +10,7 @@ import pytest
 from experiments import configs
 from seqcsist_jax import imaging, methods
 from seqcsist_jax import train as train_lib
+from seqcsist_jax.data import splits
 from seqcsist_jax.baselines import common, published, tdan
 
 LEARNED = ["lista", "istanet", "istanet_plus", "fistanet", "istanet_pp", "srcnn", "edsr", "espcn", "tdan"]
