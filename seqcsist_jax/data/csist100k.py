@@ -75,6 +75,13 @@ _POSITION_STEP_BITS = 20
 #: A count whose first this many rounds accept nothing is declared infeasible.
 _MAX_EMPTY_ROUNDS = 500
 
+#: Largest possible smallest pairwise distance of k points in a unit square (the known optimal packings:
+#: √2, √6 − √2, 1, √2/2, ...). A separation at or above it is infeasible; just below it, rejection is hopeless
+#: too, which the sampler reports after ``_MAX_EMPTY_ROUNDS`` empty rounds.
+_PACKING_DISTANCE: dict[int, float] = {
+    2: 2 ** 0.5, 3: 6 ** 0.5 - 2 ** 0.5, 4: 1.0, 5: 2 ** 0.5 / 2, 6: 0.6009, 7: 0.5359, 8: 0.5176, 9: 0.5,
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Csist100kOptions:
@@ -157,9 +164,14 @@ class Csist100kOptions:
             strict = name != "min_separation_rayleigh"
             if not np.isfinite(value) or value < 0 or (strict and value == 0):
                 raise ValueError(f"option {name} must be finite and {'> 0' if strict else '>= 0'}, got {value!r}")
-        # Two points inside one unit square are less than √2 apart.
-        if self.max_targets > 1 and self.min_distance >= np.sqrt(2.0):
-            raise ValueError(f"min_distance {self.min_distance:.4g} px leaves no room for 2 targets in one pixel")
+        k = self.max_targets
+        if k > 1 and (k not in _PACKING_DISTANCE or self.min_distance >= _PACKING_DISTANCE[k]):
+            best = _PACKING_DISTANCE.get(k)
+            raise ValueError(
+                f"max_targets={k} targets cannot lie in one pixel with pairwise distance >= "
+                f"{self.min_distance:.4g} px" + (f" (at most {best:.4f} px is possible)" if best else
+                                                 f" (supported: up to {max(_PACKING_DISTANCE)} targets)")
+            )
 
 
 def make_options(**options: Any) -> Csist100kOptions:
