@@ -138,7 +138,7 @@ def test_images_are_quantised_renders_of_the_stored_targets(data):
     np.testing.assert_array_equal(data["image"][:500], want)
     np.testing.assert_array_equal(data["clipped_pixels"], imaging.count_clipped(
         imaging.render(data["targets"].astype(np.float64))))
-    # Five targets inside one pixel always overflow 8 bits; one target never does.
+    # One target never overflows 8 bits (≤ 0.466 × 250 on a pixel); five inside one pixel do in this sample.
     assert (data["clipped_pixels"][data["num_targets"] == 5] > 0).all()
     assert (data["clipped_pixels"][data["num_targets"] == 1] == 0).all()
 
