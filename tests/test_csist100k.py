@@ -330,6 +330,30 @@ def test_data_source_of_mini_after_import(tmp_path):
     np.testing.assert_array_equal(arrays["image_number"], np.arange(1000))
 
 
+def test_as_trajectories_feeds_the_trajectory_loader(data):
+    from seqcsist_jax.data.pipeline import TrajectoryLoader
+
+    arrays = {k: data[k][:20] for k in ("image", "targets", "num_targets")}
+    traj = csist100k.as_trajectories(arrays)
+    assert traj["frames"].shape == (20, 1, 11, 11) and traj["targets"].shape == (20, 1, 5, 3)
+    np.testing.assert_array_equal(traj["frame_numbers"][:, 0], np.arange(20))
+    loader = TrajectoryLoader(traj, batch_size=8, shuffle=False, process_index=0, process_count=1, c=5)
+    batch = next(iter(loader))
+    assert batch["frames"].shape == (8, 1, 11, 11) and batch["labels"].shape == (8, 1, 55, 55)
+    np.testing.assert_array_equal(batch["labels"][:, 0], csist100k.labels(arrays["targets"][:8], 5))
+    with pytest.raises(ValueError, match="image"):
+        csist100k.as_trajectories({"targets": arrays["targets"]})
+
+
+def test_array_record_request_is_served_from_parquet(tiny):
+    # tfds.data_source(name) without data_dir asks the builder for array_record (inherited from seqcsist).
+    builder, config = tiny
+    again = cdb.Builder(config=config, data_dir=os.fspath(pathlib.Path(builder.data_dir).parents[2]),
+                        file_format="array_record")
+    source = again.as_data_source(split="test")
+    assert len(source) == TINY_SIZES["test"] and type(source).__name__ == "ParquetDataSource"
+
+
 def test_loader_rejects_other_datasets():
     with pytest.raises(ValueError, match="reads the 'csist100k' dataset"):
         load_csist100k_arrays("seqcsist/mini", "test")

@@ -52,6 +52,7 @@ __all__ = [
     "DATASET_NAME",
     "SPLIT_SIZES",
     "Csist100kOptions",
+    "as_trajectories",
     "load_csist100k_arrays",
     "labels",
     "make_options",
@@ -362,6 +363,38 @@ def load_csist100k_arrays(
         "targets": np.stack([np.asarray(e["targets"], dtype=np.float32) for e in examples]),
         "num_targets": np.array([e["num_targets"] for e in examples], dtype=np.int32),
         "image_number": np.array([e["image_number"] for e in examples], dtype=np.int64),
+    }
+
+
+def as_trajectories(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Single images as one-frame trajectories, for the trajectory-shaped pipeline and models.
+
+    Args:
+      arrays: ``image (N, S, S)``, ``targets (N, MAXT, 3)`` and optionally ``num_targets (N,)`` and
+        ``image_number (N,)`` (as returned by :func:`load_csist100k_arrays` or :func:`simulate_csist100k`).
+
+    Returns:
+      ``frames (N, 1, S, S)``, ``targets (N, 1, MAXT, 3)``, ``num_targets (N, 1)`` int32, ``trajectory_id (N,)``
+      int64 (the index) and ``frame_numbers (N, 1)`` (``image_number``, else the index): the input of
+      :class:`seqcsist_jax.data.pipeline.ArraySource` / ``TrajectoryLoader``. Views, no copies.
+    """
+    for key in ("image", "targets"):
+        if key not in arrays:
+            raise ValueError(f"as_trajectories needs arrays[{key!r}], got keys {sorted(arrays)}")
+    image, targets = np.asarray(arrays["image"]), np.asarray(arrays["targets"])
+    if image.ndim != 3 or targets.ndim != 3 or targets.shape[0] != image.shape[0] or targets.shape[-1] != 3:
+        raise ValueError(f"as_trajectories needs image (N, S, S) and targets (N, MAXT, 3), got {image.shape} "
+                         f"and {targets.shape}")
+    n = image.shape[0]
+    counts = arrays.get("num_targets")
+    counts = np.count_nonzero(targets[..., 2], axis=-1) if counts is None else np.asarray(counts)
+    numbers = np.asarray(arrays.get("image_number", np.arange(n)))
+    return {
+        "frames": image[:, None],
+        "targets": targets[:, None],
+        "num_targets": counts.astype(np.int32)[:, None],
+        "trajectory_id": np.arange(n, dtype=np.int64),
+        "frame_numbers": numbers[:, None],
     }
 
 
