@@ -1,13 +1,19 @@
-"""The on-disk layout of the public SeqCSIST release (SPEC §3), read and written exactly.
+"""The on-disk layouts of the public SeqCSIST and CSIST-100K releases (SPEC §3, §9), read and written exactly.
 
-Layout of one split::
+Layout of one split (:class:`PublicLayout`; ``SEQCSIST_LAYOUT`` is the default of every function here)::
 
     {root}/{split}/image/image_{N}.png        8-bit grey PNG, size × size (11 × 11)
     {root}/{split}/annotation/COS{N}.xml      one <object> per target
 
+and for CSIST-100K (``layout=CSIST100K_LAYOUT``; one image per "trajectory", ``frames_per_trajectory=1``)::
+
+    {root}/{split}/cso_img/image_{N}.png
+    {root}/{split}/Annotations/CSO{N}.xml     (CSO, not COS; <filename>CSO{N}</filename>)
+
 Files sort by the first integer in their name; the ``frames_per_trajectory`` (20) frames of one trajectory are
 consecutive numbers. Whether ``N`` starts at 0 or 1 is unknown, so reading accepts any start. The annotation
-layout is the one the public ``gen_annotation.py`` writes (minidom pretty print, tab indentation)::
+layout is the one the public ``gen_annotation.py`` writes (minidom pretty print, tab indentation; the
+CSIST-100K writer differs only in the ``CSO`` prefix)::
 
     <?xml version="1.0" ?>
     <annotation>
@@ -45,6 +51,7 @@ targets outside the image ``[-0.5, size - 0.5]²``.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import io
 import os
 import re
@@ -56,7 +63,10 @@ import numpy as np
 from seqcsist_jax.fileio import atomic_write
 
 __all__ = [
+    "CSIST100K_LAYOUT",
     "PublicFormatError",
+    "PublicLayout",
+    "SEQCSIST_LAYOUT",
     "annotation_xml",
     "parse_annotation",
     "read_image",
@@ -72,24 +82,48 @@ class PublicFormatError(ValueError):
     """A file of the public layout is missing, malformed or inconsistent; the message names the file."""
 
 
+@dataclasses.dataclass(frozen=True)
+class PublicLayout:
+    """Folder and file names of one public release; the file formats are the same for all of them.
+
+    Attributes:
+      image_dir: folder of ``image_{N}.png`` inside a split folder.
+      annotation_dir: folder of ``{annotation_prefix}{N}.xml`` inside a split folder.
+      annotation_prefix: prefix of the annotation file names and of their ``<filename>``.
+    """
+
+    image_dir: str = "image"
+    annotation_dir: str = "annotation"
+    annotation_prefix: str = "COS"
+
+
+#: The SeqCSIST release: ``{split}/image/image_{N}.png`` + ``{split}/annotation/COS{N}.xml``.
+SEQCSIST_LAYOUT = PublicLayout()
+#: The CSIST-100K release (GrokCSO): ``{split}/cso_img/image_{N}.png`` + ``{split}/Annotations/CSO{N}.xml``.
+CSIST100K_LAYOUT = PublicLayout(image_dir="cso_img", annotation_dir="Annotations", annotation_prefix="CSO")
+
+
 def _fmt(value: float) -> str:
     """Float32 value spelled so that ``np.float32(float(text))`` gives back the same bits."""
     return repr(float(np.float32(value)))
 
 
-def annotation_xml(number: int, targets: np.ndarray, size: int = 11, sigma: float = 0.5) -> str:
+def annotation_xml(
+    number: int, targets: np.ndarray, size: int = 11, sigma: float = 0.5, layout: PublicLayout = SEQCSIST_LAYOUT
+) -> str:
     """The annotation document of frame ``number``.
 
     Args:
-      number: the ``N`` of ``COS{N}``.
+      number: the ``N`` of ``COS{N}`` (``CSO{N}`` with the CSIST-100K layout).
       targets: ``(K, 3)`` real target rows ``(xc, yc, brightness)`` (no padding rows).
       size: image side written as width and height.
       sigma: PSF width written in ``<sigma>``.
+      layout: gives the ``<filename>`` prefix.
     """
     lines = [
         '<?xml version="1.0" ?>',
         "<annotation>",
-        f"\t<filename>COS{number}</filename>",
+        f"\t<filename>{layout.annotation_prefix}{number}</filename>",
         "\t<size>",
         f"\t\t<width>{size}</width>",
         f"\t\t<height>{size}</height>",
@@ -128,7 +162,7 @@ def parse_annotation(path: str | os.PathLike, size: int = 11) -> np.ndarray:
     """Target rows of one annotation file.
 
     Args:
-      path: a ``COS{N}.xml`` file.
+      path: a ``COS{N}.xml`` (or ``CSO{N}.xml``) file.
       size: expected image side; ``<width>``/``<height>`` must equal it and targets must lie in
         ``[-0.5, size - 0.5]²``.
 
@@ -219,14 +253,16 @@ def _numbered(directory: Path, suffix: str) -> dict[int, Path]:
     return found
 
 
-def split_files(root: str | os.PathLike, split: str) -> list[tuple[int, Path, Path]]:
+def split_files(
+    root: str | os.PathLike, split: str, layout: PublicLayout = SEQCSIST_LAYOUT
+) -> list[tuple[int, Path, Path]]:
     """``(number, image path, annotation path)`` of every frame of a split, sorted by number.
 
     Raises:
       PublicFormatError: missing directories, or an image without annotation (or vice versa), naming the file.
     """
     base = Path(root) / split
-    image_dir, ann_dir = base / "image", base / "annotation"
+    image_dir, ann_dir = base / layout.image_dir, base / layout.annotation_dir
     for d in (image_dir, ann_dir):
         if not d.is_dir():
             raise PublicFormatError(f"{d}: directory not found")
@@ -234,7 +270,8 @@ def split_files(root: str | os.PathLike, split: str) -> list[tuple[int, Path, Pa
     lonely_images, lonely_anns = sorted(set(images) - set(anns)), sorted(set(anns) - set(images))
     if lonely_images:
         n = lonely_images[0]
-        raise PublicFormatError(f"{images[n]}: image without annotation (expected {ann_dir}/COS{n}.xml; "
+        raise PublicFormatError(f"{images[n]}: image without annotation (expected "
+                                f"{ann_dir}/{layout.annotation_prefix}{n}.xml; "
                                 f"{len(lonely_images)} such images)")
     if lonely_anns:
         n = lonely_anns[0]
@@ -267,11 +304,12 @@ def read_public_split(
     progress: bool = True,
     size: int = 11,
     workers: int | None = None,
+    layout: PublicLayout = SEQCSIST_LAYOUT,
 ) -> dict[str, np.ndarray]:
     """Reads one split of the public layout into the simulator's arrays.
 
     Args:
-      root: directory holding ``{split}/image`` and ``{split}/annotation``.
+      root: directory holding ``{split}/image`` and ``{split}/annotation`` (the folders of ``layout``).
       split: split directory name (``train``, ``val``, ``test`` or any other).
       frames_per_trajectory: ``T``; consecutive groups of ``T`` frames (by number) form one trajectory.
       max_targets: ``MAXT`` of the padded target axis; ``None`` = the largest count found. A frame with more
@@ -279,6 +317,7 @@ def read_public_split(
       progress: show a progress bar.
       size: image side in pixels.
       workers: reader threads. Default 1: decoding and XML parsing hold the GIL, and threads measured slower.
+      layout: folder and file names (``CSIST100K_LAYOUT`` with ``frames_per_trajectory=1`` for CSIST-100K).
 
     Returns:
       ``frames (N, T, size, size) uint8``, ``targets (N, T, MAXT, 3) float32`` (zero padded, file order),
@@ -289,7 +328,7 @@ def read_public_split(
     """
     if frames_per_trajectory < 1:
         raise ValueError(f"frames_per_trajectory must be >= 1, got {frames_per_trajectory}")
-    files = split_files(root, split)
+    files = split_files(root, split, layout)
     if len(files) % frames_per_trajectory:
         raise PublicFormatError(
             f"{Path(root) / split}: {len(files)} frames is not a multiple of frames_per_trajectory="
@@ -376,11 +415,13 @@ def write_public_split(
     size: int = 11,
     sigma: float = 0.5,
     workers: int | None = None,
+    layout: PublicLayout = SEQCSIST_LAYOUT,
 ) -> Path:
     """Writes simulator arrays in the public layout: frame ``(n, t)`` becomes number ``start_index + n·T + t``.
 
     Args:
-      root: output root; files go to ``{root}/{split}/image`` and ``{root}/{split}/annotation``.
+      root: output root; files go to ``{root}/{split}/image`` and ``{root}/{split}/annotation`` (the folders
+        of ``layout``).
       split: split directory name.
       arrays: at least ``frames (N, T, size, size) uint8`` and ``targets (N, T, MAXT, 3)`` (zero padded, real
         rows first); ``num_targets (N, T)`` is checked against the padding when present.
@@ -390,6 +431,7 @@ def write_public_split(
         FileExistsError (a mix of two generations would read back as garbage).
       size, sigma: written into every annotation (``sigma`` is informational).
       workers: writer threads (``None`` = 4): creating files dominates and releases the GIL.
+      layout: folder and file names (``CSIST100K_LAYOUT`` writes one image per frame of ``T = 1``).
 
     Returns:
       The split directory ``{root}/{split}``.
@@ -400,7 +442,7 @@ def write_public_split(
         raise ValueError(f"start_index must be a non-negative integer, got {start_index!r}")
     frames, targets, counts = _validate_arrays(arrays, size)
     base = Path(root) / split
-    image_dir, ann_dir = base / "image", base / "annotation"
+    image_dir, ann_dir = base / layout.image_dir, base / layout.annotation_dir
     existing = [p for d in (image_dir, ann_dir) if d.is_dir() for p in d.iterdir()
                 if p.suffix.lower() in (".png", ".xml")]
     if existing and not overwrite:
@@ -420,8 +462,8 @@ def write_public_split(
         png = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(flat_frames[i])).save(png, format="PNG")  # 2-D uint8 → mode "L"
         _atomic_write(image_dir / f"image_{number}.png", png.getvalue())
-        xml = annotation_xml(number, flat_targets[i, : flat_counts[i]], size=size, sigma=sigma)
-        _atomic_write(ann_dir / f"COS{number}.xml", xml.encode("utf-8"))
+        xml = annotation_xml(number, flat_targets[i, : flat_counts[i]], size=size, sigma=sigma, layout=layout)
+        _atomic_write(ann_dir / f"{layout.annotation_prefix}{number}.xml", xml.encode("utf-8"))
 
     _map(write_one, list(range(n_traj * t)), f"write {split}", progress, workers or 4)
     return base

@@ -16,12 +16,13 @@ import sys
 import warnings
 
 _TFDS = "tensorflow_datasets"
-_BUILDER_MODULE = "tfds_builders.seqcsist"
+_BUILDER_MODULES = ("tfds_builders.seqcsist", "tfds_builders.csist100k")
 
 
 def register() -> None:
-    """Imports the builder module so TFDS knows ``seqcsist`` (imports TFDS if needed). Idempotent."""
-    importlib.import_module(_BUILDER_MODULE)
+    """Imports the builder modules so TFDS knows ``seqcsist`` and ``csist100k`` (imports TFDS if needed)."""
+    for module in _BUILDER_MODULES:
+        importlib.import_module(module)
 
 
 class _RegisterAfterTfdsImport:  # a meta path finder (duck-typed: importlib.abc costs ~40 ms)
