@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import configs
-from seqcsist_jax import methods
+from seqcsist_jax import interop, methods
 from seqcsist_jax import train as train_lib
 from seqcsist_jax.model_stats import count_params
 from seqcsist_jax.models import dista_net
@@ -61,13 +61,18 @@ def test_state_dict_layout_matches_the_public_keys():
     assert {k: v.shape for k, v in converted.items()} == shapes
 
 
-def test_state_dict_round_trip():
+def test_state_dict_round_trip(tmp_path):
     shapes = dista_net.state_dict_shapes(**{"num_stages": 2, "channels": 4, "c": 5})
     state = dpi.dista_parity_state_dict(7, shapes)
     back = params_to_state_dict(params_from_state_dict({f"module.{k}": v for k, v in state.items()}))
     assert set(back) == set(state)
     for key, value in state.items():
         np.testing.assert_array_equal(back[key], value)
+    # a public checkpoint saved as .npz (DDP "module." prefix) reads back through the interop reader
+    interop.save_npz(tmp_path / "dista.npz", {f"module.{k}": v for k, v in state.items()})
+    read = params_to_state_dict(params_from_state_dict(interop.read_state_dict(tmp_path / "dista.npz")))
+    for key, value in state.items():
+        np.testing.assert_array_equal(read[key], value)
     with pytest.raises(ValueError, match="not a DISTA-Net parameter"):
         params_from_state_dict({"TDDA.conv.weight": np.zeros(3)})
 
