@@ -105,7 +105,8 @@ def test_public_batch_mixing():
     image, batch = DISTANet(**one_stage), DISTANet(**one_stage, dynamic_mixing="batch")
 
     def run(model, frames):
-        return np.asarray(jax.jit(lambda f: model.apply({"params": params}, f, inputs["phi"], inputs["q"]))(frames)["output"])
+        apply = jax.jit(lambda f: model.apply({"params": params}, f, inputs["phi"], inputs["q"]))
+        return np.asarray(apply(frames)["output"])
 
     one = inputs["frames"][:1]
     np.testing.assert_allclose(run(batch, one), run(image, one), rtol=0, atol=1e-5 * np.abs(run(image, one)).max())
@@ -224,7 +225,9 @@ def test_parity_with_pytorch_fixture(case):
     spec = dpi.DISTA_PARITY_CASES[case]
     options = {**{"num_stages": 6, "c": 3, "channels": 64, "kernel_hidden": 256}, **spec["options"]}
     seed = int(fx["seed"])
-    shapes = dista_net.state_dict_shapes(options["num_stages"], options["channels"], options["c"], options["kernel_hidden"])
+    shapes = dista_net.state_dict_shapes(
+        options["num_stages"], options["channels"], options["c"], options["kernel_hidden"]
+    )
     state = dpi.dista_parity_state_dict(seed, shapes)
     inputs = dpi.dista_parity_inputs(seed + 1, spec["batch"], spec["frames"], c=options["c"])
     model = DISTANet(**spec["options"])

@@ -9,8 +9,9 @@ projection on a seeded unit direction (full gradients for parameters with at mos
 records the public models' state-dict keys and parameter counts (c = 3 and 5 with 6 stages, c = 7 with 4), which
 the tests compare with the Flax model. ``tests/test_dista.py`` rebuilds the JAX side without torch.
 
-The script needs numpy, torch and this project (for Φ and the parity inputs; the JAX comparison at the end is
-skipped when JAX is missing).
+The script needs torch next to this project's environment (Φ and the parity inputs come from
+``seqcsist_jax.imaging``, which imports JAX), e.g. a venv with torch whose ``.pth`` file appends the project
+venv's site-packages; it also prints the Flax model's errors against the PyTorch results.
 """
 
 from __future__ import annotations
@@ -178,11 +179,7 @@ def main(argv: list[str] | None = None) -> None:
             if grads[k].size <= SMALL:
                 arrays[f"{name}__grad__{k}"] = grads[k].astype(np.float32)
         res["grads"] = grads
-        try:
-            jres = jax_results(options, state, inputs)
-        except ImportError as err:  # torch-only environment
-            print(f"[{name}] JAX comparison skipped ({err})")
-            continue
+        jres = jax_results(options, state, inputs)
         print(f"[{name}] JAX vs torch: {compare(jres, res)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **arrays)

@@ -55,7 +55,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqcsist_jax.baselines.common import per_trajectory_mean, per_trajectory_mse, reduce_terms, soft_threshold
-from seqcsist_jax.models.layers import Conv, check_inputs, conv2d, torch_default_bias, torch_default_kernel, xavier_normal
+from seqcsist_jax.models.layers import (
+    Conv,
+    check_inputs,
+    conv2d,
+    torch_default_bias,
+    torch_default_kernel,
+    xavier_normal,
+)
 
 __all__ = [
     "DISTANet",
@@ -179,9 +186,11 @@ class DistaStage(nn.Module):
         r_img = r.reshape(n_img, side, side, 1)
         static = conv2d(jax.nn.relu(conv2d(r_img, k1f)), k2f)
 
-        hidden = nn.Dense(self.kernel_hidden, kernel_init=torch_default_kernel, bias_init=torch_default_bias(n), name="w1")
-        predict = nn.Dense(9, kernel_init=torch_default_kernel, bias_init=torch_default_bias(self.kernel_hidden), name="w2")
-        kernels = predict(hidden(x))  # from the stage input, not from r
+        def linear(features: int, fan_in: int, name: str) -> nn.Dense:  # nn.Linear's default init
+            return nn.Dense(features, kernel_init=torch_default_kernel, bias_init=torch_default_bias(fan_in), name=name)
+
+        # no activation between w1 and w2; the kernels come from the stage input, not from r
+        kernels = linear(9, self.kernel_hidden, "w2")(linear(self.kernel_hidden, n, "w1")(x))
         if self.detach_dynamic_kernels:
             kernels = jax.lax.stop_gradient(kernels)
         dynamic = jax.nn.sigmoid(_dynamic_conv(r_img, kernels, self.dynamic_mixing, c))
