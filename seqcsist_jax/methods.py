@@ -37,6 +37,7 @@ METHOD_TABLE: dict[str, str] = {
     "espcn": "seqcsist_jax.baselines.srnets:build_espcn",
     "tdan": "seqcsist_jax.baselines.tdan:build_tdan",
     "derefnet": "seqcsist_jax.models.derefnet:build_derefnet",
+    "dista": "seqcsist_jax.models.dista_net:build_dista",
 }
 
 
