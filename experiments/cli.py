@@ -30,8 +30,18 @@ def config_help() -> str:
             f"available: {', '.join(configs.available_configs())}")
 
 
-def define_config_flag(required: bool = True, default: str | None = None) -> flags.FlagHolder:
-    return flags.DEFINE_string("config", default, config_help(), required=required)
+def define_config_flag(default: str | None = None) -> flags.FlagHolder:
+    """``--config``; whether it is required is checked by :func:`require_config` (absl's own check prints a
+    two-line FATAL message without the list of configs)."""
+    return flags.DEFINE_string("config", default, config_help())
+
+
+def require_config(value: str | None) -> str:
+    """Raises UsageError listing the configs when ``--config`` was not given."""
+    if not value:
+        raise UsageError(f"--config is required; available configs: {', '.join(configs.available_configs())} "
+                         "(e.g. --config=derefnet_quick)")
+    return value
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -185,6 +195,12 @@ def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence
         rest, overrides = split_overrides(argv)
     except UsageError as e:
         fail(str(e))
+    if any(a in ("--help", "-h", "-?", "--helpshort") for a in rest[1:]):
+        # absl's own --help exits with status 1; asking for help is not an error.
+        doc = (sys.modules["__main__"].__doc__ or "").strip()
+        print(f"{doc}\n\nflags (and --config.a.b=value to override any config field):\n"
+              f"{flags.FLAGS.main_module_help()}")
+        sys.exit(0)
 
     def absl_main(parsed_argv: list[str]) -> None:
         quiet_libraries()

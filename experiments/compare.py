@@ -45,6 +45,9 @@ from typing import Sequence
 
 import numpy as np
 
+from absl import flags
+
+from experiments import cli
 from seqcsist_jax.fileio import atomic_path, atomic_write_json
 from seqcsist_jax.methods import METHOD_TABLE  # cheap: the table imports no method module
 
@@ -59,37 +62,70 @@ log = logging.getLogger("compare")
 # --------------------------------------------------------------------------------------------- arguments
 
 
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("methods", ",".join(DEFAULT_METHODS), "comma-separated config names; available: "
+                        + ", ".join(DEFAULT_METHODS), flag_values=fv)
+    flags.DEFINE_string("dataset", None, "dataset name override, e.g. seqcsist/mini", flag_values=fv)
+    flags.DEFINE_integer("budget_steps", None, "training steps per learned method", flag_values=fv)
+    flags.DEFINE_float("budget_epochs", None, "training epochs per learned method", flag_values=fv)
+    flags.DEFINE_bool("paper_scale", False, "each config's own (paper) schedule", flag_values=fv)
+    flags.DEFINE_float("learning_rate", None, "learning-rate override for every method", flag_values=fv)
+    flags.DEFINE_string("variant", "", "config variant for every method ('' = paper architecture)", flag_values=fv)
+    flags.DEFINE_integer("evals", 2, "validation evaluations per training run", flag_values=fv)
+    flags.DEFINE_integer("max_eval_trajectories", None, "validation subset size", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "output directory (one subdirectory per method)", flag_values=fv)
+    flags.DEFINE_string("output", None, "path prefix of compare.{md,json,png} (default WORKDIR/compare)",
+                        flag_values=fv)
+    flags.DEFINE_bool("force", False, "recompute finished runs", flag_values=fv)
+    flags.DEFINE_enum("lr_schedule", None, ["constant", "cosine"],
+                      "learning-rate schedule override (default: the configs' own, constant like the paper)",
+                      flag_values=fv)
+
+
+_FLAG_NAMES = ("methods", "dataset", "budget_steps", "budget_epochs", "paper_scale", "learning_rate", "variant",
+               "evals", "max_eval_trajectories", "workdir", "output", "force", "lr_schedule")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated config names")
-    p.add_argument("--dataset", default=None, help="dataset name override, e.g. seqcsist/mini")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget_steps", type=int, default=None, help="training steps per learned method")
-    budget.add_argument("--budget_epochs", type=float, default=None, help="training epochs per learned method")
-    budget.add_argument("--paper_scale", action="store_true", help="each config's own (paper) schedule")
-    p.add_argument("--learning_rate", type=float, default=None, help="learning-rate override for every method")
-    p.add_argument("--variant", default="", help="config variant for every method ('' = paper architecture)")
-    p.add_argument("--evals", type=int, default=2, help="validation evaluations per training run")
-    p.add_argument("--max_eval_trajectories", type=int, default=None, help="validation subset size")
-    p.add_argument("--workdir", required=True, help="output directory (one subdirectory per method)")
-    p.add_argument("--output", default=None, help="path prefix of compare.{md,json,png} (default WORKDIR/compare)")
-    p.add_argument("--force", action="store_true", help="recompute finished runs")
-    p.add_argument("--lr_schedule", default=None, choices=("constant", "cosine"),
-                   help="learning-rate schedule override (default: the configs' own, constant like the paper)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override applied to every method, e.g. --set dataset.num_train=3500 (repeatable)")
-    args = p.parse_args(argv)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not args.methods:
-        p.error("--methods is empty")
-    if not (args.paper_scale or args.budget_steps or args.budget_epochs):
-        p.error("give a training budget (--budget_steps or --budget_epochs) or --paper_scale")
-    if args.budget_steps is not None and args.budget_steps <= 0:
-        p.error("--budget_steps must be positive")
-    if args.budget_epochs is not None and args.budget_epochs <= 0:
-        p.error("--budget_epochs must be positive")
-    if args.evals < 1:
-        p.error("--evals must be >= 1")
+    """Parses the command line (absl flags; ``--config.a.b=value`` overrides apply to every method's config).
+
+    Raises:
+      SystemExit: a usage error, with one ``error: ...`` line.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rest, overrides = cli.split_overrides(argv)
+        fv = flags.FlagValues()
+        _define_flags(fv)
+        if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in rest):
+            print(f"{__doc__.split(chr(10) + chr(10))[0]}\n\nflags (--config.a.b=value overrides every method's "
+                  f"config):\n{fv.get_help()}")
+            raise SystemExit(0)
+        try:
+            extra = fv(["compare"] + rest)[1:]
+        except flags.Error as e:
+            raise cli.UsageError(str(e)) from None
+        if extra:
+            raise cli.UsageError(f"unexpected arguments {' '.join(extra)} (flags are --name=value)")
+        args = argparse.Namespace(**{name: fv[name].value for name in _FLAG_NAMES}, overrides=overrides)
+        if not args.workdir:
+            raise cli.UsageError("--workdir is required")
+        args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if not args.methods:
+            raise cli.UsageError("--methods is empty")
+        budgets = [args.budget_steps is not None, args.budget_epochs is not None, args.paper_scale]
+        if sum(budgets) == 0:
+            raise cli.UsageError("give a training budget (--budget_steps or --budget_epochs) or --paper_scale")
+        if sum(budgets) > 1:
+            raise cli.UsageError("give only one of --budget_steps, --budget_epochs and --paper_scale")
+        if args.budget_steps is not None and args.budget_steps <= 0:
+            raise cli.UsageError("--budget_steps must be positive")
+        if args.budget_epochs is not None and args.budget_epochs <= 0:
+            raise cli.UsageError("--budget_epochs must be positive")
+        if args.evals < 1:
+            raise cli.UsageError("--evals must be >= 1")
+    except cli.UsageError as e:
+        raise SystemExit(f"error: {e}") from None
     return args
 
 
@@ -114,8 +150,7 @@ def method_config(name: str, args: argparse.Namespace):
         config.optimizer.learning_rate = args.learning_rate
     if getattr(args, "lr_schedule", None):
         config.optimizer.schedule = args.lr_schedule
-    for item in getattr(args, "overrides", []):
-        apply_override(config, item)
+    cli.apply_overrides(config, getattr(args, "overrides", []))
     if not args.paper_scale:
         if args.budget_steps:
             config.num_train_steps = int(args.budget_steps)
@@ -124,32 +159,6 @@ def method_config(name: str, args: argparse.Namespace):
             config.num_epochs = float(args.budget_epochs)
     config.progress_bar = sys.stderr.isatty()
     return config
-
-
-def apply_override(config, item: str) -> None:
-    """Applies ``KEY=VALUE`` (dotted key, Python-literal value) to a config, keeping the field's type.
-
-    Raises:
-      ValueError: malformed item or unknown key.
-    """
-    import ast
-
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-    *path, last = key.split(".")
-    target = config
-    for part in path:
-        if part not in target:
-            raise ValueError(f"--set {item!r}: unknown config key {key!r}")
-        target = target[part]
-    if last not in target:
-        raise ValueError(f"--set {item!r}: unknown config key {key!r}")
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text  # bare strings
-    target[last] = value
 
 
 def is_trainable(config) -> bool:
@@ -490,6 +499,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     unknown = [m for m in args.methods if m not in configs.available_configs()]
     if unknown:
         raise SystemExit(f"error: unknown method(s) {unknown}; available configs: {configs.available_configs()}")
+    for name in args.methods:  # a mistyped override or variant fails now, not after hours of other methods
+        try:
+            method_config(name, args)
+        except (cli.UsageError, ValueError) as e:
+            raise SystemExit(f"error: {name}: {e}") from None
     workdir = pathlib.Path(args.workdir)
     prefix = pathlib.Path(args.output) if args.output else workdir / "compare"
     settings = {

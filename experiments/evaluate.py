@@ -30,7 +30,8 @@ flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
 flags.DEFINE_string("split", "test", "Split to score: one of the config's train/eval/test split names.")
 flags.DEFINE_enum("decode", None, list(DECODERS), "Map decoder (grid = paper protocol; default: config.eval.decode).")
 flags.DEFINE_string("torch_checkpoint", None, "Public PyTorch DeRefNet checkpoint (.pth or .npz) to import.")
-cli.define_config_flag(required=False)
+cli.define_config_flag()
+flags.adopt_module_key_flags(cli)  # --help lists --config and the config names
 flags.DEFINE_bool("export_public", False, "Also write predictions as public-layout COS{N}.xml annotations.")
 
 

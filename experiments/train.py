@@ -20,14 +20,15 @@ from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and evaluation outputs.", required=True)
-cli.define_config_flag(required=True)
+cli.define_config_flag()
+flags.adopt_module_key_flags(cli)  # --help lists --config and the config names
 flags.DEFINE_bool("force_config", False, "Continue a workdir whose saved config differs (overwrites config.json).")
 
 
 def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
-    config = cli.load_config(FLAGS.config, overrides)
+    config = cli.load_config(cli.require_config(FLAGS.config), overrides)
     from seqcsist_jax.train import train_and_evaluate
 
     result = train_and_evaluate(config, FLAGS.workdir, force_config=FLAGS.force_config)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import compare
+from experiments import cli, compare
 from seqcsist_jax.baselines import published
 
 
@@ -109,11 +109,12 @@ def test_end_to_end_smoke_run_and_reuse(tmp_path):
 
 def test_set_overrides_and_schedule_reach_the_config():
     args = compare.parse_args(["--methods=srcnn", "--budget_steps=5", "--workdir=w", "--lr_schedule=cosine",
-                               "--set", "dataset.num_train=3500", "--set", "dataset.name=simulated"])
+                               "--config.dataset.num_train=3500", "--config.dataset.name", "simulated"])
     config = compare.method_config("srcnn", args)
     assert config.dataset.num_train == 3500 and config.dataset.name == "simulated"
     assert config.optimizer.schedule == "cosine"
-    with pytest.raises(ValueError, match="unknown config key 'dataset.nope'"):
-        compare.apply_override(config, "dataset.nope=1")
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        compare.apply_override(config, "dataset.num_train")
+    bad = compare.parse_args(["--methods=srcnn", "--budget_steps=5", "--workdir=w", "--config.dataset.nope=1"])
+    with pytest.raises(cli.UsageError, match="unknown config field dataset.nope"):
+        compare.method_config("srcnn", bad)
+    with pytest.raises(SystemExit, match="needs a value"):
+        compare.parse_args(["--budget_steps=5", "--workdir=w", "--config.dataset.num_train"])

@@ -218,8 +218,8 @@ def test_labels_match_a_loop_reference_without_collisions(data, c):
 
 
 def test_cli_writes_the_public_layout_and_reads_back_exactly(tmp_path):
-    assert csist100k.main(["--out", str(tmp_path), "--split", "val", "--num-images", "12", "--seed", "4",
-                           "--start-index", "1", "--no-progress"]) == 0
+    assert csist100k.main(["--out", str(tmp_path), "--split", "val", "--num_images", "12", "--seed", "4",
+                           "--start_index", "1", "--noprogress"]) == 0
     split_dir = tmp_path / "val"
     assert sorted(p.name for p in (split_dir / "cso_img").iterdir())[:2] == ["image_1.png", "image_10.png"]
     assert (split_dir / "Annotations" / "CSO12.xml").is_file()
@@ -232,11 +232,11 @@ def test_cli_writes_the_public_layout_and_reads_back_exactly(tmp_path):
     np.testing.assert_array_equal(got["num_targets"][:, 0], want["num_targets"])
     np.testing.assert_array_equal(got["frame_numbers"][:, 0], np.arange(1, 13))
     # Writing again without --overwrite is refused with exit status 2.
-    assert csist100k.main(["--out", str(tmp_path), "--split", "val", "--num-images", "2", "--no-progress"]) == 2
+    assert csist100k.main(["--out", str(tmp_path), "--split", "val", "--num_images", "2", "--noprogress"]) == 2
 
 
 def test_public_layout_errors_name_the_file(tmp_path):
-    csist100k.main(["--out", str(tmp_path), "--split", "test", "--num-images", "4", "--no-progress"])
+    csist100k.main(["--out", str(tmp_path), "--split", "test", "--num_images", "4", "--noprogress"])
     ann = tmp_path / "test" / "Annotations"
     (ann / "CSO2.xml").unlink()
     with pytest.raises(PublicFormatError) as err:
@@ -382,8 +382,8 @@ def test_import_registers_lazily_without_importing_tfds():
 def test_public_config_reproduces_the_written_release(tmp_path):
     manual = tmp_path / "manual" / "CSIST-100K"  # one sub-folder level is accepted
     for folder, n in (("train", 6), ("val", 3), ("test", 2)):
-        csist100k.main(["--out", str(manual), "--split", folder, "--num-images", str(n), "--seed", "2",
-                        "--no-progress"])
+        csist100k.main(["--out", str(manual), "--split", folder, "--num_images", str(n), "--seed", "2",
+                        "--noprogress"])
     builder = _build("csist100k/public", tmp_path / "data", manual_dir=tmp_path / "manual")
     for split, n in (("train", 6), ("validation", 3), ("test", 2)):
         got = _read_split(builder, split)

@@ -281,8 +281,8 @@ def test_split_seed_is_stable_and_distinct():
 def test_cli_writes_public_layout(tmp_path):
     from seqcsist_jax.data.public_format import read_public_split
 
-    rc = simulate.main(["--out", str(tmp_path), "--split", "val", "--num-trajectories", "2", "--seed", "5",
-                        "--start-index", "1", "--no-progress"])
+    rc = simulate.main(["--out", str(tmp_path), "--split", "val", "--num_trajectories", "2", "--seed", "5",
+                        "--start_index", "1", "--noprogress"])
     assert rc == 0
     assert (tmp_path / "val" / "image" / "image_1.png").is_file()
     assert (tmp_path / "val" / "annotation" / "COS40.xml").is_file()
@@ -292,5 +292,5 @@ def test_cli_writes_public_layout(tmp_path):
         np.testing.assert_array_equal(back[key], ref[key])
     np.testing.assert_array_equal(back["frame_numbers"].ravel(), np.arange(1, 41))
     # A second run refuses to mix generations unless told to overwrite.
-    assert simulate.main(["--out", str(tmp_path), "--split", "val", "--num-trajectories", "1",
-                          "--no-progress"]) == 2
+    assert simulate.main(["--out", str(tmp_path), "--split", "val", "--num_trajectories", "1",
+                          "--noprogress"]) == 2

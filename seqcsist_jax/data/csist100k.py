@@ -34,12 +34,11 @@ public code's ``"overwrite"`` rule agree on this dataset.
 Command line (the public CSIST-100K layout ``{split}/cso_img/image_{N}.png`` + ``{split}/Annotations/CSO{N}.xml``,
 which the GrokCSO PyTorch code reads)::
 
-    python -m seqcsist_jax.data.csist100k --out DIR --split test [--num-images N] [--seed S] [--start-index 0|1]
+    python -m seqcsist_jax.data.csist100k --out DIR --split test [--num_images=N] [--seed=S] [--start_index=0|1]
 """
 
 from __future__ import annotations
 
-import argparse
 import collections.abc
 import dataclasses
 import json
@@ -402,31 +401,19 @@ def as_trajectories(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 # Command line
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m seqcsist_jax.data.csist100k",
-        description="Generate CSIST-100K splits in the public on-disk layout "
-                    "({split}/cso_img/image_{N}.png + {split}/Annotations/CSO{N}.xml).",
-    )
-    p.add_argument("--out", required=True, help="root directory; each split goes to OUT/{split}/")
-    p.add_argument("--split", action="append", choices=["train", "val", "test", "all"], required=True,
-                   help="split to write (repeatable; 'all' = train, val and test)")
-    p.add_argument("--num-images", type=int, default=None,
-                   help="images per split (default: the published 80000/10000/10000)")
-    p.add_argument("--seed", type=int, default=0, help="base seed; each split uses split_seed(seed, split)")
-    p.add_argument("--start-index", type=int, default=0, help="number N of the first file of each split")
-    p.add_argument("--overwrite", action="store_true", help="replace existing files of the split")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     from seqcsist_jax.data import public_format  # deferred: PIL is only needed to write files
     from seqcsist_jax.data.simulate import split_seed
 
-    args = _parse_args(argv)
-    splits = ["train", "val", "test"] if "all" in args.split else list(dict.fromkeys(args.split))
+    from seqcsist_jax.data.export_cli import parse
+
+    args = parse(argv, "seqcsist_jax.data.csist100k", "generate CSIST-100K splits in the public on-disk layout "
+                 "({split}/cso_img/image_{N}.png + {split}/Annotations/CSO{N}.xml).", "num_images",
+                 "images per split (default: the published 80000/10000/10000)")
+    if isinstance(args, int):
+        return args
+    splits = args.split
     for split in splits:
         n = SPLIT_SIZES[split] if args.num_images is None else args.num_images
         seed = split_seed(args.seed, split)
@@ -436,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             base = public_format.write_public_split(
                 args.out, split, {"frames": arrays["image"][:, None], "targets": arrays["targets"][:, None],
                                   "num_targets": arrays["num_targets"][:, None]},
-                start_index=args.start_index, progress=not args.no_progress, overwrite=args.overwrite,
+                start_index=args.start_index, progress=args.progress, overwrite=args.overwrite,
                 layout=public_format.CSIST100K_LAYOUT,
             )
         except (FileExistsError, ValueError) as e:

@@ -46,13 +46,12 @@ leaves the targets unchanged (same trajectories with and without noise, as the p
 
 Command line (public on-disk layout, so the original PyTorch code can read generated splits)::
 
-    python -m seqcsist_jax.data.simulate --out DIR --split test [--num-trajectories N] [--seed S]
-        [--start-index 0|1] [--noise-sigma S] [--min-targets K] [--max-targets K]
+    python -m seqcsist_jax.data.simulate --out DIR --split test [--num_trajectories=N] [--seed=S]
+        [--start_index=0|1] [--noise_sigma=S] [--min_targets=K] [--max_targets=K]
 """
 
 from __future__ import annotations
 
-import argparse
 import collections.abc
 import dataclasses
 import hashlib
@@ -463,34 +462,27 @@ def simulate_seqcsist(num_trajectories: int, seed: int, **options: Any) -> dict[
 # Command line
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m seqcsist_jax.data.simulate",
-        description="Generate SeqCSIST splits in the public on-disk layout "
-                    "({split}/image/image_{N}.png + {split}/annotation/COS{N}.xml).",
-    )
-    p.add_argument("--out", required=True, help="root directory; each split goes to OUT/{split}/")
-    p.add_argument("--split", action="append", choices=["train", "val", "test", "all"], required=True,
-                   help="split to write (repeatable; 'all' = train, val and test)")
-    p.add_argument("--num-trajectories", type=int, default=None,
-                   help="trajectories per split (default: the paper's 3500/750/750)")
-    p.add_argument("--seed", type=int, default=0, help="base seed; each split uses split_seed(seed, split)")
-    p.add_argument("--start-index", type=int, default=0, help="number N of the first file of each split")
-    p.add_argument("--noise-sigma", type=float, default=0.0, help="Gaussian noise std in grey levels")
-    p.add_argument("--min-targets", type=int, default=2)
-    p.add_argument("--max-targets", type=int, default=4)
-    p.add_argument("--frames-per-trajectory", type=int, default=20)
-    p.add_argument("--overwrite", action="store_true", help="replace existing files of the split")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p.parse_args(argv)
+def _define_flags(fv) -> None:
+    from absl import flags
+
+    flags.DEFINE_float("noise_sigma", 0.0, "Gaussian noise std in grey levels", flag_values=fv)
+    flags.DEFINE_integer("min_targets", 2, "fewest targets per frame", flag_values=fv)
+    flags.DEFINE_integer("max_targets", 4, "most targets per frame", flag_values=fv)
+    flags.DEFINE_integer("frames_per_trajectory", 20, "frames per trajectory", flag_values=fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     from seqcsist_jax.data import public_format  # deferred: PIL is only needed to write files
 
-    args = _parse_args(argv)
-    splits = ["train", "val", "test"] if "all" in args.split else list(dict.fromkeys(args.split))
+    from seqcsist_jax.data.export_cli import parse
+
+    args = parse(argv, "seqcsist_jax.data.simulate", "generate SeqCSIST splits in the public on-disk layout "
+                 "({split}/image/image_{N}.png + {split}/annotation/COS{N}.xml).", "num_trajectories",
+                 "trajectories per split (default: the paper's 3500/750/750)", _define_flags)
+    if isinstance(args, int):
+        return args
+    splits = args.split
     options = dict(
         noise_sigma=args.noise_sigma, min_targets=args.min_targets, max_targets=args.max_targets,
         frames_per_trajectory=args.frames_per_trajectory,
@@ -501,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             arrays = simulate_seqcsist(n, seed, **options)
             base = public_format.write_public_split(
-                args.out, split, arrays, start_index=args.start_index, progress=not args.no_progress,
+                args.out, split, arrays, start_index=args.start_index, progress=args.progress,
                 overwrite=args.overwrite,
             )
         except (FileExistsError, ValueError) as e:

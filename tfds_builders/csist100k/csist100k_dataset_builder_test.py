@@ -3,7 +3,7 @@
 ``dummy_data/`` is a tiny public release (5 images per split, numbered from 1) written by::
 
     python -m seqcsist_jax.data.csist100k --out tfds_builders/csist100k/dummy_data --split all \\
-        --num-images 5 --seed 7 --start-index 1
+        --num_images 5 --seed 7 --start_index 1
 
 ``tests/test_csist100k.py`` runs this test under pytest (marked ``tf``).
 """

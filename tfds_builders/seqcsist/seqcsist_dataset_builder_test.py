@@ -3,7 +3,7 @@
 ``dummy_data/`` is a tiny public release (2 trajectories per split, frames numbered from 1) written by::
 
     python -m seqcsist_jax.data.simulate --out tfds_builders/seqcsist/dummy_data --split all \\
-        --num-trajectories 2 --seed 7 --start-index 1
+        --num_trajectories 2 --seed 7 --start_index 1
 
 ``tests/test_tfds_builder.py`` runs this test under pytest (marked ``tf``).
 """
