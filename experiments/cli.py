@@ -89,8 +89,11 @@ def _suggest(key: str, config: ml_collections.ConfigDict) -> str:
     paths = _leaf_paths(config)
     last = key.split(".")[-1]
     same_leaf = [p for p in paths if p.split(".")[-1] == last and p != key]
-    close = same_leaf or difflib.get_close_matches(key, paths, n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(close)}?" if close else ""
+    if not same_leaf:  # a misspelt field name: compare names, then prefer the closest full path
+        ratio = lambda a, b: difflib.SequenceMatcher(None, a, b).ratio()  # noqa: E731
+        named = [p for p in paths if ratio(p.split(".")[-1], last) >= 0.75]
+        same_leaf = sorted(named, key=lambda p: -ratio(p, key))[:2]
+    return f"; did you mean {' or '.join(same_leaf)}?" if same_leaf else ""
 
 
 def _parse_value(raw: str, current: Any, field_type: type | None, key: str) -> Any:

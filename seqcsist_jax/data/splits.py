@@ -77,14 +77,27 @@ def compute_q(train_targets: np.ndarray, phi: np.ndarray, collision: str = "sum"
     return imaging.least_squares_init_from_gram(phi, imaging.label_gram(train_targets, collision=collision))
 
 
+def _read_q_cache(path: pathlib.Path) -> tuple[str, np.ndarray] | None:
+    """``(key, Q)`` of a ``qinit.npz``, or None when missing or damaged (Q is then recomputed: it is a cache)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            key, q = str(f["key"]), np.asarray(f["q"])
+    except Exception:  # noqa: BLE001 (any unreadable file: truncated zip, garbage, wrong keys)
+        return None
+    if q.ndim != 2 or not np.all(np.isfinite(q)):
+        return None
+    return key, q
+
+
 def cached_q(workdir: pathlib.Path, dataset_name: str, train_arrays: Mapping[str, np.ndarray], collision: str = "sum"):
     """Loads ``{workdir}/qinit.npz`` when it was computed for the same data, else computes and caches Q."""
     path = workdir / "qinit.npz"
     key = f"{dataset_name}|{len(train_arrays['frames'])}|{collision}"
-    if path.exists():
-        with np.load(path) as f:
-            if str(f["key"]) == key:
-                return f["q"]
+    cached = _read_q_cache(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     q = compute_q(train_arrays["targets"], imaging.measurement_matrix().astype(np.float64), collision=collision)
     if jax.process_index() == 0:
         with atomic_path(path, suffix=".npz") as tmp:
@@ -99,15 +112,11 @@ def q_for_workdir(workdir: pathlib.Path | None, dataset: ml_collections.ConfigDi
     Scoring a finished run therefore never loads its training split.
     """
     if workdir is not None:
-        path = pathlib.Path(workdir) / "qinit.npz"
-        if path.exists():
-            try:
-                with np.load(path) as f:
-                    name, _, collision = str(f["key"]).split("|")
-                    if name == dataset.name and collision == dataset.collision:
-                        return np.asarray(f["q"])
-            except (OSError, ValueError, KeyError, EOFError):
-                pass  # a damaged cache is recomputed below
+        cached = _read_q_cache(pathlib.Path(workdir) / "qinit.npz")
+        if cached is not None:
+            name, _, collision = (cached[0].split("|") + ["", ""])[:3]
+            if name == dataset.name and collision == dataset.collision:
+                return cached[1]
     train = load_arrays(dataset, dataset.train_split)
     if workdir is None:
         return compute_q(train["targets"], imaging.measurement_matrix().astype(np.float64), dataset.collision)

@@ -1,0 +1,164 @@
+"""The command-line layer: one style for every entry point, one-line errors, and workdirs that refuse a config
+they were not trained with."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import pathlib
+
+import ml_collections
+import pytest
+
+from experiments import cli, configs
+from seqcsist_jax import workdir as workdir_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(args, timeout=300):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def _error_lines(proc) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------- overrides
+
+
+def test_split_overrides_takes_both_spellings_out_of_argv():
+    rest, overrides = cli.split_overrides(["prog", "--workdir=w", "--config=derefnet", "--config.seed=3",
+                                           "--config.optimizer.learning_rate", "1e-3", "--force_config"])
+    assert rest == ["prog", "--workdir=w", "--config=derefnet", "--force_config"]
+    assert overrides == [("seed", "3"), ("optimizer.learning_rate", "1e-3")]
+    with pytest.raises(cli.UsageError, match="needs a value"):
+        cli.split_overrides(["prog", "--config.seed"])
+
+
+def test_apply_overrides_keeps_field_types():
+    config = configs.get_config("derefnet:smoke")
+    cli.apply_overrides(config, [("seed", "7"), ("optimizer.learning_rate", "2e-3"), ("shuffle", "false"),
+                                 ("dataset.data_dir", "/data/tfds"), ("dataset.max_eval_trajectories", "none"),
+                                 ("optimizer.grad_clip_norm", "1.5"), ("dataset.name", "seqcsist/mini")])
+    assert config.seed == 7 and isinstance(config.seed, int)
+    assert config.optimizer.learning_rate == 2e-3
+    assert config.shuffle is False
+    assert config.dataset.data_dir == "/data/tfds"
+    assert config.dataset.max_eval_trajectories is None
+    assert config.optimizer.grad_clip_norm == 1.5
+    assert config.dataset.name == "seqcsist/mini"
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("learning_rate", "abc", "unknown config field learning_rate; did you mean optimizer.learning_rate?"),
+    ("optimizer.learning_rat", "1", "did you mean optimizer.learning_rate?"),
+    ("optimizer.learning_rate", "abc", "expected a float"),
+    ("seed", "1.5", "expected an int"),
+    ("shuffle", "maybe", "expected a bool"),
+    ("optimizer", "1", "is a group of fields"),
+    ("nope.deeper", "1", "unknown config field nope.deeper"),
+])
+def test_apply_overrides_rejects_with_one_clear_line(key, value, message):
+    config = configs.get_config("derefnet:smoke")
+    with pytest.raises(cli.UsageError) as info:
+        cli.apply_overrides(config, [(key, value)])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_load_config_names_unknown_configs_and_variants():
+    with pytest.raises(cli.UsageError, match="unknown config 'nope'; available configs: .*derefnet"):
+        cli.load_config("nope")
+    with pytest.raises(cli.UsageError, match="unknown config variant 'fast'"):
+        cli.load_config("derefnet:fast")
+    with pytest.raises(cli.UsageError, match="--config is required; available configs"):
+        cli.require_config(None)
+
+
+def test_get_config_accepts_a_path(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text("from experiments.configs import derefnet\n"
+                    "def get_config(arg=None):\n    c = derefnet.get_config(arg)\n    c.seed = 11\n    return c\n")
+    assert configs.get_config(f"{path}:smoke").seed == 11
+    with pytest.raises(ValueError, match="not found"):
+        configs.get_config(str(tmp_path / "missing.py"))
+
+
+# ---------------------------------------------------------------------------------------------- workdirs
+
+
+def test_workdir_refuses_another_config_and_leaves_it_untouched(tmp_path):
+    run = configs.get_config("derefnet:smoke")
+    workdir_lib.save_or_check_run_config(tmp_path, run)
+    saved = (tmp_path / "config.json").read_text()
+    other = configs.get_config("srcnn:smoke")
+    with pytest.raises(workdir_lib.ConfigMismatchError) as info:
+        workdir_lib.save_or_check_run_config(tmp_path, other)
+    assert "model.name: 'derefnet' → 'srcnn'" in str(info.value) and "--force_config" in str(info.value)
+    assert (tmp_path / "config.json").read_text() == saved
+    # fields that do not change the result may differ between restarts
+    same = configs.get_config("derefnet:smoke")
+    same.progress_bar = True
+    same.dataset.data_dir = "/elsewhere"
+    workdir_lib.save_or_check_run_config(tmp_path, same)
+    assert json.loads((tmp_path / "config.json").read_text())["dataset"]["data_dir"] == "/elsewhere"
+    workdir_lib.save_or_check_run_config(tmp_path, other, force=True)
+    assert workdir_lib.load_run_config(tmp_path).model.name == "srcnn"
+
+
+def test_load_run_config_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        workdir_lib.load_run_config(tmp_path)
+    (tmp_path / "config.json").write_text('{"model": {"name": ')
+    with pytest.raises(ValueError, match=r"config.json: not valid JSON at line 1"):
+        workdir_lib.load_run_config(tmp_path)
+
+
+def test_config_differences_lists_changed_added_and_removed_keys():
+    old = {"a": 1, "b": {"c": 2, "d": [1, 2]}}
+    new = {"a": 1, "b": {"c": 3, "d": (1, 2)}, "e": None}
+    assert workdir_lib.config_differences(old, new) == ["b.c: 2 → 3", "e: (absent) → None"]
+    assert isinstance(ml_collections.ConfigDict(old), ml_collections.ConfigDict)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+@pytest.mark.slow
+def test_entry_points_help_and_errors(tmp_path):
+    for module in ("experiments.train", "experiments.evaluate"):
+        proc = _run(["-m", module, "--help"])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "available: derefnet" in proc.stdout
+    proc = _run(["-m", "experiments.compare", "--help"])
+    assert proc.returncode == 0 and "--budget_steps" in proc.stdout
+
+    missing = _run(["-m", "experiments.train", f"--workdir={tmp_path / 'w'}"])
+    assert missing.returncode == 2 and _error_lines(missing) == [
+        f"error: --config is required; available configs: {', '.join(configs.available_configs())} "
+        "(e.g. --config=derefnet_quick)"]
+    bad = _run(["-m", "experiments.train", "--config=derefnet:smoke", f"--workdir={tmp_path / 'w'}",
+                "--config.learning_rate=abc"])
+    assert bad.returncode == 2
+    assert _error_lines(bad) == ["error: unknown config field learning_rate; did you mean optimizer.learning_rate?"]
+    assert not (tmp_path / "w" / "config.json").exists()  # nothing written for a rejected command
+
+    # a workdir of another run is refused before anything in it changes
+    (tmp_path / "run").mkdir()
+    workdir_lib.save_or_check_run_config(tmp_path / "run", configs.get_config("derefnet:smoke"))
+    before = (tmp_path / "run" / "config.json").read_text()
+    other = _run(["-m", "experiments.train", "--config=srcnn:smoke", f"--workdir={tmp_path / 'run'}"])
+    assert other.returncode == 2 and len(_error_lines(other)) == 1
+    assert "holds a run of another config" in other.stderr and "model.name" in other.stderr
+    assert (tmp_path / "run" / "config.json").read_text() == before
+
+    no_run = _run(["-m", "experiments.evaluate", f"--workdir={tmp_path / 'empty'}"])
+    assert no_run.returncode == 2 and len(_error_lines(no_run)) == 1 and "config.json not found" in no_run.stderr
+
+    compare_bad = _run(["-m", "experiments.compare", f"--workdir={tmp_path / 'c'}", "--budget_steps=1",
+                        "--methods=srcnn", "--config.nope=1"])
+    assert compare_bad.returncode != 0 and "unknown config field nope" in compare_bad.stderr

@@ -1,0 +1,76 @@
+"""Small shared pieces of the run layer: atomic writes, protocol constants, batch sharding, split helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import configs
+from seqcsist_jax import fileio, protocol, sharding
+from seqcsist_jax.data import splits
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "sub" / "result.json"
+    fileio.atomic_write_json(path, {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}
+    with pytest.raises(RuntimeError):
+        with fileio.atomic_path(path) as tmp:
+            tmp.write_text('{"a": 2, "torn": ')
+            raise RuntimeError("killed mid-write")
+    assert json.loads(path.read_text()) == {"a": 1}  # the old file survives an interrupted write
+    assert sorted(os.listdir(path.parent)) == ["result.json"]  # and no temporary file is left behind
+    fileio.atomic_write(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    tmp = fileio.temporary_sibling(path, ".npz")
+    assert tmp.parent == path.parent and tmp.name.startswith(".") and tmp.suffix == ".npz"
+
+
+def test_scored_frames_follow_the_protocol():
+    assert protocol.scored_frame_range(20) == (2, 17)
+    np.testing.assert_array_equal(protocol.scored_frames(20), np.arange(2, 18))
+    np.testing.assert_array_equal(protocol.scored_frames(1, margin=0), [0])
+    with pytest.raises(ValueError, match="no scored frame"):
+        protocol.scored_frames(4)
+    assert protocol.METRIC_KEYS[0] == "mAP" and protocol.DECODERS[0] == "grid"
+
+
+def test_shard_batch_places_rows_and_rejects_uneven_batches():
+    mesh = sharding.data_mesh(jax.devices()[:1])
+    batch = {"frames": np.arange(6.0).reshape(3, 2), "labels": np.ones((3, 1))}
+    out = sharding.shard_batch(batch, mesh, keys=("frames",))
+    assert set(out) == {"frames"}
+    np.testing.assert_array_equal(np.asarray(out["frames"]), batch["frames"])
+    if jax.device_count() >= 2:
+        with pytest.raises(ValueError, match="cannot be split evenly over 2 devices"):
+            sharding.shard_batch(batch, sharding.data_mesh(jax.devices()[:2]))
+
+
+def test_split_helpers_count_and_check_without_loading():
+    dataset = configs.get_config("derefnet:smoke").dataset
+    assert splits.count_split(dataset, dataset.train_split) == dataset.num_train
+    with pytest.raises(ValueError, match="unknown split 'val'.*train, validation, test"):
+        splits.count_split(dataset, "val")
+    arrays = splits.load_arrays(dataset, dataset.test_split)
+    assert arrays["frames"].shape[:2] == (dataset.num_test, dataset.simulate.frames_per_trajectory)
+
+
+def test_q_for_workdir_reuses_the_cache_of_the_same_data(tmp_path):
+    dataset = configs.get_config("derefnet:smoke").dataset
+    q = splits.q_for_workdir(tmp_path, dataset)
+    assert q.shape == (1089, 121) and (tmp_path / "qinit.npz").exists()
+    # the cached file is what is read back (poison it to prove it)
+    with np.load(tmp_path / "qinit.npz") as f:
+        key = str(f["key"])
+    np.savez(tmp_path / "qinit.npz", q=np.full_like(q, 7.0), key=key)
+    assert np.all(splits.q_for_workdir(tmp_path, dataset) == 7.0)
+    # another collision rule is not the same Q
+    dataset.collision = "overwrite"
+    assert not np.all(splits.q_for_workdir(tmp_path, dataset) == 7.0)
+    # a damaged cache is recomputed, not an error
+    (tmp_path / "qinit.npz").write_bytes(b"garbage")
+    np.testing.assert_allclose(splits.q_for_workdir(tmp_path, dataset), splits.q_for_workdir(None, dataset))
