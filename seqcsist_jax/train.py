@@ -422,8 +422,11 @@ def _say(message: str) -> None:
 
 
 def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()
-            if v is not None and np.ndim(v) == 0 and not isinstance(v, (str, dict))}
+    # Undefined diagnostics (e.g. the RMSE of a split without a single match) are left out rather than logged
+    # as NaN, which TensorBoard warns about on every write.
+    scalars = {k: float(v) for k, v in metrics.items()
+               if v is not None and np.ndim(v) == 0 and not isinstance(v, (str, dict))}
+    return {k: v for k, v in scalars.items() if np.isfinite(v)}
 
 
 def _final_test(trainer: Trainer, state: TrainState) -> dict:
