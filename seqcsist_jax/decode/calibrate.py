@@ -63,13 +63,12 @@ def _check_inputs(frames: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"calibrate: targets must have shape {want} matching frames {fr.shape}, got {tg.shape}")
     if fr.size == 0:
         raise ValueError(f"calibrate: no frames to calibrate on (frames shape {fr.shape})")
-    tg = tg.reshape(-1, tg.shape[-2], 3)
-    if tg.shape[1] == 0 or not np.any(tg[..., 2] != 0):
+    if tg.shape[-2] == 0 or not np.any(tg[..., 2] != 0):
         raise ValueError(
             "calibrate: targets hold no labelled target (every row has brightness 0); calibration needs "
             "frames with their target labels (xc, yc, brightness)"
         )
-    return fr.reshape(-1, fr.shape[-2], fr.shape[-1]), tg
+    return fr.reshape(-1, fr.shape[-2], fr.shape[-1]), tg.reshape(-1, tg.shape[-2], 3)
 
 
 def _theta_to_params(theta: np.ndarray, noise_std: float) -> ImagingParams:
