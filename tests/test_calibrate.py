@@ -9,7 +9,15 @@ import pytest
 
 from seqcsist_jax import imaging
 from seqcsist_jax.data.simulate import simulate_seqcsist
-from seqcsist_jax.decode import ImagingParams, calibrate, calibrate_split, decode, decode_arrays, make_options
+from seqcsist_jax.decode import (
+    ImagingParams,
+    calibrate,
+    calibrate_split,
+    decode,
+    decode_arrays,
+    load_or_calibrate,
+    make_options,
+)
 from seqcsist_jax.decode.imaging_params import (
     DEFAULT_IMAGING,
     render_frames,
@@ -217,3 +225,20 @@ def test_render_frames_matches_imaging_render(data):
     np.testing.assert_array_equal(render_frames(t), imaging.quantize(imaging.render(t)))
     with pytest.raises(ValueError, match="rng"):
         render_frames(t, ImagingParams(noise_std=1.0))
+
+
+def test_load_or_calibrate_stores_and_reuses_json(data, tmp_path):
+    frames = render_frames(data["targets"], CASES["blurred_shifted"])
+    path = tmp_path / "run" / "imaging.json"
+    params, fresh = load_or_calibrate(path, lambda: {"frames": frames, "targets": data["targets"]})
+    assert fresh and path.exists()
+    _close(params, CASES["blurred_shifted"])
+
+    def must_not_load():
+        raise AssertionError("the stored parameters should be reused")
+
+    again, fresh = load_or_calibrate(path, must_not_load)
+    assert not fresh and again == params
+    path.write_text('{"sigma": 0.5}')
+    with pytest.raises(ValueError, match="imaging.json"):
+        load_or_calibrate(path, must_not_load)

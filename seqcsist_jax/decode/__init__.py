@@ -17,11 +17,12 @@ Modules by job:
   trajectory  polynomial-path fits of whole trajectories
   api         decode / decode_arrays, scores
   imaging_params  ImagingParams (σ, label→pixel offset, gain, background, noise): the forward model of a data set
-  calibrate   maximum-likelihood ImagingParams from labelled frames (calibrate, calibrate_split)
+  calibrate   maximum-likelihood ImagingParams from labelled frames (calibrate, calibrate_split,
+              load_or_calibrate)
 """
 
 from seqcsist_jax.decode.api import Decoded, decode, decode_arrays, localisation_confidence, map_seeds
-from seqcsist_jax.decode.calibrate import calibrate, calibrate_split
+from seqcsist_jax.decode.calibrate import calibrate, calibrate_split, load_or_calibrate
 from seqcsist_jax.decode.imaging_params import DEFAULT_IMAGING, ImagingParams
 from seqcsist_jax.decode.maps import grid_detections, peak_detections, physics_maps
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
@@ -37,6 +38,7 @@ __all__ = [
     "decode",
     "decode_arrays",
     "grid_detections",
+    "load_or_calibrate",
     "localisation_confidence",
     "make_options",
     "map_seeds",

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Mapping
+import pathlib
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +33,7 @@ from seqcsist_jax.decode import forward
 from seqcsist_jax.decode.imaging_params import DEFAULT_IMAGING, ImagingParams
 from seqcsist_jax.decode.lm import levenberg_marquardt
 
-__all__ = ["calibrate", "calibrate_split", "calibration_residual_variance"]
+__all__ = ["calibrate", "calibrate_split", "calibration_residual_variance", "load_or_calibrate"]
 
 #: Frames per scan step of the normal equations (memory ~ chunk·S²·5 floats for the Jacobian).
 _CHUNK = 1024
@@ -215,3 +216,27 @@ def calibrate_split(arrays: Mapping[str, Any], *, max_frames: int | None = 20000
         raise ValueError(f"calibrate_split: arrays lack {missing} (have {sorted(arrays)}); "
                          "expected the TFDS layout with 'frames' and 'targets'")
     return calibrate(arrays["frames"], arrays["targets"], max_frames=max_frames, seed=seed, **kwargs)
+
+
+def load_or_calibrate(
+    path: str | pathlib.Path,
+    arrays: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+    **kwargs: Any,
+) -> tuple[ImagingParams, bool]:
+    """The imaging parameters stored at ``path`` (JSON), or calibrated from ``arrays`` and stored there.
+
+    For a CLI: ``params, fresh = load_or_calibrate(workdir / "imaging.json", lambda: load_split("train"))``
+    calibrates once per run directory (``arrays`` may be a callable so the split is only loaded when needed).
+
+    Returns:
+      The parameters and whether they were calibrated now (``False``: read from ``path``).
+    """
+    from seqcsist_jax.fileio import atomic_write
+
+    path = pathlib.Path(path)
+    if path.exists():
+        return ImagingParams.from_json(path.read_text(), source=str(path)), False
+    params = calibrate_split(arrays() if callable(arrays) else arrays, **kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, params.to_json() + "\n")
+    return params, True
