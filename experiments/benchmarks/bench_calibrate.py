@@ -13,7 +13,10 @@ parameters and stored as 8-bit (rounded, clipped at 255). Cases (mismatches agai
 
 * ``sigma0.58_shift``: PSF σ 0.58 px and a (¼, ¼) px label→pixel shift (the issue's example);
 * ``sigma0.45_shift``: σ 0.45 px, same shift (a sharper PSF: more clipped pixels);
-* ``noise3_bg10``: σ 0.58, (¼, ¼) shift, background 10 grey levels and Gaussian noise σ = 3.
+* ``noise3_bg10_shift``: σ 0.5, (¼, ¼) shift, background 10 grey levels and Gaussian noise σ = 3;
+* ``noise3_bg10_sigma0.58_shift``: all of it (σ 0.58 as well). Its matched data (σ 0.5) carry more information
+  than the σ 0.58 frames, so calibrated decoding is compared with the true parameters there (the matched-data
+  gap is the cost of the blur, not of calibration).
 
 Rows per case (``--methods``, default ``trajectory``; scored frames 2..17):
 
@@ -49,7 +52,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CASES: dict[str, ImagingParams] = {
     "sigma0.58_shift": ImagingParams(sigma=0.58, offset=(0.25, 0.25)),
     "sigma0.45_shift": ImagingParams(sigma=0.45, offset=(0.25, 0.25)),
-    "noise3_bg10": ImagingParams(sigma=0.58, offset=(0.25, 0.25), background=10.0, noise_std=3.0),
+    "noise3_bg10_shift": ImagingParams(offset=(0.25, 0.25), background=10.0, noise_std=3.0),
+    "noise3_bg10_sigma0.58_shift": ImagingParams(sigma=0.58, offset=(0.25, 0.25), background=10.0, noise_std=3.0),
 }
 SIGMA_TOL, OFFSET_TOL, MAP_TOL = 0.005, 0.01, 1.0
 
@@ -101,8 +105,9 @@ def run_case(name: str, true: ImagingParams, test: dict, train: dict, args: argp
         "offset_within_0.01": max(abs(errs["offset_x"]), abs(errs["offset_y"])) < OFFSET_TOL,
     }
     if "trajectory" in args.methods:
-        gap = by[("trajectory", "matched data")]["mAP"] - by[("trajectory", "calibrated")]["mAP"]
-        checks["trajectory_within_1_of_matched"] = gap < MAP_TOL
+        cal = by[("trajectory", "calibrated")]["mAP"]
+        checks["trajectory_within_1_of_matched_data"] = by[("trajectory", "matched data")]["mAP"] - cal < MAP_TOL
+        checks["trajectory_within_1_of_true_params"] = by[("trajectory", "true params")]["mAP"] - cal < MAP_TOL
     print(f"[{name}] checks: {checks}")
     return {"case": name, "true": true.to_dict(), "calibrated": est.to_dict(), "errors": errs,
             "calibration_seconds": calib_s, "calibration_frames": int(train_frames.shape[0] * 20),
