@@ -34,9 +34,9 @@ def data():
 
 
 # Tolerances: the five parameters are global, so with ~350 bright (220–250) targets their statistical error is
-# ~1e-4 px for σ/offsets and ~1e-3 for gain even with noise σ = 3 (measured ≤ 4e-4 / 5e-4); what remains is the
-# small bias of treating rounding as Gaussian (background −0.006 on noise-free data). The tolerances are the
-# issue's targets (σ 0.005, offset 0.01 px) and, for gain/background/noise, 10× the measured errors.
+# ~1e-4 px for σ/offsets and ~1e-3 for gain even with noise σ = 3 (measured ≤ 4e-4 / 5e-4); what remains is
+# the small bias of treating rounding as Gaussian (background −0.006 on noise-free data). The tolerances are
+# the issue's targets (σ 0.005, offset 0.01 px) and, for gain/background/noise, 10× the measured errors.
 TOL = {"sigma": 0.005, "offset": 0.01, "gain": 0.005, "background": 0.1, "noise_std": 0.1}
 
 CASES = {
@@ -90,7 +90,8 @@ def test_calibrate_single_images_and_subsets(data):
     n, t = frames.shape[:2]
     whole = calibrate(frames, data["targets"])
     single = calibrate(frames.reshape(n * t, 11, 11), data["targets"].reshape(n * t, -1, 3))
-    assert np.allclose(whole.sigma, single.sigma, atol=1e-6) and np.allclose(whole.offset, single.offset, atol=1e-6)
+    assert np.allclose(whole.sigma, single.sigma, atol=1e-6)
+    assert np.allclose(whole.offset, single.offset, atol=1e-6)
     sub = calibrate_split({"frames": frames, "targets": data["targets"]}, max_frames=60)
     _close(sub, CASES["blurred_shifted"])
 
@@ -145,8 +146,8 @@ def test_default_imaging_is_bit_identical(data):
 
 @pytest.mark.parametrize("method", ["trajectory", "peak"])
 def test_offset_convention(data, method):
-    """Frames rendered with offset (dx, dy) from labels t - (dx, dy) are the default frames of t; decoding them
-    with that offset gives the default decoding of the default frames, shifted by -(dx, dy)."""
+    """Frames rendered with offset (dx, dy) from labels t - (dx, dy) are the default frames of t; decoding
+    them with that offset gives the default decoding of the default frames, shifted by -(dx, dy)."""
     off = ImagingParams(offset=(0.25, -0.15))
     targets = data["targets"][:2]
     shifted_labels = targets.copy()

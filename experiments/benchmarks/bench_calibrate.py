@@ -53,7 +53,8 @@ CASES: dict[str, ImagingParams] = {
     "sigma0.58_shift": ImagingParams(sigma=0.58, offset=(0.25, 0.25)),
     "sigma0.45_shift": ImagingParams(sigma=0.45, offset=(0.25, 0.25)),
     "noise3_bg10_shift": ImagingParams(offset=(0.25, 0.25), background=10.0, noise_std=3.0),
-    "noise3_bg10_sigma0.58_shift": ImagingParams(sigma=0.58, offset=(0.25, 0.25), background=10.0, noise_std=3.0),
+    "noise3_bg10_sigma0.58_shift": ImagingParams(sigma=0.58, offset=(0.25, 0.25), background=10.0,
+                                                 noise_std=3.0),
 }
 SIGMA_TOL, OFFSET_TOL, MAP_TOL = 0.005, 0.01, 1.0
 
@@ -83,7 +84,8 @@ def run_case(name: str, true: ImagingParams, test: dict, train: dict, args: argp
     est = calibrate(train_frames, train["targets"])
     calib_s = time.perf_counter() - t0
     errs = param_errors(est, true)
-    print(f"[{name}] true  {true}\n[{name}] calib {est}  ({calib_s:.1f} s, {train_frames.shape[0] * 20} frames)")
+    print(f"[{name}] true  {true}")
+    print(f"[{name}] calib {est}  ({calib_s:.1f} s, {train_frames.shape[0] * 20} frames)")
     rows = []
     runs: list[tuple[str, np.ndarray, ImagingParams | None]] = [
         ("uncalibrated", frames, None), ("calibrated", frames, est), ("true params", frames, true),
@@ -106,8 +108,9 @@ def run_case(name: str, true: ImagingParams, test: dict, train: dict, args: argp
     }
     if "trajectory" in args.methods:
         cal = by[("trajectory", "calibrated")]["mAP"]
-        checks["trajectory_within_1_of_matched_data"] = by[("trajectory", "matched data")]["mAP"] - cal < MAP_TOL
-        checks["trajectory_within_1_of_true_params"] = by[("trajectory", "true params")]["mAP"] - cal < MAP_TOL
+        for ref in ("matched data", "true params"):
+            key = f"trajectory_within_1_of_{ref.replace(' ', '_')}"
+            checks[key] = by[("trajectory", ref)]["mAP"] - cal < MAP_TOL
     print(f"[{name}] checks: {checks}")
     return {"case": name, "true": true.to_dict(), "calibrated": est.to_dict(), "errors": errs,
             "calibration_seconds": calib_s, "calibration_frames": int(train_frames.shape[0] * 20),
@@ -120,7 +123,8 @@ def markdown(res: dict) -> str:
         "# Calibrated forward model (issue 14)", "",
         f"`python -m experiments.benchmarks.bench_calibrate` — {a['trajectories']} test trajectories "
         f"({a['trajectories'] * 16} scored frames), calibration on {a['calib_trajectories']} train "
-        f"trajectories ({a['calib_trajectories'] * 20} frames), base seed {a['base_seed']}; 8-bit frames.", "",
+        f"trajectories ({a['calib_trajectories'] * 20} frames), base seed {a['base_seed']}; 8-bit frames.",
+        "",
         "## Recovered parameters", "",
         "| case | | σ (px) | dx (px) | dy (px) | gain | background | noise std | calib. time (s) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -137,7 +141,8 @@ def markdown(res: dict) -> str:
                  f"{p['offset'][0]:+.4f} | {p['offset'][1]:+.4f} | {p['gain']:.4f} | {p['background']:.3f} | "
                  f"{p['noise_std']:.3f} | {d['seconds']:.1f} |")
     lines += ["", "## Decoding", "",
-              "| case | decoding | method | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | count acc. | RMSE (px) |",
+              "| case | decoding | method | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | count acc. "
+              "| RMSE (px) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in res["cases"]:
         for r in c["rows"]:
@@ -146,7 +151,8 @@ def markdown(res: dict) -> str:
                          + f" | {r['count_accuracy']:.3f} | {r['rmse']:.4f} |")
     lines += ["", "## Checks (issue 14 targets)", ""]
     for c in res["cases"]:
-        lines.append(f"- {c['case']}: " + ", ".join(f"{k} {'✓' if v else '✗'}" for k, v in c["checks"].items()))
+        marks = ", ".join(f"{k} {'✓' if v else '✗'}" for k, v in c["checks"].items())
+        lines.append(f"- {c['case']}: {marks}")
     lines += [f"- seqcsist/default comes out as the defaults (σ ±0.005, offset ±0.01, gain ±0.005, "
               f"background ±0.05): {'✓' if d['is_default'] else '✗'}", "",
               f"Total {res['seconds']:.0f} s. Machine: {res['machine']}", ""]
@@ -158,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--trajectories", type=int, default=40)
     p.add_argument("--calib-trajectories", type=int, default=40)
     p.add_argument("--default-trajectories", type=int, default=500)
-    p.add_argument("--methods", nargs="+", default=["trajectory"], choices=["grid", "peak", "refine", "trajectory"])
+    p.add_argument("--methods", nargs="+", default=["trajectory"],
+                   choices=["grid", "peak", "refine", "trajectory"])
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--base-seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -179,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     res: dict[str, Any] = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "cases": cases,
-        "default": {"calibrated": est.to_dict(), "seconds": dt, "frames": int(default["frames"].shape[0] * 20),
+        "default": {"calibrated": est.to_dict(), "seconds": dt,
+                    "frames": int(default["frames"].shape[0] * 20),
                     "is_default": bool(is_default)},
         "seconds": time.perf_counter() - start,
         "machine": machine(),

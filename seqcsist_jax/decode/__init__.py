@@ -16,7 +16,7 @@ Modules by job:
   frames      per-frame fits for every count (greedy add/split/map starts), count criterion
   trajectory  polynomial-path fits of whole trajectories
   api         decode / decode_arrays, scores
-  imaging_params  ImagingParams (σ, label→pixel offset, gain, background, noise): the forward model of a data set
+  imaging_params  ImagingParams (σ, label→pixel offset, gain, background, noise): a data set's forward model
   calibrate   maximum-likelihood ImagingParams from labelled frames (calibrate, calibrate_split,
               load_or_calibrate)
 """

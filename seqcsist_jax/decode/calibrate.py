@@ -54,14 +54,17 @@ def _as_float(name: str, x: Any) -> np.ndarray:
 
 
 def _check_inputs(frames: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(F, S, S)`` frames and ``(F, K, 3)`` targets from the ``(N, T, …)`` or single-image ``(N, …)`` layouts."""
+    """``(F, S, S)`` frames and ``(F, K, 3)`` targets from the ``(N, T, …)`` or single-image ``(N, …)``
+    layouts."""
     fr, tg = _as_float("frames", frames), _as_float("targets", targets)
     if fr.ndim not in (3, 4) or fr.shape[-1] != fr.shape[-2]:
         raise ValueError(f"calibrate: frames must have shape (N, T, S, S) or (N, S, S), got {fr.shape}")
     lead = fr.shape[:-2]
     if tg.ndim != fr.ndim or tg.shape[:-2] != lead or tg.shape[-1] != 3:
         want = "(N, T, MAXT, 3)" if fr.ndim == 4 else "(N, MAXT, 3)"
-        raise ValueError(f"calibrate: targets must have shape {want} matching frames {fr.shape}, got {tg.shape}")
+        raise ValueError(
+            f"calibrate: targets must have shape {want} matching frames {fr.shape}, got {tg.shape}"
+        )
     if fr.size == 0:
         raise ValueError(f"calibrate: no frames to calibrate on (frames shape {fr.shape})")
     if tg.shape[-2] == 0 or not np.any(tg[..., 2] != 0):
@@ -74,7 +77,8 @@ def _check_inputs(frames: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _theta_to_params(theta: np.ndarray, noise_std: float) -> ImagingParams:
     log_s, dx, dy, gain, bg = (float(v) for v in theta)
-    return ImagingParams(sigma=math.exp(log_s), offset=(dx, dy), gain=gain, background=bg, noise_std=noise_std)
+    return ImagingParams(sigma=math.exp(log_s), offset=(dx, dy), gain=gain, background=bg,
+                         noise_std=noise_std)
 
 
 def _chunk_residuals(theta: jax.Array, obs: jax.Array, tg: jax.Array, weight: jax.Array,
@@ -157,18 +161,19 @@ def calibrate(
 
     Args:
       frames: ``(N, T, S, S)`` raw grey values (uint8 as stored, or float), or ``(N, S, S)`` single images.
-      targets: ``(N, T, MAXT, 3)`` (or ``(N, MAXT, 3)``) label rows ``(xc, yc, brightness)``, zero rows padding;
-        frames whose rows are all padding count as empty frames (they still inform background and noise).
-      clip_level: the 8-bit saturation level (pixels stored there are censored); ``None`` for none. Frames with
-        a pixel above it are taken as unclipped, as in the decoders.
+      targets: ``(N, T, MAXT, 3)`` (or ``(N, MAXT, 3)``) label rows ``(xc, yc, brightness)``, zero rows
+        padding; frames whose rows are all padding count as empty frames (they still inform background and
+        noise).
+      clip_level: the 8-bit saturation level (pixels stored there are censored); ``None`` for none. Frames
+        with a pixel above it are taken as unclipped, as in the decoders.
       iterations: Levenberg–Marquardt iterations (fixed budget; the problem is nearly linear, ~5 suffice).
       max_frames: fit on a random subset of this many frames (``seed``) when there are more; ``None``: all.
       init: starting point of the fit (the SPEC §2 model by default; offsets within about ±σ of the truth
         converge from it).
 
     Returns:
-      :class:`ImagingParams` (σ, offset ``(dx, dy)``: label ``(xc, yc)`` is imaged at ``(xc+dx, yc+dy)``, gain,
-      background, ``noise_std``).
+      :class:`ImagingParams` (σ, offset ``(dx, dy)``: label ``(xc, yc)`` is imaged at ``(xc+dx, yc+dy)``,
+      gain, background, ``noise_std``).
 
     Raises:
       ValueError: bad shapes, NaN/inf, no frames, or no labelled target.
@@ -199,14 +204,15 @@ def calibrate(
     )
     theta = np.asarray(theta, np.float64)
     if not np.all(np.isfinite(theta)):
-        raise ValueError("calibrate: the fit diverged (non-finite parameters); check that targets label frames")
+        raise ValueError("calibrate: the fit diverged (non-finite parameters); check that targets label "
+                         "frames")
     s2 = calibration_residual_variance(float(cost), int(live))
     return _theta_to_params(theta, math.sqrt(max(s2 - 1.0 / 12.0, 0.0)))
 
 
 def calibrate_split(arrays: Mapping[str, Any], *, max_frames: int | None = 20000, seed: int = 0,
                     **kwargs: Any) -> ImagingParams:
-    """:func:`calibrate` on a split's arrays (the TFDS layout: ``frames (N, T, S, S)``, ``targets (N, T, MAXT, 3)``).
+    """:func:`calibrate` on a split's arrays (the TFDS layout: ``frames`` and ``targets``).
 
     By default at most 20,000 frames (a random subset, ``seed``) are used: the five parameters are then known
     to ~1e-4 px, and a whole training split would only cost time. ``kwargs`` go to :func:`calibrate`.

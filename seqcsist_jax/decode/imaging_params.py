@@ -4,11 +4,11 @@ A stored frame of targets labelled ``(xc, yc, b)`` is modelled as
 
     ``frame = clip(round(gain · Σ_k b_k · a_σ(xc_k + dx) ⊗ a_σ(yc_k + dy) + background + n), 0, 255)``
 
-with ``a_σ`` the pixel integrals of the Gaussian PSF of width ``σ`` (SPEC §2, :func:`seqcsist_jax.imaging.render`)
-and ``n`` additive Gaussian noise of std ``noise_std`` grey levels. **Offset convention**: a target labelled
-at ``(xc, yc)`` is imaged at pixel coordinates ``(xc + dx, yc + dy)``; decoders fit in pixel coordinates and
-report label coordinates (``x - dx, y - dy``). The defaults (σ 0.5, offset 0, gain 1, background 0, noise 0)
-are the SeqCSIST model of SPEC §2.
+with ``a_σ`` the pixel integrals of the Gaussian PSF of width ``σ`` (SPEC §2,
+:func:`seqcsist_jax.imaging.render`) and ``n`` additive Gaussian noise of std ``noise_std`` grey levels.
+**Offset convention**: a target labelled at ``(xc, yc)`` is imaged at pixel coordinates
+``(xc + dx, yc + dy)``; decoders fit in pixel coordinates and report label coordinates (``x - dx, y - dy``).
+The defaults (σ 0.5, offset 0, gain 1, background 0, noise 0) are the SeqCSIST model of SPEC §2.
 
 :func:`to_fit_space` / :func:`to_label_space` turn a decoding problem with given imaging parameters into the
 default-model problem the decoders solve (frames minus background, brightness in ``gain × label`` units,
@@ -88,7 +88,9 @@ class ImagingParams:
     def from_dict(cls, data: Mapping[str, Any], source: str = "imaging parameters") -> "ImagingParams":
         """From a mapping with exactly the five fields; errors name ``source`` and the field."""
         if not isinstance(data, Mapping):
-            raise ValueError(f"{source}: expected a JSON object with fields {_FIELDS}, got {type(data).__name__}")
+            raise ValueError(
+                f"{source}: expected a JSON object with fields {_FIELDS}, got {type(data).__name__}"
+            )
         missing = [f for f in _FIELDS if f not in data]
         extra = sorted(set(data) - set(_FIELDS))
         if missing or extra:
@@ -110,8 +112,8 @@ class ImagingParams:
 
     def __str__(self) -> str:
         dx, dy = self.offset
-        return (f"imaging: sigma={self.sigma:.4f} px, offset=({dx:+.4f}, {dy:+.4f}) px, gain={self.gain:.4f}, "
-                f"background={self.background:.3f}, noise_std={self.noise_std:.3f}")
+        return (f"imaging: sigma={self.sigma:.4f} px, offset=({dx:+.4f}, {dy:+.4f}) px, "
+                f"gain={self.gain:.4f}, background={self.background:.3f}, noise_std={self.noise_std:.3f}")
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ImagingParams))
@@ -168,8 +170,9 @@ def to_fit_space(frames: np.ndarray, options: dict[str, Any], params: ImagingPar
     """
     both = sorted(set(options) & set(IMAGING_OPTIONS))
     if both:
+        given = ", ".join(f"{k}={options[k]!r}" for k in both)
         raise ValueError(f"decode: pass {', '.join(both)} through imaging=ImagingParams(...), not as well as "
-                         f"options (got imaging={params} and {', '.join(f'{k}={options[k]!r}' for k in both)})")
+                         f"options (got imaging={params} and {given})")
     from seqcsist_jax.decode.options import DecodeOptions
 
     base = DecodeOptions()
@@ -185,7 +188,7 @@ def to_fit_space(frames: np.ndarray, options: dict[str, Any], params: ImagingPar
 
 
 def to_label_space(rows: np.ndarray, params: ImagingParams) -> np.ndarray:
-    """Rows ``(..., ≥3)`` ``(x, y, b, …)`` fitted in pixel/grey-level units → label coordinates and brightness.
+    """Rows ``(..., ≥3)`` ``(x, y, b, …)`` fitted in pixel/grey-level units → label coordinates, brightness.
 
     Positions minus the offset, brightness divided by the gain; further columns (scores) unchanged.
     """
