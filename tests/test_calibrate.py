@@ -217,6 +217,8 @@ def test_fit_space_sets_sigma_noise_and_prior():
     np.testing.assert_array_equal(frames, np.full((1, 1, 11, 11), 2.0, np.float32))
     assert opts == {"max_targets": 3, "sigma": 0.6, "noise_sigma": 3.0, "clip_level": 250.0,
                     "brightness_prior": (470.0, 17.32)}
+    _, opts_box = to_fit_space(frames, {"brightness_range": (220.0, 250.0)}, p)
+    assert opts_box["brightness_range"] == (440.0, 500.0)
     # The count criterion's noise variance is the calibrated one (plus rounding).
     assert make_options(**opts).noise_variance == 1 / 12 + 9.0
 
