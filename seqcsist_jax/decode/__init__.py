@@ -16,19 +16,29 @@ Modules by job:
   frames      per-frame fits for every count (greedy add/split/map starts), count criterion
   trajectory  polynomial-path fits of whole trajectories
   api         decode / decode_arrays, scores
+  imaging_params  ImagingParams (σ, label→pixel offset, gain, background, noise): a data set's forward model
+  calibrate   maximum-likelihood ImagingParams from labelled frames (calibrate, calibrate_split,
+              load_or_calibrate)
 """
 
 from seqcsist_jax.decode.api import Decoded, decode, decode_arrays, localisation_confidence, map_seeds
+from seqcsist_jax.decode.calibrate import calibrate, calibrate_split, load_or_calibrate
+from seqcsist_jax.decode.imaging_params import DEFAULT_IMAGING, ImagingParams
 from seqcsist_jax.decode.maps import grid_detections, peak_detections, physics_maps
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
 
 __all__ = [
+    "DEFAULT_IMAGING",
     "METHODS",
     "DecodeOptions",
+    "ImagingParams",
     "Decoded",
+    "calibrate",
+    "calibrate_split",
     "decode",
     "decode_arrays",
     "grid_detections",
+    "load_or_calibrate",
     "localisation_confidence",
     "make_options",
     "map_seeds",

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from seqcsist_jax.decode import frames as frames_mod
+from seqcsist_jax.decode import imaging_params as imaging_mod
 from seqcsist_jax.decode import maps as maps_mod
 from seqcsist_jax.decode import trajectory as traj_mod
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
@@ -26,7 +27,9 @@ class Decoded:
       count_prob: ``(N, T)`` probability of the chosen count.
       frame_cost: ``(N, T, Kmax+1)`` per-frame fit cost for every count ``K = 0..Kmax`` (both methods fit
         frames).
-      trajectory: the :class:`~seqcsist_jax.decode.trajectory.TrajectoryFits` (``trajectory`` only).
+      trajectory: the :class:`~seqcsist_jax.decode.trajectory.TrajectoryFits` (``trajectory`` only). With
+        non-default ``imaging`` its params stay in fit units (pixel coordinates, brightness × gain); the
+        detections are in label units.
     """
 
     detections: np.ndarray
@@ -117,21 +120,41 @@ def map_seeds(maps: np.ndarray, opts: DecodeOptions, slots: int) -> tuple[np.nda
     return seeds, count
 
 
-def _frame_fits(frames: np.ndarray, maps: np.ndarray | None, opts: DecodeOptions, progress: bool):
+def _check_imaging(imaging: Any) -> imaging_mod.ImagingParams | None:
+    """``None`` for the default model (the unchanged code path), else the validated parameters."""
+    if imaging is None:
+        return None
+    if not isinstance(imaging, imaging_mod.ImagingParams):
+        raise ValueError(f"decode: imaging must be an ImagingParams (or None), got {type(imaging).__name__}")
+    return None if imaging.is_default else imaging
+
+
+def _frame_fits(frames: np.ndarray, maps: np.ndarray | None, opts: DecodeOptions, progress: bool,
+                imaging: imaging_mod.ImagingParams | None = None):
     n, t, s, _ = frames.shape
     flat = frames.reshape(n * t, s, s)
     seeds = seed_count = None
     if maps is not None and opts.map_seeds:
         seeds, seed_count = map_seeds(maps, opts, frames_mod.slots_for(opts.max_targets))
+        if imaging is not None:  # maps are in label units, the fit in pixel/grey-level units
+            seeds = imaging_mod.to_pixel_space(seeds, imaging)
     return frames_mod.fit_frames(flat, opts, seeds, seed_count, progress=progress)
 
 
 def decode_arrays(
-    frames: Any, maps: Any = None, method: str = "trajectory", progress: bool = False, **options: Any
+    frames: Any,
+    maps: Any = None,
+    method: str = "trajectory",
+    progress: bool = False,
+    imaging: imaging_mod.ImagingParams | None = None,
+    **options: Any,
 ) -> Decoded:
     """Continuous decoding (``refine`` or ``trajectory``) as padded arrays; see :func:`decode`."""
     if method not in ("refine", "trajectory"):
         raise ValueError(f"decode_arrays supports 'refine' and 'trajectory', got {method!r}")
+    imaging = _check_imaging(imaging)
+    if imaging is not None:
+        frames, options = imaging_mod.to_fit_space(_check_frames(frames), options, imaging)
     opts = make_options(**options)
     frames = _check_frames(frames)
     n, t, s, _ = frames.shape
@@ -140,7 +163,7 @@ def decode_arrays(
         m, first = _check_maps(maps, frames, opts.c)
         full_maps, _ = _full_maps(m, first, t)
     kmax = opts.max_targets
-    fits = _frame_fits(frames, full_maps, opts, progress)
+    fits = _frame_fits(frames, full_maps, opts, progress, imaging)
     crit = frames_mod.count_criterion(fits.cost, 3, opts, opts.count_penalty)  # (F, Kmax+1), index = K
     chosen = np.argmin(crit, axis=-1)
     rel = crit - crit[np.arange(crit.shape[0]), chosen][:, None]
@@ -158,6 +181,8 @@ def decode_arrays(
         params, var = traj.params, traj.pos_var
         counts = np.repeat(traj.count[:, None], t, axis=1)
         prob = np.repeat(traj.count_prob[:, None], t, axis=1)
+    if imaging is not None:
+        params = imaging_mod.to_label_space(params, imaging)
     active = np.arange(kmax)[None, None, :] < counts[..., None]
     score = prob[..., None] * localisation_confidence(np.where(active, var, 1.0), opts.score_radius)
     det = np.concatenate([params.astype(np.float64), score[..., None]], axis=-1)
@@ -167,7 +192,11 @@ def decode_arrays(
 
 
 def decode(
-    frames: Any, maps: Any = None, method: str = "trajectory", **options: Any
+    frames: Any,
+    maps: Any = None,
+    method: str = "trajectory",
+    imaging: imaging_mod.ImagingParams | None = None,
+    **options: Any,
 ) -> list[list[np.ndarray]]:
     """Decodes continuous target positions and brightnesses from SeqCSIST frames.
 
@@ -187,6 +216,13 @@ def decode(
         ``grid`` and ``peak`` need maps; without them the physics-only map
         (:func:`seqcsist_jax.decode.maps.physics_maps`, non-negative sparse least squares on Φ) is used.
         ``refine`` and ``trajectory`` work from the frames alone; maps only add starts (their peaks).
+      imaging: the forward model (:class:`~seqcsist_jax.decode.imaging_params.ImagingParams`: PSF σ, label →
+        pixel offset, gain, background, noise level), e.g. from :func:`~seqcsist_jax.decode.calibrate`.
+        ``None`` (or the defaults) is the SPEC §2 model. It is used by ``refine``/``trajectory`` and by the
+        physics-only maps of ``grid``/``peak``; given maps are already in label units and are decoded as
+        they are. It sets ``sigma`` and ``noise_sigma`` (passing those as well is an error); ``clip_level``
+        stays the stored level (255) and ``brightness_prior`` stays in label units. Detections are returned
+        in label coordinates and brightness.
       **options: fields of :class:`~seqcsist_jax.decode.options.DecodeOptions`, plus ``progress`` (bool,
         tqdm bars) and, for ``grid``/``peak`` without maps, ``physics_iterations`` (FISTA iterations, 100).
 
@@ -196,19 +232,27 @@ def decode(
       ``P(count right) · P(localisation error <= score_radius)`` from the fit's posterior (see the README).
 
     Raises:
-      ValueError: bad shapes, NaN/inf in frames or maps, unknown method; TypeError: unknown option.
+      ValueError: bad shapes, NaN/inf in frames or maps, unknown method, bad ``imaging``; TypeError: unknown
+        option.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     progress = bool(options.pop("progress", False))
     physics_iterations = int(options.pop("physics_iterations", 100))
     if method in ("refine", "trajectory"):
-        return decode_arrays(frames, maps, method, progress=progress, **options).to_lists()
+        return decode_arrays(frames, maps, method, progress=progress, imaging=imaging, **options).to_lists()
+    imaging = _check_imaging(imaging)
+    if imaging is not None:
+        frames, options = imaging_mod.to_fit_space(_check_frames(frames), options, imaging)
     opts = make_options(**options)
     frames = _check_frames(frames)
     n, t, s, _ = frames.shape
+    shift = None
     if maps is None:
         flat = maps_mod.physics_maps(frames.reshape(n * t, s, s), opts.c, opts.sigma, physics_iterations)
+        if imaging is not None:  # map cells in label brightness; detections shifted to label coordinates
+            flat = flat / np.float32(imaging.gain)
+            shift = np.array([imaging.offset[0], imaging.offset[1], 0.0, 0.0])
         full, have = flat.reshape(n, t, s * opts.c, s * opts.c), np.ones(t, bool)
     else:
         m, first = _check_maps(maps, frames, opts.c)
@@ -218,5 +262,7 @@ def decode(
         dets = maps_mod.grid_detections(flat, opts.threshold, opts.c)
     else:
         dets = maps_mod.peak_detections(flat, opts.threshold, opts.c, opts.connectivity)
+    if shift is not None:
+        dets = [d - shift for d in dets]
     empty = np.zeros((0, 4))
     return [[dets[i * t + j] if have[j] else empty for j in range(t)] for i in range(n)]
