@@ -10,7 +10,8 @@ e.g. ``--config.dataset.data_dir``); the second converts a checkpoint trained wi
 optimiser and never loads the training split when the run cached its Q. Metrics JSON, detections CSV and
 figures go to ``{workdir}/eval/{split}[-{decode}]/``; the paper's table row is printed. ``--decode=grid`` is
 the paper protocol (the default unless the config's ``eval.decode`` says otherwise); the others are this
-project's continuous decoders.
+project's continuous decoders, which first calibrate the imaging model on the training split (once per workdir,
+stored as ``imaging.json`` and printed; ``--nocalibrate`` uses the nominal model).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from experiments import cli
 from seqcsist_jax.protocol import DECODERS
 
 FLAGS = flags.FLAGS
+IMAGING_FILE = "imaging.json"  # calibrated imaging parameters of a workdir (seqcsist_jax.decode.calibrate)
 flags.DEFINE_string("workdir", None, "Run directory (holds config.json and checkpoints/), or the output "
                     "directory for imported weights.", required=True)
 flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
@@ -33,11 +35,15 @@ flags.DEFINE_string("torch_checkpoint", None, "Public PyTorch DeRefNet checkpoin
 cli.define_config_flag()
 flags.adopt_module_key_flags(cli)  # --help lists --config and the config names
 flags.DEFINE_bool("export_public", False, "Also write predictions as public-layout COS{N}.xml annotations.")
+flags.DEFINE_bool("calibrate", True, "Continuous decoders: fit the imaging model (PSF σ, offset, gain, background, "
+                  "noise) to the training split once, store it as WORKDIR/imaging.json and decode with it "
+                  "(--nocalibrate: the nominal SPEC model).")
 
 
 def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torch_checkpoint=None,
-                     config=None, export_public=False) -> dict:
-    """Library form of this command (no flags). Returns the metrics dict (plus ``out_dir``)."""
+                     config=None, export_public=False, calibrate=True) -> dict:
+    """Library form of this command (no flags). Returns the metrics dict (plus ``out_dir`` and, for continuous
+    decoders with ``calibrate``, the ``imaging`` parameters used)."""
     from seqcsist_jax import evaluate as evaluation
     from seqcsist_jax.data.splits import check_split, load_arrays, q_for_workdir
     from seqcsist_jax.predictor import make_predictor, restore_run
@@ -64,14 +70,25 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     except ValueError as e:
         raise cli.UsageError(str(e)) from None
     decode = decode or config.eval.get("decode", "grid") or "grid"
+    decode_options, imaging = {}, None
+    if decode != "grid" and calibrate:
+        from seqcsist_jax.decode import load_or_calibrate
+
+        imaging, fresh = load_or_calibrate(workdir / IMAGING_FILE,
+                                           lambda: load_arrays(config.dataset, config.dataset.train_split))
+        print(f"imaging model {'calibrated on the training split' if fresh else 'from ' + str(workdir / IMAGING_FILE)}"
+              f": {imaging}")
+        decode_options["imaging"] = imaging
     arrays = load_arrays(config.dataset, split)
     out_dir = evaluation.eval_dir(workdir, split, decode)
     result = evaluation.evaluate_run(
         predictor.predict, params, arrays, config.eval, frame_index=predictor.method.frame_index,
         mesh=predictor.mesh, name=name, split=split, decode=decode, step=step, out_dir=out_dir,
-        export_public=export_public, metrics_log=workdir / "metrics.jsonl",
+        export_public=export_public, metrics_log=workdir / "metrics.jsonl", decode_options=decode_options,
     )
     result["out_dir"] = str(out_dir)
+    if imaging is not None:
+        result["imaging"] = json.loads(imaging.to_json())
     return result
 
 
@@ -87,7 +104,7 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     elif overrides:
         config = cli.apply_overrides(load_run_config(pathlib.Path(FLAGS.workdir)), overrides)
     result = evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.decode,
-                              FLAGS.torch_checkpoint, config, FLAGS.export_public)
+                              FLAGS.torch_checkpoint, config, FLAGS.export_public, FLAGS.calibrate)
     print(evaluation.PAPER_HEADER)
     print(result["table_row"])
     print(json.dumps({k: v for k, v in result.items() if k not in ("table_row",)}, indent=1, default=float))

@@ -320,6 +320,9 @@ def test_evaluate_decode_choices_change_the_numbers(smoke_run):
     assert traj["mAP"] > grid["mAP"] + 0.3
     assert (workdir / "eval" / "test-trajectory" / "metrics.json").exists()
     assert (workdir / "eval" / "test-trajectory" / "detections.csv").exists()
+    # continuous decoders calibrate the imaging model once per workdir; noise-free SPEC data gives the SPEC model
+    saved = json.loads((workdir / "imaging.json").read_text())
+    assert saved == traj["imaging"] and abs(saved["sigma"] - 0.5) < 0.01 and abs(saved["gain"] - 1) < 0.01
 
 
 def test_evaluate_imported_checkpoint_and_public_export(smoke_run, tmp_path):
