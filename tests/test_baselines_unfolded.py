@@ -293,3 +293,14 @@ def test_shared_storage_adds_every_layer_update_into_one_value(cls, smoke_data):
     got = shared.apply({"params": new}, frames, phi, q)["output"]
     want = independent.apply({"params": tied}, frames, phi, jnp.asarray(tied["layer_0"][init_name]))["output"]
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-3 * float(jnp.abs(want).max()))
+
+
+def test_rpcanet_batch_norm_normalises_each_channel():
+    x = jnp.asarray(np.random.default_rng(3).normal(5.0, 3.0, size=(4, 6, 6, 2)), jnp.float32)
+    layer = rpcanet.BatchNorm()
+    params = layer.init(jax.random.key(0), x)
+    y = np.asarray(layer.apply(params, x), np.float64)
+    xs = np.asarray(x, np.float64)
+    expected = (xs - xs.mean(axis=(0, 1, 2))) / np.sqrt(xs.var(axis=(0, 1, 2)) + rpcanet.BN_EPS)
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+    assert _count(params) == 2 * 2  # scale and bias per channel (running statistics are not parameters)

@@ -149,3 +149,16 @@ def test_bid_method_output_and_input_modes(mode):
     np.testing.assert_allclose(np.asarray(out["output"]).reshape(8, 33, 33), np.asarray(x), rtol=1e-6)
     with pytest.raises(ValueError, match="input_mode"):
         bid.BidSolver(input_mode="column").apply({}, frames, phi)
+
+
+def test_flops_per_frame_counts_the_correlation():
+    per_iteration = bid.flops_per_frame(1) - bid.flops_per_frame(0)
+    # XLA's count of one 'same' 3×3 correlation of a 33×33 image (a multiply-add = 2) is the dominant part
+    conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                                           dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    cost = conv.lower(jnp.zeros((1, 33, 33, 1)), jnp.zeros((3, 3, 1, 1))).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    assert per_iteration == 33 * 33 * (2 * 9 + 4)
+    assert 0.7 * per_iteration < float(cost["flops"]) + 4 * 33 * 33 <= 1.05 * per_iteration
+    assert bid.flops_per_frame(0) == 2 * 33 * 11 * 11 + 2 * 33 * 33 * 11
+    assert bid.BidSolver().flops_per_frame(10) == bid.flops_per_frame(10)

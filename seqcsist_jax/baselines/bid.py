@@ -131,6 +131,15 @@ def bid(
     return x, count
 
 
+def flops_per_frame(num_iterations: float, side: int = 11, upscale: int = 3, psf_size: int = 3) -> float:
+    """Analytic FLOPs of one frame: the bilinear upsampling (two thin matmuls) plus ``num_iterations`` updates of
+    a ``psf_size²``-tap correlation (``2·k²`` per pixel) and ~4 element-wise operations per pixel (residual,
+    step, max-abs test)."""
+    big = upscale * side
+    upsample = 2.0 * big * side * side + 2.0 * big * big * side
+    return upsample + num_iterations * big * big * (2.0 * psf_size**2 + 4.0)
+
+
 class BidSolver(nn.Module):
     """BID as a parameter-free module with the methods' call signature.
 
@@ -171,6 +180,10 @@ class BidSolver(nn.Module):
             upscale=side // h,
         )
         return {"output": x.reshape(b, t, side, side), "iterations": count.reshape(b, t), "frame_index": np.arange(t)}
+
+    def flops_per_frame(self, num_iterations: float) -> float:
+        """:func:`flops_per_frame` with this solver's PSF size (used by ``experiments.compare``)."""
+        return flops_per_frame(num_iterations, psf_size=self.psf_size)
 
 
 def build_bid(model_config, loss_config) -> methods.Method:
