@@ -72,7 +72,7 @@ def test_public_parameter_count(name):
     assert _count(shapes["params"]) == PUBLIC_PARAMS[name]
 
 
-@pytest.mark.parametrize("name", NEW + ["liht:shared", "tilista:shared", "lamp:broadcast"])
+@pytest.mark.parametrize("name", NEW + ["liht:shared", "tilista:shared"])
 def test_smoke_shapes_and_training_reduces_loss(name, smoke_data):
     batch, phi, q = smoke_data
     name, _, option = name.partition(":")
