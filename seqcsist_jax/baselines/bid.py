@@ -18,7 +18,9 @@ Input (``input_mode``):
 * ``"public_column"`` (faithful): the public script calls ``cv2.resize(image.reshape(121, 1), (11, 11))``;
   OpenCV's bilinear resize of that 121×1 column samples rows ``11·i + 5`` (exact, half-pixel centres) and copies
   its single column across, so the solver sees ``frame[i, 5]`` in every column ``j`` — the centre column
-  repeated. This is what the paper's BID row measured. (The public script also scores the validation split.)
+  repeated (checked with opencv-python-headless 5.0.0: ``cv2.resize`` of a random uint8 frame's ``(121, 1)``
+  reshape equals the centre column copied across). This is what the paper's BID row measured. (The public
+  script also scores the validation split.)
 
 Everything runs in float32 (the public code runs torch float32). :class:`BidSolver` wraps it as a parameter-free
 method (``config.model.trainable = False``).
