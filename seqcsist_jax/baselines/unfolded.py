@@ -29,6 +29,8 @@ exactly in a pure step: layer k holds its own copy ``cₖ`` (so Adam keeps 16 st
 ``stop_gradient(s - cₖ) + cₖ`` (value s, gradient only from layer k), and ``x⁰`` uses ``stop_gradient(s)``.
 After one Adam step ``s`` has moved by the sum of the 16 per-layer updates, as in the public code. (One
 approximation: the L2 term is ``wd·cₖ`` here but ``wd·s`` there; the two differ by ``1e-5·(s - cₖ)``.)
+Because ``x⁰`` follows the shared value without a gradient, TiLISTA's loss *rises* under this option on
+``:smoke`` data (measured at lr 1e-3 and 1e-4; with a fixed ``x⁰ = Q y`` it falls like the default model).
 
 The default is ``shared_storage=False`` (16 independent layers): the paper's models were trained on GPUs, and
 moving a model to the GPU (``model.to(device)``, which mmengine does before building the optimiser) gives
