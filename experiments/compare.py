@@ -217,7 +217,7 @@ def learned_flops(method, num_frames: int) -> float:
 
 
 def classical_flops(predictor, arrays, num_frames: int = FLOPS_FRAMES, num_trajectories: int = 2) -> tuple[float, float]:
-    """Analytic FLOPs of ISTA/FISTA per ``num_frames``-frame trajectory, from the mean iteration count measured
+    """Analytic FLOPs of ISTA/FISTA/BID per ``num_frames``-frame trajectory, from the mean iteration count measured
     on the first ``num_trajectories`` test trajectories.
 
     Returns:
@@ -230,7 +230,9 @@ def classical_flops(predictor, arrays, num_frames: int = FLOPS_FRAMES, num_traje
     frames = jnp.asarray(arrays["frames"][:num_trajectories], jnp.float32)
     out = predictor.method.model.apply({}, frames, jnp.asarray(predictor.phi, jnp.float32), None)
     mean_iter = float(np.mean(np.asarray(out["iterations"])))
-    return classical.flops_per_frame(mean_iter) * num_frames, mean_iter
+    # a solver with its own cost model (BID) says so; ISTA/FISTA use the classical one
+    per_frame = getattr(predictor.method.model, "flops_per_frame", classical.flops_per_frame)
+    return per_frame(mean_iter) * num_frames, mean_iter
 
 
 def _paper_row(name: str) -> dict | None:

@@ -36,6 +36,11 @@ METHOD_TABLE: dict[str, str] = {
     "edsr": "seqcsist_jax.baselines.srnets:build_edsr",
     "espcn": "seqcsist_jax.baselines.srnets:build_espcn",
     "tdan": "seqcsist_jax.baselines.tdan:build_tdan",
+    "bid": "seqcsist_jax.baselines.bid:build_bid",
+    "liht": "seqcsist_jax.baselines.unfolded:build_liht",
+    "lamp": "seqcsist_jax.baselines.unfolded:build_lamp",
+    "tilista": "seqcsist_jax.baselines.unfolded:build_tilista",
+    "rpcanet": "seqcsist_jax.baselines.rpcanet:build_rpcanet",
     "derefnet": "seqcsist_jax.models.derefnet:build_derefnet",
     "dista": "seqcsist_jax.models.dista_net:build_dista",
 }

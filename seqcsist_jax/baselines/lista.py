@@ -10,6 +10,12 @@ per-coefficient threshold ``soft_thr`` (1089×1) initialised to ``λ/(1.001·‖
 ``lam``). The loss is the MSE of the final estimate against the label map over *all* frames of the trajectory
 (the public detector does not restrict it to frames 2..17).
 
+``loss.public_broadcast`` (default False): the public loss ``mean((x_final - batch_x)²)`` subtracts stacked labels
+of shape ``(T, 1, 1089)`` from outputs ``(T, 1089)``; broadcasting makes that a ``(T, T, 1089)`` difference of
+*every* output against *every* label of the trajectory, so each output is pulled toward the trajectory's mean
+label. ``True`` reproduces that (the paper's rows for LISTA, LIHT, LAMP and TiLISTA); ``False`` is the correct
+per-frame MSE. :func:`frame_mse_loss` is shared by those four methods.
+
 Parameters: 16 × (1089·121 + 1089² + 1089) = 21,100,464 (the paper: 21.1 M).
 
 Row-vector layout here: ``x (N, 1089)``, so ``W x`` is ``x Wᵀ``; the stored arrays keep the public shapes and
@@ -71,12 +77,40 @@ class LISTA(nn.Module):
         return {"output": x.reshape(b, t, side, side), "frame_index": np.arange(t)}
 
 
+def broadcast_mse(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """The public loss's broadcast MSE per trajectory: ``mean_{i,j,p} (pred[j,p] - target[i,p])²``.
+
+    ``pred, target (B, T, ...)`` → ``(B,)``. Computed without the ``(T, T, ...)`` tensor from the identity
+    ``mean_i (x - lᵢ)² = (x - l̄)² + mean_i (lᵢ - l̄)²`` (l̄: the trajectory's mean label).
+    """
+    mean_label = jnp.mean(target, axis=1, keepdims=True)
+    return per_trajectory_mse(pred, jnp.broadcast_to(mean_label, pred.shape)) + per_trajectory_mse(
+        target, jnp.broadcast_to(mean_label, target.shape)
+    )
+
+
+def frame_mse_loss(outputs: dict, labels: jax.Array, public_broadcast: bool = False) -> tuple[jax.Array, dict]:
+    """MSE over all frames of each trajectory, averaged over trajectories (LISTA, LIHT, LAMP, TiLISTA).
+
+    ``public_broadcast=True``: the public code's broadcast form (:func:`broadcast_mse`), every output against
+    every label of its trajectory; ``False``: each output against its own frame's label.
+    """
+    out = outputs["output"]
+    term = broadcast_mse(out, labels) if public_broadcast else per_trajectory_mse(out, labels)
+    return reduce_terms({"discrepancy": term}, {})
+
+
 def lista_loss(outputs: dict, labels: jax.Array) -> tuple[jax.Array, dict]:
-    """Public LISTA loss: MSE over all frames of each trajectory, averaged over trajectories."""
-    return reduce_terms({"discrepancy": per_trajectory_mse(outputs["output"], labels)}, {})
+    """Per-frame LISTA loss: MSE over all frames of each trajectory, averaged over trajectories."""
+    return frame_mse_loss(outputs, labels, public_broadcast=False)
+
+
+def loss_from_config(loss_config) -> "methods.LossFn":
+    """:func:`frame_mse_loss` with ``loss_config.public_broadcast`` (default False)."""
+    public_broadcast = bool(loss_config.get("public_broadcast", False)) if loss_config is not None else False
+    return lambda outputs, labels: frame_mse_loss(outputs, labels, public_broadcast)
 
 
 def build_lista(model_config, loss_config) -> methods.Method:
-    del loss_config
     model = LISTA(num_layers=int(model_config.get("num_layers", 16)), lam=float(model_config.get("lam", 0.4)))
-    return methods.Method("lista", model, lista_loss)
+    return methods.Method("lista", model, loss_from_config(loss_config))
