@@ -36,6 +36,13 @@ METHOD_TABLE: dict[str, str] = {
     "edsr": "seqcsist_jax.baselines.srnets:build_edsr",
     "espcn": "seqcsist_jax.baselines.srnets:build_espcn",
     "tdan": "seqcsist_jax.baselines.tdan:build_tdan",
+    "gmfn": "seqcsist_jax.baselines.dbpn_gmfn:build_gmfn",
+    "dbpn": "seqcsist_jax.baselines.dbpn_gmfn:build_dbpn",
+    "srgan": "seqcsist_jax.baselines.gan:build_srgan",
+    "bsrgan": "seqcsist_jax.baselines.gan:build_bsrgan",
+    "esrgan": "seqcsist_jax.baselines.gan:build_esrgan",
+    "rdn": "seqcsist_jax.baselines.rdn:build_rdn",
+    "usrnet": "seqcsist_jax.baselines.usrnet:build_usrnet",
     "derefnet": "seqcsist_jax.models.derefnet:build_derefnet",
 }
 
@@ -47,12 +54,21 @@ def all_frames(num_frames: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A trainable method. ``frame_index(T)`` gives the input frames its ``(B, T', 33, 33)`` output covers."""
+    """A trainable method. ``frame_index(T)`` gives the input frames its ``(B, T', 33, 33)`` output covers.
+
+    Optional hooks for methods that do not train with one loss and one optimiser (the GANs); ``None`` uses the
+    Trainer's generic version: ``make_optimizer(optimizer_config, num_steps)`` (like ``train.create_optimizer``),
+    ``make_train_step(model, loss_fn, optimizer, phi, q)`` (like ``train.make_train_step``) and
+    ``init_params(params) -> params`` applied to freshly initialised params (e.g. a pretrained generator).
+    """
 
     name: str
     model: nn.Module
     loss_fn: LossFn
     frame_index: Callable[[int], np.ndarray] = all_frames
+    make_optimizer: Callable[..., Any] | None = None
+    make_train_step: Callable[..., Any] | None = None
+    init_params: Callable[[Any], Any] | None = None
 
 
 def available_methods() -> list[str]:
