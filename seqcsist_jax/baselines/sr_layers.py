@@ -19,13 +19,13 @@ from seqcsist_jax.models.layers import Initializer, torch_default_bias, torch_de
 
 
 class PReLU(nn.Module):
-    """``nn.PReLU(num_parameters=1, init=init)``: ``max(x, 0) + a·min(x, 0)`` with one learned slope ``a``."""
+    """``nn.PReLU(num_parameters=1, init=slope_init)``: ``max(x, 0) + a·min(x, 0)`` with one learned slope ``a``."""
 
-    init: float = 0.25
+    slope_init: float = 0.25
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        a = self.param("alpha", lambda key, shape: jnp.full(shape, self.init, jnp.float32), (1,))
+        a = self.param("alpha", lambda key, shape: jnp.full(shape, self.slope_init, jnp.float32), (1,))
         return jnp.where(x >= 0, x, a.astype(x.dtype) * x)
 
 
