@@ -77,8 +77,8 @@ class GANModel(nn.Module):
     def __call__(self, frames: jax.Array, phi: jax.Array, q: jax.Array | None = None) -> dict:
         """``frames (B, T, 11, 11)`` → ``output (B, T, 33, 33)`` and ``frame_index (T,)``; Φ, Q unused.
         At init it also runs the discriminator once so that both networks' params are created."""
-        b, t, h, w = frames.shape
         _, _, _, side = check_inputs(frames, phi, None)
+        b, t, h, w = frames.shape
         sr = self.generator(frames.reshape(b * t, h, w, 1).astype(jnp.float32))
         if self.is_initializing():
             self.discriminator(sr)
@@ -158,7 +158,9 @@ def per_player_optimizer(optimizers: dict[str, optax.GradientTransformation]) ->
     return optax.GradientTransformation(init, update)
 
 
-def make_gan_optimizer(config: ml_collections.ConfigDict, num_steps: int | None = None) -> optax.GradientTransformation:
+def make_gan_optimizer(
+    config: ml_collections.ConfigDict, num_steps: int | None = None
+) -> optax.GradientTransformation:
     """Two Adams with the same ``config.optimizer`` settings (the public configs give both lr 1e-4)."""
     from seqcsist_jax.train import create_optimizer
 

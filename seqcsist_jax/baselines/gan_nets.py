@@ -123,7 +123,8 @@ class RRDBNet(nn.Module):
         feat = feat + Conv(c, 3, name="conv_body", **_init01)(h)
         feat = _lrelu(Conv(c, 3, name="conv_up1", **_init01)(upsample_nearest(feat, self.scale)), 0.2)
         feat = _lrelu(Conv(c, 3, name="conv_up2", **_init01)(feat), 0.2)  # no second upsampling (module docstring)
-        return Conv(x.shape[-1], 3, name="conv_last", **_init01)(_lrelu(Conv(c, 3, name="conv_hr", **_init01)(feat), 0.2))
+        feat = _lrelu(Conv(c, 3, name="conv_hr", **_init01)(feat), 0.2)
+        return Conv(x.shape[-1], 3, name="conv_last", **_init01)(feat)
 
 
 class ModifiedVGG(nn.Module):
