@@ -319,6 +319,10 @@ def test_pretrained_generator_loader(tmp_path, smoke_data):
     assert set(loaded) == set(expected)
     for path, value in expected.items():
         np.testing.assert_array_equal(loaded[path], value, err_msg=str(path))
+    # the same inside jit (the Trainer's initialisation is jitted)
+    jitted = jax.jit(lambda g: gan.load_pretrained_generator(g, tmp_path / "esrgan.npz"))(params["generator"])
+    for path, value in flatten_dict(jax.device_get(jitted)).items():
+        np.testing.assert_array_equal(value, expected[path], err_msg=str(path))
     np.savez(tmp_path / "other.npz", **{"generator.nothing.weight": np.zeros(3, np.float32)})
     with pytest.raises(ValueError, match="no tensor matches"):
         gan.load_pretrained_generator(params["generator"], tmp_path / "other.npz")
@@ -338,3 +342,20 @@ def test_train_and_evaluate_srgan_smoke(tmp_path):
 
 def test_registered():
     assert set(GANS) <= set(methods.available_methods())
+
+
+def test_create_train_state_applies_init_params():
+    """The ``Method.init_params`` hook: the Trainer's state starts from the transformed params."""
+    from seqcsist_jax.baselines.srnets import ESPCN
+
+    model = ESPCN(channels=(2, 2))
+    frames = jnp.zeros((1, 2, 11, 11))
+    phi = np.zeros((121, 1089), np.float32)
+    optimizer = optax.adam(1e-3)
+    shift = lambda params: jax.tree_util.tree_map(lambda x: x + 1.0, params)  # noqa: E731
+    plain = train_lib.create_train_state(jax.random.PRNGKey(0), model, optimizer, frames, phi, None)
+    hooked = train_lib.create_train_state(jax.random.PRNGKey(0), model, optimizer, frames, phi, None, shift)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a) + 1.0, rtol=1e-6), plain.params,
+        hooked.params,
+    )

@@ -272,7 +272,7 @@ def load_pretrained_generator(generator_params: Any, path: str | os.PathLike, pr
     if not os.path.exists(path):
         raise FileNotFoundError(f"model.pretrained_generator: no file {os.fspath(path)!r}")
     state = read_state_dict(path)
-    flat = flatten_dict(jax.device_get(generator_params))
+    flat = flatten_dict(generator_params)  # arrays or tracers: the Trainer calls this inside its jitted init
     loaded, skipped = 0, []
     for key, value in state.items():
         if prefix and not key.startswith(prefix):
@@ -282,7 +282,7 @@ def load_pretrained_generator(generator_params: Any, path: str | os.PathLike, pr
         if value.ndim == 4:
             value = value.transpose(2, 3, 1, 0)
         if target in flat and flat[target].shape == value.shape:
-            flat[target] = value
+            flat[target] = jnp.asarray(value)
             loaded += 1
         else:
             skipped.append(key)
@@ -290,7 +290,7 @@ def load_pretrained_generator(generator_params: Any, path: str | os.PathLike, pr
         raise ValueError(f"model.pretrained_generator {os.fspath(path)!r}: no tensor matches the generator")
     if skipped:
         log.warning("pretrained generator: skipped %d tensors that do not fit: %s", len(skipped), skipped[:8])
-    return unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
+    return unflatten_dict(flat)
 
 
 # ------------------------------------------------------------------------------------------- builders
