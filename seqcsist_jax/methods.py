@@ -23,27 +23,37 @@ import numpy as np
 LossFn = Callable[[dict, Any], tuple[Any, dict]]
 Builder = Callable[[ml_collections.ConfigDict, ml_collections.ConfigDict], "Method"]
 
-# name → "module:builder". The order is the comparison table's (experiments.compare's default list).
+# name → "module:builder", in the order of the paper's Table 7 (FISTA after ISTA; DISTA-Net, the CSIST-100K
+# model, last). experiments.compare's default list is this table.
 METHOD_TABLE: dict[str, str] = {
     "ista": "seqcsist_jax.baselines.classical:build_ista",
     "fista": "seqcsist_jax.baselines.classical:build_fista",
-    "lista": "seqcsist_jax.baselines.lista:build_lista",
-    "istanet": "seqcsist_jax.baselines.istanet:build_istanet",
-    "istanet_plus": "seqcsist_jax.baselines.istanet:build_istanet_plus",
-    "fistanet": "seqcsist_jax.baselines.fistanet:build_fistanet",
-    "istanet_pp": "seqcsist_jax.baselines.istanet_pp:build_istanet_pp",
+    "bid": "seqcsist_jax.baselines.bid:build_bid",
     "srcnn": "seqcsist_jax.baselines.srnets:build_srcnn",
+    "gmfn": "seqcsist_jax.baselines.dbpn_gmfn:build_gmfn",
+    "dbpn": "seqcsist_jax.baselines.dbpn_gmfn:build_dbpn",
+    "srgan": "seqcsist_jax.baselines.gan:build_srgan",
+    "bsrgan": "seqcsist_jax.baselines.gan:build_bsrgan",
+    "esrgan": "seqcsist_jax.baselines.gan:build_esrgan",
+    "rdn": "seqcsist_jax.baselines.rdn:build_rdn",
     "edsr": "seqcsist_jax.baselines.srnets:build_edsr",
     "espcn": "seqcsist_jax.baselines.srnets:build_espcn",
     "tdan": "seqcsist_jax.baselines.tdan:build_tdan",
-    "bid": "seqcsist_jax.baselines.bid:build_bid",
     "liht": "seqcsist_jax.baselines.unfolded:build_liht",
     "lamp": "seqcsist_jax.baselines.unfolded:build_lamp",
+    "istanet": "seqcsist_jax.baselines.istanet:build_istanet",
+    "fistanet": "seqcsist_jax.baselines.fistanet:build_fistanet",
+    "istanet_plus": "seqcsist_jax.baselines.istanet:build_istanet_plus",
+    "istanet_pp": "seqcsist_jax.baselines.istanet_pp:build_istanet_pp",
+    "lista": "seqcsist_jax.baselines.lista:build_lista",
+    "usrnet": "seqcsist_jax.baselines.usrnet:build_usrnet",
     "tilista": "seqcsist_jax.baselines.unfolded:build_tilista",
     "rpcanet": "seqcsist_jax.baselines.rpcanet:build_rpcanet",
     "derefnet": "seqcsist_jax.models.derefnet:build_derefnet",
     "dista": "seqcsist_jax.models.dista_net:build_dista",
 }
+# Methods whose configs target the single-image CSIST-100K benchmark (SPEC §9), not SeqCSIST's Table 7.
+CSIST100K_METHODS: tuple[str, ...] = ("dista",)
 
 
 def all_frames(num_frames: int) -> np.ndarray:
@@ -53,12 +63,21 @@ def all_frames(num_frames: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A trainable method. ``frame_index(T)`` gives the input frames its ``(B, T', 33, 33)`` output covers."""
+    """A trainable method. ``frame_index(T)`` gives the input frames its ``(B, T', 33, 33)`` output covers.
+
+    Optional hooks for methods that do not train with one loss and one optimiser (the GANs); ``None`` uses the
+    Trainer's generic version: ``make_optimizer(optimizer_config, num_steps)`` (like ``train.create_optimizer``),
+    ``make_train_step(model, loss_fn, optimizer, phi, q)`` (like ``train.make_train_step``) and
+    ``init_params(params) -> params`` applied to freshly initialised params (e.g. a pretrained generator).
+    """
 
     name: str
     model: nn.Module
     loss_fn: LossFn
     frame_index: Callable[[int], np.ndarray] = all_frames
+    make_optimizer: Callable[..., Any] | None = None
+    make_train_step: Callable[..., Any] | None = None
+    init_params: Callable[[Any], Any] | None = None
 
 
 def available_methods() -> list[str]:

@@ -91,11 +91,14 @@ def create_optimizer(config: ml_collections.ConfigDict, num_steps: int | None = 
 
 
 def create_train_state(
-    rng: jax.Array, model, optimizer: optax.GradientTransformation, frames: jax.Array, phi, q
+    rng: jax.Array, model, optimizer: optax.GradientTransformation, frames: jax.Array, phi, q, init_params=None
 ) -> TrainState:
-    """Initialises params from one example batch ``frames (B, T, 11, 11)``."""
+    """Initialises params from one example batch ``frames (B, T, 11, 11)``; ``init_params(params)`` (optional)
+    transforms them before the optimiser state is built (e.g. loads a pretrained generator)."""
     init_rng, rng = jax.random.split(rng)
     params = model.init(init_rng, frames, phi, q)["params"]
+    if init_params is not None:
+        params = init_params(params)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -204,14 +207,17 @@ class Trainer:
         )
         self.steps_per_epoch = len(self.loader)
         self.num_steps, self.eval_every = _steps_schedule(config, self.steps_per_epoch)
-        self.optimizer = create_optimizer(config.optimizer, self.num_steps)
+        # Methods with their own optimiser / step (the GANs) provide them through optional Method hooks.
+        self.optimizer = (self.method.make_optimizer or create_optimizer)(config.optimizer, self.num_steps)
 
         frames_shape = (self.global_batch,) + self.train_arrays["frames"].shape[1:]
-        model, opt = self.method.model, self.optimizer
-        init = lambda rng: create_train_state(rng, model, opt, jnp.zeros(frames_shape, jnp.float32), self.phi, self.q)
+        model, opt, init_params = self.method.model, self.optimizer, self.method.init_params
+        init = lambda rng: create_train_state(
+            rng, model, opt, jnp.zeros(frames_shape, jnp.float32), self.phi, self.q, init_params
+        )
         self._init = jax.jit(init, out_shardings=self.replicated)
         self.train_step = jax.jit(
-            make_train_step(model, self.method.loss_fn, opt, self.phi, self.q),
+            (self.method.make_train_step or make_train_step)(model, self.method.loss_fn, opt, self.phi, self.q),
             in_shardings=(self.replicated, self.data_sharding),
             out_shardings=(self.replicated, self.replicated),
             donate_argnums=0,
