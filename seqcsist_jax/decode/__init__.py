@@ -18,12 +18,13 @@ Modules by job:
   api         decode / decode_arrays, scores
 """
 
-from seqcsist_jax.decode.api import Decoded, decode, decode_arrays, localisation_confidence, map_seeds
+from seqcsist_jax.decode.api import CountCapWarning, Decoded, decode, decode_arrays, localisation_confidence, map_seeds
 from seqcsist_jax.decode.maps import grid_detections, peak_detections, physics_maps
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
 
 __all__ = [
     "METHODS",
+    "CountCapWarning",
     "DecodeOptions",
     "Decoded",
     "decode",
