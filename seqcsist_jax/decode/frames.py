@@ -47,6 +47,7 @@ __all__ = [
     "empty_cost",
     "fit_from_params",
     "pixel_layouts",
+    "separation_residuals",
 ]
 
 _MIN_BRIGHTNESS = 1.0
@@ -104,6 +105,22 @@ def _position_box(obs: jax.Array, opts: DecodeOptions) -> tuple[jax.Array, jax.A
     return centre - 0.5, centre + 0.5
 
 
+def separation_residuals(theta: jax.Array, active: jax.Array, opts: DecodeOptions) -> jax.Array:
+    """``(slots²,)`` residuals of the minimum-separation prior: ``s·max(0, d_min - d_ij)/w`` per active pair.
+
+    ``d_min = opts.min_separation``, ``w = opts.separation_width``: a pair closer than the generator allows
+    costs ``s²·((d_min - d)/w)²`` (zero at or beyond ``d_min``), in the units of the data cost. ``theta``
+    ``(3·slots,)`` rows ``(x, y, b)``; ``active (slots,)``.
+    """
+    slots = active.shape[0]
+    xy = theta.reshape(slots, 3)[:, :2]
+    diff = xy[:, None, :] - xy[None, :, :]
+    d = jnp.sqrt(jnp.sum(diff * diff, -1) + 1e-12)
+    upper = jnp.triu(jnp.ones((slots, slots), bool), 1) & active[:, None] & active[None, :]
+    scale = float(np.sqrt(opts.noise_variance)) / opts.separation_width
+    return (scale * jnp.where(upper, jnp.maximum(opts.min_separation - d, 0.0), 0.0)).reshape(-1)
+
+
 def frame_objective(obs: jax.Array, active: jax.Array, opts: DecodeOptions):
     """``normal_fn``, ``cost_fn`` and ``project`` of one frame's fit over ``theta (3·slots,)``.
 
@@ -118,10 +135,16 @@ def frame_objective(obs: jax.Array, active: jax.Array, opts: DecodeOptions):
     pw = pw * pmask
     size = obs.shape[-1]
 
+    sep = opts.min_separation is not None and slots > 1
+
     def normal_fn(theta):
         jtj, jtr, cost = forward.frame_normal_equations(
             theta.reshape(slots, 3), obs, opts.clip_level, sat, opts.sigma
         )
+        if sep:
+            r = separation_residuals(theta, active, opts)
+            jac = jax.jacfwd(separation_residuals)(theta, active, opts)
+            jtj, jtr, cost = jtj + jac.T @ jac, jtr + jac.T @ r, cost + jnp.sum(r * r)
         dev = theta - pm
         jtj, jtr = masked_normal(jtj + jnp.diag(pw), jtr + pw * dev, pmask)
         return jtj, jtr, cost + jnp.sum(pw * dev * dev)
@@ -129,6 +152,8 @@ def frame_objective(obs: jax.Array, active: jax.Array, opts: DecodeOptions):
     def cost_fn(theta):
         dev = theta - pm
         data = forward.frame_cost(theta.reshape(slots, 3), obs, opts.clip_level, opts.sigma)
+        if sep:
+            data = data + jnp.sum(separation_residuals(theta, active, opts) ** 2)
         return data + jnp.sum(pw * dev * dev)
 
     lo_xy, hi_xy = _position_box(obs, opts)

@@ -60,6 +60,11 @@ class DecodeOptions:
       layout_starts: with ``single_pixel``, extra starts per count ``K >= 3``: fixed spread-out layouts of
         ``K`` targets inside the pixel (:func:`seqcsist_jax.decode.frames.pixel_layouts`); greedy add/split
         starts often end in a wrong basin when 4–5 targets share a saturated pixel.
+      min_separation: minimum distance (px) between two targets of a frame the generator allows (CSIST-100K:
+        ``0.52·1.9σ ≈ 0.494``), or ``None``: closer pairs in a per-frame fit pay the soft hinge penalty of
+        :func:`seqcsist_jax.decode.frames.separation_residuals` (it rules out fits that merge two targets
+        and compensate with the others). **DECISION**: off by default.
+      separation_width: width (px) of that hinge: a pair ``w`` closer than allowed costs one ``s²``.
       brightness_range: ``(lo, hi)`` box constraint on every brightness in the per-frame fits (the generator's
         uniform range, e.g. ``(220, 250)``), or ``None``. **DECISION**: off by default.
       chunk: frames (``refine``) or trajectories×frames/T (``trajectory``) per jitted call; every call is
@@ -89,6 +94,8 @@ class DecodeOptions:
     chunk: int = 4096
     single_pixel: bool = False
     layout_starts: int = 0
+    min_separation: float | None = None
+    separation_width: float = 0.02
     brightness_range: tuple[float, float] | None = None
 
     @property
@@ -134,6 +141,13 @@ class DecodeOptions:
         check(isinstance(self.layout_starts, int) and not isinstance(self.layout_starts, bool)
               and self.layout_starts >= 0,
               f"decode option layout_starts must be a non-negative integer, got {self.layout_starts!r}")
+        if self.min_separation is not None:
+            check(isinstance(self.min_separation, (int, float)) and math.isfinite(self.min_separation)
+                  and self.min_separation > 0,
+                  f"decode option min_separation must be a positive number or None, got {self.min_separation!r}")
+        check(isinstance(self.separation_width, (int, float)) and math.isfinite(self.separation_width)
+              and self.separation_width > 0,
+              f"decode option separation_width must be a positive number, got {self.separation_width!r}")
         check(isinstance(self.single_pixel, bool),
               f"decode option single_pixel must be True or False, got {self.single_pixel!r}")
         if self.brightness_range is not None:
