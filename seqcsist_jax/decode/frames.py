@@ -13,12 +13,23 @@ fit with one target fewer, from several starts:
   where "add" starts in the wrong basin);
 * **map**: the ``K`` strongest peaks of a model's label map (DeRefNet, ISTA, …), when maps are given.
 
+* **layouts** (``single_pixel`` with ``layout_starts > 0``, ``K >= 3``): ``K`` targets spread inside the
+  pixel that holds the frame's intensity centroid (:func:`pixel_layouts`). When 4–5 targets share one
+  saturated pixel (CSIST-100K, SPEC §9) the greedy add/split chain often ends in a wrong basin; these starts
+  do not depend on the ``K-1`` fit.
+
+Known geometry can constrain the fits (CSIST-100K): ``single_pixel`` keeps every position inside the
+centroid's pixel (a box projection after each step), ``min_separation`` adds a soft hinge penalty on pairs
+closer than the generator allows (:func:`separation_residuals`), ``brightness_range`` boxes the brightnesses.
+
 The best start (lowest cost) is kept for each ``K``. The count (``K = 0``, the empty model, included) is
 chosen by a BIC-like criterion ``cost_K / s² + count_penalty · 3K`` (:func:`count_criterion`);
 ``s² = 1/12 + noise_sigma²`` is the per-pixel residual variance at the truth. Every fit also returns the
 posterior position variance ``s²·diag((JᵀJ)⁻¹)`` of each target, used by the scores.
 
-Compilation: a fit with ``K`` targets runs in a fixed number of *slots* (``K`` rounded up to 1, 2, 4, 8, …);
+Compilation: a fit with ``K`` targets runs in a fixed number of *slots* (``K`` rounded up to 1, 2, 4, 8, …,
+but never more than ``max_targets``: with ``max_targets = 5`` the ``K = 5`` fits run in 5 slots, 2.5× faster
+than in 8);
 unused slots have zero brightness, zero Jacobian columns and an identity block in ``JᵀJ``, so they never
 move. Each slot count compiles once per chunk shape and serves every ``K`` up to it.
 """
@@ -314,7 +325,7 @@ def _stage(obs: jax.Array, prev: jax.Array, seeds: jax.Array, seed_count: jax.Ar
         first = _centroid_start(o, slots)[None]
         starts = jnp.where(k == 1, jnp.concatenate([first, first]), grown)
         valid = jnp.array([True, False]) | (k > 1)
-        if opts.single_pixel and opts.layout_starts:
+        if opts.single_pixel and opts.layout_starts and slots >= 3:  # (static: no wasted starts for K < 3)
             starts = jnp.concatenate([starts, _layout_starts(p, k, o, opts)])
             valid = jnp.concatenate([valid, jnp.full((opts.layout_starts,), True) & (k >= 3)])
         if s.shape[0]:  # map seeds: the k strongest peaks (rows sorted by brightness)
