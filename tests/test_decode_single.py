@@ -141,6 +141,7 @@ def test_fit_from_params_at_the_truth_of_a_noise_free_frame_stays_there():
 
 @pytest.mark.parametrize("bad, msg", [
     (dict(layout_starts=-1), "layout_starts"),
+    (dict(screen_iterations=-2), "screen_iterations"),
     (dict(single_pixel=1), "single_pixel"),
     (dict(min_separation=0.0), "min_separation"),
     (dict(separation_width=-1.0), "separation_width"),
@@ -149,3 +150,18 @@ def test_fit_from_params_at_the_truth_of_a_noise_free_frame_stays_there():
 def test_new_options_are_validated(bad, msg):
     with pytest.raises(ValueError, match=msg):
         make_options(**bad)
+
+
+def test_screening_keeps_the_start_in_the_right_basin():
+    """Three starts far from the pair and one at it: after screening, the fit from the good start wins."""
+    pair = np.array([[5.0, 4.75, 230.0], [5.0, 5.25, 240.0]])
+    img = jnp.asarray(np.round(imaging.render(pair)), jnp.float32)
+    good = pair + np.array([0.03, -0.02, 5.0])
+    junk = [pair + np.array([dx, dy, 0.0]) for dx, dy in [(2.0, 2.0), (-2.5, 1.0), (1.5, -3.0)]]
+    starts = jnp.asarray(np.stack(junk[:2] + [good] + junk[2:]), jnp.float32)
+    opts = make_options(max_targets=2, screen_iterations=3, clip_level=None)
+    params, cost, _ = frames._fit_starts(starts, jnp.ones(4, bool), jnp.ones(2, bool), img, opts)
+    assert _errors(np.asarray(params), pair).max() <= 0.02
+    full = frames._fit_starts(starts, jnp.ones(4, bool), jnp.ones(2, bool), img,
+                              make_options(max_targets=2, clip_level=None))
+    assert float(cost) <= float(full[1]) + 0.05  # as good as giving every start the full budget

@@ -200,11 +200,41 @@ def position_variances(jtj: jax.Array, noise_variance: float, per_target: int = 
     return jnp.where(jnp.isfinite(out) & (out > 0), out, 1e6)
 
 
-def _fit_one(start: jax.Array, active: jax.Array, obs: jax.Array, opts: DecodeOptions):
+def _fit_one(start: jax.Array, active: jax.Array, obs: jax.Array, opts: DecodeOptions,
+             iterations: int | None = None):
     slots = start.shape[0]
     normal_fn, cost_fn, project = frame_objective(obs, active, opts)
-    res = levenberg_marquardt(project(start.reshape(-1)), normal_fn, cost_fn, project, opts.frame_iterations)
+    its = opts.frame_iterations if iterations is None else iterations
+    res = levenberg_marquardt(project(start.reshape(-1)), normal_fn, cost_fn, project, its)
     return res.theta.reshape(slots, 3), res.cost, res.jtj
+
+
+#: Starts that survive the screening phase (``screen_iterations``) and get the remaining iterations.
+_SCREEN_KEEP = 2
+
+
+def _fit_starts(starts: jax.Array, valid: jax.Array, active: jax.Array, obs: jax.Array, opts: DecodeOptions):
+    """Best fit over ``starts (M, slots, 3)`` (invalid ones ignored): ``params, cost, jtj`` of the winner.
+
+    With ``opts.screen_iterations > 0`` and more than ``_SCREEN_KEEP`` starts, every start first runs that
+    many iterations and only the ``_SCREEN_KEEP`` lowest-cost ones continue for the rest of
+    ``frame_iterations`` (most starts are clearly in a worse basin after a few steps; this halves the cost
+    of the many-start stages).
+    """
+    m = starts.shape[0]
+    screen = opts.screen_iterations
+    if 0 < screen < opts.frame_iterations and m > _SCREEN_KEEP:
+        params, cost, _ = jax.vmap(lambda st: _fit_one(st, active, obs, opts, screen))(starts)
+        cost = jnp.where(valid, cost, jnp.inf)
+        _, keep = jax.lax.top_k(-cost, _SCREEN_KEEP)
+        starts, valid = params[keep], valid[keep]
+        rest = opts.frame_iterations - screen
+        params, cost, jtj = jax.vmap(lambda st: _fit_one(st, active, obs, opts, rest))(starts)
+    else:
+        params, cost, jtj = jax.vmap(lambda st: _fit_one(st, active, obs, opts))(starts)
+    cost = jnp.where(valid, cost, jnp.inf)
+    best = jnp.argmin(cost)
+    return params[best], cost[best], jtj[best]
 
 
 @functools.lru_cache(maxsize=4)
@@ -334,10 +364,8 @@ def _stage(obs: jax.Array, prev: jax.Array, seeds: jax.Array, seed_count: jax.Ar
             seed = jnp.where(active[:, None], seed, 0.0)
             starts = jnp.concatenate([starts, seed[None]])
             valid = jnp.concatenate([valid, (n >= k)[None]])
-        params, cost, jtj = jax.vmap(lambda st: _fit_one(st, active, o, opts))(starts)
-        cost = jnp.where(valid, cost, jnp.inf)
-        best = jnp.argmin(cost)
-        return params[best], cost[best], position_variances(jtj[best], opts.noise_variance)
+        params, cost, jtj = _fit_starts(starts, valid, active, o, opts)
+        return params, cost, position_variances(jtj, opts.noise_variance)
 
     return jax.vmap(one)(obs, prev, seeds, seed_count)
 

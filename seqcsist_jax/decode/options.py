@@ -60,6 +60,9 @@ class DecodeOptions:
       layout_starts: with ``single_pixel``, extra starts per count ``K >= 3``: fixed spread-out layouts of
         ``K`` targets inside the pixel (:func:`seqcsist_jax.decode.frames.pixel_layouts`); greedy add/split
         starts often end in a wrong basin when 4–5 targets share a saturated pixel.
+      screen_iterations: when a per-frame stage has more than 2 starts, run every start this many LM
+        iterations and continue only the best 2 for the rest of ``frame_iterations`` (0: off, every start
+        gets the full budget).
       min_separation: minimum distance (px) between two targets of a frame the generator allows (CSIST-100K:
         ``0.52·1.9σ ≈ 0.494``), or ``None``: closer pairs in a per-frame fit pay the soft hinge penalty of
         :func:`seqcsist_jax.decode.frames.separation_residuals` (it rules out fits that merge two targets
@@ -94,6 +97,7 @@ class DecodeOptions:
     chunk: int = 4096
     single_pixel: bool = False
     layout_starts: int = 0
+    screen_iterations: int = 0
     min_separation: float | None = None
     separation_width: float = 0.02
     brightness_range: tuple[float, float] | None = None
@@ -148,6 +152,9 @@ class DecodeOptions:
         check(isinstance(self.separation_width, (int, float)) and math.isfinite(self.separation_width)
               and self.separation_width > 0,
               f"decode option separation_width must be a positive number, got {self.separation_width!r}")
+        si = self.screen_iterations
+        check(isinstance(si, int) and not isinstance(si, bool) and si >= 0,
+              f"decode option screen_iterations must be a non-negative integer, got {si!r}")
         check(isinstance(self.single_pixel, bool),
               f"decode option single_pixel must be True or False, got {self.single_pixel!r}")
         if self.brightness_range is not None:
