@@ -13,7 +13,8 @@ Modules by job:
   forward     forward model, censored residuals, analytic separable normal equations, small SPD solves
   lm          fixed-budget Levenberg–Marquardt
   maps        grid and peak decoders of label maps, physics-only maps (NNLS on Φ)
-  frames      per-frame fits for every count (greedy add/split/map starts), count criterion
+  frames      per-frame fits for every count (greedy add/split/map/layout starts, single-pixel priors),
+              count criterion
   trajectory  polynomial-path fits of whole trajectories
   api         decode / decode_arrays, scores
 """
