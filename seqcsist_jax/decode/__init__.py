@@ -13,7 +13,8 @@ Modules by job:
   forward     forward model, censored residuals, analytic separable normal equations, small SPD solves
   lm          fixed-budget Levenberg–Marquardt
   maps        grid and peak decoders of label maps, physics-only maps (NNLS on Φ)
-  frames      per-frame fits for every count (greedy add/split/map starts), count criterion
+  frames      per-frame fits for every count (greedy add/split/map/layout starts, single-pixel priors),
+              count criterion
   trajectory  polynomial-path fits of whole trajectories
   api         decode / decode_arrays, scores
   imaging_params  ImagingParams (σ, label→pixel offset, gain, background, noise): a data set's forward model
@@ -21,7 +22,14 @@ Modules by job:
               load_or_calibrate)
 """
 
-from seqcsist_jax.decode.api import Decoded, decode, decode_arrays, localisation_confidence, map_seeds
+from seqcsist_jax.decode.api import (
+    CountCapWarning,
+    Decoded,
+    decode,
+    decode_arrays,
+    localisation_confidence,
+    map_seeds,
+)
 from seqcsist_jax.decode.calibrate import calibrate, calibrate_split, load_or_calibrate
 from seqcsist_jax.decode.imaging_params import DEFAULT_IMAGING, ImagingParams
 from seqcsist_jax.decode.maps import grid_detections, peak_detections, physics_maps
@@ -30,6 +38,7 @@ from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
 __all__ = [
     "DEFAULT_IMAGING",
     "METHODS",
+    "CountCapWarning",
     "DecodeOptions",
     "ImagingParams",
     "Decoded",

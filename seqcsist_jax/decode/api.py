@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,11 @@ from seqcsist_jax.decode import maps as maps_mod
 from seqcsist_jax.decode import trajectory as traj_mod
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
 
-__all__ = ["decode", "decode_arrays", "Decoded", "localisation_confidence", "map_seeds"]
+__all__ = ["decode", "decode_arrays", "Decoded", "CountCapWarning", "localisation_confidence", "map_seeds"]
+
+
+class CountCapWarning(UserWarning):
+    """A fit chose the largest count of the range (``max_targets``): the true count may be larger."""
 
 
 @dataclasses.dataclass
@@ -30,6 +35,8 @@ class Decoded:
       trajectory: the :class:`~seqcsist_jax.decode.trajectory.TrajectoryFits` (``trajectory`` only). With
         non-default ``imaging`` its params stay in fit units (pixel coordinates, brightness × gain); the
         detections are in label units.
+      at_cap: ``(N, T)`` bool, frames whose chosen count equals ``max_targets`` (the count range may have
+        capped them; :func:`decode_arrays` warns with their number).
     """
 
     detections: np.ndarray
@@ -38,6 +45,7 @@ class Decoded:
     count_prob: np.ndarray
     frame_cost: np.ndarray
     trajectory: Any = None
+    at_cap: np.ndarray | None = None
 
     def to_lists(self) -> list[list[np.ndarray]]:
         """``N`` lists of ``T`` arrays ``(M, 4)`` (float64)."""
@@ -188,7 +196,26 @@ def decode_arrays(
     det = np.concatenate([params.astype(np.float64), score[..., None]], axis=-1)
     det = np.where(active[..., None], det, 0.0)
     var = np.where(active, var, np.inf)
-    return Decoded(det, counts.astype(np.int32), var, prob, frame_cost, traj)
+    at_cap = counts == kmax
+    warn_at_cap(at_cap, kmax, method)
+    return Decoded(det, counts.astype(np.int32), var, prob, frame_cost, traj, at_cap)
+
+
+def warn_at_cap(at_cap: np.ndarray, max_targets: int, method: str) -> None:
+    """Warns (:class:`CountCapWarning`) when any frame's chosen count equals ``max_targets``.
+
+    The count range must never cap silently: a frame fitted with the range's largest count may hold more
+    targets than the range allows. ``at_cap (N, T)`` bool.
+    """
+    num = int(np.sum(at_cap))
+    if num:
+        warnings.warn(
+            f"decode ({method}): {num} of {at_cap.size} frames chose the largest count max_targets="
+            f"{max_targets}; their true count may be larger (raise max_targets, e.g. to the dataset's "
+            "maximum; Decoded.at_cap flags them)",
+            CountCapWarning,
+            stacklevel=3,
+        )
 
 
 def decode(

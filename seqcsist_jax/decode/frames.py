@@ -13,12 +13,23 @@ fit with one target fewer, from several starts:
   where "add" starts in the wrong basin);
 * **map**: the ``K`` strongest peaks of a model's label map (DeRefNet, ISTA, …), when maps are given.
 
+* **layouts** (``single_pixel`` with ``layout_starts > 0``, ``K >= 3``): ``K`` targets spread inside the
+  pixel that holds the frame's intensity centroid (:func:`pixel_layouts`). When 4–5 targets share one
+  saturated pixel (CSIST-100K, SPEC §9) the greedy add/split chain often ends in a wrong basin; these starts
+  do not depend on the ``K-1`` fit.
+
+Known geometry can constrain the fits (CSIST-100K): ``single_pixel`` keeps every position inside the
+centroid's pixel (a box projection after each step), ``min_separation`` adds a soft hinge penalty on pairs
+closer than the generator allows (:func:`separation_residuals`), ``brightness_range`` boxes the brightnesses.
+
 The best start (lowest cost) is kept for each ``K``. The count (``K = 0``, the empty model, included) is
 chosen by a BIC-like criterion ``cost_K / s² + count_penalty · 3K`` (:func:`count_criterion`);
 ``s² = 1/12 + noise_sigma²`` is the per-pixel residual variance at the truth. Every fit also returns the
 posterior position variance ``s²·diag((JᵀJ)⁻¹)`` of each target, used by the scores.
 
-Compilation: a fit with ``K`` targets runs in a fixed number of *slots* (``K`` rounded up to 1, 2, 4, 8, …);
+Compilation: a fit with ``K`` targets runs in a fixed number of *slots* (``K`` rounded up to 1, 2, 4, 8, …,
+but never more than ``max_targets``: with ``max_targets = 5`` the ``K = 5`` fits run in 5 slots, 2.5× faster
+than in 8);
 unused slots have zero brightness, zero Jacobian columns and an identity block in ``JᵀJ``, so they never
 move. Each slot count compiles once per chunk shape and serves every ``K`` up to it.
 """
@@ -45,6 +56,9 @@ __all__ = [
     "position_variances",
     "slots_for",
     "empty_cost",
+    "fit_from_params",
+    "pixel_layouts",
+    "separation_residuals",
 ]
 
 _MIN_BRIGHTNESS = 1.0
@@ -88,6 +102,36 @@ def masked_normal(jtj: jax.Array, jtr: jax.Array, mask: jax.Array) -> tuple[jax.
     return jtj * m[:, None] * m[None, :] + jnp.diag(1.0 - m), jtr * m
 
 
+def _position_box(obs: jax.Array, opts: DecodeOptions) -> tuple[jax.Array, jax.Array]:
+    """``(2,)`` lower and upper bounds of every target position in one frame's fit.
+
+    The frame (slightly beyond it) by default; with ``opts.single_pixel`` the pixel holding the intensity
+    centroid (the group's brightness-weighted centre lies inside the pixel that holds every target; clipping
+    flattens the peak but keeps its centre).
+    """
+    size = obs.shape[-1]
+    if not opts.single_pixel:
+        return jnp.full((2,), -1.0, obs.dtype), jnp.full((2,), float(size), obs.dtype)
+    centre = jnp.round(_centroid_start(obs, 1)[0, :2])
+    return centre - 0.5, centre + 0.5
+
+
+def separation_residuals(theta: jax.Array, active: jax.Array, opts: DecodeOptions) -> jax.Array:
+    """``(slots²,)`` residuals of the minimum-separation prior: ``s·max(0, d_min - d_ij)/w`` per active pair.
+
+    ``d_min = opts.min_separation``, ``w = opts.separation_width``: a pair closer than the generator allows
+    costs ``s²·((d_min - d)/w)²`` (zero at or beyond ``d_min``), in the units of the data cost. ``theta``
+    ``(3·slots,)`` rows ``(x, y, b)``; ``active (slots,)``.
+    """
+    slots = active.shape[0]
+    xy = theta.reshape(slots, 3)[:, :2]
+    diff = xy[:, None, :] - xy[None, :, :]
+    d = jnp.sqrt(jnp.sum(diff * diff, -1) + 1e-12)
+    upper = jnp.triu(jnp.ones((slots, slots), bool), 1) & active[:, None] & active[None, :]
+    scale = float(np.sqrt(opts.noise_variance)) / opts.separation_width
+    return (scale * jnp.where(upper, jnp.maximum(opts.min_separation - d, 0.0), 0.0)).reshape(-1)
+
+
 def frame_objective(obs: jax.Array, active: jax.Array, opts: DecodeOptions):
     """``normal_fn``, ``cost_fn`` and ``project`` of one frame's fit over ``theta (3·slots,)``.
 
@@ -102,10 +146,16 @@ def frame_objective(obs: jax.Array, active: jax.Array, opts: DecodeOptions):
     pw = pw * pmask
     size = obs.shape[-1]
 
+    sep = opts.min_separation is not None and slots > 1
+
     def normal_fn(theta):
         jtj, jtr, cost = forward.frame_normal_equations(
             theta.reshape(slots, 3), obs, opts.clip_level, sat, opts.sigma
         )
+        if sep:
+            r = separation_residuals(theta, active, opts)
+            jac = jax.jacfwd(separation_residuals)(theta, active, opts)
+            jtj, jtr, cost = jtj + jac.T @ jac, jtr + jac.T @ r, cost + jnp.sum(r * r)
         dev = theta - pm
         jtj, jtr = masked_normal(jtj + jnp.diag(pw), jtr + pw * dev, pmask)
         return jtj, jtr, cost + jnp.sum(pw * dev * dev)
@@ -113,12 +163,17 @@ def frame_objective(obs: jax.Array, active: jax.Array, opts: DecodeOptions):
     def cost_fn(theta):
         dev = theta - pm
         data = forward.frame_cost(theta.reshape(slots, 3), obs, opts.clip_level, opts.sigma)
+        if sep:
+            data = data + jnp.sum(separation_residuals(theta, active, opts) ** 2)
         return data + jnp.sum(pw * dev * dev)
+
+    lo_xy, hi_xy = _position_box(obs, opts)
+    b_lo, b_hi = opts.brightness_range if opts.brightness_range is not None else (_MIN_BRIGHTNESS, jnp.inf)
 
     def project(theta):
         p = theta.reshape(slots, 3)
-        xy = jnp.clip(p[:, :2], -1.0, float(size))
-        b = jnp.where(active, jnp.maximum(p[:, 2], _MIN_BRIGHTNESS), 0.0)
+        xy = jnp.clip(p[:, :2], lo_xy, hi_xy)
+        b = jnp.where(active, jnp.clip(p[:, 2], b_lo, b_hi), 0.0)
         return jnp.concatenate([xy, b[:, None]], axis=1).reshape(-1)
 
     return normal_fn, cost_fn, project
@@ -145,11 +200,41 @@ def position_variances(jtj: jax.Array, noise_variance: float, per_target: int = 
     return jnp.where(jnp.isfinite(out) & (out > 0), out, 1e6)
 
 
-def _fit_one(start: jax.Array, active: jax.Array, obs: jax.Array, opts: DecodeOptions):
+def _fit_one(start: jax.Array, active: jax.Array, obs: jax.Array, opts: DecodeOptions,
+             iterations: int | None = None):
     slots = start.shape[0]
     normal_fn, cost_fn, project = frame_objective(obs, active, opts)
-    res = levenberg_marquardt(project(start.reshape(-1)), normal_fn, cost_fn, project, opts.frame_iterations)
+    its = opts.frame_iterations if iterations is None else iterations
+    res = levenberg_marquardt(project(start.reshape(-1)), normal_fn, cost_fn, project, its)
     return res.theta.reshape(slots, 3), res.cost, res.jtj
+
+
+#: Starts that survive the screening phase (``screen_iterations``) and get the remaining iterations.
+_SCREEN_KEEP = 2
+
+
+def _fit_starts(starts: jax.Array, valid: jax.Array, active: jax.Array, obs: jax.Array, opts: DecodeOptions):
+    """Best fit over ``starts (M, slots, 3)`` (invalid ones ignored): ``params, cost, jtj`` of the winner.
+
+    With ``opts.screen_iterations > 0`` and more than ``_SCREEN_KEEP`` starts, every start first runs that
+    many iterations and only the ``_SCREEN_KEEP`` lowest-cost ones continue for the rest of
+    ``frame_iterations`` (most starts are clearly in a worse basin after a few steps; this halves the cost
+    of the many-start stages).
+    """
+    m = starts.shape[0]
+    screen = opts.screen_iterations
+    if 0 < screen < opts.frame_iterations and m > _SCREEN_KEEP:
+        params, cost, _ = jax.vmap(lambda st: _fit_one(st, active, obs, opts, screen))(starts)
+        cost = jnp.where(valid, cost, jnp.inf)
+        _, keep = jax.lax.top_k(-cost, _SCREEN_KEEP)
+        starts, valid = params[keep], valid[keep]
+        rest = opts.frame_iterations - screen
+        params, cost, jtj = jax.vmap(lambda st: _fit_one(st, active, obs, opts, rest))(starts)
+    else:
+        params, cost, jtj = jax.vmap(lambda st: _fit_one(st, active, obs, opts))(starts)
+    cost = jnp.where(valid, cost, jnp.inf)
+    best = jnp.argmin(cost)
+    return params[best], cost[best], jtj[best]
 
 
 @functools.lru_cache(maxsize=4)
@@ -193,6 +278,55 @@ def _grow_starts(prev: jax.Array, k: jax.Array, obs: jax.Array, opts: DecodeOpti
     return jnp.stack([add, split])
 
 
+#: Half-width of the square the layouts fill and their minimum spacing (px): a little inside the pixel and
+#: a little below CSIST-100K's 0.494 px minimum distance, so every layout is a plausible configuration.
+_LAYOUT_HALF_WIDTH = 0.4
+_LAYOUT_SPACING = 0.4
+
+
+@functools.lru_cache(maxsize=8)
+def pixel_layouts(max_targets: int, layouts: int, seed: int = 0) -> np.ndarray:
+    """``(max_targets + 1, layouts, max_targets, 2)`` offsets from a pixel's centre: ``[K, l, :K]`` is the ``l``-th
+    layout of ``K`` targets, spread inside ``[-0.4, 0.4]²`` with pairwise distance ``>= 0.4`` px (rows
+    ``>= K`` zero). Deterministic (rejection sampling from ``seed``); among many candidates each new layout
+    is the one farthest (sorted-coordinate distance) from those already chosen, so the starts differ."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((max_targets + 1, layouts, max_targets, 2), np.float32)
+    for k in range(1, max_targets + 1):
+        cands_arr = np.zeros((0, k, 2))
+        for _ in range(50):  # batches of candidates until 32 are accepted
+            xy = rng.uniform(-_LAYOUT_HALF_WIDTH, _LAYOUT_HALF_WIDTH, size=(20_000, k, 2))
+            d = np.sqrt(((xy[:, :, None] - xy[:, None]) ** 2).sum(-1)) + 10.0 * np.eye(k)
+            cands_arr = np.concatenate([cands_arr, xy[d.min((1, 2)) >= _LAYOUT_SPACING]])[:32]
+            if len(cands_arr) == 32:
+                break
+        if not len(cands_arr):
+            raise RuntimeError(f"no layout of {k} targets with spacing {_LAYOUT_SPACING} px found")
+        chosen = [0]
+        for _ in range(1, layouts):
+            # Configuration distance: each target to the nearest target of a chosen layout.
+            d = np.sqrt(((cands_arr[:, None, :, None] - cands_arr[None, chosen][:, :, None]) ** 2).sum(-1))
+            spread = d.min(-1).mean(-1).min(-1)  # (candidates,)
+            chosen.append(int(np.argmax(spread)))
+        out[k, :, :k] = cands_arr[chosen]
+    return out
+
+
+def _layout_starts(prev: jax.Array, k: jax.Array, obs: jax.Array, opts: DecodeOptions) -> jax.Array:
+    """``(layout_starts, slots, 3)`` starts with ``k`` targets laid out inside the centroid's pixel, each with
+    the mean brightness of the ``k-1``-target fit."""
+    slots = prev.shape[0]
+    table = pixel_layouts(opts.max_targets, opts.layout_starts)[:, :, :slots]
+    table = jnp.asarray(np.pad(table, ((0, 0), (0, 0), (0, slots - table.shape[2]), (0, 0))))
+    lo, hi = _position_box(obs, opts)
+    centre = 0.5 * (lo + hi)
+    old = jnp.arange(slots) < k - 1
+    b = jnp.sum(jnp.where(old, prev[:, 2], 0.0)) / jnp.maximum(k - 1, 1)
+    xy = centre + table[k]  # (L, slots, 2)
+    active = (jnp.arange(slots) < k)[None, :, None]
+    return jnp.where(active, jnp.concatenate([xy, jnp.broadcast_to(b, xy.shape[:2])[..., None]], -1), 0.0)
+
+
 def _centroid_start(obs: jax.Array, slots: int) -> jax.Array:
     """``(slots, 3)`` with slot 0 at the intensity centroid holding the total intensity."""
     size = obs.shape[-1]
@@ -221,16 +355,17 @@ def _stage(obs: jax.Array, prev: jax.Array, seeds: jax.Array, seed_count: jax.Ar
         first = _centroid_start(o, slots)[None]
         starts = jnp.where(k == 1, jnp.concatenate([first, first]), grown)
         valid = jnp.array([True, False]) | (k > 1)
+        if opts.single_pixel and opts.layout_starts and slots >= 3:  # (static: no wasted starts for K < 3)
+            starts = jnp.concatenate([starts, _layout_starts(p, k, o, opts)])
+            valid = jnp.concatenate([valid, jnp.full((opts.layout_starts,), True) & (k >= 3)])
         if s.shape[0]:  # map seeds: the k strongest peaks (rows sorted by brightness)
             m = s.shape[0]
             seed = jnp.zeros((slots, 3), o.dtype).at[: min(m, slots)].set(s[:slots])
             seed = jnp.where(active[:, None], seed, 0.0)
             starts = jnp.concatenate([starts, seed[None]])
             valid = jnp.concatenate([valid, (n >= k)[None]])
-        params, cost, jtj = jax.vmap(lambda st: _fit_one(st, active, o, opts))(starts)
-        cost = jnp.where(valid, cost, jnp.inf)
-        best = jnp.argmin(cost)
-        return params[best], cost[best], position_variances(jtj[best], opts.noise_variance)
+        params, cost, jtj = _fit_starts(starts, valid, active, o, opts)
+        return params, cost, position_variances(jtj, opts.noise_variance)
 
     return jax.vmap(one)(obs, prev, seeds, seed_count)
 
@@ -303,7 +438,7 @@ def fit_frames(
         obs, sc = _pad_chunk(frames, lo, hi, chunk), _pad_chunk(seed_count, lo, hi, chunk)
         prev = jnp.zeros((chunk, 1, 3), jnp.float32)
         for k in range(1, kmax + 1):
-            slots = slots_for(k)
+            slots = min(slots_for(k), kmax)  # K = 5 of max 5 runs in 5 slots, not 8 (2.5× faster)
             if prev.shape[1] < slots:
                 prev = jnp.pad(prev, ((0, 0), (0, slots - prev.shape[1]), (0, 0)))
             sd = _pad_chunk(seeds[:, :slots], lo, hi, chunk)
@@ -312,3 +447,51 @@ def fit_frames(
             cost[lo:hi, k] = np.asarray(c)[: hi - lo]
             pos_var[lo:hi, k - 1, :k] = np.asarray(v)[: hi - lo, :k]
     return FrameFits(params, cost, pos_var)
+
+
+@functools.partial(jax.jit, static_argnames=("opts",))
+def _fit_started(obs: jax.Array, start: jax.Array, count: jax.Array, opts: DecodeOptions):
+    slots = start.shape[1]
+
+    def one(o, s, k):
+        active = jnp.arange(slots) < k
+        p, c, jtj = _fit_one(jnp.where(active[:, None], s, 0.0), active, o, opts)
+        return p, c, position_variances(jtj, opts.noise_variance)
+
+    return jax.vmap(one)(obs, start, count)
+
+
+def fit_from_params(
+    frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts: DecodeOptions
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-frame fits started from given targets (e.g. the truth, to measure the model's ceiling).
+
+    Args:
+      frames: ``(F, S, S)`` grey values.
+      params: ``(F, K, 3)`` start rows ``(x, y, b)``; rows ``>= count`` ignored.
+      count: ``(F,)`` targets per frame (``<= K``).
+      opts: decoder options (``frame_iterations`` LM steps, the same objective as :func:`fit_frames`).
+
+    Returns:
+      ``params (F, K, 3)``, ``cost (F,)``, ``pos_var (F, K)`` of the fits (rows ``>= count`` zero / inf).
+    """
+    frames = np.asarray(frames, np.float32)
+    params = np.asarray(params, np.float32)
+    count = np.asarray(count, np.int32)
+    f, k = params.shape[:2]
+    slots = slots_for(max(k, 1))
+    start = np.zeros((f, slots, 3), np.float32)
+    start[:, :k] = params
+    out_p = np.zeros((f, k, 3), np.float32)
+    out_c = np.zeros(f, np.float64)
+    out_v = np.full((f, k), np.inf, np.float32)
+    chunk = max(1, min(opts.chunk, f))
+    for lo in range(0, f, chunk):
+        hi = min(lo + chunk, f)
+        p, c, v = _fit_started(_pad_chunk(frames, lo, hi, chunk), _pad_chunk(start, lo, hi, chunk),
+                               _pad_chunk(count, lo, hi, chunk), opts)
+        out_p[lo:hi] = np.asarray(p)[: hi - lo, :k]
+        out_c[lo:hi] = np.asarray(c)[: hi - lo]
+        out_v[lo:hi] = np.asarray(v)[: hi - lo, :k]
+    active = np.arange(k)[None, :] < count[:, None]
+    return np.where(active[..., None], out_p, 0.0), out_c, np.where(active, out_v, np.inf)

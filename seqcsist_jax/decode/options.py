@@ -54,6 +54,22 @@ class DecodeOptions:
       map_seeds: use peaks of supplied model maps as extra starts (``refine``/``trajectory``).
       max_saturated: saturated pixels per frame handled as censored (more are treated as ordinary pixels).
       score_radius: ``r₀`` of the localisation confidence ``1 - exp(-r₀²/(2σ²))`` in the scores.
+      single_pixel: every target of a frame lies inside one pixel (CSIST-100K, SPEC §9): the per-frame fits
+        keep all positions inside the pixel holding the frame's intensity centroid (a box constraint
+        applied after every step). **DECISION**: off by default (SeqCSIST groups span several pixels).
+      layout_starts: with ``single_pixel``, extra starts per count ``K >= 3``: fixed spread-out layouts of
+        ``K`` targets inside the pixel (:func:`seqcsist_jax.decode.frames.pixel_layouts`); greedy add/split
+        starts often end in a wrong basin when 4–5 targets share a saturated pixel.
+      screen_iterations: when a per-frame stage has more than 2 starts, run every start this many LM
+        iterations and continue only the best 2 for the rest of ``frame_iterations`` (0: off, every start
+        gets the full budget).
+      min_separation: minimum distance (px) between two targets of a frame the generator allows (CSIST-100K:
+        ``0.52·1.9σ ≈ 0.494``), or ``None``: closer pairs in a per-frame fit pay the soft hinge penalty of
+        :func:`seqcsist_jax.decode.frames.separation_residuals` (it rules out fits that merge two targets
+        and compensate with the others). **DECISION**: off by default.
+      separation_width: width (px) of that hinge: a pair ``w`` closer than allowed costs one ``s²``.
+      brightness_range: ``(lo, hi)`` box constraint on every brightness in the per-frame fits (the generator's
+        uniform range, e.g. ``(220, 250)``), or ``None``. **DECISION**: off by default.
       chunk: frames (``refine``) or trajectories×frames/T (``trajectory``) per jitted call; every call is
         padded to this size so each shape compiles once.
     """
@@ -79,6 +95,12 @@ class DecodeOptions:
     max_saturated: int = 8
     score_radius: float = 0.1
     chunk: int = 4096
+    single_pixel: bool = False
+    layout_starts: int = 0
+    screen_iterations: int = 0
+    min_separation: float | None = None
+    separation_width: float = 0.02
+    brightness_range: tuple[float, float] | None = None
 
     @property
     def noise_variance(self) -> float:
@@ -120,6 +142,27 @@ class DecodeOptions:
         if self.clip_level is not None:
             check(math.isfinite(self.clip_level) and self.clip_level > 0,
                   f"decode option clip_level must be positive or None, got {self.clip_level!r}")
+        check(isinstance(self.layout_starts, int) and not isinstance(self.layout_starts, bool)
+              and self.layout_starts >= 0,
+              f"decode option layout_starts must be a non-negative integer, got {self.layout_starts!r}")
+        if self.min_separation is not None:
+            check(isinstance(self.min_separation, (int, float)) and math.isfinite(self.min_separation)
+                  and self.min_separation > 0,
+                  f"decode option min_separation must be a positive number or None, got {self.min_separation!r}")
+        check(isinstance(self.separation_width, (int, float)) and math.isfinite(self.separation_width)
+              and self.separation_width > 0,
+              f"decode option separation_width must be a positive number, got {self.separation_width!r}")
+        si = self.screen_iterations
+        check(isinstance(si, int) and not isinstance(si, bool) and si >= 0,
+              f"decode option screen_iterations must be a non-negative integer, got {si!r}")
+        check(isinstance(self.single_pixel, bool),
+              f"decode option single_pixel must be True or False, got {self.single_pixel!r}")
+        if self.brightness_range is not None:
+            br = tuple(float(v) for v in self.brightness_range)
+            check(len(br) == 2 and all(math.isfinite(v) for v in br) and 0 < br[0] <= br[1],
+                  f"decode option brightness_range must be (lo, hi) with 0 < lo <= hi, or None, "
+                  f"got {self.brightness_range!r}")
+            object.__setattr__(self, "brightness_range", br)
         if self.brightness_prior is not None:
             bp = tuple(float(v) for v in self.brightness_prior)
             check(len(bp) == 2 and all(math.isfinite(v) for v in bp) and bp[1] > 0,

@@ -1,0 +1,188 @@
+"""Continuous decoding (``refine``) on CSIST-100K-style single images: CSO-mAP, time, and where the error goes.
+
+``python -m experiments.benchmarks.bench_decode_csist100k`` decodes a test split of 10,000 images (every image
+scored; the metric's distance thresholds do not depend on the brightness threshold 50, which only applies to
+grid maps) with
+
+* ``refine, max 4``: the old default count range (silently capped at 4 targets before the count-cap warning);
+* ``refine, max 5``: the dataset's count range;
+* ``refine, single-pixel``: max 5 plus the dataset's known geometry (:data:`SINGLE_PIXEL`): positions kept
+  inside the centroid's pixel, spread-out multi-starts inside it, and the minimum-separation prior.
+
+Each timed call is the first call of its options in the process, so it includes compilation. Diagnostics of
+the last row: AP by true count, clipped vs unclipped images, optimiser basins (images whose fit started at
+the truth reaches a lower cost than ours) and the CSO-mAP of the truth-started fit (the model's ceiling).
+
+Data: ``seqcsist_jax.data.csist100k`` (branch m15data) when it is importable, otherwise the stand-in generator
+of :mod:`experiments.benchmarks.csist100k_standin` (SPEC §9, written here until the dataset lands).
+Writes ``experiments/benchmarks/results/bench_decode_csist100k.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqcsist_jax import fileio, metrics
+from seqcsist_jax.decode import CountCapWarning, decode_arrays, frames, localisation_confidence, make_options
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KEYS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
+
+#: Decoder options that encode CSIST-100K's geometry (SPEC §9): 1–5 targets inside one pixel, pairwise
+#: >= 0.52·1.9σ apart.
+SINGLE_PIXEL: dict[str, Any] = dict(max_targets=5, single_pixel=True, layout_starts=6, min_separation=0.494)
+
+#: Published CSIST-100K results (c = 3) and grid ceilings of a perfect detector (SPEC §9).
+PUBLISHED = [
+    ("DISTA-Net (c=3)", 46.74, 0.38, 7.54, 42.44, 86.18, 97.14),
+    ("FOCUS+ (c=3)", 46.53, 0.40, 7.40, 42.20, 85.60, 97.00),
+    ("DSCSNet (c=3)", 46.36, None, None, None, None, None),
+    ("grid ceiling c=3", 58.8, None, None, None, None, None),
+    ("grid ceiling c=5", 79.6, None, None, None, None, None),
+    ("grid ceiling c=7", 87.7, None, None, None, None, None),
+]
+
+
+def load_test_split(num: int, seed: int) -> tuple[dict[str, np.ndarray], str]:
+    """``images (N, 11, 11)``, ``targets (N, 5, 3)``, ``num_targets``, ``clipped`` (bool per image)."""
+    try:
+        from seqcsist_jax.data import csist100k  # noqa: F401  (branch m15data)
+
+        arrays = csist100k.load_csist100k_arrays("csist100k/default", "test")
+        images = np.asarray(arrays["images"])[:num]
+        targets = np.asarray(arrays["targets"], np.float32)[:num]
+        counts = (targets[..., 2] > 0).sum(-1)
+        clipped = images.reshape(len(images), -1).max(-1) >= 255
+        return {"images": images, "targets": targets, "num_targets": counts, "clipped": clipped}, \
+            "csist100k/default test (TFDS)"
+    except Exception:  # noqa: BLE001 - dataset not there yet: the stand-in is documented above
+        from experiments.benchmarks.csist100k_standin import generate
+
+        d = generate(num, seed)
+        d["clipped"] = d["clipped_pixels"] > 0
+        return d, f"stand-in generator (experiments/benchmarks/csist100k_standin.py, seed {seed})"
+
+
+def score(dets: list[np.ndarray], targets: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+    idx = np.arange(len(dets)) if mask is None else np.flatnonzero(mask)
+    r = metrics.cso_map([dets[i] for i in idx], list(targets[idx]))
+    return {k: 100.0 * r[k] for k in KEYS}
+
+
+def run(options: dict[str, Any], data: dict[str, np.ndarray]) -> tuple[Any, float, float, int]:
+    """Decodes every image; returns the result, wall seconds, CPU seconds (all threads) and warnings."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CountCapWarning)
+        dec = decode_arrays(data["images"][:, None], method="refine", **options)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    flagged = sum(1 for w in caught if issubclass(w.category, CountCapWarning))
+    return dec, seconds, cpu, flagged
+
+
+def diagnostics(dec, data: dict[str, np.ndarray], options: dict[str, Any]) -> dict[str, Any]:
+    targets, tc = data["targets"], data["num_targets"]
+    dets = [d[0] for d in dec.to_lists()]
+    out: dict[str, Any] = {"count_accuracy": float(np.mean(dec.count[:, 0] == tc))}
+    out["mAP_by_true_count"] = {int(k): score(dets, targets, tc == k)["mAP"] for k in np.unique(tc)}
+    out["mAP_clipped"] = score(dets, targets, data["clipped"])["mAP"]
+    out["mAP_unclipped"] = score(dets, targets, ~data["clipped"])["mAP"]
+    out["clipped_share"] = float(np.mean(data["clipped"]))
+    opts = make_options(**options)
+    p, cost, var = frames.fit_from_params(data["images"], targets, tc, opts)
+    ours = dec.frame_cost[np.arange(len(tc)), 0, tc]
+    out["truth_start_lower_cost_share"] = float(np.mean(cost < ours - 0.05))  # 0.05 grey level² ≈ 0.6 s²
+    out["truth_start_lower_cost_share_by_count"] = {
+        int(k): float(np.mean((cost < ours - 0.05)[tc == k])) for k in np.unique(tc)}
+    sc = localisation_confidence(var, opts.score_radius)
+    truth = [np.concatenate([p[i, : tc[i]], sc[i, : tc[i], None]], 1) for i in range(len(tc))]
+    out["truth_start"] = score(truth, targets)
+    out["truth_start_by_true_count"] = {int(k): score(truth, targets, tc == k)["mAP"] for k in np.unique(tc)}
+    return out
+
+
+def machine() -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+            f"Python {platform.python_version()}, load average {load}")
+
+
+def markdown(res: dict[str, Any]) -> str:
+    lines = ["# Continuous decoding on CSIST-100K-style single images", "",
+             f"`python -m experiments.benchmarks.bench_decode_csist100k` — {res['images']} test images, "
+             f"every image scored. Data: {res['data']}.", "",
+             "| method | images | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | count acc. | flagged at cap "
+             "| wall s incl. compile | CPU s (all threads) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['name']} | {r['images']} | {r['mAP']:.2f} | {r['AP05']:.2f} | {r['AP10']:.2f} | {r['AP15']:.2f} "
+                     f"| {r['AP20']:.2f} | {r['AP25']:.2f} | {r['count_accuracy']:.4f} | {r['at_cap']} "
+                     f"| {r['seconds']:.1f} | {r['cpu_seconds']:.1f} |")
+    t = res["diagnostics"]["truth_start"]
+    lines.append(f"| fit started at the truth (ceiling of the single-pixel model) | {res['images']} | "
+                 f"{t['mAP']:.2f} | "
+                 f"{t['AP05']:.2f} | {t['AP10']:.2f} | {t['AP15']:.2f} | {t['AP20']:.2f} | {t['AP25']:.2f} "
+                 "| – | – | – | – |")
+    for name, *vals in PUBLISHED:
+        cells = " | ".join("–" if v is None else f"{v:.2f}" for v in vals)
+        lines.append(f"| published: {name} | 10000 | {cells} | – | – | – | – |")
+    d = res["diagnostics"]
+    lines += ["", f"Diagnostics of `{res['rows'][-1]['name']}`:", "",
+              "| true count | " + " | ".join(str(k) for k in d["mAP_by_true_count"]) + " |",
+              "|---|" + "---|" * len(d["mAP_by_true_count"]),
+              "| CSO-mAP | " + " | ".join(f"{v:.2f}" for v in d["mAP_by_true_count"].values()) + " |",
+              "| truth-started CSO-mAP | " + " | ".join(
+                  f"{v:.2f}" for v in d["truth_start_by_true_count"].values()) + " |",
+              "| truth start reaches a lower cost | " + " | ".join(
+                  f"{100 * v:.1f}%" for v in d["truth_start_lower_cost_share_by_count"].values()) + " |",
+              "", f"- clipped images ({100 * d['clipped_share']:.1f}%): CSO-mAP {d['mAP_clipped']:.2f}; "
+              f"unclipped: {d['mAP_unclipped']:.2f}",
+              f"- images whose truth-started fit reaches a lower cost (wrong basin): "
+              f"{100 * d['truth_start_lower_cost_share']:.2f}%", "",
+              f"Machine: {res['machine']} (shared; timings under that load).", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=100_000)
+    p.add_argument("--skip-baselines", action="store_true", help="only the single-pixel row")
+    p.add_argument("--baseline-images", type=int, default=10_000, help="images of the two baseline rows")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--tag", default="")
+    args = p.parse_args(argv)
+    data, source = load_test_split(args.images, args.seed)
+    variants = [("refine, max 4 (old default)", {}), ("refine, max 5", dict(max_targets=5))]
+    if args.skip_baselines:
+        variants = []
+    variants.append(("refine, single-pixel (max 5)", SINGLE_PIXEL))
+    rows = []
+    for name, options in variants:
+        sub = data if name.startswith("refine, single") else {k: v[: args.baseline_images] for k, v in data.items()}
+        dec, seconds, cpu, flagged = run(options, sub)
+        at_cap = int(dec.at_cap.sum())
+        row = {"name": name, "options": options, "images": len(sub["images"]),
+               **score([d[0] for d in dec.to_lists()], sub["targets"]),
+               "count_accuracy": float(np.mean(dec.count[:, 0] == sub["num_targets"])), "at_cap": at_cap,
+               "warned": bool(flagged), "seconds": seconds, "cpu_seconds": cpu}
+        rows.append(row)
+        print(f"{name:32s} mAP {row['mAP']:6.2f}  AP05 {row['AP05']:6.2f}  count {row['count_accuracy']:.4f}  "
+              f"at cap {at_cap}  {seconds:6.1f} s wall, {cpu:6.1f} s CPU (incl. compile)", flush=True)
+    diag = diagnostics(dec, data, variants[-1][1])
+    res = {"data": source, "images": len(data["images"]), "rows": rows, "diagnostics": diag, "machine": machine()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    fileio.atomic_write_json(args.out / f"bench_decode_csist100k{args.tag}.json", res, indent=2, default=float)
+    fileio.atomic_write(args.out / f"bench_decode_csist100k{args.tag}.md", markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

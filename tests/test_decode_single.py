@@ -1,0 +1,167 @@
+"""Tests of the single-image side of seqcsist_jax.decode (CSIST-100K-style frames, SPEC §9): ``refine`` on a
+5-target group inside one pixel, the count-cap warning, and the single-pixel starts and priors.
+
+Groups are written out here by hand (not drawn by a generator): five targets inside pixel (5, 5), pairwise
+>= 0.5 px apart, rendered with ``imaging.render``; the float frames are unclipped, the 8-bit ones clip at 255.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from seqcsist_jax import imaging
+from seqcsist_jax.decode import CountCapWarning, decode_arrays, frames, make_options
+
+# Five targets inside pixel (5, 5) ([4.5, 5.5]²), pairwise >= 0.5 px (the minimum is 0.52·1.9·0.5 = 0.494).
+GROUP5 = np.array([
+    [4.63, 4.64, 231.0],
+    [4.65, 5.37, 244.0],
+    [5.00, 5.01, 226.0],
+    [5.36, 4.63, 238.0],
+    [5.38, 5.36, 249.0],
+])
+SINGLE = dict(max_targets=5, single_pixel=True, layout_starts=6, min_separation=0.494)
+
+
+def _errors(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    d = np.sqrt(((found[:, None, :2] - truth[None, :, :2]) ** 2).sum(-1))
+    r, c = linear_sum_assignment(d)
+    return d[r, c]
+
+
+def test_group_is_inside_one_pixel_and_spaced():
+    assert np.all(np.round(GROUP5[:, :2]) == 5)
+    d = np.sqrt(((GROUP5[:, None, :2] - GROUP5[None, :, :2]) ** 2).sum(-1)) + 9 * np.eye(5)
+    assert d.min() >= 0.494
+
+
+@pytest.fixture(scope="module")
+def five():
+    """``refine`` on the group rendered twice: rounded but unclipped (peak ~430; a frame with pixels above
+    255 is not censored) and 8-bit clipped — one call, so both share one compilation."""
+    raw = imaging.render(GROUP5[None])[0]
+    img = np.stack([np.round(raw), imaging.quantize(raw).astype(np.float64)]).astype(np.float32)
+    assert img[0].max() > 300 and int(imaging.count_clipped(raw)) > 0  # the cases really differ
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CountCapWarning)  # the count (5) is the range's largest
+        return img, decode_arrays(img[:, None], method="refine", **SINGLE)
+
+
+@pytest.mark.parametrize("i", [0, 1], ids=["unclipped", "clipped"])
+def test_refine_recovers_five_targets_in_one_pixel(five, i):
+    _, dec = five
+    assert dec.count[i, 0] == 5
+    found = dec.detections[i, 0, :5]
+    # Five targets in one pixel are nearly degenerate (a 4-target fit explains the noise-free frame to within
+    # 0.4 grey level²): 8-bit rounding and the brightness prior move the optimum by up to ~0.03 px.
+    err = _errors(found, GROUP5)
+    assert err.max() <= 0.05, err
+    assert np.abs(np.sort(found[:, 2]) - np.sort(GROUP5[:, 2])).max() <= 20.0
+    # single_pixel: every position stays inside the pixel holding the intensity centroid.
+    assert np.all((found[:, :2] >= 4.5 - 1e-5) & (found[:, :2] <= 5.5 + 1e-5))
+    assert dec.at_cap[i, 0]
+
+
+def test_count_cap_warns_with_number_of_frames_and_flags_them():
+    three = imaging.quantize(imaging.render(GROUP5[None, :3]))
+    one = imaging.quantize(imaging.render(np.array([[[3.2, 7.1, 240.0]]])))
+    img = np.stack([three, one, three])  # (3, 1, 11, 11)
+    with pytest.warns(CountCapWarning, match=r"2 of 3 frames chose the largest count max_targets=2"):
+        dec = decode_arrays(img, method="refine", max_targets=2)
+    np.testing.assert_array_equal(dec.at_cap[:, 0], [True, False, True])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CountCapWarning)  # below the cap: no warning
+        low = decode_arrays(np.stack([one, one, one]), method="refine", max_targets=2)
+    assert not low.at_cap.any() and np.all(low.count == 1)
+    assert dec.count[1, 0] == 1
+
+
+def test_pixel_layouts_are_spread_inside_the_pixel_and_deterministic():
+    lay = frames.pixel_layouts(5, 6)
+    assert lay.shape == (6, 6, 5, 2)
+    np.testing.assert_array_equal(lay, frames.pixel_layouts(5, 6))
+    for k in range(1, 6):
+        xy = lay[k, :, :k]
+        assert np.abs(xy).max() <= 0.4 + 1e-6
+        assert np.all(lay[k, :, k:] == 0)
+        if k > 1:
+            d = np.sqrt(((xy[:, :, None] - xy[:, None]) ** 2).sum(-1)) + 9 * np.eye(k)
+            assert d.min() >= 0.4 - 1e-6
+        # The layouts differ from each other (the point of several starts).
+        assert len({tuple(np.round(np.sort(x, axis=0).ravel(), 4)) for x in xy}) == 6
+
+
+def test_layout_starts_never_raise_the_stage_cost(five):
+    """The best of a superset of starts is at least as good (same frames, same ``k-1``-target input)."""
+    img, _ = five
+    prev = np.zeros((2, 4, 3), np.float32)
+    prev[:, :3] = GROUP5[[0, 2, 4]] + np.array([0.05, -0.04, 0.0])  # a 3-target fit, 4 slots for k = 4
+    none = jnp.zeros((2, 0, 3)), jnp.zeros(2, jnp.int32)
+    with_layouts = make_options(**SINGLE)
+    base = dataclasses.replace(with_layouts, layout_starts=0)
+    _, c0, _ = frames._stage(jnp.asarray(img), jnp.asarray(prev), *none, jnp.int32(4), base)
+    _, c1, _ = frames._stage(jnp.asarray(img), jnp.asarray(prev), *none, jnp.int32(4), with_layouts)
+    assert np.all(np.asarray(c1) <= np.asarray(c0) * (1 + 1e-6) + 1e-4)
+
+
+def test_separation_residuals_hinge_and_jacobian():
+    opts = make_options(min_separation=0.5, separation_width=0.1)
+    theta = jnp.array([5.0, 5.0, 230.0, 5.3, 5.0, 230.0, 5.0, 6.0, 230.0, 0.0, 0.0, 0.0])
+    active = jnp.array([True, True, True, False])
+    r = np.asarray(frames.separation_residuals(theta, active, opts)).reshape(4, 4)
+    s = np.sqrt(opts.noise_variance)
+    expected = np.zeros((4, 4))
+    expected[0, 1] = s * (0.5 - 0.3) / 0.1  # the only pair closer than 0.5 px; the inactive slot is ignored
+    np.testing.assert_allclose(r, expected, atol=1e-4)
+    # Analytic (autodiff) Jacobian vs central differences on x of target 1.
+    import jax
+
+    jac = np.asarray(jax.jacfwd(frames.separation_residuals)(theta, active, opts))
+    h = 1e-3
+    e = jnp.zeros(12).at[3].set(h)
+    num = (np.asarray(frames.separation_residuals(theta + e, active, opts))
+           - np.asarray(frames.separation_residuals(theta - e, active, opts))) / (2 * h)
+    np.testing.assert_allclose(jac[:, 3], num, atol=2e-2)
+
+
+def test_fit_from_params_at_the_truth_of_a_noise_free_frame_stays_there():
+    img = imaging.render(GROUP5[None]).astype(np.float32)
+    opts = make_options(max_targets=5, clip_level=None, brightness_prior=None)
+    p, cost, var = frames.fit_from_params(img, GROUP5[None].astype(np.float32), np.array([5]), opts)
+    np.testing.assert_allclose(p[0, :, :2], GROUP5[:, :2], atol=2e-3)
+    np.testing.assert_allclose(p[0, :, 2], GROUP5[:, 2], atol=0.5)
+    assert cost[0] < 1e-2 and np.all(np.isfinite(var[0]))
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (dict(layout_starts=-1), "layout_starts"),
+    (dict(screen_iterations=-2), "screen_iterations"),
+    (dict(single_pixel=1), "single_pixel"),
+    (dict(min_separation=0.0), "min_separation"),
+    (dict(separation_width=-1.0), "separation_width"),
+    (dict(brightness_range=(250.0, 220.0)), "brightness_range"),
+])
+def test_new_options_are_validated(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        make_options(**bad)
+
+
+def test_screening_keeps_the_start_in_the_right_basin():
+    """Three starts far from the pair and one at it: after screening, the fit from the good start wins."""
+    pair = np.array([[5.0, 4.75, 230.0], [5.0, 5.25, 240.0]])
+    img = jnp.asarray(np.round(imaging.render(pair)), jnp.float32)
+    good = pair + np.array([0.03, -0.02, 5.0])
+    junk = [pair + np.array([dx, dy, 0.0]) for dx, dy in [(2.0, 2.0), (-2.5, 1.0), (1.5, -3.0)]]
+    starts = jnp.asarray(np.stack(junk[:2] + [good] + junk[2:]), jnp.float32)
+    opts = make_options(max_targets=2, screen_iterations=3, clip_level=None)
+    params, cost, _ = frames._fit_starts(starts, jnp.ones(4, bool), jnp.ones(2, bool), img, opts)
+    assert _errors(np.asarray(params), pair).max() <= 0.02
+    full = frames._fit_starts(starts, jnp.ones(4, bool), jnp.ones(2, bool), img,
+                              make_options(max_targets=2, clip_level=None))
+    assert float(cost) <= float(full[1]) + 0.05  # as good as giving every start the full budget
