@@ -143,8 +143,10 @@ def method_config(name: str, args: argparse.Namespace):
 
     spec = f"{name}:{args.variant}" if args.variant else name
     config = configs.get_config(spec)
-    if args.dataset:
-        config.dataset.name = args.dataset
+    if args.dataset:  # with that benchmark's protocol (CSIST-100K: every image scored at threshold 50)
+        from experiments.configs import common
+
+        common.set_dataset(config, args.dataset)
     if args.max_eval_trajectories:
         config.dataset.max_eval_trajectories = args.max_eval_trajectories
     if args.learning_rate is not None:
@@ -301,7 +303,9 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
         "weight_decay": float(config.optimizer.weight_decay) if trainable else None,
         "seconds": seconds,
         "num_test_trajectories": int(test.get("num_trajectories", 0)),
-        "paper": _paper_row(name),
+        # the published table is SeqCSIST's: no paper column for single-image datasets
+        "paper": None if is_single_image(config.dataset.name) else _paper_row(name),
+        **{k: float(test[k]) for k in ("psnr", "ssim") if test.get(k) is not None},
         "config": key,
         **extra,
     }
@@ -385,13 +389,27 @@ def settings_text(settings: dict) -> str:
     return text
 
 
+def is_single_image(dataset_name: str | None) -> bool:
+    """Whether the comparison runs on a single-image dataset (CSIST-100K)."""
+    from seqcsist_jax.data.splits import is_single_image as single
+
+    return bool(dataset_name) and single(dataset_name)
+
+
+def _protocol_text(settings: dict) -> str:
+    if is_single_image(settings.get("dataset")):
+        return ("CSIST-100K protocol (grid decoding, threshold 50, every image scored, CSO-mAP and AP ×100; "
+                "PSNR/SSIM of the maps in the JSON rows)")
+    return "paper protocol (grid decoding, threshold 70, frames 2..17, CSO-mAP and AP ×100)"
+
+
 def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
     """The comparison as Markdown: this run, then the paper's numbers for the same methods."""
     lines = [
         "## Comparison on this pipeline",
         "",
-        f"Trained and scored here: {settings_text(settings)}. Test split, paper protocol (grid decoding, "
-        "threshold 70, frames 2..17, CSO-mAP and AP ×100). Classical methods are not trained. "
+        f"Trained and scored here: {settings_text(settings)}. Test split, {_protocol_text(settings)}. "
+        "Classical methods are not trained. "
         f"FPS: predicted frames (output maps) per second of the jitted inference on this machine ({machine['device']}, "
         f"{machine['cpu_count']} CPU cores, backend {machine['backend']}); FLOPs per 20-frame trajectory "
         "(XLA cost analysis; ISTA/FISTA analytic from the mean iteration count).",

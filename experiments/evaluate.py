@@ -105,7 +105,7 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
         config = cli.apply_overrides(load_run_config(pathlib.Path(FLAGS.workdir)), overrides)
     result = evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.decode,
                               FLAGS.torch_checkpoint, config, FLAGS.export_public, FLAGS.calibrate)
-    print(evaluation.PAPER_HEADER)
+    print(evaluation.table_header(result))
     print(result["table_row"])
     print(json.dumps({k: v for k, v in result.items() if k not in ("table_row",)}, indent=1, default=float))
     print(f"wrote {result['out_dir']}/ (metrics.json, detections.csv, pr_curves.png, samples.png)")

@@ -2,7 +2,10 @@
 
 The paper protocol (SPEC §4): each predicted 33×33 map is thresholded at 70 and every remaining cell is a
 detection (``decode="grid"``); only frames 2..T-3 (2..17 of a 20-frame trajectory) are scored, for every
-method. Other decoders (``peak``, ``refine``, ``trajectory`` — :mod:`seqcsist_jax.decode`) give continuous
+method. Single-image datasets (CSIST-100K, SPEC §9) are one-frame trajectories scored by the same code with
+``eval.scored_margin = 0`` and threshold 50; maps of sub-pixel division ``c`` are ``11c × 11c`` and ``c`` is
+read from their shape. Methods that predict every frame also get the toolkit's PSNR/SSIM of their maps against
+the label grids (:mod:`seqcsist_jax.image_quality`). Other decoders (``peak``, ``refine``, ``trajectory`` — :mod:`seqcsist_jax.decode`) give continuous
 positions and are reported separately, never mixed into the paper-comparison numbers.
 
 Outputs of :func:`evaluate_run` under ``{workdir}/eval/{split}[-{decode}]/``:
@@ -77,7 +80,8 @@ def score_maps(
     """CSO-mAP of predicted maps on the scored frames.
 
     Args:
-      maps: ``(N, T', 33, 33)`` predictions for input frames ``frame_index (T',)``.
+      maps: ``(N, T', 11c, 11c)`` predictions for input frames ``frame_index (T',)`` (33×33 for c = 3; ``c`` is
+        ``maps`` side / frame side).
       arrays: the split (``frames (N, T, 11, 11)``, ``targets (N, T, MAXT, 3)``).
       threshold: brightness threshold of the grid decoder (70 for SeqCSIST).
       decode: ``grid`` (paper protocol), ``peak``, ``refine`` or ``trajectory``.
@@ -91,6 +95,7 @@ def score_maps(
         raise ValueError(f"decode must be one of {DECODERS}, got {decode!r}")
     frames = np.asarray(arrays["frames"])
     n, t = frames.shape[:2]
+    c = subpixel_division(maps, frames)
     frame_index = np.asarray(frame_index)
     first, last = scored_frame_range(t, margin)
     scored = np.arange(first, last + 1)
@@ -100,7 +105,7 @@ def score_maps(
     if decode == "grid":
         position = {int(f): i for i, f in enumerate(frame_index)}
         selected = maps[:, [position[int(f)] for f in scored]]
-        flat = metrics_lib.grids_to_detections(selected.reshape(-1, *maps.shape[-2:]), threshold=threshold)
+        flat = metrics_lib.grids_to_detections(selected.reshape(-1, *maps.shape[-2:]), threshold=threshold, c=c)
         # grid detections carry the cell value as both brightness and score
         flat = [np.concatenate([d[:, :2], d[:, 2:3], d[:, 2:3]], axis=1) for d in flat]
         detections = [flat[i * len(scored) : (i + 1) * len(scored)] for i in range(n)]
@@ -112,7 +117,10 @@ def score_maps(
         else:
             seeds = np.zeros((n, t) + maps.shape[-2:], np.float32)
             seeds[:, frame_index] = maps
-        decoded = decode_fn(frames, maps=seeds, method=decode, **dict(decode_options or {}))
+        options = dict(decode_options or {})
+        if c != 3:  # c = 3 is the decoders' default; keeps SeqCSIST calls unchanged
+            options.setdefault("c", c)
+        decoded = decode_fn(frames, maps=seeds, method=decode, **options)
         detections = [[decoded[i][f] for f in scored] for i in range(n)]
     targets = _frame_targets(arrays, scored).reshape(n * len(scored), *np.asarray(arrays["targets"]).shape[2:])
     flat_dets = [d for traj in detections for d in traj]
@@ -124,15 +132,65 @@ def score_maps(
     return result, detections
 
 
+def subpixel_division(maps: np.ndarray, frames: np.ndarray) -> int:
+    """``c`` of ``maps (..., 11c, 11c)`` predicted for ``frames (..., 11, 11)``.
+
+    Raises:
+      ValueError: the map side is not a multiple of the frame side.
+    """
+    side, frame_side = int(np.shape(maps)[-1]), int(np.shape(frames)[-1])
+    if side % frame_side or np.shape(maps)[-2] != side:
+        raise ValueError(f"predicted maps {tuple(np.shape(maps)[-2:])} are not (11c, 11c) maps of "
+                         f"{frame_side}×{frame_side} frames")
+    return side // frame_side
+
+
+def map_quality(maps: np.ndarray, frame_index: np.ndarray, arrays: Mapping[str, np.ndarray], *,
+                margin: int = SCORED_MARGIN, collision: str = "sum") -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM of the predicted maps of the scored frames against their label grids, as the
+    GrokCSO toolkit reports them (:func:`seqcsist_jax.image_quality.psnr` / ``ssim``; 8-bit conversion first).
+
+    Args:
+      maps: ``(N, T', 11c, 11c)`` predictions for input frames ``frame_index (T',)``.
+      arrays: the split (``frames (N, T, 11, 11)``, ``targets (N, T, MAXT, 3)``).
+      margin: frames ``margin..T-1-margin`` are scored.
+      collision: label-grid rule (:func:`seqcsist_jax.imaging.targets_to_grid`).
+
+    Returns:
+      ``{"psnr": dB, "ssim": ...}`` averaged over the ``N × scored`` maps.
+    """
+    from seqcsist_jax import image_quality, imaging
+
+    frames = np.asarray(arrays["frames"])
+    c = subpixel_division(maps, frames)
+    scored = np.arange(*np.add(scored_frame_range(frames.shape[1], margin), (0, 1)))
+    position = {int(f): i for i, f in enumerate(np.asarray(frame_index))}
+    pred = np.asarray(maps)[:, [position[int(f)] for f in scored]]
+    labels = imaging.targets_to_grid(_frame_targets(arrays, scored), c=c, size=frames.shape[-1], collision=collision)
+    labels = np.asarray(labels, np.float64)
+    return {"psnr": float(np.mean(image_quality.psnr(pred, labels))),
+            "ssim": float(np.mean(image_quality.ssim(pred, labels)))}
+
+
 def paper_row(name: str, metrics: Mapping[str, Any], params: int | None = None, fps: float | None = None) -> str:
-    """One Markdown row in the layout of the paper's table: method, CSO-mAP, AP05…AP25 (×100), FPS, params."""
+    """One Markdown row in the layout of the paper's table: method, CSO-mAP, AP05…AP25 (×100), FPS, params,
+    then PSNR (dB) and SSIM when ``metrics`` holds them (single-image benchmarks; header :func:`table_header`)."""
     cells = [name] + [f"{100 * float(metrics[k]):.2f}" for k in PAPER_COLUMNS]
     cells.append("–" if fps is None else f"{fps:,.0f}")
     cells.append("–" if params is None else _format_params(params))
+    if metrics.get("psnr") is not None:
+        cells += [f"{float(metrics['psnr']):.2f}", f"{float(metrics['ssim']):.4f}"]
     return "| " + " | ".join(cells) + " |"
 
 
 PAPER_HEADER = "| method | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | FPS | params |\n|---|---|---|---|---|---|---|---|---|"
+QUALITY_HEADER = ("| method | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | FPS | params | PSNR | SSIM |\n"
+                  "|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def table_header(metrics: Mapping[str, Any]) -> str:
+    """The Markdown header that matches :func:`paper_row` for ``metrics`` (with PSNR/SSIM columns if present)."""
+    return QUALITY_HEADER if metrics.get("psnr") is not None else PAPER_HEADER
 
 
 def _format_params(n: int) -> str:
@@ -236,7 +294,9 @@ def evaluate_run(
       arrays: the split (``frames (N, T, 11, 11)``, ``targets (N, T, MAXT, 3)``; optional ``trajectory_id``,
         ``frame_numbers``).
       eval_config: ``config.eval``: ``threshold``, ``batch_size``, ``num_figure_samples``, ``decode`` (used when
-        ``decode`` is None) and optionally ``scored_margin`` (default 2, SPEC §4.6).
+        ``decode`` is None) and optionally ``scored_margin`` (default 2, SPEC §4.6; 0 for single images),
+        ``image_quality`` (PSNR/SSIM of the maps; default: when ``scored_margin`` is 0) and ``collision``
+        (label-grid rule of those maps, default ``"sum"``).
       frame_index: input frames of the outputs, ``(T',)`` or a function of T (``Method.frame_index``).
       mesh: the ``('data',)`` mesh ``predict`` was jitted for.
       name: the method's label in the table row.
@@ -247,8 +307,9 @@ def evaluate_run(
       measure_speed: measure inference FPS (default: when writing outputs).
 
     Returns:
-      The metrics dict (CSO-mAP, AP05…AP25, diagnostics, ``params``, ``fps``, ``table_row``) without PR curves
-      (those are in the JSON file).
+      The metrics dict (CSO-mAP, AP05…AP25, diagnostics, ``params``, ``fps``, ``table_row``; ``psnr``/``ssim``
+      when the method predicts every scored frame and image quality is on) without PR curves (those are in the
+      JSON file).
     """
     from seqcsist_jax import plots
     from seqcsist_jax.model_stats import count_params
@@ -269,6 +330,12 @@ def evaluate_run(
     result, detections = score_maps(maps, index, arrays, threshold=float(eval_config.get("threshold", 70.0)),
                                     decode=decode, decode_options=decode_options, margin=margin)
     result["decode_seconds"] = time.perf_counter() - start
+    quality = eval_config.get("image_quality", None)
+    if quality is None:
+        quality = margin == 0  # the single-image benchmarks report PSNR/SSIM (GrokCSO's toolkit)
+    if quality and np.isin(np.arange(*np.add(scored_frame_range(frames.shape[1], margin), (0, 1))), index).all():
+        result.update(map_quality(maps, index, arrays, margin=margin,
+                                  collision=str(eval_config.get("collision", "sum"))))
     result["params"] = int(count_params(params))
     result["fps"] = fps
     result["split"] = split

@@ -65,10 +65,13 @@ class Predictor:
 def make_predictor(
     config: ml_collections.ConfigDict, q: np.ndarray, devices: Sequence[jax.Device] | None = None
 ) -> Predictor:
-    """Builds ``config.model`` / ``config.loss`` with Q ``(1089, 121)`` on a ``('data',)`` mesh of ``devices``
-    (default: ``config.num_devices`` of the local devices)."""
+    """Builds ``config.model`` / ``config.loss`` with Q ``((11c)², 121)`` on a ``('data',)`` mesh of ``devices``
+    (default: ``config.num_devices`` of the local devices); Φ is ``imaging.measurement_matrix(c)`` with
+    ``c = config.dataset.c`` (default 3)."""
+    from seqcsist_jax.data.splits import subpixel_c
+
     method = methods.build_method(config.model, config.loss)
-    phi = imaging.measurement_matrix().astype(np.float64)
+    phi = imaging.measurement_matrix(c=subpixel_c(config)).astype(np.float64)
     mesh = sharding.data_mesh(devices if devices is not None else select_devices(config.get("num_devices", -1)))
     predict = jax.jit(
         make_predict_fn(method.model, phi, q),

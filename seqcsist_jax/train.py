@@ -32,7 +32,7 @@ import optax
 
 from seqcsist_jax import sharding
 from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like
-from seqcsist_jax.data.splits import cached_q, load_arrays
+from seqcsist_jax.data.splits import cached_q, load_arrays, subpixel_c
 from seqcsist_jax.fileio import atomic_write_json
 from seqcsist_jax.evaluate import eval_dir
 from seqcsist_jax.predictor import make_predict_fn, make_predictor  # noqa: F401 (make_predict_fn re-exported)
@@ -186,7 +186,7 @@ class Trainer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         ds = config.dataset
         self.train_arrays = load_arrays(ds, ds.train_split)
-        q = cached_q(self.workdir, ds.name, self.train_arrays, ds.collision)
+        q = cached_q(self.workdir, ds.name, self.train_arrays, ds.collision, subpixel_c(config))
         self.predictor = make_predictor(config, q)
         self.method, self.phi, self.q = self.predictor.method, self.predictor.phi, self.predictor.q
         self.mesh, self.predict = self.predictor.mesh, self.predictor.predict
@@ -204,6 +204,7 @@ class Trainer:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             collision=ds.collision,
+            c=subpixel_c(config),
         )
         self.steps_per_epoch = len(self.loader)
         self.num_steps, self.eval_every = _steps_schedule(config, self.steps_per_epoch)

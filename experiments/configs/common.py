@@ -25,14 +25,17 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.name = "derefnet"
 
     config.dataset = ml_collections.ConfigDict()
-    # "seqcsist/<builder config>" read through tfds.data_source, or "simulated" (generated in memory).
+    # "seqcsist/<builder config>" or "csist100k/<builder config>" read through tfds.data_source, or "simulated" /
+    # "simulated_csist100k" (generated in memory). Switch with set_dataset() to get the dataset's protocol.
     config.dataset.name = "seqcsist/default"
     config.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
     config.dataset.build_if_missing = True
     config.dataset.train_split = "train"
     config.dataset.eval_split = "validation"
     config.dataset.test_split = "test"
-    # Only used when name == "simulated": trajectories per split and simulator options.
+    # Sub-pixel division c of label grids, Φ and Q ((11c)² cells; 3 for SeqCSIST, 3/5/7 for CSIST-100K).
+    config.dataset.c = 3
+    # Only used when name is "simulated"/"simulated_csist100k": examples per split and generator options.
     config.dataset.num_train = 8
     config.dataset.num_eval = 2
     config.dataset.num_test = 2
@@ -69,12 +72,42 @@ def base_config() -> ml_collections.ConfigDict:
     config.progress_bar = True
 
     config.eval = ml_collections.ConfigDict()
-    config.eval.threshold = 70.0  # SeqCSIST brightness threshold (SPEC §4.1)
+    config.eval.threshold = 70.0  # SeqCSIST brightness threshold (SPEC §4.1); CSIST-100K: 50 (SPEC §9)
+    # Frames margin..T-1-margin are scored (SPEC §4.6: 2 → frames 2..17 of 20); single images: 0 (every image).
+    config.eval.scored_margin = 2
+    # PSNR/SSIM of the predicted maps vs the label grids (GrokCSO toolkit); None: on when scored_margin == 0.
+    config.eval.image_quality = ml_collections.FieldReference(None, field_type=bool)
     config.eval.decode = "grid"  # grid (paper protocol) | peak | refine | trajectory
     config.eval.batch_size = 8  # trajectories per inference call
     config.eval.num_figure_samples = 4
 
     config.multihost = False  # call jax.distributed.initialize() (multi-host GPU/TPU)
+    # The public detectors regress on the scored frames only: their losses read the same margin (one value).
+    config.loss.scored_margin = config.eval.get_ref("scored_margin")
+    return config
+
+
+def set_dataset(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Points ``config`` at dataset ``name`` with that benchmark's scoring protocol.
+
+    Single-image datasets (``csist100k/...``, ``simulated_csist100k``; SPEC §9) score every image
+    (``eval.scored_margin = 0``) at brightness threshold 50; SeqCSIST datasets use frames 2..T-3 and 70.
+    """
+    from seqcsist_jax import protocol
+    from seqcsist_jax.data.splits import is_single_image
+
+    config.dataset.name = name
+    if is_single_image(name):
+        config.eval.threshold = protocol.CSIST100K_THRESHOLD
+        config.eval.scored_margin = 0
+    else:
+        config.eval.threshold = protocol.SEQCSIST_THRESHOLD
+        config.eval.scored_margin = protocol.SCORED_MARGIN
+    if name.startswith("simulated"):
+        # generator options differ between the two in-memory datasets; keep a trajectory length only for SeqCSIST
+        frames = config.dataset.simulate.get("frames_per_trajectory", 20)
+        config.dataset.simulate = ml_collections.ConfigDict(
+            {} if name == "simulated_csist100k" else {"frames_per_trajectory": frames})
     return config
 
 

@@ -6,6 +6,8 @@ raw grey values (uint8 or float; cast to float32 here, no normalisation — the 
 
 The public detectors score frames ``[2:18]`` of a 20-frame trajectory; for a trajectory of ``T`` frames that is
 ``[margin : T - margin]`` with ``margin = 2`` (:func:`scored_slice`), the same frames the evaluation scores.
+Builders read the margin from ``loss_config.scored_margin`` (:func:`loss_margin`; the configs tie it to
+``config.eval.scored_margin``), so single images (CSIST-100K, margin 0) train on every frame.
 """
 
 from __future__ import annotations
@@ -32,6 +34,18 @@ def scored_slice(num_frames: int, margin: int = SCORED_MARGIN) -> slice:
     if num_frames <= 2 * margin:
         raise ValueError(f"trajectories need more than {2 * margin} frames, got {num_frames}")
     return slice(margin, num_frames - margin)
+
+
+def loss_margin(loss_config) -> int:
+    """``loss_config.scored_margin`` (default :data:`SCORED_MARGIN`): frames the losses regress on.
+
+    Raises:
+      ValueError: a negative or non-integer margin.
+    """
+    margin = loss_config.get("scored_margin", SCORED_MARGIN) if loss_config is not None else SCORED_MARGIN
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise ValueError(f"config.loss.scored_margin must be a non-negative integer, got {margin!r}")
+    return margin
 
 
 def frame_vectors(frames: jax.Array) -> jax.Array:

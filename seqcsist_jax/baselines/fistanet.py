@@ -34,8 +34,10 @@ import numpy as np
 
 from seqcsist_jax import methods
 from seqcsist_jax.baselines.common import (
+    SCORED_MARGIN,
     check_inputs,
     frame_vectors,
+    loss_margin,
     per_trajectory_mean,
     per_trajectory_mse,
     reduce_terms,
@@ -130,11 +132,13 @@ class FISTANet(nn.Module):
 
 
 def fistanet_loss(
-    outputs: dict, labels: jax.Array, l1: float = 0.1, constraint: float = 0.01, sparsity: float = 0.001
+    outputs: dict, labels: jax.Array, l1: float = 0.1, constraint: float = 0.01, sparsity: float = 0.001,
+    margin: int = SCORED_MARGIN,
 ) -> tuple[jax.Array, dict]:
-    """The public FISTA-Net loss (weights as arguments), per trajectory, mean over the batch."""
+    """The public FISTA-Net loss (weights as arguments) on frames ``[margin:T-margin]``, per trajectory, mean
+    over the batch."""
     out = outputs["output"]
-    scored = scored_slice(out.shape[1])
+    scored = scored_slice(out.shape[1], margin)
     diff = out[:, scored] - labels[:, scored]
     terms = {
         "mse": per_trajectory_mse(out[:, scored], labels[:, scored]),
@@ -152,4 +156,5 @@ def build_fistanet(model_config, loss_config) -> methods.Method:
         keep_unused_params=bool(model_config.get("keep_unused_params", True)),
     )
     weights = {k: float(loss_config[k]) for k in ("l1", "constraint", "sparsity") if k in loss_config}
-    return methods.Method("fistanet", model, lambda out, labels: fistanet_loss(out, labels, **weights))
+    margin = loss_margin(loss_config)
+    return methods.Method("fistanet", model, lambda out, labels: fistanet_loss(out, labels, **weights, margin=margin))

@@ -42,8 +42,10 @@ import numpy as np
 
 from seqcsist_jax import methods
 from seqcsist_jax.baselines.common import (
+    SCORED_MARGIN,
     check_inputs,
     frame_vectors,
+    loss_margin,
     per_trajectory_mean,
     per_trajectory_mse,
     reduce_terms,
@@ -125,10 +127,13 @@ def lipschitz(phi: jax.Array) -> float | jax.Array:
         return jnp.linalg.norm(phi, ord=2) ** 2
 
 
-def istanet_loss(outputs: dict, labels: jax.Array, gamma: float = 0.01) -> tuple[jax.Array, dict]:
-    """``MSE`` on frames ``[2:T-2]`` + ``gamma``·Σ_stages ``mean(sym²)``, per trajectory, mean over the batch."""
+def istanet_loss(
+    outputs: dict, labels: jax.Array, gamma: float = 0.01, margin: int = SCORED_MARGIN
+) -> tuple[jax.Array, dict]:
+    """``MSE`` on frames ``[margin:T-margin]`` (``[2:T-2]``) + ``gamma``·Σ_stages ``mean(sym²)``, per trajectory,
+    mean over the batch."""
     out = outputs["output"]
-    scored = scored_slice(out.shape[1])
+    scored = scored_slice(out.shape[1], margin)
     constraint = jnp.sum(jax.vmap(per_trajectory_mean)(outputs["sym"]), axis=0)  # (B,)
     terms = {"discrepancy": per_trajectory_mse(out[:, scored], labels[:, scored]), "constraint": constraint}
     return reduce_terms(terms, {"constraint": gamma})
@@ -144,7 +149,8 @@ def _builder(name: str, plus: bool, default_stages: int):
             lambda_init_relative=bool(model_config.get("lambda_init_relative", False)),
         )
         gamma = float(loss_config.get("gamma", 0.01))
-        return methods.Method(name, model, lambda out, labels: istanet_loss(out, labels, gamma))
+        margin = loss_margin(loss_config)
+        return methods.Method(name, model, lambda out, labels: istanet_loss(out, labels, gamma, margin))
 
     return build
 

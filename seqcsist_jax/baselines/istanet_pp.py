@@ -23,9 +23,11 @@ import numpy as np
 
 from seqcsist_jax import methods
 from seqcsist_jax.baselines.common import (
+    SCORED_MARGIN,
     ResBlock,
     check_inputs,
     frame_vectors,
+    loss_margin,
     per_trajectory_mse,
     reduce_terms,
     scored_slice,
@@ -91,18 +93,19 @@ class ISTANetPP(nn.Module):
         return {"output": x.reshape(b, t, side, side), "frame_index": np.arange(t)}
 
 
-def istanet_pp_loss(outputs: dict, labels: jax.Array) -> tuple[jax.Array, dict]:
-    """Public ISTA-Net⁺⁺ loss: MSE on frames ``[2:T-2]`` per trajectory, mean over the batch."""
+def istanet_pp_loss(outputs: dict, labels: jax.Array, margin: int = SCORED_MARGIN) -> tuple[jax.Array, dict]:
+    """Public ISTA-Net⁺⁺ loss: MSE on frames ``[margin:T-margin]`` (``[2:T-2]``) per trajectory, mean over the
+    batch."""
     out = outputs["output"]
-    scored = scored_slice(out.shape[1])
+    scored = scored_slice(out.shape[1], margin)
     return reduce_terms({"discrepancy": per_trajectory_mse(out[:, scored], labels[:, scored])}, {})
 
 
 def build_istanet_pp(model_config, loss_config) -> methods.Method:
-    del loss_config
+    margin = loss_margin(loss_config)
     model = ISTANetPP(
         num_stages=int(model_config.get("num_stages", 20)),
         channels=int(model_config.get("channels", 32)),
         condition=float(model_config.get("condition", 0.005)),
     )
-    return methods.Method("istanet_pp", model, istanet_pp_loss)
+    return methods.Method("istanet_pp", model, lambda out, labels: istanet_pp_loss(out, labels, margin))

@@ -20,6 +20,8 @@ All convs use PyTorch's default initialisation (the public models do not re-init
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -27,9 +29,11 @@ import numpy as np
 
 from seqcsist_jax import methods
 from seqcsist_jax.baselines.common import (
+    SCORED_MARGIN,
     ResBlock,
     check_inputs,
     frame_vectors,
+    loss_margin,
     per_trajectory_mse,
     pixel_shuffle,
     reduce_terms,
@@ -113,10 +117,10 @@ def all_frames_loss(outputs: dict, labels: jax.Array) -> tuple[jax.Array, dict]:
     return reduce_terms({"mse": per_trajectory_mse(outputs["output"], labels)}, {})
 
 
-def scored_frames_loss(outputs: dict, labels: jax.Array) -> tuple[jax.Array, dict]:
-    """MSE over frames ``[2:T-2]`` of each trajectory (public EDSR, ESPCN)."""
+def scored_frames_loss(outputs: dict, labels: jax.Array, margin: int = SCORED_MARGIN) -> tuple[jax.Array, dict]:
+    """MSE over frames ``[margin:T-margin]`` (``[2:T-2]``) of each trajectory (public EDSR, ESPCN)."""
     out = outputs["output"]
-    scored = scored_slice(out.shape[1])
+    scored = scored_slice(out.shape[1], margin)
     return reduce_terms({"mse": per_trajectory_mse(out[:, scored], labels[:, scored])}, {})
 
 
@@ -129,17 +133,16 @@ def build_srcnn(model_config, loss_config) -> methods.Method:
 
 
 def build_edsr(model_config, loss_config) -> methods.Method:
-    del loss_config
+    margin = loss_margin(loss_config)
     model = EDSR(
         channels=int(model_config.get("channels", 32)),
         num_blocks=int(model_config.get("num_blocks", 16)),
         res_scale=float(model_config.get("res_scale", 1.0)),
         img_range=float(model_config.get("img_range", 255.0)),
     )
-    return methods.Method("edsr", model, scored_frames_loss)
+    return methods.Method("edsr", model, functools.partial(scored_frames_loss, margin=margin))
 
 
 def build_espcn(model_config, loss_config) -> methods.Method:
-    del loss_config
     model = ESPCN(channels=tuple(model_config.get("channels", (64, 32))))
-    return methods.Method("espcn", model, scored_frames_loss)
+    return methods.Method("espcn", model, functools.partial(scored_frames_loss, margin=loss_margin(loss_config)))

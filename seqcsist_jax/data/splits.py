@@ -1,8 +1,15 @@
 """Whole splits as arrays, and the data-derived constants of a run (Q), for training and evaluation.
 
 ``dataset`` arguments are the ``config.dataset`` block of an experiment config: ``name`` is
-``"seqcsist/<builder config>"`` (read through ``tfds.data_source``, built on first use) or ``"simulated"``
-(generated in memory with the simulator and per-split seeds, for tests and smoke runs).
+``"seqcsist/<builder config>"`` or ``"csist100k/<builder config>"`` (read through ``tfds.data_source``, built
+on first use), ``"simulated"`` or ``"simulated_csist100k"`` (generated in memory with the SeqCSIST or CSIST-100K
+generator and per-split seeds, for tests and smoke runs).
+
+Single-image datasets (CSIST-100K, SPEC §9) come out as one-frame trajectories
+(:func:`seqcsist_jax.data.csist100k.as_trajectories`): ``frames (N, 1, 11, 11)``, ``targets (N, 1, 5, 3)``,
+``trajectory_id`` the image's index and ``frame_numbers (N, 1)`` its ``image_number``, so training, the metric
+and the exports run the same code for both benchmarks. ``dataset.c`` (default 3) is the sub-pixel division of
+the label grids, Φ and Q.
 """
 
 from __future__ import annotations
@@ -16,6 +23,35 @@ import numpy as np
 
 from seqcsist_jax import imaging
 from seqcsist_jax.fileio import atomic_path
+
+
+SIMULATED = ("simulated", "simulated_csist100k")  # in-memory datasets (SeqCSIST trajectories, CSIST-100K images)
+SINGLE_IMAGE = ("csist100k", "simulated_csist100k")  # dataset families whose examples are single images
+
+
+def dataset_family(name: str) -> str:
+    """``"seqcsist/mini"`` → ``"seqcsist"``, ``"csist100k:1.0.0"`` → ``"csist100k"``."""
+    return name.split("/", 1)[0].split(":", 1)[0]
+
+
+def is_single_image(name: str) -> bool:
+    """Whether dataset ``name`` holds single images (scored without a frame margin, SPEC §9)."""
+    return dataset_family(name) in SINGLE_IMAGE
+
+
+def subpixel_c(config: ml_collections.ConfigDict) -> int:
+    """Sub-pixel division ``c`` of a run (``config.dataset.c``, default 3): label grids, Φ and Q are ``11c``-sided.
+
+    Raises:
+      ValueError: ``config.model.c`` is set and differs from ``config.dataset.c``, or c is not a positive integer.
+    """
+    c = config.dataset.get("c", 3)
+    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+        raise ValueError(f"config.dataset.c must be a positive integer, got {c!r}")
+    model_c = config.get("model", {}).get("c", None)
+    if model_c is not None and int(model_c) != c:
+        raise ValueError(f"config.model.c={model_c} but config.dataset.c={c}; they must agree (set config.dataset.c)")
+    return c
 
 
 def simulated_split_sizes(dataset: ml_collections.ConfigDict) -> dict[str, int]:
@@ -41,9 +77,12 @@ def check_split(dataset: ml_collections.ConfigDict, split: str) -> None:
 def count_split(dataset: ml_collections.ConfigDict, split: str) -> int:
     """Number of examples (trajectories) in a split, without loading its arrays (builds a missing TFDS dataset)."""
     check_split(dataset, split)
-    if dataset.name == "simulated":
+    if dataset.name in SIMULATED:
         return int(simulated_split_sizes(dataset)[split])
+    from seqcsist_jax.data import tfds_registration
     from seqcsist_jax.data.pipeline import make_source
+
+    tfds_registration.register()
 
     return len(make_source(dataset.name, split=split, data_dir=dataset.data_dir,
                            build_if_missing=dataset.build_if_missing))
@@ -52,9 +91,25 @@ def count_split(dataset: ml_collections.ConfigDict, split: str) -> int:
 def load_arrays(dataset: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
     """A whole split as numpy arrays (``frames``, ``targets``, ``num_targets``, ...).
 
-    ``dataset.name == "simulated"`` generates it in memory with the simulator (per-split seeds); otherwise it is
-    read through ``tfds.data_source`` from ``dataset.data_dir``, building the dataset first when missing.
+    ``dataset.name == "simulated"`` / ``"simulated_csist100k"`` generates it in memory (per-split seeds, options
+    from ``dataset.simulate``); otherwise it is read through ``tfds.data_source`` from ``dataset.data_dir``,
+    building the dataset first when missing. Single images come as one-frame trajectories (module docstring).
     """
+    if dataset.name == "simulated_csist100k":
+        from seqcsist_jax.data import csist100k
+        from seqcsist_jax.data.simulate import split_seed
+
+        check_split(dataset, split)
+        seed_split = {dataset.train_split: "train", dataset.eval_split: "val", dataset.test_split: "test"}
+        options = dataset.simulate.to_dict() if dataset.get("simulate") else {}
+        images = csist100k.simulate_csist100k(simulated_split_sizes(dataset)[split],
+                                              split_seed(0, seed_split[split]), **options)
+        return csist100k.as_trajectories(images)
+    if dataset_family(dataset.name) == "csist100k":
+        from seqcsist_jax.data import csist100k
+
+        return csist100k.as_trajectories(csist100k.load_csist100k_arrays(
+            dataset.name, split, data_dir=dataset.data_dir, build_if_missing=dataset.build_if_missing))
     if dataset.name == "simulated":
         from seqcsist_jax.data.simulate import simulate_seqcsist, split_seed
 
@@ -72,9 +127,12 @@ def load_arrays(dataset: ml_collections.ConfigDict, split: str) -> dict[str, np.
     )
 
 
-def compute_q(train_targets: np.ndarray, phi: np.ndarray, collision: str = "sum") -> np.ndarray:
-    """Q = X Yᵀ (Y Yᵀ)⁻¹ over the training labels (SPEC §2), via the label Gram matrix. ``(1089, 121)``."""
-    return imaging.least_squares_init_from_gram(phi, imaging.label_gram(train_targets, collision=collision))
+def compute_q(train_targets: np.ndarray, phi: np.ndarray, collision: str = "sum", c: int = 3) -> np.ndarray:
+    """Q = X Yᵀ (Y Yᵀ)⁻¹ over the training labels (SPEC §2), via the label Gram matrix.
+
+    ``(n, 121)`` with ``n = (11c)²`` (1089 for c = 3); ``phi`` is ``(121, n)``.
+    """
+    return imaging.least_squares_init_from_gram(phi, imaging.label_gram(train_targets, c=c, collision=collision))
 
 
 def _read_q_cache(path: pathlib.Path) -> tuple[str, np.ndarray] | None:
@@ -91,14 +149,21 @@ def _read_q_cache(path: pathlib.Path) -> tuple[str, np.ndarray] | None:
     return key, q
 
 
-def cached_q(workdir: pathlib.Path, dataset_name: str, train_arrays: Mapping[str, np.ndarray], collision: str = "sum"):
-    """Loads ``{workdir}/qinit.npz`` when it was computed for the same data, else computes and caches Q."""
+def _q_key(dataset_name: str, num_train: int, collision: str, c: int) -> str:
+    # c = 3 keeps the original three-field key so existing caches stay valid
+    return f"{dataset_name}|{num_train}|{collision}" + ("" if c == 3 else f"|{c}")
+
+
+def cached_q(workdir: pathlib.Path, dataset_name: str, train_arrays: Mapping[str, np.ndarray], collision: str = "sum",
+             c: int = 3):
+    """Loads ``{workdir}/qinit.npz`` when it was computed for the same data and ``c``, else computes and caches Q."""
     path = workdir / "qinit.npz"
-    key = f"{dataset_name}|{len(train_arrays['frames'])}|{collision}"
+    key = _q_key(dataset_name, len(train_arrays["frames"]), collision, c)
     cached = _read_q_cache(path)
     if cached is not None and cached[0] == key:
         return cached[1]
-    q = compute_q(train_arrays["targets"], imaging.measurement_matrix().astype(np.float64), collision=collision)
+    q = compute_q(train_arrays["targets"], imaging.measurement_matrix(c=c).astype(np.float64), collision=collision,
+                  c=c)
     if jax.process_index() == 0:
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez(tmp, q=q, key=key)
@@ -111,13 +176,15 @@ def q_for_workdir(workdir: pathlib.Path | None, dataset: ml_collections.ConfigDi
 
     Scoring a finished run therefore never loads its training split.
     """
+    c = int(dataset.get("c", 3))
     if workdir is not None:
         cached = _read_q_cache(pathlib.Path(workdir) / "qinit.npz")
         if cached is not None:
-            name, _, collision = (cached[0].split("|") + ["", ""])[:3]
-            if name == dataset.name and collision == dataset.collision:
+            name, _, collision, *rest = cached[0].split("|") + ([""] * 2)
+            cached_c = int(rest[0]) if rest and rest[0].isdigit() else 3
+            if name == dataset.name and collision == dataset.collision and cached_c == c:
                 return cached[1]
     train = load_arrays(dataset, dataset.train_split)
     if workdir is None:
-        return compute_q(train["targets"], imaging.measurement_matrix().astype(np.float64), dataset.collision)
-    return cached_q(pathlib.Path(workdir), dataset.name, train, dataset.collision)
+        return compute_q(train["targets"], imaging.measurement_matrix(c=c).astype(np.float64), dataset.collision, c)
+    return cached_q(pathlib.Path(workdir), dataset.name, train, dataset.collision, c)
