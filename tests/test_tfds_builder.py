@@ -94,23 +94,31 @@ def test_features_per_config(tmp_path):
     assert feature_specs("seqcsist/public") == default
 
 
-def test_import_registers_lazily_without_importing_tfds():
+def test_import_seqcsist_jax_registers_both_builders():
     code = textwrap.dedent("""
         import sys
         import seqcsist_jax
-        assert "tensorflow_datasets" not in sys.modules, "import seqcsist_jax must not import TFDS"
-        assert "jax" not in sys.modules, "import seqcsist_jax must stay light"
+        assert "tfds_builders.seqcsist" in sys.modules and "tfds_builders.csist100k" in sys.modules
+        assert "jax" not in sys.modules and "tensorflow" not in sys.modules, "import seqcsist_jax must stay light"
+        assert not any("seqcsist" in type(f).__module__ for f in sys.meta_path), "no import hook"
         import tensorflow_datasets as tfds
-        print(tfds.builder_cls("seqcsist").__module__)
+        print(tfds.builder_cls("seqcsist").__module__, tfds.builder_cls("csist100k").__module__)
         """)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("seqcsist_dataset_builder")
+    assert out.stdout.split() == ["tfds_builders.seqcsist.seqcsist_dataset_builder",
+                                  "tfds_builders.csist100k.csist100k_dataset_builder"]
 
     code = "import tfds_builders.seqcsist, tensorflow_datasets as tfds; print(tfds.builder_cls('seqcsist').name)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "seqcsist"
+
+    # Without either import TFDS does not know the name (what the README's note about tfds.load is for).
+    code = "import tensorflow_datasets as tfds; print('seqcsist' in tfds.list_builders(with_community_datasets=False))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "False"
 
 
 # --------------------------------------------------------------------------------------------- simulated builds
