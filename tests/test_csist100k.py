@@ -355,7 +355,7 @@ def test_array_record_request_is_served_from_parquet(tiny):
     again = cdb.Builder(config=config, data_dir=os.fspath(pathlib.Path(builder.data_dir).parents[2]),
                         file_format="array_record")
     source = again.as_data_source(split="test")
-    assert len(source) == TINY_SIZES["test"] and type(source).__name__ == "ParquetDataSource"
+    assert len(source) == TINY_SIZES["test"] and type(source.source).__name__ == "ParquetDataSource"
 
 
 def test_loader_rejects_other_datasets():
