@@ -11,6 +11,7 @@ from nbclient import NotebookClient
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "experiments" / "notebooks" / "quickstart.ipynb"
+_FIND_SPEC = importlib.util.find_spec
 
 
 def _code_cells():
@@ -20,12 +21,11 @@ def _code_cells():
 def _run_install_cell(monkeypatch, installed: bool) -> tuple[list[list[str]], dict]:
     """Executes the first code cell with pip stubbed out; returns the commands it would have run."""
     calls = []
-    real_find_spec = importlib.util.find_spec
 
     def find_spec(name, *args, **kwargs):
-        if name == "seqcsist_jax":
-            return real_find_spec(name) if installed else None
-        return real_find_spec(name, *args, **kwargs)
+        if name == "seqcsist_jax" and not installed:
+            return None
+        return _FIND_SPEC(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kwargs: calls.append(cmd))
@@ -39,7 +39,8 @@ def test_first_cell_installs_from_source_only_when_missing(monkeypatch):
     calls, namespace = _run_install_cell(monkeypatch, installed=False)
     source = namespace["SOURCE"]
     assert source.startswith("git+https://github.com/") and "<" not in source  # a usable URL, no placeholder
-    assert len(calls) == 1 and calls[0][-1] == f"seqcsist-jax @ {source}" and calls[0][1:4] == ["-m", "pip", "install"]
+    assert len(calls) == 1 and calls[0][1:4] == ["-m", "pip", "install"]
+    assert calls[0][-1] == f"seqcsist-jax @ {source}"
     calls, _ = _run_install_cell(monkeypatch, installed=True)
     assert calls == []
 
