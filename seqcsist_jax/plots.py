@@ -75,7 +75,12 @@ def pr_curves_figure(metrics: Mapping, title: str = "") -> Figure:
             lowest = min(lowest, float(np.min(precision)))
     ax.set_xlabel("recall")
     ax.set_xlim(0, 1.02)
-    if curves and lowest >= _ZOOM_FLOOR:
+    if curves and lowest >= 1.0:  # every ranked detection is a match at every threshold
+        ax.set_ylim(0.95, 1.005)
+        ax.set_ylabel("precision (axis zoomed)")
+        ax.text(0.02, 0.05, "precision 1 at every rank and threshold:\nAP = the recall reached (●)",
+                transform=ax.transAxes, fontsize=8, va="bottom")
+    elif curves and lowest >= _ZOOM_FLOOR:
         pad = max(0.01, 0.08 * (1 - lowest))
         ax.set_ylim(lowest - pad, 1 + pad)
         ax.set_ylabel("precision (axis zoomed)")

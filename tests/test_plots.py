@@ -64,7 +64,7 @@ def test_pr_curves_label_thresholds_and_ap_with_legend_outside():
                       for t, k in zip((0.05, 0.10, 0.15, 0.20, 0.25), ("AP05", "AP10", "AP15", "AP20", "AP25"))]
     assert _legend_outside(fig, ax)
     assert ax.get_xlabel() == "recall" and ax.get_ylabel() == "precision"
-    assert ax.get_ylim()[0] == 0  # precision falls below 0.5: the full axis
+    assert ax.get_ylim()[0] == 0 and not ax.texts  # precision falls below 0.5: the full axis
     assert ax.get_title() == f"m — test\nCSO-mAP {100 * result['mAP']:.2f}"
     matplotlib.pyplot.close(fig)
 
@@ -79,6 +79,7 @@ def test_pr_curves_at_precision_one_are_zoomed_and_mark_their_recall():
     ax = fig.axes[0]
     low, high = ax.get_ylim()
     assert 0.5 < low < 1.0 < high and "zoomed" in ax.get_ylabel()
+    assert any("AP = the recall reached" in t.get_text() for t in ax.texts)
     # One end marker per curve, at its last (recall, precision): where AP = the recall reached.
     ends = [line.get_xydata()[0] for line in ax.get_lines() if line.get_marker() == "o"]
     want = [(curve["recall"][-1], 1.0) for curve in result["pr_curves"].values()]
