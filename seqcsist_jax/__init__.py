@@ -16,8 +16,8 @@ Modules by job:
 
 __version__ = "0.1.0"
 
-# Make `tfds.builder('seqcsist')` & co. resolve by name. Cheap: registers now if TFDS is already imported,
-# otherwise right after the process first imports it (see seqcsist_jax/data/tfds_registration.py).
+# Registers the TFDS builders, so that `tfds.builder('seqcsist')`, `tfds.load('csist100k')` & co. resolve by
+# name after `import seqcsist_jax` (imports tensorflow_datasets: ~0.3 s; see data/tfds_registration.py).
 from seqcsist_jax.data import tfds_registration as _tfds_registration  # noqa: E402
 
-_tfds_registration.install()
+_tfds_registration.register()

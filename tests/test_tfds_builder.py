@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import os
 import pathlib
+import pickle
 import shutil
 import subprocess
 import sys
@@ -94,23 +96,31 @@ def test_features_per_config(tmp_path):
     assert feature_specs("seqcsist/public") == default
 
 
-def test_import_registers_lazily_without_importing_tfds():
+def test_import_seqcsist_jax_registers_both_builders():
     code = textwrap.dedent("""
         import sys
         import seqcsist_jax
-        assert "tensorflow_datasets" not in sys.modules, "import seqcsist_jax must not import TFDS"
-        assert "jax" not in sys.modules, "import seqcsist_jax must stay light"
+        assert "tfds_builders.seqcsist" in sys.modules and "tfds_builders.csist100k" in sys.modules
+        assert "jax" not in sys.modules and "tensorflow" not in sys.modules, "import seqcsist_jax must stay light"
+        assert not any("seqcsist" in type(f).__module__ for f in sys.meta_path), "no import hook"
         import tensorflow_datasets as tfds
-        print(tfds.builder_cls("seqcsist").__module__)
+        print(tfds.builder_cls("seqcsist").__module__, tfds.builder_cls("csist100k").__module__)
         """)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("seqcsist_dataset_builder")
+    assert out.stdout.split() == ["tfds_builders.seqcsist.seqcsist_dataset_builder",
+                                  "tfds_builders.csist100k.csist100k_dataset_builder"]
 
     code = "import tfds_builders.seqcsist, tensorflow_datasets as tfds; print(tfds.builder_cls('seqcsist').name)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "seqcsist"
+
+    # Without either import TFDS does not know the name (what the README's note about tfds.load is for).
+    code = "import tensorflow_datasets as tfds; print('seqcsist' in tfds.list_builders(with_community_datasets=False))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "False"
 
 
 # --------------------------------------------------------------------------------------------- simulated builds
@@ -129,6 +139,36 @@ def test_mini_splits_shapes_dtypes(mini):
         assert example["num_targets"].shape == (20,) and example["num_targets"].dtype == np.int32
         assert example["frame_numbers"].shape == (20,)
         assert int(example["trajectory_id"]) == n - 1
+        # One dtype for the scalar through data_source and tfds.load (TFDS' Parquet reader alone gives an int).
+        assert type(example["trajectory_id"]) is np.int32
+        assert [type(e["trajectory_id"]) for e in ds.__getitems__([0, 1])] == [np.int32, np.int32]
+
+
+def test_data_source_wrapper_keeps_the_reader_interface(mini):
+    builder, data_dir = mini
+    ds = tfds.data_source("seqcsist/mini", split="test", data_dir=os.fspath(data_dir), download=False)
+    assert isinstance(ds, sdb.ScalarTypedSource) and ds.split == "test" and ds.dataset_info.name == "seqcsist"
+    again = pickle.loads(pickle.dumps(ds))  # multiprocess loaders pickle sources
+    assert len(again) == len(ds) == MINI_SIZES["test"] and type(again[3]["trajectory_id"]) is np.int32
+    assert [int(e["trajectory_id"]) for e in itertools.islice(iter(ds), 3)] == [0, 1, 2]
+    by_split = builder.as_data_source()  # every split, as TFDS returns them: a dict
+    assert set(by_split) == set(MINI_SIZES) and type(by_split["train"][0]["trajectory_id"]) is np.int32
+    # A caller that asks for raw records or decodes the feature itself gets what TFDS gives.
+    raw = builder.as_data_source("test", deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    assert not isinstance(raw, sdb.ScalarTypedSource)
+
+
+def test_info_short_description_and_feature_docs(mini):
+    builder, _ = mini
+    info = builder.info
+    assert info.description == sdb.DESCRIPTION and len(info.description) < 600
+    assert "README.md" in info.description  # points to the card for the details
+    card = (REPO / "tfds_builders" / "seqcsist" / "README.md").read_text()
+    assert info.description not in card and len(card) > 3 * len(info.description)
+    assert "SeqCSIST" in info.citation or "Zhai" in info.citation
+    for name, feature in info.features.items():
+        assert feature.doc.desc, f"{name} has no description"
+    assert "index of the trajectory in its split" in repr(info.features)  # shown when the info is printed
 
 
 @pytest.mark.parametrize("split", ["train", "validation", "test"])
@@ -194,7 +234,7 @@ def test_array_record_request_is_served_from_parquet(mini, tmp_path):
     _, data_dir = mini
     builder = tfds.builder("seqcsist/mini", data_dir=os.fspath(data_dir), file_format="array_record")
     source = builder.as_data_source(split="test")
-    assert len(source) == 75 and type(source).__name__ == "ParquetDataSource"
+    assert len(source) == 75 and type(source.source).__name__ == "ParquetDataSource"
     fresh = _build("seqcsist/mini", tmp_path, file_format="array_record")
     assert fresh.info.file_format == tfds.core.file_adapters.FileFormat.PARQUET
 
@@ -264,7 +304,7 @@ def test_tfds_load_matches_data_source(mini):
         via_source = _read_split("seqcsist/mini", split, data_dir)
         for key in KEYS:
             np.testing.assert_array_equal(via_tf[key], via_source[key], err_msg=f"{split}/{key}")
-            assert via_tf[key].dtype == via_source[key].dtype or key == "trajectory_id"
+            assert via_tf[key].dtype == via_source[key].dtype, f"{split}/{key}"
 
 
 @pytest.mark.tf

@@ -5,6 +5,10 @@ import pathlib
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+#: Where pip installs the package from when the notebook's kernel lacks it (Colab, a fresh machine). The README's
+#: "Open in Colab" link points to the same repository; a fork changes both (see docs in the README).
+SOURCE = "git+https://github.com/seqcsist-jax/seqcsist-jax"
+
 CELLS = [
     new_markdown_cell(
         "# seqcsist-jax quickstart\n\n"
@@ -12,8 +16,21 @@ CELLS = [
         "brightness from 20 frames of 11×11 pixels. This notebook builds the `seqcsist/mini` dataset, trains "
         "DeRefNet briefly on the CPU, evaluates it with the paper's CSO-mAP protocol, and then decodes the same "
         "frames with the continuous trajectory fit.\n\n"
-        "On Colab: `!pip install -q \"seqcsist-jax[tf] @ git+<this repository's URL>\"` first (or `pip install -e .` "
-        "from a clone)."
+        "The first cell installs the package when the kernel does not have it (Colab, a fresh machine) from "
+        "`SOURCE`: this repository on GitHub. For a fork or a branch set `SOURCE` to "
+        "`git+https://github.com/<owner>/seqcsist-jax@<branch>`, for a local clone to `file:///path/to/clone`. "
+        "In a checkout with `pip install -e .` nothing is installed."
+    ),
+    new_code_cell(
+        f"SOURCE = {SOURCE!r}  # pip source of the package when it is missing\n"
+        "import importlib.util, subprocess, sys\n"
+        "if importlib.util.find_spec('seqcsist_jax') is None:\n"
+        "    # No [tf] extra: tfds.data_source reads the data without TensorFlow (Colab ships its own TF anyway).\n"
+        "    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', f'seqcsist-jax @ {SOURCE}'], check=True)\n"
+        "    importlib.invalidate_caches()\n"
+        "# Progress: one tqdm widget per loop where ipywidgets exists (Colab, JupyterLab installs). Without it tqdm\n"
+        "# would warn and print every refresh as a new output, so the runs then print only their periodic lines.\n"
+        "PROGRESS = importlib.util.find_spec('ipywidgets') is not None"
     ),
     new_code_cell(
         "import os, pathlib, json\n"
@@ -59,6 +76,7 @@ CELLS = [
     ),
     new_code_cell(
         "config = configs.get_config('derefnet:smoke' if SMOKE else 'derefnet:quick')\n"
+        "config.progress_bar = PROGRESS  # one bar (see the first cell)\n"
         "if DATA_DIR:\n"
         "    config.dataset.data_dir = DATA_DIR\n"
         "result = train_and_evaluate(config, WORKDIR)\n"
@@ -79,7 +97,7 @@ CELLS = [
     new_code_cell(
         "from seqcsist_jax import metrics\n"
         "from seqcsist_jax.decode import decode\n"
-        "from seqcsist_jax.train import load_arrays\n"
+        "from seqcsist_jax.data.splits import load_arrays\n"
         "test = load_arrays(config.dataset, config.dataset.test_split)\n"
         "n = 2 if SMOKE else 20\n"
         "frames, targets = test['frames'][:n], test['targets'][:n]\n"

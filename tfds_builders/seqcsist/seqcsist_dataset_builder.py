@@ -6,7 +6,8 @@ One example is one trajectory of ``T = 20`` frames (all fixed-shape ``Tensor`` f
 - ``targets``: ``(20, MAXT, 3)`` float32 rows ``(xc, yc, brightness)`` (``xc`` along image rows), zero padded
   (``MAXT`` = 4, 8 for ``targets_2_8``);
 - ``num_targets``: ``(20,)`` int32 real rows per frame;
-- ``trajectory_id``: int32 index of the trajectory in its split (examples are stored in this order);
+- ``trajectory_id``: int32 index of the trajectory in its split (examples are stored in this order); the same
+  dtype through ``tfds.data_source`` (a NumPy scalar, see :meth:`Builder.as_data_source`) and ``tfds.load``;
 - ``frame_numbers``: ``(20,)`` int32 source frame numbers (``N`` of ``image_{N}.png`` for ``public``; for the
   simulated configs ``20·trajectory_id + t``, the numbers the public-format writer gives with start index 0).
 
@@ -26,6 +27,7 @@ simulator draws noise from its own stream, so ``noise_*`` holds the same traject
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import logging
 from typing import Any, Iterator
@@ -48,6 +50,16 @@ PUBLIC_SPLIT_NAMES: dict[str, str] = {"train": "train", "validation": "val", "te
 PAPER_SPLIT_SIZES: dict[str, int] = {"train": 3500, "validation": 750, "test": 750}
 
 _FORMAT = file_adapters.FileFormat
+
+#: ``DatasetInfo.description``: what a ``print(builder.info)`` shows. The card (README.md next to this file, which
+#: TFDS would otherwise use whole) keeps the details: features, configs, splits, how the data were made.
+DESCRIPTION = (
+    "SeqCSIST: sequences of closely-spaced infrared small targets (Zhai et al., IEEE TGRS 2025, "
+    "arXiv 2507.09556). One example is one trajectory: 20 frames of an 11x11 infrared image in which 2-4 point "
+    "targets, less than one pixel apart, move together, blurred by a Gaussian point-spread function. The task is "
+    "to recover every target's sub-pixel position and brightness. Features, configs and splits: see the dataset "
+    "card, tfds_builders/seqcsist/README.md in seqcsist-jax."
+)
 
 
 class _CanonicalExampleWriter(tfds_writer.ExampleWriter):
@@ -192,6 +204,52 @@ def _find_public_root(manual_dir: epath.Path) -> epath.Path:
     )
 
 
+class ScalarTypedSource(collections.abc.Sequence):
+    """A random-access source whose examples hold their scalar features as NumPy scalars of a fixed dtype.
+
+    Wraps a TFDS data source (``len``, ``source[i]``, ``source.__getitems__(indices)``); other attributes
+    (``dataset_info``, ``split``) are the wrapped source's.
+
+    Args:
+      source: the TFDS data source.
+      scalar_dtypes: feature name → dtype of the shape-``()`` features to cast (e.g. ``trajectory_id`` → int32).
+    """
+
+    def __init__(self, source: Any, scalar_dtypes: dict[str, np.dtype]):
+        self.source = source
+        self.scalar_dtypes = dict(scalar_dtypes)
+
+    def _typed(self, example: Any) -> Any:
+        if not isinstance(example, dict):
+            return example
+        example = dict(example)
+        for name, dtype in self.scalar_dtypes.items():
+            if name in example:
+                example[name] = np.asarray(example[name], dtype=dtype)[()]
+        return example
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key):
+        return self._typed(self.source[key])
+
+    def __getitems__(self, keys) -> list[Any]:
+        return [self._typed(e) for e in self.source.__getitems__(keys)]
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("source", "scalar_dtypes"):  # unpickling looks these up early
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.source!r})"
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the SeqCSIST dataset (one example = one 20-frame trajectory)."""
 
@@ -259,16 +317,49 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 shape=(t, cfg.max_targets, 3), dtype=np.float32, encoding=raw,
                 doc="(xc, yc, brightness) per target in px / grey levels; rows with brightness 0 are padding"),
             "num_targets": tfds.features.Tensor(shape=(t,), dtype=np.int32, doc="real target rows per frame"),
-            "trajectory_id": tfds.features.Tensor(shape=(), dtype=np.int32, doc="index in the split"),
+            # Scalar (stored exactly like a shape-() Tensor) so that printed infos show its description too.
+            "trajectory_id": tfds.features.Scalar(
+                dtype=np.int32, doc="0-based index of the trajectory in its split (examples are stored in this "
+                                    "order)"),
             "frame_numbers": tfds.features.Tensor(shape=(t,), dtype=np.int32, doc="source frame numbers"),
         })
-        return self.dataset_info_from_configs(
+        # Not dataset_info_from_configs: it would replace the short description by the whole card.
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=DESCRIPTION,
+            citation=self.get_metadata().citation,
             features=features,
             supervised_keys=None,
             homepage="https://github.com/GrokCV/SeqCSIST",
             # The stored order is the paper's fixed order; shuffling happens in the input pipeline.
             disable_shuffling=True,
         )
+
+    def as_data_source(self, split=None, **kwargs: Any):
+        """``tfds.data_source`` readers whose scalar features have the feature's dtype, as ``tfds.load`` gives.
+
+        TFDS' Parquet reader returns shape-``()`` features (``trajectory_id``) as Python ``int``; each example
+        here holds them as NumPy scalars of the declared dtype (``np.int32``), like ``tfds.as_numpy(tfds.load(...))``.
+        Arguments as :meth:`tfds.core.DatasetBuilder.as_data_source`; ``decoders`` given for a feature and
+        ``deserialize_method`` other than decoding leave the examples as TFDS returns them.
+        """
+        sources = super().as_data_source(split, **kwargs)
+        method = kwargs.get("deserialize_method", tfds.decode.DeserializeMethod.DESERIALIZE_AND_DECODE)
+        if method != tfds.decode.DeserializeMethod.DESERIALIZE_AND_DECODE:
+            return sources
+        decoded_elsewhere = set(kwargs.get("decoders") or ())
+        scalars = {
+            name: np.dtype(feature.np_dtype)
+            for name, feature in self.info.features.items()
+            if isinstance(feature, tfds.features.Tensor) and feature.shape == () and name not in decoded_elsewhere
+        }
+        if not scalars:
+            return sources
+        if isinstance(sources, dict):
+            return {name: ScalarTypedSource(source, scalars) for name, source in sources.items()}
+        if isinstance(sources, list):
+            return [ScalarTypedSource(source, scalars) for source in sources]
+        return ScalarTypedSource(sources, scalars)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         """One generator per split: simulated in one vectorised call, or read from the public release."""

@@ -1,0 +1,148 @@
+"""The quick run's test CSO-mAP over several seeds: mean ± spread instead of one number.
+
+Run from the repository root (one command; runs the missing seeds one after another, then collects)::
+
+    python -m experiments.benchmarks.quick_seeds [--seeds 0 1 2] [--workdir-prefix /tmp/q] [--note TEXT]
+
+Each seed is ``python -m experiments.train --config=derefnet_quick --workdir=<prefix><seed> --config.seed=<seed>``
+(subprocess, so every seed starts from a fresh process exactly as a user runs it). A seed whose workdir already
+holds ``result.json`` is not retrained; its wall time comes from ``quick_seeds_wall.json`` that this script
+wrote next to it (absent when the run was started by hand).
+
+Writes ``experiments/benchmarks/results/quick_seeds.{json,md}``: per seed the test CSO-mAP and AP05…AP25 (×100),
+the best validation CSO-mAP and its step, and the wall time of the whole command (training + evaluation);
+then mean, sample standard deviation and min–max over the seeds. Wall times depend on the machine and its load
+(the load average at the start of each seed is recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from seqcsist_jax.fileio import atomic_write, atomic_write_json
+from seqcsist_jax.protocol import METRIC_KEYS
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "experiments" / "benchmarks" / "results"
+CONFIG = "derefnet_quick"
+WALL_FILE = "quick_seeds_wall.json"
+
+
+def run_seed(seed: int, workdir: Path) -> dict[str, Any]:
+    """Trains and scores one seed in ``workdir`` unless it finished already; returns its wall-time record."""
+    wall_path = workdir / WALL_FILE
+    if (workdir / "result.json").exists():
+        return json.loads(wall_path.read_text()) if wall_path.exists() else {"wall_s": None, "load_avg": None}
+    command = [sys.executable, "-m", "experiments.train", f"--config={CONFIG}", f"--workdir={workdir}",
+               f"--config.seed={seed}"]
+    print(f"seed {seed}: {' '.join(command)}", flush=True)
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True)
+    record = {"wall_s": time.perf_counter() - start, "load_avg": load}
+    atomic_write_json(wall_path, record)
+    return record
+
+
+def collect(seed: int, workdir: Path, wall: dict[str, Any]) -> dict[str, Any]:
+    """One row: test metrics (×100), best validation CSO-mAP (×100) and step, wall time."""
+    path = workdir / "result.json"
+    try:
+        result = json.loads(path.read_text())
+        test = result["test"]
+        row = {"seed": seed, **{k: 100 * float(test[k]) for k in METRIC_KEYS}}
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise SystemExit(f"{path}: expected a finished run's result.json with test {', '.join(METRIC_KEYS)} ({e!r})")
+    best = result.get("best") or {}
+    row["val_mAP"] = 100 * float(best["mAP"]) if "mAP" in best else None
+    row["best_step"] = best.get("step")
+    row["steps"] = result.get("step")
+    row.update(wall)
+    row["workdir"] = str(workdir)
+    return row
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean, sample std (0 for one seed), min and max of every numeric column over the seeds."""
+    summary = {}
+    for key in (*METRIC_KEYS, "val_mAP", "wall_s"):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if not values:
+            continue
+        summary[key] = {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+            "n": len(values),
+        }
+    return summary
+
+
+def to_markdown(rows: list[dict[str, Any]], summary: dict[str, dict[str, float]], note: str) -> str:
+    keys = (*METRIC_KEYS, "val_mAP")
+    lines = [f"# Quick run over {len(rows)} seeds (`--config={CONFIG}`)", ""]
+    if note:
+        lines += [note, ""]
+    lines += ["Test split, scored frames 2..17, grid decoding, ×100. Wall time: whole command (train + evaluate).", ""]
+    lines.append("| seed | " + " | ".join(keys) + " | wall (min) | load avg |")
+    lines.append("|---|" + "---|" * (len(keys) + 2))
+    for r in rows:
+        wall = "–" if r.get("wall_s") is None else f"{r['wall_s'] / 60:.1f}"
+        load = "–" if r.get("load_avg") is None else f"{r['load_avg']:.1f}"
+        cells = ["–" if r.get(k) is None else f"{r[k]:.2f}" for k in keys]
+        lines.append(f"| {r['seed']} | " + " | ".join(cells) + f" | {wall} | {load} |")
+    cells = [f"{summary[k]['mean']:.2f} ± {summary[k]['std']:.2f}" if k in summary else "–" for k in keys]
+    wall = f"{summary['wall_s']['mean'] / 60:.1f}" if "wall_s" in summary else "–"
+    lines.append("| mean ± std | " + " | ".join(cells) + f" | {wall} | |")
+    cells = [f"{summary[k]['min']:.2f}–{summary[k]['max']:.2f}" if k in summary else "–" for k in keys]
+    lines.append("| min–max | " + " | ".join(cells) + " | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workdir-prefix", default="workdirs/quick_seed",
+                        help="workdir of seed s is <prefix><s> (relative to the repository root)")
+    parser.add_argument("--collect-only", action="store_true", help="do not train; only collect finished runs")
+    parser.add_argument("--note", default="", help="free text stored with the results (machine, load)")
+    args = parser.parse_args(argv)
+
+    rows = []
+    for seed in args.seeds:
+        workdir = (ROOT / f"{args.workdir_prefix}{seed}").resolve()
+        if args.collect_only:
+            wall_path = workdir / WALL_FILE
+            wall = json.loads(wall_path.read_text()) if wall_path.exists() else {"wall_s": None, "load_avg": None}
+        else:
+            wall = run_seed(seed, workdir)
+        rows.append(collect(seed, workdir, wall))
+    summary = summarise(rows)
+    out = {
+        "config": CONFIG,
+        "seeds": args.seeds,
+        "rows": rows,
+        "summary": summary,
+        "note": args.note,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / "quick_seeds.json", out, indent=2)
+    markdown = to_markdown(rows, summary, args.note)
+    atomic_write(RESULTS / "quick_seeds.md", markdown)
+    print(markdown)
+    return out
+
+
+if __name__ == "__main__":
+    main()
