@@ -71,6 +71,12 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         raise cli.UsageError(str(e)) from None
     decode = decode or config.eval.get("decode", "grid") or "grid"
     decode_options, imaging = {}, None
+    if decode != "grid":
+        from seqcsist_jax.decode import dataset_decode_options
+
+        # The dataset's count range (and CSIST-100K's geometry): a fit must never cap the count silently.
+        decode_options.update(dataset_decode_options(config.dataset))
+        decode_options.update(config.eval.get("decode_options") or {})
     if decode != "grid" and calibrate:
         from seqcsist_jax.decode import load_or_calibrate
 

@@ -443,6 +443,12 @@ def _final_test(trainer: Trainer, state: TrainState) -> dict:
     best_state, _, _, step = trainer.checkpoints.restore("best", abstract_like(state))
     config = trainer.config
     decode = config.eval.get("decode", "grid") or "grid"
+    decode_options = {}
+    if decode != "grid":
+        from seqcsist_jax.decode import dataset_decode_options
+
+        decode_options = {**dataset_decode_options(config.dataset), **(config.eval.get("decode_options") or {})}
     return trainer.evaluate(best_state.params, config.dataset.test_split, None, decode=decode, step=int(step),
+                            decode_options=decode_options,
                             out_dir=eval_dir(trainer.workdir, config.dataset.test_split, decode),
                             metrics_log=trainer.workdir / "metrics.jsonl")
