@@ -13,8 +13,8 @@ Each timed call is the first call of its options in the process, so it includes 
 the last row: AP by true count, clipped vs unclipped images, optimiser basins (images whose fit started at
 the truth reaches a lower cost than ours) and the CSO-mAP of the truth-started fit (the model's ceiling).
 
-Data: ``seqcsist_jax.data.csist100k`` (branch m15data) when it is importable, otherwise the stand-in generator
-of :mod:`experiments.benchmarks.csist100k_standin` (SPEC §9, written here until the dataset lands).
+Data: the ``csist100k/default`` test split (``seqcsist_jax.data.csist100k``); ``--standin`` uses the simpler generator
+of :mod:`experiments.benchmarks.csist100k_standin` (the first results were measured on it).
 Writes ``experiments/benchmarks/results/bench_decode_csist100k.{json,md}``.
 """
 
@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 
 from seqcsist_jax import fileio, metrics
-from seqcsist_jax.decode import CountCapWarning, decode_arrays, frames, localisation_confidence, make_options
+from seqcsist_jax.decode import CSIST100K_OPTIONS, CountCapWarning, decode_arrays, frames, localisation_confidence, make_options
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
 
 #: Decoder options that encode CSIST-100K's geometry (SPEC §9): 1–5 targets inside one pixel, pairwise
 #: >= 0.52·1.9σ apart.
-SINGLE_PIXEL: dict[str, Any] = dict(max_targets=5, single_pixel=True, layout_starts=6, min_separation=0.494)
+SINGLE_PIXEL: dict[str, Any] = dict(CSIST100K_OPTIONS)
 
 #: Published CSIST-100K results (c = 3) and grid ceilings of a perfect detector (SPEC §9).
 PUBLISHED = [
@@ -51,24 +51,24 @@ PUBLISHED = [
 ]
 
 
-def load_test_split(num: int, seed: int) -> tuple[dict[str, np.ndarray], str]:
-    """``images (N, 11, 11)``, ``targets (N, 5, 3)``, ``num_targets``, ``clipped`` (bool per image)."""
-    try:
-        from seqcsist_jax.data import csist100k  # noqa: F401  (branch m15data)
-
-        arrays = csist100k.load_csist100k_arrays("csist100k/default", "test")
-        images = np.asarray(arrays["images"])[:num]
-        targets = np.asarray(arrays["targets"], np.float32)[:num]
-        counts = (targets[..., 2] > 0).sum(-1)
-        clipped = images.reshape(len(images), -1).max(-1) >= 255
-        return {"images": images, "targets": targets, "num_targets": counts, "clipped": clipped}, \
-            "csist100k/default test (TFDS)"
-    except Exception:  # noqa: BLE001 - dataset not there yet: the stand-in is documented above
+def load_test_split(num: int, seed: int, standin: bool = False) -> tuple[dict[str, np.ndarray], str]:
+    """``images (N, 11, 11)``, ``targets (N, 5, 3)``, ``num_targets``, ``clipped`` (bool per image): the first
+    ``num`` images of the ``csist100k/default`` test split (built on first use), or of the stand-in generator."""
+    if standin:
         from experiments.benchmarks.csist100k_standin import generate
 
         d = generate(num, seed)
         d["clipped"] = d["clipped_pixels"] > 0
         return d, f"stand-in generator (experiments/benchmarks/csist100k_standin.py, seed {seed})"
+    from seqcsist_jax.data import csist100k
+
+    arrays = csist100k.load_csist100k_arrays("csist100k/default", "test")
+    images = np.asarray(arrays["image"])[:num]
+    targets = np.asarray(arrays["targets"], np.float32)[:num]
+    counts = (targets[..., 2] > 0).sum(-1)
+    clipped = images.reshape(len(images), -1).max(-1) >= 255
+    return {"images": images, "targets": targets, "num_targets": counts, "clipped": clipped}, \
+        "csist100k/default test split (TFDS)"
 
 
 def score(dets: list[np.ndarray], targets: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--baseline-images", type=int, default=10_000, help="images of the two baseline rows")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--tag", default="")
+    p.add_argument("--standin", action="store_true", help="use the stand-in generator instead of csist100k/default")
     args = p.parse_args(argv)
-    data, source = load_test_split(args.images, args.seed)
+    data, source = load_test_split(args.images, args.seed, args.standin)
     variants = [("refine, max 4 (old default)", {}), ("refine, max 5", dict(max_targets=5))]
     if args.skip_baselines:
         variants = []
