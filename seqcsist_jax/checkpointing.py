@@ -67,7 +67,11 @@ def fault_point(name: str, step: int) -> None:
         return
     want, _, at = spec.partition(":step=")
     if want == name and int(at) == int(step):
-        os.kill(os.getpid(), signal.SIGKILL)
+        _die()
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def tree_checksum(tree: Any) -> str:
@@ -316,11 +320,11 @@ class RunCheckpoints:
             if saved_params is not None:
                 check_params_match(_field(abstract_state, "params"), saved_params, str(folder))
         try:
-            args = {"state": ocp.args.StandardRestore(abstract_state)}
+            args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
             if not params_only:
-                args.update(loader=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore())
+                args["loader"] = ocp.args.JsonRestore()
             restored = manager.restore(step, args=ocp.args.Composite(**args))
-            meta = restored["meta"] if not params_only else self._read_meta(manager, step)
+            meta = restored["meta"]
         except CheckpointError:
             raise
         except Exception as e:  # noqa: BLE001 (orbax raises many types for a damaged folder)

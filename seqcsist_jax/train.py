@@ -434,12 +434,12 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
                 _say(f"step {step}: {config.dataset.eval_split} CSO-mAP {100 * metrics_eval['mAP']:.2f}"
                      + (" (new best)" if best else ""))
             elif (last or (save_every_steps and step % save_every_steps == 0)
-                  or (save_every_seconds and time.monotonic() - last_save[0] >= save_every_seconds)
-                  or stop.received is not None):
+                  or (save_every_seconds and time.monotonic() - last_save[0] >= save_every_seconds)):
                 save_latest(state, step)
             for hook in hooks:
                 hook(step, metrics)
             if stop.received is not None:
+                save_latest(state, step)  # a no-op when this step was just saved
                 name = signal.Signals(stop.received).name
                 _say(f"{name} received: saved a checkpoint at step {step} in {workdir / 'checkpoints'}; "
                      "run the same command again to resume")
