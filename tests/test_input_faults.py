@@ -128,3 +128,34 @@ def test_public_format_module_still_round_trips(root, pristine):
     back = read(root)
     np.testing.assert_array_equal(back["frame_numbers"].ravel(), np.arange(1, 13))
     assert public_format.split_files(root, "s")[0][0] == 1
+
+
+# ------------------------------------------------------------------------------------- imported checkpoints
+
+
+@pytest.mark.parametrize("content,message", [(b"", "is empty"), (b"PK\x03\x04 not really a zip", "not a readable")])
+def test_garbage_or_empty_npz_checkpoint_names_the_file(tmp_path, content, message):
+    from seqcsist_jax.interop import load_public_checkpoint
+
+    path = tmp_path / "weights.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as info:
+        load_public_checkpoint(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_nan_weights_in_an_imported_checkpoint_are_an_error(tmp_path):
+    from seqcsist_jax.interop import load_public_checkpoint, save_npz, state_dict_shapes
+
+    state = {k: np.zeros(shape, np.float32) for k, shape in state_dict_shapes().items()}
+    victim = sorted(state)[3]
+    state[victim] = state[victim].copy()
+    state[victim].flat[0] = np.nan
+    path = tmp_path / "weights.npz"
+    save_npz(path, state)
+    with pytest.raises(ValueError, match=r"non-finite .*weights") as info:
+        load_public_checkpoint(path)
+    assert str(path) in str(info.value) and victim in str(info.value)
+    state[victim].flat[0] = 0.0
+    save_npz(path, state)
+    assert load_public_checkpoint(path)  # the same file without the NaN loads
