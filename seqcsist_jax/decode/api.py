@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,10 @@ from seqcsist_jax.decode import maps as maps_mod
 from seqcsist_jax.decode import trajectory as traj_mod
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
 
-__all__ = ["decode", "decode_arrays", "Decoded", "localisation_confidence", "map_seeds"]
+__all__ = ["decode", "decode_arrays", "Decoded", "localisation_confidence", "map_seeds", "saturated_frames",
+           "SATURATION_LEVEL"]
+
+SATURATION_LEVEL = 255.0  # the 8-bit maximum: a pixel there was clipped, so brightness and count are unreliable
 
 
 @dataclasses.dataclass
@@ -27,6 +31,7 @@ class Decoded:
       frame_cost: ``(N, T, Kmax+1)`` per-frame fit cost for every count ``K = 0..Kmax`` (both methods fit
         frames).
       trajectory: the :class:`~seqcsist_jax.decode.trajectory.TrajectoryFits` (``trajectory`` only).
+      saturated: ``(N, T)`` bool, frames with a pixel at the 8-bit maximum (:func:`saturated_frames`).
     """
 
     detections: np.ndarray
@@ -35,6 +40,7 @@ class Decoded:
     count_prob: np.ndarray
     frame_cost: np.ndarray
     trajectory: Any = None
+    saturated: np.ndarray | None = None
 
     def to_lists(self) -> list[list[np.ndarray]]:
         """``N`` lists of ``T`` arrays ``(M, 4)`` (float64)."""
@@ -50,6 +56,23 @@ def localisation_confidence(pos_var: np.ndarray, radius: float) -> np.ndarray:
     """
     v = np.maximum(np.asarray(pos_var, np.float64), 1e-300)
     return -np.expm1(-(radius**2) / (2.0 * v))
+
+
+def saturated_frames(frames: Any) -> np.ndarray:
+    """``(N, T)`` bool: frames with at least one pixel ``>= SATURATION_LEVEL`` (clipped by 8-bit storage)."""
+    return np.any(np.asarray(frames) >= SATURATION_LEVEL, axis=(-2, -1))
+
+
+def _warn_saturated(saturated: np.ndarray) -> None:
+    count = int(np.sum(saturated))
+    if count:
+        warnings.warn(
+            f"{count} of {saturated.size} frames have saturated pixels (value >= {SATURATION_LEVEL:g}): their "
+            "decoded brightnesses and counts are unreliable (the imaging model cannot fit clipped pixels); "
+            "decode_arrays(...).saturated flags them",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _check_frames(frames: Any) -> np.ndarray:
@@ -163,7 +186,9 @@ def decode_arrays(
     det = np.concatenate([params.astype(np.float64), score[..., None]], axis=-1)
     det = np.where(active[..., None], det, 0.0)
     var = np.where(active, var, np.inf)
-    return Decoded(det, counts.astype(np.int32), var, prob, frame_cost, traj)
+    saturated = saturated_frames(frames)
+    _warn_saturated(saturated)
+    return Decoded(det, counts.astype(np.int32), var, prob, frame_cost, traj, saturated)
 
 
 def decode(
@@ -206,6 +231,7 @@ def decode(
         return decode_arrays(frames, maps, method, progress=progress, **options).to_lists()
     opts = make_options(**options)
     frames = _check_frames(frames)
+    _warn_saturated(saturated_frames(frames))
     n, t, s, _ = frames.shape
     if maps is None:
         flat = maps_mod.physics_maps(frames.reshape(n * t, s, s), opts.c, opts.sigma, physics_iterations)
