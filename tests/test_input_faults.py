@@ -159,3 +159,36 @@ def test_nan_weights_in_an_imported_checkpoint_are_an_error(tmp_path):
     state[victim].flat[0] = 0.0
     save_npz(path, state)
     assert load_public_checkpoint(path)  # the same file without the NaN loads
+
+
+# ------------------------------------------------------------------------------------ multi-device batches
+
+_LAST_BATCH = """
+import numpy as np, jax
+from seqcsist_jax import sharding
+from seqcsist_jax.data.pipeline import TrajectoryLoader, make_source
+from seqcsist_jax.data.simulate import simulate_seqcsist
+assert jax.device_count() == 2
+loader = TrajectoryLoader(make_source(simulate_seqcsist(3, 1, frames_per_trajectory=2)), batch_size=2,
+                          shuffle=False, seed=0, num_epochs=1, drop_remainder=False)
+mesh = sharding.data_mesh()
+batches = list(loader)
+assert [len(b["frames"]) for b in batches] == [2, 1]
+sharding.shard_batch(batches[0], mesh, keys=("frames",))
+try:
+    sharding.shard_batch(batches[1], mesh, keys=("frames",))
+except ValueError as e:
+    print("ERROR:", e)
+"""
+
+
+def test_final_batch_not_divisible_by_devices_is_a_clear_error():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", _LAST_BATCH], cwd=pathlib.Path(__file__).resolve().parents[1],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = [x for x in done.stdout.splitlines() if x.startswith("ERROR:")]
+    assert line and "1 examples cannot be split evenly over 2 devices" in line[0] and "'frames'" in line[0]
