@@ -98,9 +98,9 @@ def scalars(metrics: dict) -> dict:
 
 
 def untimed(tree):
-    """``tree`` without wall-clock entries (``decode_seconds``, ``steps_per_second``), which differ per run."""
+    """``tree`` without wall-clock entries (``decode_seconds``, ``fps``, the table row), which differ per run."""
     if isinstance(tree, dict):
-        return {k: untimed(v) for k, v in tree.items() if "second" not in k}
+        return {k: untimed(v) for k, v in tree.items() if "second" not in k and k not in ("fps", "table_row")}
     return tree
 
 
