@@ -19,6 +19,10 @@ import jax
 log = logging.getLogger(__name__)
 
 
+class MetricsWriteError(OSError):
+    """Appending to ``metrics.jsonl`` failed (e.g. a full disk); the message names the file."""
+
+
 class MetricsFileError(ValueError):
     """A ``metrics.jsonl`` line other than the last is not a JSON record; the message names file and line."""
 
@@ -47,8 +51,13 @@ class MetricWriter:
             return
         record = {"step": int(step), "split": split}
         record.update({k: _to_float(v) for k, v in scalars.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            # A torn line left by this failure is dropped on the next start (drop_torn_last_line).
+            raise MetricsWriteError(e.errno, f"cannot append to {self.path} ({e.strerror or e}); training "
+                                             "stopped, checkpoints are intact: free space and rerun to resume") from None
         if self._tb is not None:
             for name, value in scalars.items():
                 self._tb.add_scalar(f"{split}/{name}", _to_float(value), int(step))

@@ -308,3 +308,25 @@ def test_fault_point_is_inert_without_the_variable(monkeypatch):
     checkpointing.fault_point("after_latest_save", 3)  # another step: nothing happens
     checkpointing.fault_point("after_best_save", 4)  # another moment: nothing happens
 
+
+
+def test_full_disk_while_logging_is_one_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    from seqcsist_jax.metric_writers import MetricsWriteError
+
+    writer = MetricWriter(tmp_path, tensorboard=False)
+    writer.write(1, {"loss": 1.0})
+    real_open = builtins.open
+
+    def full(path, mode="r", *args, **kwargs):
+        if str(path).endswith("metrics.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full)
+    with pytest.raises(MetricsWriteError, match=r"metrics.jsonl \(No space left on device\)") as info:
+        writer.write(2, {"loss": 0.5})
+    assert info.value.errno == errno.ENOSPC and "\n" not in str(info.value)
+    monkeypatch.undo()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
