@@ -56,8 +56,9 @@ class MetricWriter:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:
             # A torn line left by this failure is dropped on the next start (drop_torn_last_line).
-            raise MetricsWriteError(e.errno, f"cannot append to {self.path} ({e.strerror or e}); training "
-                                             "stopped, checkpoints are intact: free space and rerun to resume") from None
+            message = (f"cannot append to {self.path} ({e.strerror or e}); training stopped, checkpoints are "
+                       "intact: free space and rerun to resume")
+            raise MetricsWriteError(e.errno, message) from None
         if self._tb is not None:
             for name, value in scalars.items():
                 self._tb.add_scalar(f"{split}/{name}", _to_float(value), int(step))
