@@ -17,7 +17,11 @@ def _frames():
 
 def test_saturated_frames_flags_any_pixel_at_255():
     np.testing.assert_array_equal(api.saturated_frames(_frames()), [[False, True, False], [False, False, True]])
-    assert not api.saturated_frames(np.full((1, 1, 11, 11), 254.9, np.float32)).any()
+    assert api.saturated_frames(np.full((1, 1, 11, 11), 254.9, np.float32)).all()  # within ½ level: stored at 255
+    high = np.full((1, 1, 11, 11), 250.0, np.float32)
+    high[..., 0, 0] = 300.0  # unclipped float data: a pixel above the level, so nothing was clipped
+    assert not api.saturated_frames(high).any()
+    assert not api.saturated_frames(_frames(), clip_level=None).any()
 
 
 def test_decode_warns_with_the_count_of_saturated_frames():

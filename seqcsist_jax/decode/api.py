@@ -13,10 +13,7 @@ from seqcsist_jax.decode import maps as maps_mod
 from seqcsist_jax.decode import trajectory as traj_mod
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
 
-__all__ = ["decode", "decode_arrays", "Decoded", "localisation_confidence", "map_seeds", "saturated_frames",
-           "SATURATION_LEVEL"]
-
-SATURATION_LEVEL = 255.0  # the 8-bit maximum: a pixel there was clipped, so brightness and count are unreliable
+__all__ = ["decode", "decode_arrays", "Decoded", "localisation_confidence", "map_seeds", "saturated_frames"]
 
 
 @dataclasses.dataclass
@@ -58,18 +55,24 @@ def localisation_confidence(pos_var: np.ndarray, radius: float) -> np.ndarray:
     return -np.expm1(-(radius**2) / (2.0 * v))
 
 
-def saturated_frames(frames: Any) -> np.ndarray:
-    """``(N, T)`` bool: frames with at least one pixel ``>= SATURATION_LEVEL`` (clipped by 8-bit storage)."""
-    return np.any(np.asarray(frames) >= SATURATION_LEVEL, axis=(-2, -1))
+def saturated_frames(frames: Any, clip_level: float | None = 255.0) -> np.ndarray:
+    """``(N, T)`` bool: frames with a pixel stored at ``clip_level`` (within ½ grey level), by the rule of
+    :func:`seqcsist_jax.decode.forward.saturation_mask` (a frame with a pixel above ``clip_level + ½`` was not
+    clipped). ``clip_level=None``: nothing is saturated."""
+    arr = np.asarray(frames, np.float32)
+    if clip_level is None:
+        return np.zeros(arr.shape[:-2], bool)
+    peak = arr.max(axis=(-2, -1))
+    return (peak >= clip_level - 0.5) & (peak <= clip_level + 0.5)
 
 
-def _warn_saturated(saturated: np.ndarray) -> None:
+def _warn_saturated(saturated: np.ndarray, clip_level: float | None) -> None:
     count = int(np.sum(saturated))
     if count:
         warnings.warn(
-            f"{count} of {saturated.size} frames have saturated pixels (value >= {SATURATION_LEVEL:g}): their "
-            "decoded brightnesses and counts are unreliable (the imaging model cannot fit clipped pixels); "
-            "decode_arrays(...).saturated flags them",
+            f"{count} of {saturated.size} frames have saturated pixels (stored at {clip_level:g}): their decoded "
+            "brightnesses and counts are less reliable (clipped pixels only bound the signal; beyond "
+            "max_saturated per frame they are fitted as ordinary pixels); decode_arrays(...).saturated flags them",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -186,8 +189,8 @@ def decode_arrays(
     det = np.concatenate([params.astype(np.float64), score[..., None]], axis=-1)
     det = np.where(active[..., None], det, 0.0)
     var = np.where(active, var, np.inf)
-    saturated = saturated_frames(frames)
-    _warn_saturated(saturated)
+    saturated = saturated_frames(frames, opts.clip_level)
+    _warn_saturated(saturated, opts.clip_level)
     return Decoded(det, counts.astype(np.int32), var, prob, frame_cost, traj, saturated)
 
 
@@ -231,7 +234,7 @@ def decode(
         return decode_arrays(frames, maps, method, progress=progress, **options).to_lists()
     opts = make_options(**options)
     frames = _check_frames(frames)
-    _warn_saturated(saturated_frames(frames))
+    _warn_saturated(saturated_frames(frames, opts.clip_level), opts.clip_level)
     n, t, s, _ = frames.shape
     if maps is None:
         flat = maps_mod.physics_maps(frames.reshape(n * t, s, s), opts.c, opts.sigma, physics_iterations)
