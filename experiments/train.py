@@ -39,9 +39,14 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
 
 
 def run(argv: list[str] | None = None) -> None:
+    from seqcsist_jax.checkpointing import CheckpointError, CheckpointWriteError
+    from seqcsist_jax.metric_writers import MetricsFileError, MetricsWriteError
+    from seqcsist_jax.run_lock import WorkdirLockedError
+    from seqcsist_jax.train import TrainingInterrupted
     from seqcsist_jax.workdir import ConfigMismatchError
 
-    cli.run(main, argv, expected=(ConfigMismatchError, FileNotFoundError))
+    cli.run(main, argv, expected=(ConfigMismatchError, FileNotFoundError, WorkdirLockedError, CheckpointError,
+                                  CheckpointWriteError, MetricsFileError, MetricsWriteError, TrainingInterrupted))
 
 
 if __name__ == "__main__":

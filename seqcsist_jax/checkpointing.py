@@ -1,24 +1,126 @@
-"""Orbax checkpoints of a training run: periodic ``latest`` ones and the ``best`` by validation CSO-mAP.
+"""Orbax checkpoints of a training run: periodic ``latest`` ones, the ``best`` by validation CSO-mAP, and the
+evaluation journal that makes the pair crash-consistent.
 
 Layout under ``{workdir}/checkpoints/``::
 
-    latest/<step>/{state,loader,meta}   the last ``keep`` periodic checkpoints (resume from the newest)
-    best/<step>/{state,loader,meta}     the single checkpoint with the highest validation CSO-mAP
+    latest/<step>/{state,loader,meta}   the last ``keep`` periodic checkpoints (resume from the newest good one)
+    best/<step>/{state,loader,meta}     the checkpoint with the highest validation CSO-mAP
+    evals.json                          the journal: every committed evaluation and the best decision
+    damaged/                            checkpoints found unreadable on start, moved aside (never deleted)
 
 ``state`` is the train-state pytree (params, optimiser state, step, RNG), ``loader`` the input pipeline's
 position (so a resumed run sees exactly the batches an uninterrupted run would have seen) and ``meta`` a JSON
-dict with the resolved config and, for ``best``, the validation metrics.
+dict with the resolved config, SHA-256 checksums of the saved params and optimiser state (verified on restore)
+and, for ``best``, the validation metrics.
+
+Commit order at an evaluation step N (each write is atomic: orbax renames a finished temporary folder, the
+journal is written with :mod:`seqcsist_jax.fileio`)::
+
+    1. evaluate                       2. journal += (N, metrics, best decision)
+    3. save best/N if it is the best  4. save latest/N       5. delete older best/ folders
+
+On start, :meth:`RunCheckpoints.reconcile` takes the newest readable ``latest`` step L as the truth: journal
+records after L are dropped (their evaluations are redone, deterministically, when training passes them again)
+and ``best/`` folders other than the journal's best are removed. Whatever step a kill hits, the restarted run
+therefore ends exactly as an uninterrupted one (same best step, same test numbers).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
+import logging
+import os
 import pathlib
+import shutil
+import signal
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from seqcsist_jax.fileio import atomic_write_json
+
+log = logging.getLogger(__name__)
+
 CHECKPOINT_KINDS = ("latest", "best")
+JOURNAL_NAME = "evals.json"
+FAULT_ENV = "SEQCSIST_FAULT"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used (damaged, of another model, failed checksum); the message names its folder."""
+
+
+class CheckpointWriteError(OSError):
+    """Saving a checkpoint failed (e.g. the disk is full); the message says what to do. Nothing committed
+    before it is lost."""
+
+
+def fault_point(name: str, step: int) -> None:
+    """Test hook: ``SEQCSIST_FAULT=<name>:step=<N>`` SIGKILLs this process when it reaches ``name`` at step N,
+    so tests can kill a real run at a precise moment of the commit order. A no-op when the variable is unset."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    want, _, at = spec.partition(":step=")
+    if want == name and int(at) == int(step):
+        _die()
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def tree_checksum(tree: Any) -> str:
+    """SHA-256 over every leaf's dtype, shape and bytes, in tree-flattening order (host copies)."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        array = np.asarray(jax.device_get(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _field(state: Any, name: str) -> Any:
+    return state[name] if isinstance(state, dict) else getattr(state, name)
+
+
+def state_checksums(state: Any) -> dict[str, str]:
+    return {"params_sha256": tree_checksum(_field(state, "params")),
+            "opt_state_sha256": tree_checksum(_field(state, "opt_state"))}
+
+
+def check_params_match(expected: Any, restored: Any, where: str) -> None:
+    """Raises :class:`CheckpointError` naming the first parameter whose shape differs (or that exists on one
+    side only) between ``expected`` and ``restored`` (pytrees of arrays or shape structs)."""
+    def shapes(tree):
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {jax.tree_util.keystr(p): tuple(getattr(x, "shape", None) or np.shape(x)) for p, x in leaves}
+
+    exp, got = shapes(expected), shapes(restored)
+    for key in sorted(set(exp) | set(got)):
+        if exp.get(key) != got.get(key):
+            e = "missing" if key not in exp else f"shape {exp[key]}"
+            g = "missing" if key not in got else f"shape {got[key]}"
+            raise CheckpointError(
+                f"{where} holds another model or width: parameter {key} is {g} in the checkpoint but the model "
+                f"expects {e}"
+            )
+
+
+def _is_enospc(error: BaseException) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error) or "ENOSPC" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _manager(directory: pathlib.Path, **options: Any) -> ocp.CheckpointManager:
@@ -30,29 +132,124 @@ def _manager(directory: pathlib.Path, **options: Any) -> ocp.CheckpointManager:
 
 
 class RunCheckpoints:
-    """The ``latest`` and ``best`` checkpoint managers of one workdir.
+    """The ``latest`` and ``best`` checkpoint managers and the evaluation journal of one workdir.
 
-    Saving is synchronous: a run killed right after ``save_latest`` returns still finds the checkpoint, and
-    orbax writes to a temporary directory first, so a kill mid-save never leaves a half checkpoint behind.
+    Saving is synchronous and orbax writes to a temporary folder that it renames when complete, so a kill
+    mid-save leaves at most a ``*.orbax-checkpoint-tmp*`` folder, removed by :meth:`clean_leftovers`. See the
+    module docstring for the commit order that keeps ``best`` and the journal consistent.
     """
 
     def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
-        root = pathlib.Path(workdir) / "checkpoints"
-        self.latest = _manager(root / "latest", max_to_keep=keep)
-        self.best = _manager(root / "best", max_to_keep=1, best_fn=lambda m: float(m["mAP"]), best_mode="max")
+        self.root = pathlib.Path(workdir) / "checkpoints"
+        self.latest = _manager(self.root / "latest", max_to_keep=keep)
+        # max_to_keep=None: which best folder survives is decided by the journal, not by orbax.
+        self.best = _manager(self.root / "best")
+        self.journal_path = self.root / JOURNAL_NAME
 
-    def _save(self, manager, step, state, loader_state, meta, metrics=None) -> None:
-        manager.save(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                loader=ocp.args.JsonSave(loader_state),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            metrics=metrics,
-            force=True,
-        )
-        manager.wait_until_finished()
+    # ------------------------------------------------------------------------------ journal
+
+    def journal(self) -> dict:
+        """``{"evals": {str(step): metrics}, "best_step": int | None}`` (empty for a new run)."""
+        if not self.journal_path.exists():
+            return {"evals": {}, "best_step": None}
+        try:
+            data = json.loads(self.journal_path.read_text())
+            if not isinstance(data.get("evals"), dict):
+                raise ValueError("no 'evals' mapping")
+        except ValueError as e:
+            raise CheckpointError(f"{self.journal_path}: not an evaluation journal ({e})") from None
+        return data
+
+    @staticmethod
+    def _best_of(evals: dict) -> int | None:
+        best_step, best_map = None, None
+        for step in sorted(evals, key=int):  # ties keep the earliest step, as an uninterrupted run does
+            value = float(evals[step]["mAP"])
+            if best_map is None or value > best_map:
+                best_step, best_map = int(step), value
+        return best_step
+
+    def commit_eval(self, step: int, metrics: dict) -> bool:
+        """Journals the evaluation at ``step`` and the best decision atomically. Returns whether it is the new
+        best (strictly higher CSO-mAP than every earlier evaluation)."""
+        data = self.journal()
+        data["evals"][str(int(step))] = {k: float(v) for k, v in metrics.items()}
+        previous = data.get("best_step")
+        data["best_step"] = self._best_of(data["evals"])
+        atomic_write_json(self.journal_path, data, sort_keys=True)
+        return data["best_step"] == int(step) and previous != int(step)
+
+    def reconcile(self, resume_step: int) -> None:
+        """Makes the journal and ``best/`` agree with a run resumed at ``resume_step`` (see module docstring):
+        evaluations after it are forgotten (they will be redone) and uncommitted ``best`` folders removed."""
+        if not self.journal_path.exists() and self.best.all_steps():
+            self._journal_from_best()  # a workdir written before the journal existed
+        data = self.journal()
+        evals = {k: v for k, v in data["evals"].items() if int(k) <= int(resume_step)}
+        best_step = self._best_of(evals)
+        if evals != data["evals"] or best_step != data.get("best_step"):
+            dropped = sorted(int(k) for k in data["evals"] if int(k) > int(resume_step))
+            if dropped:
+                log.warning("evaluations at steps %s were not committed with a checkpoint; they will be redone",
+                            dropped)
+            atomic_write_json(self.journal_path, {"evals": evals, "best_step": best_step}, sort_keys=True)
+        for step in self.best.all_steps():
+            if step != best_step:
+                self.best.delete(step)
+        for step in self.latest.all_steps():
+            if step > int(resume_step):  # newer than the resume point: damaged, moved aside by restore
+                self.latest.delete(step)
+
+    def _journal_from_best(self) -> None:
+        evals = {}
+        for step in self.best.all_steps():
+            metrics = self._read_meta(self.best, step).get("metrics")
+            if metrics:
+                evals[str(step)] = metrics
+        atomic_write_json(self.journal_path, {"evals": evals, "best_step": self._best_of(evals)}, sort_keys=True)
+
+    def clean_leftovers(self) -> list[pathlib.Path]:
+        """Removes ``*.orbax-checkpoint-tmp*`` folders left by saves that were killed; returns them. Only the
+        lock holder (the trainer) may call this: a concurrent save would lose its temporary folder."""
+        removed = []
+        for kind in CHECKPOINT_KINDS:
+            folder = self.root / kind
+            if folder.is_dir():
+                for entry in folder.iterdir():
+                    if ".orbax-checkpoint-tmp" in entry.name:
+                        shutil.rmtree(entry, ignore_errors=True)
+                        removed.append(entry)
+        if removed:
+            log.warning("removed %d unfinished checkpoint folder(s) of an interrupted save: %s", len(removed),
+                        ", ".join(str(r) for r in removed))
+            self.latest.reload()
+            self.best.reload()
+        return removed
+
+    # ------------------------------------------------------------------------------ saving
+
+    def _save(self, manager, step, state, loader_state, meta) -> None:
+        meta = {**meta, **state_checksums(state)}
+        try:
+            manager.save(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    loader=ocp.args.JsonSave(loader_state),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                force=True,
+            )
+            manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 (orbax wraps OS errors in several exception types)
+            folder = pathlib.Path(manager.directory) / str(int(step))
+            if _is_enospc(e):
+                raise CheckpointWriteError(
+                    errno.ENOSPC,
+                    f"no space left on device while saving checkpoint {folder}; training stopped. Everything "
+                    f"committed before is intact: free some space and run the same command again to resume",
+                ) from None
+            raise CheckpointWriteError(f"saving checkpoint {folder} failed: {type(e).__name__}: {e}") from e
 
     def save_latest(self, step: int, state: Any, loader_state: dict, meta: dict) -> None:
         if self.latest.latest_step() == int(step):
@@ -60,20 +257,35 @@ class RunCheckpoints:
         self._save(self.latest, step, state, loader_state, meta)
 
     def save_best(self, step: int, state: Any, loader_state: dict, meta: dict, metrics: dict) -> bool:
-        """Keeps this checkpoint if its ``metrics['mAP']`` beats the stored best. Returns whether it did."""
-        best = self.best_metrics()
-        if best is not None and float(metrics["mAP"]) <= float(best["mAP"]):
-            return False
-        if self.best.latest_step() == int(step):
-            return False
-        self._save(self.best, step, state, loader_state, {**meta, "metrics": metrics}, metrics)
-        return True
+        """Commits the evaluation at ``step`` to the journal and, when it is the new best, saves ``best/step``
+        (older best folders are removed by :meth:`drop_old_best` once ``latest/step`` exists). Returns whether
+        it is the new best."""
+        is_best = self.commit_eval(step, metrics)
+        fault_point("after_eval_commit", step)
+        if is_best and int(step) not in self.best.all_steps():
+            self._save(self.best, step, state, loader_state, {**meta, "metrics": metrics})
+        fault_point("after_best_save", step)
+        return is_best
+
+    def drop_old_best(self) -> None:
+        """Removes ``best`` folders other than the journal's best (step 5 of the commit order)."""
+        best_step = self.journal().get("best_step")
+        for step in self.best.all_steps():
+            if step != best_step:
+                self.best.delete(step)
+
+    def best_step(self) -> int | None:
+        step = self.journal().get("best_step")
+        if step is None or int(step) not in self.best.all_steps():
+            return None
+        return int(step)
 
     def best_metrics(self) -> dict | None:
-        step = self.best.best_step()
-        if step is None:
-            return None
-        return self.best.metrics(step)
+        data = self.journal()
+        step = data.get("best_step")
+        return None if step is None else data["evals"].get(str(step))
+
+    # ------------------------------------------------------------------------------ restoring
 
     def resolve(self, which: str | int) -> tuple[ocp.CheckpointManager, int]:
         """``'latest'``, ``'best'`` or a step number → (manager, step). Raises FileNotFoundError."""
@@ -90,37 +302,91 @@ class RunCheckpoints:
         if which not in CHECKPOINT_KINDS:
             raise ValueError(f"checkpoint must be 'latest', 'best' or a step number, got {which!r}")
         manager = self.latest if which == "latest" else self.best
-        step = manager.latest_step() if which == "latest" else manager.best_step()
+        step = manager.latest_step() if which == "latest" else self.best_step()
+        if step is None and which == "best" and self.best.all_steps():
+            step = max(self.best.all_steps())  # a workdir written before the journal existed
         if step is None:
             raise FileNotFoundError(f"no {which!r} checkpoint in {manager.directory}")
         return manager, step
 
+    def _restore_one(self, manager, step: int, abstract_state: Any | None, params_only: bool):
+        folder = pathlib.Path(manager.directory) / str(int(step))
+        if abstract_state is not None:
+            try:
+                saved = manager.item_metadata(step)["state"]
+                saved_params = _field(getattr(saved, "tree", saved), "params")
+            except Exception:  # noqa: BLE001 (damaged metadata is reported by the restore below)
+                saved_params = None
+            if saved_params is not None:
+                check_params_match(_field(abstract_state, "params"), saved_params, str(folder))
+        try:
+            args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+            if not params_only:
+                args["loader"] = ocp.args.JsonRestore()
+            restored = manager.restore(step, args=ocp.args.Composite(**args))
+            meta = restored["meta"]
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 (orbax raises many types for a damaged folder)
+            raise CheckpointError(f"checkpoint {folder} is damaged or unreadable ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        state = restored["state"]
+        sums = meta.get("params_sha256") if isinstance(meta, dict) else None
+        if sums is not None:
+            got = tree_checksum(_field(state, "params"))
+            if got != meta["params_sha256"] or (
+                not params_only and tree_checksum(_field(state, "opt_state")) != meta.get("opt_state_sha256")
+            ):
+                raise CheckpointError(f"checkpoint {folder} fails its checksum (the saved arrays changed on disk)")
+        return state, (restored.get("loader") if not params_only else None), meta
+
+    def _read_meta(self, manager, step: int) -> dict:
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def _move_aside(self, manager, step: int, kind: str) -> pathlib.Path:
+        source = pathlib.Path(manager.directory) / str(int(step))
+        target = self.root / "damaged" / f"{kind}-{int(step)}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(source, target)
+        manager.reload()
+        return target
+
     def restore(self, which: str | int, abstract_state: Any) -> tuple[Any, dict, dict, int]:
-        """Restores ``(state, loader_state, meta, step)``; ``abstract_state`` gives shapes and shardings."""
+        """Restores ``(state, loader_state, meta, step)``; ``abstract_state`` gives shapes and shardings.
+
+        For ``'latest'`` a damaged newest checkpoint is moved to ``checkpoints/damaged/`` with a warning naming
+        it and the previous good step is used; other damage raises :class:`CheckpointError` naming the folder.
+        """
         manager, step = self.resolve(which)
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                loader=ocp.args.JsonRestore(),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
-        return restored["state"], restored["loader"], restored["meta"], step
+        if which != "latest":
+            state, loader, meta = self._restore_one(manager, step, abstract_state, params_only=False)
+            return state, loader, meta, step
+        failures = []
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                state, loader, meta = self._restore_one(manager, step, abstract_state, params_only=False)
+            except CheckpointError as e:
+                if "another model or width" in str(e):
+                    raise
+                failures.append(str(e))
+                moved = self._move_aside(manager, step, "latest")
+                log.warning("%s; moved it to %s and falling back to the previous checkpoint", e, moved)
+                continue
+            return state, loader, meta, step
+        raise CheckpointError("no readable 'latest' checkpoint: " + "; ".join(failures))
 
     def restore_params(self, which: str | int) -> tuple[Any, int]:
         """Restores only the model parameters ``(params, step)`` as host arrays, without knowing the optimiser
-        (evaluation needs no optimiser state)."""
+        (evaluation needs no optimiser state). The params checksum is verified."""
         manager, step = self.resolve(which)
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-        state = restored["state"]
-        params = state["params"] if isinstance(state, dict) else state.params
-        return params, step
+        state, _, _ = self._restore_one(manager, step, None, params_only=True)
+        return _field(state, "params"), step
 
     def restore_meta(self, which: str | int) -> tuple[dict, int]:
         manager, step = self.resolve(which)
-        restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return restored["meta"], step
+        return self._read_meta(manager, step), step
 
     def close(self) -> None:
         self.latest.close()

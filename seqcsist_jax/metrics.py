@@ -32,7 +32,9 @@ Deviations from / decisions beyond the public code (documented, not configurable
   frame; for grid detections that is row-major cell order) — a stable sort, both for the per-frame visiting
   order and the pooled ranking. The public code calls ``np.argsort(-scores)`` (default quicksort), whose order
   among ties is unspecified and differs between CPUs (SIMD sorts on AVX-512 machines are not stable even for
-  10 elements). With distinct scores both agree exactly.
+  10 elements). With distinct scores both agree exactly. ``cso_map(..., ties="grouped")`` is the tie-aware
+  option: tied detections enter the PR curve together (one curve point per distinct score), which makes the
+  result independent of input order; it is not the published protocol, so it is not the default.
 - Robustness: the public code crashes on a split without any detection (``np.vstack`` of nothing), on a
   frame without ground truth, and on a single frame (its process pool is only created for > 1 frame). Here
   these give: no detections → every AP 0 and empty PR curves; frame without ground truth → all its
@@ -337,6 +339,7 @@ def cso_map(
     detections: Sequence[Array] | Array,
     targets: Sequence[Array] | Array,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    ties: str = "input_order",
 ) -> dict[str, Any]:
     """CSO-mAP over a set of scored frames, exactly the public protocol (SPEC §4.2–4.5).
 
@@ -349,11 +352,17 @@ def cso_map(
         brightness 0 are padding and dropped) or ``(K_i, 2)`` rows ``(xc, yc)``. A padded ``(F, K, 3)`` array
         works too.
       thresholds: distance thresholds in pixels (``<=`` counts as a match).
+      ties: ``"input_order"`` (the protocol; equal scores ranked in input order) or ``"grouped"`` (tied
+        detections enter the curve together: precision/recall are taken only after the last detection of each
+        run of equal scores, so the result does not depend on input order). Within a frame, the number of
+        targets first claimed by a run of tied detections does not depend on their order, so the grouped
+        curve is well defined.
 
     Returns:
       A dict with ``mAP`` and one ``APxx`` per threshold (floats in [0, 1]); ``pr_curves``:
       ``{APxx: {"recall": (D,), "precision": (D,)}}`` along the pooled ranking (empty without detections);
-      ``scores``: ``(D,)`` pooled scores in ranking order (descending); ``num_gt``, ``num_detections``,
+      ``scores``: ``(D,)`` pooled scores in ranking order (descending; with ``ties="grouped"`` one entry per
+      distinct score, like the curves); ``num_gt``, ``num_detections``,
       ``num_frames``.
 
     Raises:
@@ -361,6 +370,8 @@ def cso_map(
         thresholds.
     """
     ts, keys = _check_thresholds(thresholds)
+    if ties not in ("input_order", "grouped"):
+        raise ValueError(f"ties must be 'input_order' or 'grouped', got {ties!r}")
     det_xy, score, det_frame, det_counts = _flatten_detections(detections)
     gt_xy, gt_frame, gt_counts = _flatten_targets(targets)
     if det_counts.size != gt_counts.size:
@@ -377,11 +388,17 @@ def cso_map(
     # Group by (frame, nearest target), ranking order inside a group: one sort shared by all thresholds.
     perm = order[np.argsort(claim_key[order], kind="stable")]
     ranks = np.arange(1, order.size + 1, dtype=np.float64)
+    ranked_scores = score[order]
+    if ties == "grouped":  # the last index of every run of equal scores
+        points = np.flatnonzero(np.r_[ranked_scores[1:] != ranked_scores[:-1], True]) if order.size else order
+    else:
+        points = np.arange(order.size)
+    ranks = ranks[points]
     result: dict[str, Any] = {}
     curves: dict[str, dict[str, np.ndarray]] = {}
     aps = []
     for t, key in zip(ts, keys):
-        tp = np.cumsum(_match_flags(perm, claim_key, distance, t)[order], dtype=np.float64)
+        tp = np.cumsum(_match_flags(perm, claim_key, distance, t)[order], dtype=np.float64)[points]
         recall = tp / num_gt if num_gt > 0 else np.zeros_like(tp)
         precision = tp / ranks
         ap = average_precision(recall, precision) if num_gt > 0 else 0.0
@@ -392,7 +409,7 @@ def cso_map(
         "mAP": float(np.mean(aps)),
         **result,
         "pr_curves": curves,
-        "scores": score[order],
+        "scores": ranked_scores[points],
         "num_gt": num_gt,
         "num_detections": int(score.size),
         "num_frames": int(gt_counts.size),

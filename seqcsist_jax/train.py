@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -31,8 +33,9 @@ import numpy as np
 import optax
 
 from seqcsist_jax import sharding
-from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like
+from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like, fault_point
 from seqcsist_jax.data.splits import cached_q, load_arrays, subpixel_c
+from seqcsist_jax.run_lock import WorkdirLock
 from seqcsist_jax.fileio import atomic_write_json
 from seqcsist_jax.evaluate import eval_dir
 from seqcsist_jax.predictor import make_predict_fn, make_predictor  # noqa: F401 (make_predict_fn re-exported)
@@ -42,6 +45,7 @@ from seqcsist_jax.metric_writers import MetricWriter
 log = logging.getLogger(__name__)
 
 Batch = Mapping[str, jax.Array]
+DEFAULT_CHECKPOINT_EVERY_SECONDS = 300.0
 StepHook = Callable[[int, Mapping[str, float]], None]
 
 
@@ -243,11 +247,17 @@ class Trainer:
         return {"config": self.config.to_dict(), "steps_per_epoch": self.steps_per_epoch}
 
     def restore_or_init(self) -> tuple[TrainState, int]:
+        """The newest good ``latest`` checkpoint (a damaged one is moved aside with a warning) or a fresh state;
+        leftovers of killed saves are removed and the evaluation journal reconciled with the resume step (see
+        :mod:`seqcsist_jax.checkpointing`). Call it only while holding the workdir lock."""
         state = self.initial_state()
+        self.checkpoints.clean_leftovers()
         if self.checkpoints.latest.latest_step() is None:
+            self.checkpoints.reconcile(0)
             return state, 0
         state, loader_state, _, step = self.checkpoints.restore("latest", abstract_like(state))
         self.loader.set_state(loader_state)
+        self.checkpoints.reconcile(int(step))
         _say(f"resumed from {self.checkpoints.latest.directory} at step {step}")
         return state, int(step)
 
@@ -290,6 +300,61 @@ def train_and_evaluate(
         jax.distributed.initialize()
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    save_every_steps, save_every_seconds = _checkpoint_intervals(config)
+    # One trainer per workdir: a second one exits here, naming the holder, before touching anything.
+    lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+    try:
+        return _train_locked(config, workdir, hooks, force_config, save_every_steps, save_every_seconds)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _checkpoint_intervals(config: ml_collections.ConfigDict) -> tuple[int, float]:
+    """``(checkpoint_every_steps, checkpoint_every_seconds)``; 0 disables either (checkpoints are then still
+    written at evaluations, at the end and on SIGTERM/SIGINT). Negative values are refused."""
+    steps = config.get("checkpoint_every_steps", 0)
+    seconds = config.get("checkpoint_every_seconds", DEFAULT_CHECKPOINT_EVERY_SECONDS)
+    for name, value in (("checkpoint_every_steps", steps), ("checkpoint_every_seconds", seconds)):
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"config.{name} must be >= 0 (0 disables it), got {value!r}")
+    if steps != int(steps):
+        raise ValueError(f"config.checkpoint_every_steps must be a whole number of steps, got {steps!r}")
+    return int(steps), float(seconds)
+
+
+class _StopSignals:
+    """Turns SIGTERM/SIGINT during training into a flag the loop checks after each step (it then saves a
+    checkpoint and stops cleanly); the previous handlers are restored on exit. Only installs itself in the main
+    thread (signal handlers cannot be set elsewhere)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped training after a checkpoint was saved; running the same command resumes."""
+
+
+def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_every_seconds) -> dict:
     # Checked before anything is written: a mistyped --config must never overwrite another run's config.json.
     save_or_check_run_config(workdir, config, force=force_config, write=jax.process_index() == 0)
 
@@ -325,15 +390,21 @@ def train_and_evaluate(
                 f"Last good checkpoint: {'none' if last is None else f'step {last}'} in {workdir / 'checkpoints'}"
             )
 
+    last_save = [time.monotonic()]
+
     def save_latest(s: TrainState, at: int) -> None:
         check_finite(s)
         trainer.checkpoints.save_latest(at, s, trainer.loader.get_state(), trainer.meta())
+        last_save[0] = time.monotonic()
+        fault_point("after_latest_save", at)
 
     iterator = iter(trainer.loader)
     pending: list[dict] = []
     window_start = time.perf_counter()
     window_steps = 0
+    stop = _StopSignals()
     try:
+        stop.__enter__()
         while step < num_steps:
             batch = trainer.shard(next(iterator))
             state, metrics = trainer.train_step(state, batch)
@@ -354,23 +425,37 @@ def train_and_evaluate(
                 pending, window_steps, window_start = [], 0, time.perf_counter()
             if progress is not None:
                 progress.update(1)
-            if step % config.checkpoint_every_steps == 0 or last:
-                save_latest(state, step)
             if step % trainer.eval_every == 0 or last:
+                # Commit order (checkpointing module docstring): journal + best before latest, so that a run
+                # resumed from any latest checkpoint has every evaluation up to it committed.
                 check_finite(state)
                 metrics_eval = trainer.evaluate(
                     state.params, config.dataset.eval_split, config.dataset.max_eval_trajectories
                 )
                 writer.write(step, _scalar_metrics(metrics_eval), config.dataset.eval_split)
-                save_latest(state, step)
                 best = trainer.checkpoints.save_best(
                     step, state, trainer.loader.get_state(), trainer.meta(), _scalar_metrics(metrics_eval)
                 )
+                save_latest(state, step)
+                trainer.checkpoints.drop_old_best()
                 _say(f"step {step}: {config.dataset.eval_split} CSO-mAP {100 * metrics_eval['mAP']:.2f}"
                      + (" (new best)" if best else ""))
+            elif (last or (save_every_steps and step % save_every_steps == 0)
+                  or (save_every_seconds and time.monotonic() - last_save[0] >= save_every_seconds)):
+                save_latest(state, step)
             for hook in hooks:
                 hook(step, metrics)
+            if stop.received is not None:
+                save_latest(state, step)  # a no-op when this step was just saved
+                name = signal.Signals(stop.received).name
+                _say(f"{name} received: saved a checkpoint at step {step} in {workdir / 'checkpoints'}; "
+                     "run the same command again to resume")
+                raise TrainingInterrupted(
+                    f"stopped by {name} at step {step} of {num_steps}; checkpoint saved in "
+                    f"{workdir / 'checkpoints' / 'latest'}; run the same command again to resume"
+                )
     finally:
+        stop.__exit__()
         if progress is not None:
             progress.close()
         writer.close()

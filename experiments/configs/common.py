@@ -66,7 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.num_train_steps = -1  # > 0 overrides num_epochs
     config.eval_every_epochs = 10
     config.eval_every_steps = -1  # > 0 overrides eval_every_epochs
-    config.checkpoint_every_steps = 1000
+    config.checkpoint_every_steps = 1000  # 0: only at evaluations, on the wall-clock interval and at the end
+    config.checkpoint_every_seconds = 300.0  # also checkpoint this often (0 disables), so a stop loses little
     config.keep_checkpoints = 2
     config.log_every_steps = 100
     config.progress_bar = True

@@ -211,7 +211,18 @@ def parse_annotation(path: str | os.PathLike, size: int = 11) -> np.ndarray:
                 f"[-0.5, {size - 0.5}]"
             )
         rows.append(row)
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 3).astype(np.float32)
+    values = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+    with np.errstate(over="ignore", under="ignore"):
+        cast = values.astype(np.float32)
+    # Validated again after the float32 cast: 1e300 becomes inf and 1e-50 becomes 0.0, the padding marker that
+    # num_targets would still count.
+    for i, (before, after) in enumerate(zip(values, cast)):
+        if not np.all(np.isfinite(after)):
+            raise PublicFormatError(f"{path}: object #{i} has a value beyond the float32 range {before.tolist()}")
+        if after[2] <= 0:
+            raise PublicFormatError(f"{path}: object #{i} has brightness {before[2]!r}, which is 0 in float32 "
+                                    f"(must be >= {float(np.finfo(np.float32).tiny)})")
+    return cast
 
 
 def read_image(path: str | os.PathLike, size: int = 11) -> np.ndarray:
@@ -232,17 +243,31 @@ def read_image(path: str | os.PathLike, size: int = 11) -> np.ndarray:
                     f"size {dims[0]}×{dims[1]}"
                 )
             return np.asarray(im, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except Image.DecompressionBombError as e:
+        raise PublicFormatError(f"{path}: refused a decompression bomb ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise PublicFormatError(f"{path}: cannot decode image ({e})") from None
 
 
 def _numbered(directory: Path, suffix: str) -> dict[int, Path]:
     """``{first integer in name: path}`` for the visible ``*{suffix}`` files of ``directory``."""
     found: dict[int, Path] = {}
-    for entry in os.scandir(directory):
+    try:
+        entries = list(os.scandir(directory))
+    except OSError as e:
+        raise PublicFormatError(f"{directory}: cannot list the directory ({e.strerror or e})") from None
+    for entry in entries:
         name = entry.name
-        if name.startswith(".") or not name.lower().endswith(suffix) or not entry.is_file():
+        if name.startswith(".") or not name.lower().endswith(suffix):
             continue  # hidden files include our own temporary names of an interrupted write
+        try:
+            is_file = entry.is_file()
+            if entry.is_symlink():
+                os.stat(entry.path)  # a dangling link or a symlink loop raises here
+        except OSError as e:
+            raise PublicFormatError(f"{directory / name}: cannot read ({e.strerror or e})") from None
+        if not is_file:
+            continue
         match = _FIRST_INT.search(name)
         if match is None:
             raise PublicFormatError(f"{directory / name}: no frame number in the file name")
@@ -264,8 +289,12 @@ def split_files(
     base = Path(root) / split
     image_dir, ann_dir = base / layout.image_dir, base / layout.annotation_dir
     for d in (image_dir, ann_dir):
+        try:
+            os.stat(d)
+        except OSError as e:
+            raise PublicFormatError(f"{d}: directory not found ({e.strerror or e})") from None
         if not d.is_dir():
-            raise PublicFormatError(f"{d}: directory not found")
+            raise PublicFormatError(f"{d}: not a directory")
     images, anns = _numbered(image_dir, ".png"), _numbered(ann_dir, ".xml")
     lonely_images, lonely_anns = sorted(set(images) - set(anns)), sorted(set(anns) - set(images))
     if lonely_images:
@@ -305,6 +334,7 @@ def read_public_split(
     size: int = 11,
     workers: int | None = None,
     layout: PublicLayout = SEQCSIST_LAYOUT,
+    first_number: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Reads one split of the public layout into the simulator's arrays.
 
@@ -318,6 +348,8 @@ def read_public_split(
       size: image side in pixels.
       workers: reader threads. Default 1: decoding and XML parsing hold the GIL, and threads measured slower.
       layout: folder and file names (``CSIST100K_LAYOUT`` with ``frames_per_trajectory=1`` for CSIST-100K).
+      first_number: the number of the split's first frame when known (0 or 1); then a missing first frame is
+        an error too. ``None`` accepts any start; trajectory ``i`` must then start at ``first + i·T``.
 
     Returns:
       ``frames (N, T, size, size) uint8``, ``targets (N, T, MAXT, 3) float32`` (zero padded, file order),
@@ -329,6 +361,13 @@ def read_public_split(
     if frames_per_trajectory < 1:
         raise ValueError(f"frames_per_trajectory must be >= 1, got {frames_per_trajectory}")
     files = split_files(root, split, layout)
+    if not files:
+        raise PublicFormatError(f"{Path(root) / split}: empty split (no image/annotation pairs)")
+    if first_number is not None and files[0][0] != first_number:
+        raise PublicFormatError(
+            f"{files[0][1]}: the split starts at frame {files[0][0]}, expected {first_number}; "
+            f"frames {first_number}..{files[0][0] - 1} missing?"
+        )
     if len(files) % frames_per_trajectory:
         raise PublicFormatError(
             f"{Path(root) / split}: {len(files)} frames is not a multiple of frames_per_trajectory="
@@ -341,6 +380,17 @@ def read_public_split(
         raise PublicFormatError(
             f"{files[i * frames_per_trajectory + j + 1][1]}: frame numbers of trajectory {i} are not consecutive "
             f"({numbers[i, j]} then {numbers[i, j + 1]}); is a frame missing?"
+        )
+    # Consecutive inside every trajectory is not enough: frame 21 missing and an extra frame 41 would be read as
+    # trajectories shifted by one. Each trajectory must start T numbers after the previous one.
+    starts = numbers[:, 0]
+    expected = starts[0] + frames_per_trajectory * np.arange(len(starts))
+    bad = np.nonzero(starts != expected)[0]
+    if bad.size:
+        i = int(bad[0])
+        raise PublicFormatError(
+            f"{files[i * frames_per_trajectory][1]}: trajectory {i} starts at frame {starts[i]}, expected "
+            f"{expected[i]} ({numbers[i - 1, -1]} then {starts[i]}); is frame {numbers[i - 1, -1] + 1} missing?"
         )
 
     def load(item: tuple[int, Path, Path]) -> tuple[np.ndarray, np.ndarray]:

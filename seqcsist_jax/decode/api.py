@@ -14,7 +14,8 @@ from seqcsist_jax.decode import maps as maps_mod
 from seqcsist_jax.decode import trajectory as traj_mod
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
 
-__all__ = ["decode", "decode_arrays", "Decoded", "CountCapWarning", "localisation_confidence", "map_seeds"]
+__all__ = ["decode", "decode_arrays", "Decoded", "CountCapWarning", "localisation_confidence", "map_seeds",
+           "saturated_frames"]
 
 
 class CountCapWarning(UserWarning):
@@ -37,6 +38,7 @@ class Decoded:
         detections are in label units.
       at_cap: ``(N, T)`` bool, frames whose chosen count equals ``max_targets`` (the count range may have
         capped them; :func:`decode_arrays` warns with their number).
+      saturated: ``(N, T)`` bool, frames with a pixel at the 8-bit maximum (:func:`saturated_frames`).
     """
 
     detections: np.ndarray
@@ -46,6 +48,7 @@ class Decoded:
     frame_cost: np.ndarray
     trajectory: Any = None
     at_cap: np.ndarray | None = None
+    saturated: np.ndarray | None = None
 
     def to_lists(self) -> list[list[np.ndarray]]:
         """``N`` lists of ``T`` arrays ``(M, 4)`` (float64)."""
@@ -61,6 +64,29 @@ def localisation_confidence(pos_var: np.ndarray, radius: float) -> np.ndarray:
     """
     v = np.maximum(np.asarray(pos_var, np.float64), 1e-300)
     return -np.expm1(-(radius**2) / (2.0 * v))
+
+
+def saturated_frames(frames: Any, clip_level: float | None = 255.0) -> np.ndarray:
+    """``(N, T)`` bool: frames with a pixel stored at ``clip_level`` (within ½ grey level), by the rule of
+    :func:`seqcsist_jax.decode.forward.saturation_mask` (a frame with a pixel above ``clip_level + ½`` was not
+    clipped). ``clip_level=None``: nothing is saturated."""
+    arr = np.asarray(frames, np.float32)
+    if clip_level is None:
+        return np.zeros(arr.shape[:-2], bool)
+    peak = arr.max(axis=(-2, -1))
+    return (peak >= clip_level - 0.5) & (peak <= clip_level + 0.5)
+
+
+def _warn_saturated(saturated: np.ndarray, clip_level: float | None) -> None:
+    count = int(np.sum(saturated))
+    if count:
+        warnings.warn(
+            f"{count} of {saturated.size} frames have saturated pixels (stored at {clip_level:g}): their decoded "
+            "brightnesses and counts are less reliable (clipped pixels only bound the signal; beyond "
+            "max_saturated per frame they are fitted as ordinary pixels); decode_arrays(...).saturated flags them",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _check_frames(frames: Any) -> np.ndarray:
@@ -198,7 +224,9 @@ def decode_arrays(
     var = np.where(active, var, np.inf)
     at_cap = counts == kmax
     warn_at_cap(at_cap, kmax, method)
-    return Decoded(det, counts.astype(np.int32), var, prob, frame_cost, traj, at_cap)
+    saturated = saturated_frames(frames, opts.clip_level)
+    _warn_saturated(saturated, opts.clip_level)
+    return Decoded(det, counts.astype(np.int32), var, prob, frame_cost, traj, at_cap, saturated)
 
 
 def warn_at_cap(at_cap: np.ndarray, max_targets: int, method: str) -> None:
@@ -273,6 +301,7 @@ def decode(
         frames, options = imaging_mod.to_fit_space(_check_frames(frames), options, imaging)
     opts = make_options(**options)
     frames = _check_frames(frames)
+    _warn_saturated(saturated_frames(frames, opts.clip_level), opts.clip_level)
     n, t, s, _ = frames.shape
     shift = None
     if maps is None:

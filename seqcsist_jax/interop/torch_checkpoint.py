@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from typing import Any, Mapping
 
 import jax
@@ -167,6 +168,11 @@ def convert_state_dict(
       ValueError: listing every missing key, unexpected key and wrongly shaped key.
     """
     state = _strip_prefix(state_dict)
+    non_finite = sorted(k for k, v in state.items() if np.issubdtype(_as_numpy(v).dtype, np.floating)
+                        and not np.all(np.isfinite(_as_numpy(v))))
+    if non_finite:
+        raise ValueError(f"non-finite (NaN or inf) weights in {len(non_finite)} key(s): {', '.join(non_finite[:5])}"
+                         + (" ..." if len(non_finite) > 5 else ""))
     shapes = _flax_shapes(grid_side, frame_side, model_options)
     expected = {torch_key(p): p for p in shapes}
     missing = sorted(k for k in expected if k not in state)
@@ -261,10 +267,25 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as data:
-            state = {k: data[k] for k in data.files}
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{path} is empty (0 bytes); an interrupted download or copy?")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                state = {k: data[k] for k in data.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path} is not a readable .npz archive ({type(e).__name__}: {e})") from None
+        if not state:
+            raise ValueError(f"{path} holds no arrays")
     else:
-        ckpt = _torch_load(path)
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{path} is empty (0 bytes); an interrupted download or copy?")
+        try:
+            ckpt = _torch_load(path)
+        except ImportError:
+            raise
+        except Exception as e:  # noqa: BLE001 (torch raises RuntimeError, UnpicklingError, EOFError, ...)
+            raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
         if isinstance(ckpt, Mapping) and "state_dict" in ckpt:
             ckpt = ckpt["state_dict"]
         if not isinstance(ckpt, Mapping) or not all(hasattr(v, "shape") for v in ckpt.values()):

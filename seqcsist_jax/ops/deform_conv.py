@@ -196,7 +196,13 @@ def _bilinear_parts(py: jax.Array, px: jax.Array, h: int, w: int, edge_grad: Edg
     Points with ``y0 < −1`` or ``y0 > H−1`` have all four corners outside the image, so masking them is exact
     in value and gradient. ``py = −1`` exactly (``y0 = −1``, ``ly = 0``) has value 0 either way; torchvision
     keeps its one-sided gradient (box ``[−1, H)``), mmcv zeroes it (open box ``(−1, H)``).
+
+    Non-finite positions (NaN/inf offsets) sample 0 with a zero gradient in both formulations: they are moved
+    outside the image before any arithmetic, so no ``0 · NaN`` reaches the backward pass.
     """
+    finite = jnp.isfinite(py) & jnp.isfinite(px)
+    py = jnp.where(finite, py, -2.0)
+    px = jnp.where(finite, px, -2.0)
     if edge_grad == "torchvision":
         valid = (py >= -1) & (py < h) & (px >= -1) & (px < w)
     elif edge_grad == "mmcv":
@@ -284,6 +290,9 @@ def _sample_matmul(x: jax.Array, py: jax.Array, px: jax.Array, edge_grad: EdgeGr
 _SAMPLERS = {"gather": _sample_gather, "matmul": _sample_matmul}
 
 
+MAX_ELEMENTS = 2**31 - 1  # the gather formulation addresses the zero-padded input with int32 indices
+
+
 def _resolve_method(method: str) -> str:
     if method == "auto":
         # Measured winner on CPU, expected winner on GPU; see the module docstring for TPU.
@@ -334,6 +343,13 @@ def deform_sample(
     expected = (x.shape[0], ho, wo, 2 * offset_groups * kh * kw)
     if offset.shape != expected:
         raise ValueError(f"offset has shape {offset.shape}, expected (N, Ho, Wo, 2·G·kh·kw) = {expected}")
+    n, h, w, c = x.shape
+    padded = n * (h + 2) * (w + 2) * c
+    if padded > MAX_ELEMENTS:
+        raise ValueError(
+            f"input {tuple(x.shape)} is too large for the deformable op: N·(H+2)·(W+2)·C = {padded} exceeds "
+            f"the int32 index limit {MAX_ELEMENTS} (2³¹ − 1); split the batch"
+        )
     sampler = _SAMPLERS[_resolve_method(method)]
     if edge_grad not in ("torchvision", "mmcv"):
         raise ValueError(f"edge_grad must be 'torchvision' or 'mmcv', got {edge_grad!r}")

@@ -400,7 +400,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         frames = np.asarray(arrays["frames"], dtype=np.dtype(cfg.frames_dtype))
         targets = np.asarray(arrays["targets"], dtype=np.float32)
         num_targets = np.asarray(arrays["num_targets"], dtype=np.int32)
-        frame_numbers = np.asarray(frame_numbers, dtype=np.int32)
+        frame_numbers = np.asarray(frame_numbers, dtype=np.int64)
+        limit = np.iinfo(np.int32)
+        if frame_numbers.size and (frame_numbers.max() > limit.max or frame_numbers.min() < limit.min):
+            worst = int(frame_numbers.max() if frame_numbers.max() > limit.max else frame_numbers.min())
+            raise ValueError(f"split {split}: frame number {worst} does not fit the int32 'frame_numbers' feature "
+                             f"(|N| <= {limit.max}); renumber the files from 0")
+        frame_numbers = frame_numbers.astype(np.int32)
         if targets.shape[2] != cfg.max_targets:
             raise ValueError(f"config {cfg.name}: targets have {targets.shape[2]} rows per frame, the features "
                              f"expect MAXT={cfg.max_targets}")

@@ -1,0 +1,332 @@
+"""Checkpoint, journal, lock and metrics-file faults on small hand-made states (no training; seconds).
+
+The training-level guarantees (kills at precise moments, SIGTERM, resume equality) are in test_faults.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from seqcsist_jax import checkpointing
+from seqcsist_jax.checkpointing import CheckpointError, CheckpointWriteError, RunCheckpoints, abstract_like
+from seqcsist_jax.metric_writers import MetricsFileError, MetricWriter, drop_torn_last_line, read_metrics
+from seqcsist_jax.run_lock import WorkdirLock, WorkdirLockedError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def make_state(seed: int = 0, width: int = 4, size: int = 8) -> dict:
+    rng = np.random.default_rng(seed)
+    params = {"conv": {"kernel": rng.normal(size=(3, 3, 1, width)).astype(np.float32),
+                       "bias": rng.normal(size=(width,)).astype(np.float32)},
+              "dense": {"kernel": rng.normal(size=(size, 2)).astype(np.float32)}}
+    opt_state = {"mu": jax.tree_util.tree_map(lambda x: x * 0.5, params), "count": np.asarray(seed, np.int32)}
+    return {"params": params, "opt_state": opt_state, "step": np.asarray(seed, np.int32)}
+
+
+def save(ckpt: RunCheckpoints, step: int, seed: int | None = None, **kw) -> dict:
+    state = make_state(step if seed is None else seed, **kw)
+    ckpt.save_latest(step, state, {"position": step}, {"note": "test"})
+    return state
+
+
+def assert_tree_equal(a, b):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+def test_save_restore_roundtrip_with_checksums(tmp_path):
+    ckpt = RunCheckpoints(tmp_path)
+    state = save(ckpt, 3)
+    restored, loader, meta, step = ckpt.restore("latest", abstract_like(state))
+    assert step == 3 and loader == {"position": 3}
+    assert_tree_equal(restored, state)
+    assert meta["params_sha256"] == checkpointing.tree_checksum(state["params"])
+    assert meta["opt_state_sha256"] == checkpointing.tree_checksum(state["opt_state"])
+    params, _ = ckpt.restore_params("latest")
+    assert_tree_equal(params, state["params"])
+    ckpt.close()
+
+
+def test_tree_checksum_sees_one_flipped_bit():
+    state = make_state()
+    flipped = jax.tree_util.tree_map(np.copy, state)
+    flipped["params"]["conv"]["bias"].view(np.uint32)[1] ^= 1
+    assert checkpointing.tree_checksum(state) != checkpointing.tree_checksum(flipped)
+    assert checkpointing.tree_checksum(state) == checkpointing.tree_checksum(jax.tree_util.tree_map(np.copy, state))
+
+
+def _damage_state_item(folder: pathlib.Path) -> None:
+    shutil.rmtree(folder / "state")
+
+
+def _truncate_metadata(folder: pathlib.Path) -> None:
+    target = next((folder / "state").rglob("_METADATA"))  # the array tree's metadata
+    target.write_bytes(target.read_bytes()[:7])
+
+
+@pytest.mark.parametrize("damage", [_damage_state_item, _truncate_metadata], ids=["state_missing", "metadata_torn"])
+def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, caplog, damage):
+    ckpt = RunCheckpoints(tmp_path, keep=3)
+    older = save(ckpt, 2)
+    save(ckpt, 4)
+    damage(tmp_path / "checkpoints" / "latest" / "4")
+    ckpt.close()
+    ckpt = RunCheckpoints(tmp_path, keep=3)
+    with caplog.at_level(logging.WARNING):
+        restored, _, _, step = ckpt.restore("latest", abstract_like(older))
+    assert step == 2
+    assert_tree_equal(restored, older)
+    assert str(tmp_path / "checkpoints" / "latest" / "4") in caplog.text
+    assert (tmp_path / "checkpoints" / "damaged" / "latest-4").is_dir()  # moved aside, not deleted
+    assert ckpt.latest.all_steps() == [2]
+    ckpt.close()
+
+
+def test_all_checkpoints_damaged_is_one_error_naming_them(tmp_path):
+    ckpt = RunCheckpoints(tmp_path)
+    state = save(ckpt, 1)
+    _damage_state_item(tmp_path / "checkpoints" / "latest" / "1")
+    with pytest.raises(CheckpointError, match=r"latest/1 is damaged"):
+        ckpt.restore("latest", abstract_like(state))
+
+
+def test_changed_bytes_fail_the_checksum(tmp_path):
+    ckpt = RunCheckpoints(tmp_path)
+    state = save(ckpt, 1)
+    ckpt.close()
+    # Rewrite the stored checksum as if the arrays had changed on disk after the save.
+    meta_file = next((tmp_path / "checkpoints" / "latest" / "1" / "meta").glob("*"))
+    meta = json.loads(meta_file.read_text())
+    meta["params_sha256"] = "0" * 64
+    meta_file.write_text(json.dumps(meta))
+    ckpt = RunCheckpoints(tmp_path)
+    with pytest.raises(CheckpointError, match=r"latest/1 fails its checksum"):
+        ckpt.restore_params(1)
+    with pytest.raises(CheckpointError, match=r"no readable 'latest' checkpoint.*checksum"):
+        ckpt.restore("latest", abstract_like(state))
+
+
+def test_other_model_width_names_first_mismatching_parameter(tmp_path):
+    ckpt = RunCheckpoints(tmp_path)
+    save(ckpt, 1, width=4)
+    with pytest.raises(CheckpointError) as info:
+        ckpt.restore("latest", abstract_like(make_state(width=16)))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "['conv']['bias']" in message and "(4,)" in message and "(16,)" in message
+    assert ckpt.latest.all_steps() == [1]  # a mismatch is not damage: nothing moved aside
+
+
+def test_leftover_tmp_folders_are_removed_and_committed_kept(tmp_path):
+    ckpt = RunCheckpoints(tmp_path)
+    state = save(ckpt, 2)
+    leftovers = [tmp_path / "checkpoints" / "latest" / "5.orbax-checkpoint-tmp-1234",
+                 tmp_path / "checkpoints" / "best" / "5.orbax-checkpoint-tmp-99"]
+    for folder in leftovers:
+        (folder / "state").mkdir(parents=True)
+        (folder / "state" / "junk").write_bytes(b"x" * 10)
+    assert sorted(ckpt.clean_leftovers()) == sorted(leftovers)
+    assert not any(f.exists() for f in leftovers)
+    restored, _, _, step = ckpt.restore("latest", abstract_like(state))
+    assert step == 2
+    assert_tree_equal(restored, state)
+
+
+def test_journal_reconcile_forgets_uncommitted_evaluations(tmp_path):
+    ckpt = RunCheckpoints(tmp_path, keep=5)
+    state = make_state()
+    # Committed: eval at 2 (best), latest/2. Then eval at 4 journaled and best/4 saved, killed before latest/4.
+    assert ckpt.save_best(2, state, {}, {}, {"mAP": 0.2})
+    ckpt.save_latest(2, state, {}, {})
+    ckpt.drop_old_best()
+    assert ckpt.save_best(4, state, {}, {}, {"mAP": 0.5})
+    assert ckpt.best.all_steps() == [2, 4]
+    ckpt.reconcile(resume_step=2)
+    journal = ckpt.journal()
+    assert journal == {"evals": {"2": {"mAP": 0.2}}, "best_step": 2}
+    assert ckpt.best.all_steps() == [2] and ckpt.best_step() == 2
+    # Ties keep the earliest step, as an uninterrupted run does.
+    assert not ckpt.save_best(3, state, {}, {}, {"mAP": 0.2})
+    assert ckpt.best_metrics() == {"mAP": 0.2}
+
+
+def test_journal_garbage_is_an_error_naming_it(tmp_path):
+    ckpt = RunCheckpoints(tmp_path)
+    ckpt.journal_path.write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"evals.json: not an evaluation journal"):
+        ckpt.journal()
+
+
+def test_enospc_during_save_is_one_clear_error(tmp_path, monkeypatch):
+    ckpt = RunCheckpoints(tmp_path)
+    save(ckpt, 1)
+
+    def full_disk(*args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as e:  # orbax re-raises OS errors wrapped in its own exceptions
+            raise ValueError("save failed in a worker thread") from e
+
+    monkeypatch.setattr(ckpt.latest, "save", full_disk)
+    with pytest.raises(CheckpointWriteError) as info:
+        save(ckpt, 2)
+    assert info.value.errno == errno.ENOSPC
+    assert "no space left on device" in str(info.value) and "latest/2" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def _mount_tmpfs(path: pathlib.Path, size: str) -> str | None:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return "mounting a tmpfs needs root"
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    return None if done.returncode == 0 else f"cannot mount a tmpfs here: {done.stderr.strip()}"
+
+
+def test_enospc_on_a_real_small_disk_then_resume_bitwise(tmp_path):
+    disk = tmp_path / "disk"
+    reason = _mount_tmpfs(disk, "3m")
+    if reason:
+        pytest.skip(reason)
+    try:
+        ckpt = RunCheckpoints(disk, keep=3)
+        small = save(ckpt, 1)
+        filler = disk / "filler"
+        with open(filler, "wb") as f:  # fill the disk up to the last few KiB
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        big = make_state(2, size=20000)
+        with pytest.raises(CheckpointWriteError, match="no space left on device"):
+            ckpt.save_latest(2, big, {"position": 2}, {})
+        filler.unlink()  # space freed
+        ckpt.close()
+        ckpt = RunCheckpoints(disk, keep=3)
+        ckpt.clean_leftovers()
+        restored, _, _, step = ckpt.restore("latest", abstract_like(small))
+        assert step == 1
+        assert_tree_equal(restored, small)
+        ckpt.save_latest(2, big, {"position": 2}, {})
+        restored, loader, _, step = ckpt.restore("latest", abstract_like(big))
+        assert step == 2 and loader == {"position": 2}
+        assert_tree_equal(restored, big)
+        ckpt.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+# ---------------------------------------------------------------------------------------------- lock
+
+
+def test_second_lock_is_refused_naming_workdir_and_holder(tmp_path):
+    with WorkdirLock(tmp_path):
+        with pytest.raises(WorkdirLockedError) as info:
+            WorkdirLock(tmp_path).acquire()
+    message = str(info.value)
+    assert str(tmp_path) in message and f"PID {os.getpid()}" in message
+    import socket
+
+    assert socket.gethostname() in message
+    WorkdirLock(tmp_path).acquire().release()  # released on exit
+
+
+def test_lock_of_a_killed_process_is_taken_over(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from seqcsist_jax.run_lock import WorkdirLock; "
+         f"WorkdirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(600)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WorkdirLockedError, match=f"PID {holder.pid}"):
+            WorkdirLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = WorkdirLock(tmp_path).acquire()  # the dead holder's lock file is still there: taken over
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    lock.release()
+
+
+# ---------------------------------------------------------------------------------------- metrics.jsonl
+
+
+def _write_lines(path: pathlib.Path, *lines: str, end: str = "\n") -> None:
+    path.write_text("\n".join(lines) + end)
+
+
+def test_torn_last_metrics_line_is_dropped_with_warning(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    _write_lines(path, '{"step": 1, "split": "train", "loss": 2.0}', '{"step": 2, "split": "train", "loss": 1.5}',
+                 '{"step": 3, "split": "tr', end="")
+    with caplog.at_level(logging.WARNING):
+        records = read_metrics(path)
+    assert [r["step"] for r in records] == [1, 2]
+    assert f"{path}, line 3" in caplog.text
+    # A writer reopening the file cuts the torn line, so appended records start on their own line.
+    writer = MetricWriter(tmp_path, tensorboard=False)
+    writer.write(3, {"loss": 1.0})
+    writer.close()
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
+    assert path.read_text().count("\n") == 3
+
+
+def test_complete_last_line_without_newline_is_kept(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    _write_lines(path, '{"step": 1, "split": "train", "loss": 2.0}', end="")
+    drop_torn_last_line(path)
+    assert path.read_text().endswith("\n") and [r["step"] for r in read_metrics(path)] == [1]
+
+
+def test_corruption_before_the_last_line_is_an_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    _write_lines(path, '{"step": 1, "loss": 2.0}', "garbage", '{"step": 3, "loss": 1.0}')
+    with pytest.raises(MetricsFileError, match=rf"{path}, line 2"):
+        read_metrics(path)
+    with pytest.raises(MetricsFileError, match=r"line 2"):
+        MetricWriter(tmp_path, tensorboard=False)
+
+
+def test_fault_point_is_inert_without_the_variable(monkeypatch):
+    monkeypatch.delenv(checkpointing.FAULT_ENV, raising=False)
+    checkpointing.fault_point("after_latest_save", 3)
+    monkeypatch.setenv(checkpointing.FAULT_ENV, "after_latest_save:step=4")
+    checkpointing.fault_point("after_latest_save", 3)  # another step: nothing happens
+    checkpointing.fault_point("after_best_save", 4)  # another moment: nothing happens
+
+
+
+def test_full_disk_while_logging_is_one_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    from seqcsist_jax.metric_writers import MetricsWriteError
+
+    writer = MetricWriter(tmp_path, tensorboard=False)
+    writer.write(1, {"loss": 1.0})
+    real_open = builtins.open
+
+    def full(path, mode="r", *args, **kwargs):
+        if str(path).endswith("metrics.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full)
+    with pytest.raises(MetricsWriteError, match=r"metrics.jsonl \(No space left on device\)") as info:
+        writer.write(2, {"loss": 0.5})
+    assert info.value.errno == errno.ENOSPC and "\n" not in str(info.value)
+    monkeypatch.undo()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
