@@ -76,6 +76,7 @@ def score_maps(
     decode: str = "grid",
     decode_options: Mapping[str, Any] | None = None,
     margin: int = SCORED_MARGIN,
+    ties: str = "input_order",
 ) -> tuple[dict, list[list[np.ndarray]]]:
     """CSO-mAP of predicted maps on the scored frames.
 
@@ -86,6 +87,7 @@ def score_maps(
       threshold: brightness threshold of the grid decoder (70 for SeqCSIST).
       decode: ``grid`` (paper protocol), ``peak``, ``refine`` or ``trajectory``.
       margin: frames ``margin..T-1-margin`` are scored (2 for SeqCSIST; 0 scores every frame).
+      ties: ranking of equal scores, ``"input_order"`` (the published protocol) or ``"grouped"`` (tie-aware).
 
     Returns:
       ``(metrics, detections)``: metrics from :func:`metrics.cso_map` plus diagnostics; detections a list over
@@ -124,7 +126,7 @@ def score_maps(
         detections = [[decoded[i][f] for f in scored] for i in range(n)]
     targets = _frame_targets(arrays, scored).reshape(n * len(scored), *np.asarray(arrays["targets"]).shape[2:])
     flat_dets = [d for traj in detections for d in traj]
-    result = metrics_lib.cso_map(flat_dets, list(targets))
+    result = metrics_lib.cso_map(flat_dets, list(targets), ties=ties)
     result.pop("scores", None)  # the pooled ranking: large and rarely needed in reports
     result.update(metrics_lib.detection_diagnostics(flat_dets, list(targets)))
     result["decode"] = decode
@@ -328,7 +330,8 @@ def evaluate_run(
                                 mesh=mesh))
     start = time.perf_counter()
     result, detections = score_maps(maps, index, arrays, threshold=float(eval_config.get("threshold", 70.0)),
-                                    decode=decode, decode_options=decode_options, margin=margin)
+                                    decode=decode, decode_options=decode_options, margin=margin,
+                                    ties=str(eval_config.get("ties", "input_order")))
     result["decode_seconds"] = time.perf_counter() - start
     quality = eval_config.get("image_quality", None)
     if quality is None:

@@ -79,6 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
     # PSNR/SSIM of the predicted maps vs the label grids (GrokCSO toolkit); None: on when scored_margin == 0.
     config.eval.image_quality = ml_collections.FieldReference(None, field_type=bool)
     config.eval.decode = "grid"  # grid (paper protocol) | peak | refine | trajectory
+    # Equal scores in the pooled ranking: "input_order" (the published protocol) or "grouped" (tie-aware).
+    config.eval.ties = "input_order"
     config.eval.batch_size = 8  # trajectories per inference call
     config.eval.num_figure_samples = 4
 
