@@ -93,7 +93,7 @@ def plot_samples(
         centre = gt[:, :2].mean(axis=0) if len(gt) else np.array([size / 2, size / 2])
         ax.set_xlim(centre[1] - zoom, centre[1] + zoom)
         ax.set_ylim(centre[0] + zoom, centre[0] - zoom)
-        ax.set_title("predicted 33×33 map (zoomed)", fontsize=8)
+        ax.set_title(f"predicted {cells}×{cells} map (zoomed)", fontsize=8)
         ax.legend(fontsize=6, loc="lower right")
         fig.colorbar(im, ax=ax, shrink=0.8).ax.tick_params(labelsize=6)
         for a in axes[row]:
