@@ -5,7 +5,8 @@ detection (``decode="grid"``); only frames 2..T-3 (2..17 of a 20-frame trajector
 method. Single-image datasets (CSIST-100K, SPEC §9) are one-frame trajectories scored by the same code with
 ``eval.scored_margin = 0`` and threshold 50; maps of sub-pixel division ``c`` are ``11c × 11c`` and ``c`` is
 read from their shape. Methods that predict every frame also get the toolkit's PSNR/SSIM of their maps against
-the label grids (:mod:`seqcsist_jax.image_quality`). Other decoders (``peak``, ``refine``, ``trajectory`` — :mod:`seqcsist_jax.decode`) give continuous
+the label grids (:mod:`seqcsist_jax.image_quality`). Other decoders (``peak``, ``refine``, ``trajectory`` —
+:mod:`seqcsist_jax.decode`) give continuous
 positions and are reported separately, never mixed into the paper-comparison numbers.
 
 Outputs of :func:`evaluate_run` under ``{workdir}/eval/{split}[-{decode}]/``:
@@ -25,7 +26,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from seqcsist_jax import metrics as metrics_lib
-from seqcsist_jax.protocol import DECODERS, METRIC_KEYS, SCORED_MARGIN, scored_frame_range
+from seqcsist_jax.protocol import DECODERS, METRIC_KEYS, SCORED_MARGIN, scored_frame_range, scored_frames
 from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json
 
 PAPER_COLUMNS = METRIC_KEYS
@@ -165,7 +166,7 @@ def map_quality(maps: np.ndarray, frame_index: np.ndarray, arrays: Mapping[str, 
 
     frames = np.asarray(arrays["frames"])
     c = subpixel_division(maps, frames)
-    scored = np.arange(*np.add(scored_frame_range(frames.shape[1], margin), (0, 1)))
+    scored = scored_frames(frames.shape[1], margin)
     position = {int(f): i for i, f in enumerate(np.asarray(frame_index))}
     pred = np.asarray(maps)[:, [position[int(f)] for f in scored]]
     labels = imaging.targets_to_grid(_frame_targets(arrays, scored), c=c, size=frames.shape[-1], collision=collision)
@@ -336,7 +337,7 @@ def evaluate_run(
     quality = eval_config.get("image_quality", None)
     if quality is None:
         quality = margin == 0  # the single-image benchmarks report PSNR/SSIM (GrokCSO's toolkit)
-    if quality and np.isin(np.arange(*np.add(scored_frame_range(frames.shape[1], margin), (0, 1))), index).all():
+    if quality and np.isin(scored_frames(frames.shape[1], margin), index).all():  # the method predicts them all
         result.update(map_quality(maps, index, arrays, margin=margin,
                                   collision=str(eval_config.get("collision", "sum"))))
     result["params"] = int(count_params(params))

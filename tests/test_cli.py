@@ -133,7 +133,7 @@ def test_entry_points_help_and_errors(tmp_path):
     for module in ("experiments.train", "experiments.evaluate"):
         proc = _run(["-m", module, "--help"])
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert "available: derefnet" in proc.stdout
+        assert "available:" in proc.stdout and "derefnet_quick" in proc.stdout and "tilista" in proc.stdout
     proc = _run(["-m", "experiments.compare", "--help"])
     assert proc.returncode == 0 and "--budget_steps" in proc.stdout
 
