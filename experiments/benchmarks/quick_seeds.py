@@ -61,7 +61,8 @@ def collect(seed: int, workdir: Path, wall: dict[str, Any]) -> dict[str, Any]:
         test = result["test"]
         row = {"seed": seed, **{k: 100 * float(test[k]) for k in METRIC_KEYS}}
     except (OSError, KeyError, TypeError, ValueError) as e:
-        raise SystemExit(f"{path}: expected a finished run's result.json with test {', '.join(METRIC_KEYS)} ({e!r})")
+        keys = ", ".join(METRIC_KEYS)
+        raise SystemExit(f"{path}: expected a finished run's result.json with test {keys} ({e!r})")
     best = result.get("best") or {}
     row["val_mAP"] = 100 * float(best["mAP"]) if "mAP" in best else None
     row["best_step"] = best.get("step")
@@ -93,7 +94,8 @@ def to_markdown(rows: list[dict[str, Any]], summary: dict[str, dict[str, float]]
     lines = [f"# Quick run over {len(rows)} seeds (`--config={CONFIG}`)", ""]
     if note:
         lines += [note, ""]
-    lines += ["Test split, scored frames 2..17, grid decoding, ×100. Wall time: whole command (train + evaluate).", ""]
+    lines += ["Test split, scored frames 2..17, grid decoding, ×100. "
+              "Wall time: the whole command (train + evaluate).", ""]
     lines.append("| seed | " + " | ".join(keys) + " | wall (min) | load avg |")
     lines.append("|---|" + "---|" * (len(keys) + 2))
     for r in rows:
