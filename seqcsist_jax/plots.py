@@ -171,7 +171,8 @@ def samples_figure(
         ax.set_title(f"trajectory {i}, frame {f}: input, {len(gt)} targets", fontsize=8)
         ax = axes[row, 1]
         pred = maps[i, position[f]] if f in position else np.zeros((cells, cells))
-        im = ax.imshow(pred, cmap="magma", extent=(lo, hi, hi, lo), vmin=0, vmax=max(float(pred.max()), threshold))
+        vmax = max(float(pred.max()), threshold)
+        im = ax.imshow(pred, cmap="magma", extent=(lo, hi, hi, lo), vmin=0, vmax=vmax)
         ax.scatter(gt[:, 1], gt[:, 0], marker="+", c="lime", s=90, linewidths=1.5, label="ground truth")
         ax.scatter(d[:, 1], d[:, 0], **det_style, label=f"{det_label}: {len(d)}")
         centre = gt[:, :2].mean(axis=0) if len(gt) else np.array([size / 2, size / 2])

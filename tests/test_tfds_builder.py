@@ -117,7 +117,8 @@ def test_import_seqcsist_jax_registers_both_builders():
     assert out.stdout.strip() == "seqcsist"
 
     # Without either import TFDS does not know the name (what the README's note about tfds.load is for).
-    code = "import tensorflow_datasets as tfds; print('seqcsist' in tfds.list_builders(with_community_datasets=False))"
+    code = ("import tensorflow_datasets as tfds; "
+            "print('seqcsist' in tfds.list_builders(with_community_datasets=False))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "False"

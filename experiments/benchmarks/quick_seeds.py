@@ -3,6 +3,7 @@
 Run from the repository root (one command; runs the missing seeds one after another, then collects)::
 
     python -m experiments.benchmarks.quick_seeds [--seeds 0 1 2] [--workdir-prefix /tmp/q] [--note TEXT]
+        [--collect-only] [--results-dir DIR]
 
 Each seed is ``python -m experiments.train --config=derefnet_quick --workdir=<prefix><seed> --config.seed=<seed>``
 (subprocess, so every seed starts from a fresh process exactly as a user runs it). A seed whose workdir already
@@ -61,7 +62,8 @@ def collect(seed: int, workdir: Path, wall: dict[str, Any]) -> dict[str, Any]:
         test = result["test"]
         row = {"seed": seed, **{k: 100 * float(test[k]) for k in METRIC_KEYS}}
     except (OSError, KeyError, TypeError, ValueError) as e:
-        raise SystemExit(f"{path}: expected a finished run's result.json with test {', '.join(METRIC_KEYS)} ({e!r})")
+        keys = ", ".join(METRIC_KEYS)
+        raise SystemExit(f"{path}: expected a finished run's result.json with test {keys} ({e!r})")
     best = result.get("best") or {}
     row["val_mAP"] = 100 * float(best["mAP"]) if "mAP" in best else None
     row["best_step"] = best.get("step")
@@ -93,7 +95,8 @@ def to_markdown(rows: list[dict[str, Any]], summary: dict[str, dict[str, float]]
     lines = [f"# Quick run over {len(rows)} seeds (`--config={CONFIG}`)", ""]
     if note:
         lines += [note, ""]
-    lines += ["Test split, scored frames 2..17, grid decoding, ×100. Wall time: whole command (train + evaluate).", ""]
+    lines += ["Test split, scored frames 2..17, grid decoding, ×100. "
+              "Wall time: the whole command (train + evaluate).", ""]
     lines.append("| seed | " + " | ".join(keys) + " | wall (min) | load avg |")
     lines.append("|---|" + "---|" * (len(keys) + 2))
     for r in rows:
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="workdir of seed s is <prefix><s> (relative to the repository root)")
     parser.add_argument("--collect-only", action="store_true", help="do not train; only collect finished runs")
     parser.add_argument("--note", default="", help="free text stored with the results (machine, load)")
+    parser.add_argument("--results-dir", default=str(RESULTS), help="where quick_seeds.{json,md} go")
     args = parser.parse_args(argv)
 
     rows = []
@@ -136,10 +140,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "note": args.note,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / "quick_seeds.json", out, indent=2)
+    results = Path(args.results_dir)
+    atomic_write_json(results / "quick_seeds.json", out, indent=2)
     markdown = to_markdown(rows, summary, args.note)
-    atomic_write(RESULTS / "quick_seeds.md", markdown)
+    atomic_write(results / "quick_seeds.md", markdown)
     print(markdown)
     return out
 

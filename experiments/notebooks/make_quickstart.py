@@ -28,9 +28,13 @@ CELLS = [
         "    # No [tf] extra: tfds.data_source reads the data without TensorFlow (Colab ships its own TF anyway).\n"
         "    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', f'seqcsist-jax @ {SOURCE}'], check=True)\n"
         "    importlib.invalidate_caches()\n"
-        "# Progress: one tqdm widget per loop where ipywidgets exists (Colab, JupyterLab installs). Without it tqdm\n"
-        "# would warn and print every refresh as a new output, so the runs then print only their periodic lines.\n"
-        "PROGRESS = importlib.util.find_spec('ipywidgets') is not None"
+        "# Progress: one tqdm widget per loop where ipywidgets exists (Colab has it). Without it tqdm.auto warns\n"
+        "# (also when TFDS merely imports it) and would print every refresh as a new output: bars are then off and\n"
+        "# the runs print only their periodic lines.\n"
+        "PROGRESS = importlib.util.find_spec('ipywidgets') is not None\n"
+        "if not PROGRESS:\n"
+        "    import warnings\n"
+        "    warnings.filterwarnings('ignore', message='IProgress not found')"
     ),
     new_code_cell(
         "import os, pathlib, json\n"
@@ -52,6 +56,8 @@ CELLS = [
     new_code_cell(
         "import tensorflow_datasets as tfds\n"
         "import matplotlib.pyplot as plt\n"
+        "if not PROGRESS:\n"
+        "    tfds.disable_progress_bar()  # see the first cell\n"
         "if SMOKE:\n"
         "    from seqcsist_jax.data.simulate import simulate_seqcsist\n"
         "    example = {k: v[0] for k, v in simulate_seqcsist(1, seed=0).items()}\n"

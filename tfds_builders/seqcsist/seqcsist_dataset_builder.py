@@ -339,7 +339,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         """``tfds.data_source`` readers whose scalar features have the feature's dtype, as ``tfds.load`` gives.
 
         TFDS' Parquet reader returns shape-``()`` features (``trajectory_id``) as Python ``int``; each example
-        here holds them as NumPy scalars of the declared dtype (``np.int32``), like ``tfds.as_numpy(tfds.load(...))``.
+        here holds them as NumPy scalars of the declared dtype (``np.int32``), as
+        ``tfds.as_numpy(tfds.load(...))`` does.
         Arguments as :meth:`tfds.core.DatasetBuilder.as_data_source`; ``decoders`` given for a feature and
         ``deserialize_method`` other than decoding leave the examples as TFDS returns them.
         """
