@@ -38,7 +38,7 @@ from seqcsist_jax.data.splits import cached_q, load_arrays, subpixel_c
 from seqcsist_jax.run_lock import WorkdirLock
 from seqcsist_jax.fileio import atomic_write_json
 from seqcsist_jax.evaluate import eval_dir
-from seqcsist_jax.predictor import make_predict_fn, make_predictor  # noqa: F401 (make_predict_fn re-exported)
+from seqcsist_jax.predictor import make_predict_fn, make_predictor  # noqa: F401 (make_predict_fn: public name kept here)
 from seqcsist_jax.workdir import save_or_check_run_config
 from seqcsist_jax.metric_writers import MetricWriter
 

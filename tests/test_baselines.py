@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from experiments import configs
-from seqcsist_jax import imaging, methods
+from seqcsist_jax.model_stats import count_params
+from seqcsist_jax.testing.smoke import smoke_batch
+from seqcsist_jax import methods
 from seqcsist_jax import train as train_lib
-from seqcsist_jax.data import splits
 from seqcsist_jax.baselines import common, published, tdan
 
 LEARNED = ["lista", "istanet", "istanet_plus", "fistanet", "istanet_pp", "srcnn", "edsr", "espcn", "tdan"]
@@ -48,13 +49,7 @@ PUBLIC_PARAMS = {
 @pytest.fixture(scope="module")
 def smoke_data():
     """One small simulated split (``:smoke`` dataset settings: T = 8 frames), labels, Φ and Q."""
-    config = configs.get_config("srcnn:smoke")
-    arrays = splits.load_arrays(config.dataset, config.dataset.train_split)
-    phi = imaging.measurement_matrix()
-    q = splits.compute_q(arrays["targets"], phi)
-    labels = imaging.targets_to_grid(arrays["targets"], collision=config.dataset.collision).astype(np.float32)
-    batch = {"frames": jnp.asarray(arrays["frames"][:2], jnp.float32), "labels": jnp.asarray(labels[:2])}
-    return batch, phi.astype(np.float32), q.astype(np.float32)
+    return smoke_batch("srcnn:smoke", 2)
 
 
 def _key() -> jax.Array:
@@ -62,8 +57,7 @@ def _key() -> jax.Array:
     return jax.random.key(0, impl="rbg")
 
 
-def _count(tree) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+_count = count_params
 
 
 @pytest.mark.parametrize("name", LEARNED)

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from experiments import configs
-from seqcsist_jax import imaging, methods
+from seqcsist_jax.model_stats import count_params
+from seqcsist_jax.testing.smoke import smoke_batch
+from seqcsist_jax import methods
 from seqcsist_jax import train as train_lib
 from seqcsist_jax.baselines import dbpn_gmfn, sr_layers, usrnet
 
@@ -47,17 +49,10 @@ PAPER_MILLIONS = {"gmfn": 2.80, "dbpn": 1.96, "rdn": 22.3, "usrnet": 1.07}
 
 @pytest.fixture(scope="module")
 def smoke_data():
-    config = configs.get_config("dbpn:smoke")
-    arrays = train_lib.load_arrays(config.dataset, config.dataset.train_split)
-    phi = imaging.measurement_matrix()
-    q = train_lib.compute_q(arrays["targets"], phi)
-    labels = imaging.targets_to_grid(arrays["targets"], collision=config.dataset.collision).astype(np.float32)
-    batch = {"frames": jnp.asarray(arrays["frames"][:1], jnp.float32), "labels": jnp.asarray(labels[:1])}
-    return batch, phi.astype(np.float32), q.astype(np.float32)
+    return smoke_batch("dbpn:smoke", 1)
 
 
-def _count(tree) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+_count = count_params
 
 
 @pytest.mark.parametrize("name", SR)

@@ -11,7 +11,9 @@ import optax
 import pytest
 
 from experiments import configs
-from seqcsist_jax import imaging, methods
+from seqcsist_jax.model_stats import count_params
+from seqcsist_jax.testing.smoke import smoke_batch
+from seqcsist_jax import methods
 from seqcsist_jax import train as train_lib
 from seqcsist_jax.baselines import lista, rpcanet, unfolded
 
@@ -38,21 +40,14 @@ PUBLIC_PARAMS = {
 @pytest.fixture(scope="module")
 def smoke_data():
     """Two simulated trajectories of the ``:smoke`` dataset (T = 8), labels, Φ and Q."""
-    config = configs.get_config("lamp:smoke")
-    arrays = train_lib.load_arrays(config.dataset, config.dataset.train_split)
-    phi = imaging.measurement_matrix()
-    q = train_lib.compute_q(arrays["targets"], phi)
-    labels = imaging.targets_to_grid(arrays["targets"], collision=config.dataset.collision).astype(np.float32)
-    batch = {"frames": jnp.asarray(arrays["frames"][:2], jnp.float32), "labels": jnp.asarray(labels[:2])}
-    return batch, phi.astype(np.float32), q.astype(np.float32)
+    return smoke_batch("lamp:smoke", 2)
 
 
 def _key() -> jax.Array:
     return jax.random.key(0, impl="rbg")
 
 
-def _count(tree) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+_count = count_params
 
 
 def test_new_methods_are_in_the_table():

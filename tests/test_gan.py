@@ -13,7 +13,9 @@ import optax
 import pytest
 
 from experiments import configs
-from seqcsist_jax import imaging, methods
+from seqcsist_jax.model_stats import count_params
+from seqcsist_jax.testing.smoke import smoke_batch
+from seqcsist_jax import methods
 from seqcsist_jax import train as train_lib
 from seqcsist_jax.baselines import gan, vgg19
 
@@ -58,19 +60,12 @@ EXPECTED = {  # (generator, discriminator, paper total in millions incl. frozen 
 }
 
 
-def _count(tree) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+_count = count_params
 
 
 @pytest.fixture(scope="module")
 def smoke_data():
-    config = configs.get_config("srgan:smoke")
-    arrays = train_lib.load_arrays(config.dataset, config.dataset.train_split)
-    phi = imaging.measurement_matrix()
-    q = train_lib.compute_q(arrays["targets"], phi)
-    labels = imaging.targets_to_grid(arrays["targets"], collision=config.dataset.collision).astype(np.float32)
-    batch = {"frames": jnp.asarray(arrays["frames"][:1], jnp.float32), "labels": jnp.asarray(labels[:1])}
-    return batch, phi.astype(np.float32), q.astype(np.float32)
+    return smoke_batch("srgan:smoke", 1)
 
 
 @pytest.mark.parametrize("name", GANS)

@@ -9,19 +9,14 @@ import numpy as np
 import pytest
 
 from experiments import configs
-from seqcsist_jax import imaging, methods
+from seqcsist_jax import methods
 from seqcsist_jax import train as train_lib
+from seqcsist_jax.testing import smoke
 
 
 @pytest.fixture(scope="module")
 def smoke_batch():
-    config = configs.get_config("istanet_plus:smoke")
-    arrays = train_lib.load_arrays(config.dataset, config.dataset.train_split)
-    phi = imaging.measurement_matrix().astype(np.float32)
-    q = train_lib.compute_q(arrays["targets"], phi).astype(np.float32)
-    labels = imaging.targets_to_grid(arrays["targets"], collision=config.dataset.collision).astype(np.float32)
-    batch = {"frames": jnp.asarray(arrays["frames"][:2], jnp.float32), "labels": jnp.asarray(labels[:2])}
-    return batch, phi, q
+    return smoke.smoke_batch("istanet_plus:smoke", 2)
 
 
 def _state_and_step(relative: bool, smoke_batch, lr: float = 1e-4):

@@ -19,7 +19,6 @@ Writes ``experiments/benchmarks/results/bench_csist100k.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile

@@ -98,7 +98,7 @@ def bench_models(repeats: int, batch: int, skip_loop: bool, device: str = "cpu")
     from seqcsist_jax.interop import convert_state_dict, state_dict_shapes
     from seqcsist_jax.models.derefnet_loss import derefnet_loss
     from seqcsist_jax.models import DeRefNet
-from seqcsist_jax.model_stats import count_params, flops_per_trajectory
+    from seqcsist_jax.model_stats import count_params, flops_per_trajectory
     from seqcsist_jax.testing import parity_inputs as pi
 
     model = DeRefNet()
