@@ -66,7 +66,7 @@ def collect(seed: int, workdir: Path, wall: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit(f"{path}: expected a finished run's result.json with test {keys} ({e!r})")
     best = result.get("best") or {}
     row["val_mAP"] = 100 * float(best["mAP"]) if "mAP" in best else None
-    row["best_step"] = best.get("step")
+    row["best_step"] = best.get("step", test.get("step"))  # the test split is scored with the best checkpoint
     row["steps"] = result.get("step")
     row.update(wall)
     row["workdir"] = str(workdir)
