@@ -104,29 +104,8 @@ def _measure(runner: _Runner, ks: list[int], steps: int, repeats: int) -> dict[s
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=100, help="steps per measurement (a multiple of 100)")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--paper", action="store_true", help="also the paper-size model (slow on CPU)")
-    parser.add_argument("--paper_steps", type=int, default=100)
-    parser.add_argument("--num_train", type=int, default=64)
-    args = parser.parse_args()
-
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for batch in (1, 4):
-            for dtype in ("float32", "bfloat16"):
-                runner = _Runner(_config(batch, dtype, False, args.num_train), os.path.join(tmp, f"{batch}{dtype}"))
-                tps = _measure(runner, [1, 10, 100], args.steps, args.repeats)
-                rows.append({"model": "smoke (2 stages, 8 ch)", "batch": batch, "dtype": dtype, "traj_per_s": tps})
-                print(json.dumps(rows[-1]), flush=True)
-        if args.paper:
-            runner = _Runner(_config(1, "float32", True, args.num_train), os.path.join(tmp, "paper"))
-            tps = _measure(runner, [1, args.paper_steps], args.paper_steps, 1)
-            rows.append({"model": "paper (9 stages, 32 ch)", "batch": 1, "dtype": "float32", "traj_per_s": tps})
-            print(json.dumps(rows[-1]), flush=True)
-
+def _write(rows: list[dict], args) -> str:
+    """Writes the results so far (called after every row, so a cut run keeps what it measured)."""
     for row in rows:
         row["ratio_vs_host"] = {k: v / row["traj_per_s"]["host"] for k, v in row["traj_per_s"].items()}
     result = {
@@ -156,7 +135,34 @@ def main() -> None:
         cells = [f"{tps[k]:.1f} ({ratio[k]:.2f}×)" if k in tps else "—" for k in rows[0]["traj_per_s"]]
         lines.append(f"| {row['model']} | {row['batch']} | {row['dtype']} | " + " | ".join(cells) + " |")
     atomic_write(RESULTS / "bench_train.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=100, help="steps per measurement (a multiple of 100)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--paper", action="store_true", help="also the paper-size model (slow on CPU)")
+    parser.add_argument("--paper_steps", type=int, default=100)
+    parser.add_argument("--num_train", type=int, default=64)
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in (1, 4):
+            for dtype in ("float32", "bfloat16"):
+                runner = _Runner(_config(batch, dtype, False, args.num_train), os.path.join(tmp, f"{batch}{dtype}"))
+                tps = _measure(runner, [1, 10, 100], args.steps, args.repeats)
+                rows.append({"model": "smoke (2 stages, 8 ch)", "batch": batch, "dtype": dtype, "traj_per_s": tps})
+                print(json.dumps(rows[-1]), flush=True)
+                _write(rows, args)
+        if args.paper:
+            runner = _Runner(_config(1, "float32", True, args.num_train), os.path.join(tmp, "paper"))
+            tps = _measure(runner, [1, args.paper_steps], args.paper_steps, 1)
+            rows.append({"model": "paper (9 stages, 32 ch)", "batch": 1, "dtype": "float32", "traj_per_s": tps})
+            print(json.dumps(rows[-1]), flush=True)
+    print(_write(rows, args))
+
 
 
 if __name__ == "__main__":
