@@ -57,7 +57,9 @@ def main() -> None:
            "collision": config.dataset.collision},
         "seed": config.seed,
         "commit": args.commit or _commit(),
-        "validation_cso_map": (result.get("best") or {}).get("mAP"),
+        # A finished run's result.json; else the validation of the exported checkpoint's step.
+        "validation_cso_map": (result.get("best") or {}).get("mAP")
+        or next((c["mAP"] for c in curve if c["step"] == step), None),
         "test_cso_map": (result.get("test") or {}).get("mAP"),
         "validation_curve": curve,
         "wall_time_s": args.wall_time_s,
