@@ -63,7 +63,7 @@ def resolve_global_batch(config: ml_collections.ConfigDict, num_devices: int, pr
         raise ValueError(
             f"config.global_batch_size={fixed} cannot be split evenly over {num_devices} devices"
             + (f" in {process_count} processes" if process_count > 1 else "")
-            + f": run on {' , '.join(map(str, divisors))} devices (e.g. --config.num_devices={divisors[-1]}), "
+            + f": run on {', '.join(map(str, divisors))} devices (e.g. --config.num_devices={divisors[-1]}), "
             f"or set --config.global_batch_size to a multiple of {num_devices} (that changes the paper protocol's "
             "batch, and with it the optimisation trajectory)"
         )
