@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from seqcsist_jax import train_multistep
 from seqcsist_jax.fileio import atomic_write, atomic_write_json
