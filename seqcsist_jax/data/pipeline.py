@@ -15,17 +15,17 @@ returned by :func:`seqcsist_jax.data.simulate.simulate_seqcsist`.
 with ``B = batch_size // process_count`` (``batch_size`` is the global batch).
 
 Order. ``sampler="public"`` reproduces the public code's ``ContinuousSampler`` on ``batch_size`` ranks
-(:func:`public_sampler_order`): rank ``r`` owns the contiguous block ``r`` of the split, so global batch ``s``
-is ``{s, N/R + s, 2N/R + s, ...}``; it never shuffles. Otherwise (``sampler="sequential"``) epoch ``e``
-visits the split in ``permutation(N)`` drawn from ``SeedSequence([seed, e])`` (or in stored order with
-``shuffle=False``). Global batch ``b`` is elements ``[b·B_g, (b+1)·B_g)`` of that order; process ``p`` reads
-only its contiguous slice ``[p·B, (p+1)·B)`` of every global batch through random access. So the global batch
-is the same whatever the number of processes, the processes of one step never read the same trajectory, and over an epoch they cover the split exactly once (without ``drop_remainder``; the last,
-short global batch is split as evenly as possible). Each epoch's order is a pure function of ``(seed, epoch)``,
-which is what makes the iterator resumable: :meth:`TrajectoryLoader.get_state` is ``(epoch, position)`` plus
-the settings that define the order, and :meth:`~TrajectoryLoader.set_state` continues exactly where the saved
-run was, even on a different number of processes.
-"""
+(:func:`public_sampler_order`): rank ``r`` owns the contiguous block ``r`` of the split, so global batch ``s`` is
+``{s, N/R + s, 2N/R + s, ...}``; it never shuffles. Otherwise (``sampler="sequential"``) epoch ``e`` visits the
+split in ``permutation(N)`` drawn from ``SeedSequence([seed, e])`` (or in stored order with ``shuffle=False``).
+Global batch ``b`` is elements ``[b·B_g, (b+1)·B_g)`` of that order; process ``p`` reads only its contiguous slice
+``[p·B, (p+1)·B)`` of every global batch through random access. So the global batch is the same whatever the number
+of processes, the processes of one step never read the same trajectory, and over an epoch they cover the split
+exactly once (without ``drop_remainder``; the last, short global batch is split as evenly as possible). Each epoch's
+order is a pure function of ``(seed, epoch)``, which is what makes the iterator resumable:
+:meth:`TrajectoryLoader.get_state` is ``(epoch, position)`` plus the settings that define the order, and
+:meth:`~TrajectoryLoader.set_state` continues exactly where the saved run was, even on a different number of
+processes. """
 
 from __future__ import annotations
 
