@@ -144,14 +144,18 @@ def main() -> None:
     parser.add_argument("--paper", action="store_true", help="also the paper-size model (slow on CPU)")
     parser.add_argument("--paper_steps", type=int, default=100)
     parser.add_argument("--num_train", type=int, default=64)
+    parser.add_argument("--batches", default="1,4", help="global batch sizes, comma-separated")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--ks", default="1,10,100", help="steps per call to measure")
     args = parser.parse_args()
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for batch in (1, 4):
-            for dtype in ("float32", "bfloat16"):
+        ks = [int(k) for k in args.ks.split(",")]
+        for batch in (int(b) for b in args.batches.split(",")):
+            for dtype in args.dtypes.split(","):
                 runner = _Runner(_config(batch, dtype, False, args.num_train), os.path.join(tmp, f"{batch}{dtype}"))
-                tps = _measure(runner, [1, 10, 100], args.steps, args.repeats)
+                tps = _measure(runner, ks, args.steps, args.repeats)
                 rows.append({"model": "smoke (2 stages, 8 ch)", "batch": batch, "dtype": dtype, "traj_per_s": tps})
                 print(json.dumps(rows[-1]), flush=True)
                 _write(rows, args)

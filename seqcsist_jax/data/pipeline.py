@@ -25,7 +25,8 @@ exactly once (without ``drop_remainder``; the last, short global batch is split 
 order is a pure function of ``(seed, epoch)``, which is what makes the iterator resumable:
 :meth:`TrajectoryLoader.get_state` is ``(epoch, position)`` plus the settings that define the order, and
 :meth:`~TrajectoryLoader.set_state` continues exactly where the saved run was, even on a different number of
-processes. """
+processes.
+"""
 
 from __future__ import annotations
 
