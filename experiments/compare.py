@@ -175,9 +175,10 @@ def _schedule(config, evals: int) -> int:
         steps = int(config.num_train_steps)
     else:  # an epoch budget or the paper's schedule: one step per global batch of trajectories
         from seqcsist_jax.data.splits import count_split
+        from seqcsist_jax.train_multistep import resolve_global_batch
 
         num_train = count_split(config.dataset, config.dataset.train_split)
-        steps_per_epoch = num_train // (config.per_device_batch_size * _num_devices(config))
+        steps_per_epoch = num_train // resolve_global_batch(config, _num_devices(config))
         steps = int(round(config.num_epochs * steps_per_epoch))
     steps = max(1, steps)
     config.num_train_steps = steps

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from seqcsist_jax import sharding
+from seqcsist_jax import sharding, train_multistep
 from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like, fault_point
 from seqcsist_jax.data.splits import cached_q, load_arrays, subpixel_c
 from seqcsist_jax.run_lock import WorkdirLock
@@ -196,7 +196,7 @@ class Trainer:
         self.mesh, self.predict = self.predictor.mesh, self.predictor.predict
         self.replicated = sharding.replicated(self.mesh)
         self.data_sharding = sharding.batch_sharding(self.mesh)
-        self.global_batch = config.per_device_batch_size * self.mesh.size
+        self.global_batch = train_multistep.resolve_global_batch(config, self.mesh.size, jax.process_count())
 
         self.loader = TrajectoryLoader(
             make_source(self.train_arrays),
@@ -209,6 +209,7 @@ class Trainer:
             process_count=jax.process_count(),
             collision=ds.collision,
             c=subpixel_c(config),
+            sampler=config.get("sampler", "sequential"),
         )
         self.steps_per_epoch = len(self.loader)
         self.num_steps, self.eval_every = _steps_schedule(config, self.steps_per_epoch)
@@ -221,12 +222,20 @@ class Trainer:
             rng, model, opt, jnp.zeros(frames_shape, jnp.float32), self.phi, self.q, init_params
         )
         self._init = jax.jit(init, out_shardings=self.replicated)
+        step_fn = (self.method.make_train_step or make_train_step)(model, self.method.loss_fn, opt, self.phi, self.q)
         self.train_step = jax.jit(
-            (self.method.make_train_step or make_train_step)(model, self.method.loss_fn, opt, self.phi, self.q),
+            step_fn,
             in_shardings=(self.replicated, self.data_sharding),
             out_shardings=(self.replicated, self.replicated),
             donate_argnums=0,
         )
+        # Device-resident K-step calls (seqcsist_jax.train_multistep); K = 1 without device data is the host loop.
+        self.steps_per_call = max(1, int(config.get("steps_per_call", 1)))
+        self.device_resident = bool(config.get("device_data", False)) or self.steps_per_call > 1
+        self.device_data = None
+        if self.device_resident:
+            self.device_data = train_multistep.device_data(self.train_arrays, self.mesh, ds.collision, self.loader.c)
+            self.multi_step = train_multistep.jit_multi_step(step_fn, self.mesh)
         self.checkpoints = RunCheckpoints(self.workdir, keep=config.keep_checkpoints)
         self._split_cache: dict[str, dict[str, np.ndarray]] = {ds.train_split: self.train_arrays}
 
@@ -242,6 +251,31 @@ class Trainer:
     def shard(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         """Per-process batch → global arrays sharded over the ``('data',)`` mesh."""
         return sharding.shard_batch(batch, self.mesh, keys=("frames", "labels"))
+
+    def steps_this_call(self, step: int) -> int:
+        """Steps the next call may run from ``step``: ``steps_per_call``, cut so that no call crosses the end of
+        the run or a logging, checkpoint or evaluation step (they stay exactly where the step-by-step loop has
+        them)."""
+        c = self.config
+        k = min(self.steps_per_call, self.num_steps - step)
+        for every in (c.log_every_steps, c.checkpoint_every_steps, self.eval_every):
+            if every and every > 0:
+                k = min(k, every - step % every)
+        return max(1, k)
+
+    def run_steps(self, state: TrainState, step: int, iterator) -> tuple[TrainState, list]:
+        """Runs the next :meth:`steps_this_call` steps from ``step``; returns the state and one metrics dict per
+        step. Host loop: one loader batch per call. Device-resident: one jitted ``lax.scan`` over the loader's
+        next K batch positions, gathered on the devices."""
+        if not self.device_resident:
+            batch = self.shard(next(iterator))
+            state, metrics = self.train_step(state, batch)
+            return state, [metrics]
+        k = self.steps_this_call(step)
+        table = train_multistep.indices_table(self.loader, self.loader.take_positions(k))
+        indices = jax.make_array_from_callback(table.shape, self.replicated, lambda index: table[index])
+        state, stacked = self.multi_step(state, self.device_data, indices)
+        return state, train_multistep.split_metrics(stacked, k)
 
     def meta(self) -> dict:
         return {"config": self.config.to_dict(), "steps_per_epoch": self.steps_per_epoch}
@@ -406,12 +440,12 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
     try:
         stop.__enter__()
         while step < num_steps:
-            batch = trainer.shard(next(iterator))
-            state, metrics = trainer.train_step(state, batch)
-            step += 1
+            state, chunk = trainer.run_steps(state, step, iterator)  # 1 step, or K on device (steps_per_call)
+            first = step + 1
+            step += len(chunk)
             eta.after_step(step)
-            pending.append(metrics)
-            window_steps += 1
+            pending.extend(chunk)
+            window_steps += len(chunk)
             last = step == num_steps
             if step % config.log_every_steps == 0 or last:
                 check_finite(state)
@@ -424,7 +458,7 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
                     progress.set_postfix(loss=f"{scalars['loss']:.4g}", sps=f"{scalars['steps_per_second']:.2f}")
                 pending, window_steps, window_start = [], 0, time.perf_counter()
             if progress is not None:
-                progress.update(1)
+                progress.update(len(chunk))
             if step % trainer.eval_every == 0 or last:
                 # Commit order (checkpointing module docstring): journal + best before latest, so that a run
                 # resumed from any latest checkpoint has every evaluation up to it committed.
@@ -444,7 +478,8 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
                   or (save_every_seconds and time.monotonic() - last_save[0] >= save_every_seconds)):
                 save_latest(state, step)
             for hook in hooks:
-                hook(step, metrics)
+                for i, metrics in enumerate(chunk):
+                    hook(first + i, metrics)
             if stop.received is not None:
                 save_latest(state, step)  # a no-op when this step was just saved
                 name = signal.Signals(stop.received).name
@@ -484,7 +519,7 @@ class _EtaNotice:
     def after_step(self, step: int) -> None:
         if self.done:
             return
-        if step == self.start_step + self.SKIP:
+        if self.t0 is None and step >= self.start_step + self.SKIP:
             self.t0 = time.perf_counter()
         elif self.t0 is not None and step >= self.start_step + self.SKIP + self.MEASURE:
             self.done = True

@@ -59,9 +59,19 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer.eps = 1e-8
     config.optimizer.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)
 
-    config.per_device_batch_size = 1  # trajectories per device per step
+    config.per_device_batch_size = 1  # trajectories per device per step (used when global_batch_size <= 0)
     config.num_devices = -1  # devices in the ('data',) mesh; -1 = all (global batch = per-device × devices)
+    # > 0: trajectories per step over all devices whatever their number (per-device = global / devices; an error
+    # says what to do when the devices do not divide it). The paper protocol fixes it to 4.
+    config.global_batch_size = -1
     config.shuffle = False  # the public sampler's fixed order
+    # "sequential" (batch b = trajectories b·B … b·B+B-1 of the epoch order) or "public" (the public
+    # ContinuousSampler on B ranks: step s trains {s, N/B + s, ...}; needs shuffle=False).
+    config.sampler = "sequential"
+    # Device-resident training (seqcsist_jax.train_multistep): the split lives on the devices and one jitted call
+    # runs steps_per_call steps with lax.scan. device_data=False with steps_per_call=1 is the host loader loop.
+    config.device_data = False
+    config.steps_per_call = 1
     config.num_epochs = 100.0  # float: fractional budgets are allowed
     config.num_train_steps = -1  # > 0 overrides num_epochs
     config.eval_every_epochs = 10
@@ -114,10 +124,25 @@ def set_dataset(config: ml_collections.ConfigDict, name: str) -> ml_collections.
     return config
 
 
+def apply_paper_protocol(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The public run exactly (SPEC §8): a global batch of 4 trajectories whatever the device count (the 4-GPU
+    DDP run), the public ``ContinuousSampler`` order on 4 ranks, labels and Q with ``collision="overwrite"``."""
+    config.global_batch_size = 4
+    config.sampler = "public"
+    config.shuffle = False
+    config.dataset.collision = "overwrite"
+    return config
+
+
 def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
     """Turns the paper config into the ``quick`` or ``smoke`` variant (same model family)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown config variant {variant!r}; choose one of {[v for v in VARIANTS if v]}")
+    if variant in ("quick", "smoke"):
+        # Our CPU-sized protocol: one trajectory per device, seeded shuffling, labels with the `sum` rule.
+        config.global_batch_size = -1
+        config.sampler = "sequential"
+        config.dataset.collision = "sum"
     if variant == "quick":
         config.dataset.name = "seqcsist/mini"
         config.shuffle = True

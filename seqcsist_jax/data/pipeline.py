@@ -14,15 +14,18 @@ returned by :func:`seqcsist_jax.data.simulate.simulate_seqcsist`.
 
 with ``B = batch_size // process_count`` (``batch_size`` is the global batch).
 
-Order. Epoch ``e`` visits the split in ``permutation(N)`` drawn from ``SeedSequence([seed, e])`` (or in stored
-order with ``shuffle=False``: the paper's fixed order). Global batch ``b`` is elements ``[b·B_g, (b+1)·B_g)`` of
-that order; process ``p`` reads only its contiguous slice ``[p·B, (p+1)·B)`` of every global batch through random
-access. So the global batch is the same whatever the number of processes, the processes of one step never read
-the same trajectory, and over an epoch they cover the split exactly once (without ``drop_remainder``; the last,
-short global batch is split as evenly as possible). Each epoch's order is a pure function of ``(seed, epoch)``,
-which is what makes the iterator resumable: :meth:`TrajectoryLoader.get_state` is ``(epoch, position)`` plus
-the settings that define the order, and :meth:`~TrajectoryLoader.set_state` continues exactly where the saved
-run was, even on a different number of processes.
+Order. ``sampler="public"`` reproduces the public code's ``ContinuousSampler`` on ``batch_size`` ranks
+(:func:`public_sampler_order`): rank ``r`` owns the contiguous block ``r`` of the split, so global batch ``s`` is
+``{s, N/R + s, 2N/R + s, ...}``; it never shuffles. Otherwise (``sampler="sequential"``) epoch ``e`` visits the
+split in ``permutation(N)`` drawn from ``SeedSequence([seed, e])`` (or in stored order with ``shuffle=False``).
+Global batch ``b`` is elements ``[b·B_g, (b+1)·B_g)`` of that order; process ``p`` reads only its contiguous slice
+``[p·B, (p+1)·B)`` of every global batch through random access. So the global batch is the same whatever the number
+of processes, the processes of one step never read the same trajectory, and over an epoch they cover the split
+exactly once (without ``drop_remainder``; the last, short global batch is split as evenly as possible). Each epoch's
+order is a pure function of ``(seed, epoch)``, which is what makes the iterator resumable:
+:meth:`TrajectoryLoader.get_state` is ``(epoch, position)`` plus the settings that define the order, and
+:meth:`~TrajectoryLoader.set_state` continues exactly where the saved run was, even on a different number of
+processes.
 """
 
 from __future__ import annotations
@@ -37,13 +40,36 @@ from seqcsist_jax import imaging
 
 __all__ = [
     "ArraySource",
+    "SAMPLERS",
     "TrajectoryLoader",
+    "public_sampler_order",
     "load_split_arrays",
     "make_source",
     "shard_batch",
 ]
 
 _STATE_VERSION = 1
+#: Trajectory orders of :class:`TrajectoryLoader` (``sampler=``).
+SAMPLERS = ("sequential", "public")
+
+
+def public_sampler_order(num_examples: int, num_ranks: int) -> np.ndarray:
+    """Flat visiting order of the public ``ContinuousSampler`` run on ``num_ranks`` ranks of batch 1 each.
+
+    Rank ``r`` reads the contiguous block ``[r·L, (r+1)·L)`` of the (unshuffled) split, ``L = ceil(N / R)``; at
+    step ``s`` the ranks together train ``{s, L + s, 2L + s, ...}``. When ``R`` does not divide ``N`` the split is
+    padded by wrapping around to its start, as ``torch.utils.data.DistributedSampler`` does (every step full;
+    N = 3,500 and R = 4 need no padding).
+
+    Returns:
+      ``(L·R,)`` int64 source indices; global batch ``s`` is ``order[s·R:(s+1)·R]`` (rank order).
+    """
+    if num_examples < 1 or num_ranks < 1:
+        raise ValueError(f"public sampler needs num_examples >= 1 and num_ranks >= 1, got {num_examples}, {num_ranks}")
+    per_rank = -(-num_examples // num_ranks)
+    padded = np.arange(per_rank * num_ranks, dtype=np.int64) % num_examples
+    # (R, L) blocks -> column s holds what the R ranks read at step s.
+    return padded.reshape(num_ranks, per_rank).T.reshape(-1)
 #: Keys of a stored example that the loader reads (``trajectory_id`` defaults to the index when absent).
 _EXAMPLE_KEYS = ("frames", "targets", "num_targets", "trajectory_id")
 
@@ -203,6 +229,9 @@ class TrajectoryLoader:
       c: sub-pixel division of the label grid.
       collision: ``"sum"`` or ``"overwrite"`` (see :func:`seqcsist_jax.imaging.targets_to_grid`).
       max_targets: pad (or, if the padding allows, trim) the target axis to this many rows; ``None`` keeps it.
+      sampler: ``"sequential"`` (global batch ``b`` = elements ``b·B … b·B+B-1`` of the epoch's order) or
+        ``"public"`` (the public ``ContinuousSampler`` on ``batch_size`` ranks, :func:`public_sampler_order`;
+        needs ``shuffle=False``; every step is full, so ``drop_remainder`` does not apply).
 
     ``len(loader)`` is :attr:`steps_per_epoch` (batches per epoch, as for a PyTorch ``DataLoader``).
     ``iter(loader)`` continues from the loader's position and advances it; :meth:`get_state` returns the
@@ -222,6 +251,7 @@ class TrajectoryLoader:
         c: int = 3,
         collision: str = "sum",
         max_targets: int | None = None,
+        sampler: str = "sequential",
     ):
         if isinstance(source, Mapping):
             source = ArraySource(source)
@@ -242,6 +272,10 @@ class TrajectoryLoader:
             raise ValueError(f"num_epochs must be >= 0 or None, got {num_epochs!r}")
         if collision not in ("sum", "overwrite"):
             raise ValueError(f"collision must be 'sum' or 'overwrite', got {collision!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if sampler == "public" and shuffle:
+            raise ValueError("sampler='public' is the public ContinuousSampler's fixed order; it needs shuffle=False")
         if max_targets is not None and max_targets < 1:
             raise ValueError(f"max_targets must be >= 1 or None, got {max_targets!r}")
         self.source = source
@@ -256,6 +290,7 @@ class TrajectoryLoader:
         self.c = int(c)
         self.collision = collision
         self.max_targets = max_targets
+        self.sampler = sampler
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"no batch per epoch: {self.num_examples} trajectories, batch_size={batch_size}, "
@@ -270,6 +305,8 @@ class TrajectoryLoader:
     @property
     def steps_per_epoch(self) -> int:
         """Global batches per epoch."""
+        if self.sampler == "public":
+            return -(-self.num_examples // self.batch_size)
         if self.drop_remainder:
             return self.num_examples // self.batch_size
         return math.ceil(self.num_examples / self.batch_size)
@@ -288,7 +325,9 @@ class TrajectoryLoader:
         """``(N,)`` source indices in the order epoch ``epoch`` visits them (a pure function of seed/epoch)."""
         if self._order_cache is not None and self._order_cache[0] == epoch:
             return self._order_cache[1]
-        if self.shuffle:
+        if self.sampler == "public":
+            order = public_sampler_order(self.num_examples, self.batch_size)
+        elif self.shuffle:
             rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, int(epoch)])))
             order = rng.permutation(self.num_examples)
         else:
@@ -296,11 +335,30 @@ class TrajectoryLoader:
         self._order_cache = (epoch, order)
         return order
 
-    def local_indices(self, epoch: int, step: int) -> np.ndarray:
-        """Source indices this process reads for global batch ``step`` of ``epoch``."""
+    def global_indices(self, epoch: int, step: int) -> np.ndarray:
+        """Source indices of global batch ``step`` of ``epoch`` over all processes (``(batch_size,)``, or fewer
+        for the last, short batch without ``drop_remainder``)."""
         if not 0 <= step < self.steps_per_epoch:
             raise ValueError(f"step must be in [0, {self.steps_per_epoch}), got {step}")
-        global_idx = self.epoch_order(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
+        return self.epoch_order(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
+
+    def take_positions(self, count: int) -> list[tuple[int, int]]:
+        """The ``(epoch, step)`` of the next ``count`` batches, advancing the loader past them without reading
+        any data (for callers that gather batches themselves, e.g. from device-resident arrays)."""
+        out = []
+        while len(out) < count:
+            if self.num_epochs is not None and self._epoch >= self.num_epochs:
+                raise StopIteration(f"the loader's {self.num_epochs} epochs are exhausted")
+            if self._position >= self.steps_per_epoch:
+                self._epoch, self._position = self._epoch + 1, 0
+                continue
+            out.append((self._epoch, self._position))
+            self._position += 1
+        return out
+
+    def local_indices(self, epoch: int, step: int) -> np.ndarray:
+        """Source indices this process reads for global batch ``step`` of ``epoch``."""
+        global_idx = self.global_indices(epoch, step)
         if len(global_idx) == self.batch_size:
             b = self.local_batch_size
             return global_idx[self.process_index * b:(self.process_index + 1) * b]
@@ -353,6 +411,7 @@ class TrajectoryLoader:
             "batch_size": self.batch_size,
             "drop_remainder": self.drop_remainder,
             "num_examples": int(self.num_examples),
+            "sampler": self.sampler,
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
@@ -368,7 +427,8 @@ class TrajectoryLoader:
         if state.get("version", _STATE_VERSION) != _STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')!r} is not {_STATE_VERSION}")
         mine = self.get_state()
-        for key in ("seed", "shuffle", "batch_size", "drop_remainder", "num_examples"):
+        state = {"sampler": "sequential", **state}  # states saved before the sampler option existed
+        for key in ("seed", "shuffle", "batch_size", "drop_remainder", "num_examples", "sampler"):
             if key in state and state[key] != mine[key]:
                 raise ValueError(
                     f"loader state has {key}={state[key]!r} but this loader has {key}={mine[key]!r}; "

@@ -56,6 +56,10 @@ class DeRefNet(nn.Module):
         the paper's protocol scores only centre frames 2..T-3).
       num_frames: the time-encoding denominator (the public code's constant 20, independent of the input T).
       num_res_blocks: residual blocks in the tail (5).
+      edge_grad: offset-gradient rule of the deformable convs at sample points exactly on -1: ``"torchvision"``
+        or ``"mmcv"`` (the public code's library; values never depend on it).
+      compute_dtype: ``"float32"`` or ``"bfloat16"``: dtype of the stage and TDFA convolutions (mixed
+        precision; params stay float32, the ``Φ``/``Q`` matmuls, the residual updates and the outputs float32).
     """
 
     num_stages: int = 9
@@ -66,6 +70,8 @@ class DeRefNet(nn.Module):
     predict_edges: bool = False
     num_frames: int = 20
     num_res_blocks: int = 5
+    edge_grad: str = "torchvision"
+    compute_dtype: str = "float32"
 
     def output_frame_index(self, num_frames: int) -> np.ndarray:
         """``(J,)`` int32: the input frames the outputs correspond to, for ``num_frames``-frame inputs."""
@@ -97,7 +103,8 @@ class DeRefNet(nn.Module):
         y_phi = y @ phi
         syms = []
         for i in range(self.num_stages):
-            x, sym = IstaStage(self.channels, name=f"stage_{i}")(x, y_phi, phi, side)
+            x, sym = IstaStage(self.channels, compute_dtype=self.compute_dtype, name=f"stage_{i}")(
+                x, y_phi, phi, side)
             syms.append(sym.reshape(b, t, side, side))
         x_last = x.reshape(b, t, side, side)
 
@@ -112,6 +119,8 @@ class DeRefNet(nn.Module):
             selective_attention=self.selective_attention,
             predict_edges=self.predict_edges,
             num_res_blocks=self.num_res_blocks,
+            edge_grad=self.edge_grad,
+            compute_dtype=self.compute_dtype,
             name="tdfa",
         )(maps)
         out["sym"] = jnp.stack(syms)

@@ -25,6 +25,7 @@ class IstaStage(nn.Module):
     """
 
     channels: int = 32
+    compute_dtype: str = "float32"  # dtype of the four convolutions (mixed precision); r and outputs float32
 
     @nn.compact
     def __call__(
@@ -51,9 +52,11 @@ class IstaStage(nn.Module):
         n_frames = x.shape[0]
         r = x + lam * (y_phi - (x @ phi.T) @ phi)
         r_img = r.reshape(n_frames, side, side, 1)
-        f = conv2d(jax.nn.relu(conv2d(r_img, k1f)), k2f)
-        s = jnp.sign(f) * jax.nn.relu(jnp.abs(f) - thr)
-        x_pred = conv2d(jax.nn.relu(conv2d(s, k1b)), k2b).reshape(n_frames, side * side)
+        cd = jnp.dtype(self.compute_dtype)
+        k1f, k2f, k1b, k2b = (k.astype(cd) for k in (k1f, k2f, k1b, k2b))
+        f = conv2d(jax.nn.relu(conv2d(r_img.astype(cd), k1f)), k2f)
+        s = jnp.sign(f) * jax.nn.relu(jnp.abs(f) - thr.astype(cd))
+        x_pred = conv2d(jax.nn.relu(conv2d(s, k1b)), k2b).reshape(n_frames, side * side).astype(jnp.float32)
         # Separate calls (not one batched call on [S; F]) so XLA drops this branch when only outputs are used.
-        sym = conv2d(jax.nn.relu(conv2d(f, k1b)), k2b)[..., 0] - r_img[..., 0]
+        sym = conv2d(jax.nn.relu(conv2d(f, k1b)), k2b)[..., 0].astype(jnp.float32) - r_img[..., 0]
         return x_pred, sym

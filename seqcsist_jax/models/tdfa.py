@@ -166,6 +166,8 @@ class TDFA(nn.Module):
     selective_attention: bool = True
     predict_edges: bool = False
     num_res_blocks: int = 5
+    edge_grad: str = "torchvision"  # deformable convs' offset-gradient rule at -1 ("torchvision" | "mmcv")
+    compute_dtype: str = "float32"  # convolutions' dtype (params stay float32); outputs are float32
 
     @nn.compact
     def __call__(self, maps: jax.Array) -> dict[str, jax.Array]:
@@ -179,6 +181,7 @@ class TDFA(nn.Module):
         """
         b, t, h, w = maps.shape
         c = self.channels
+        maps = maps.astype(self.compute_dtype)
         centres, neighbours = pair_indices(t, self.window, self.predict_edges)
         j, k = neighbours.shape
 
@@ -195,8 +198,9 @@ class TDFA(nn.Module):
             agg = jnp.concatenate([feat_c, feat_n], axis=-1).reshape(b * j * k, h, w, 2 * c)
 
         x = feat_n.reshape(b * j * k, h, w, c)
-        x = deform_conv.DeformConvOffsetFrom(c, kernel_size=(3, 3), padding=1, name="align_1")(x, agg)
-        x = deform_conv.DeformConvPack(c, kernel_size=(3, 3), padding=1, name="align_2")(x)
+        deform = dict(kernel_size=(3, 3), padding=1, edge_grad=self.edge_grad, dtype=self.compute_dtype)
+        x = deform_conv.DeformConvOffsetFrom(c, **deform, name="align_1")(x, agg)
+        x = deform_conv.DeformConvPack(c, **deform, name="align_2")(x)
         aligned = Conv(1, 3, name="conv")(x)[..., 0].reshape(b, j, k, h, w)
 
         half = k // 2
@@ -205,4 +209,5 @@ class TDFA(nn.Module):
         )  # (B, J, window, H, W): neighbours before, centre, neighbours after
         tail_in = jnp.moveaxis(stack, 2, -1).reshape(b * j, h, w, self.window)
         out = Tail(c, self.num_res_blocks, name="tail")(tail_in).reshape(b, j, h, w)
-        return {"output": out, "aligned": aligned, "frame_index": centres}
+        f32 = jnp.float32
+        return {"output": out.astype(f32), "aligned": aligned.astype(f32), "frame_index": centres}

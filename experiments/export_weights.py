@@ -1,0 +1,75 @@
+"""Publishes a finished run's best checkpoint as ``seqcsist_jax/weights/<name>.{npz,json}`` with its model card.
+
+    python -m experiments.export_weights --workdir=/tmp/run --name=derefnet_quick \
+        --command="python -m experiments.train --config=derefnet_quick" --wall_time_s=2700 [--note=...]
+
+The card records the run config, data config, protocol, seed, commit, validation/test CSO-mAP (from the run's
+``result.json`` and ``metrics.jsonl``), the wall time and the hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=pathlib.Path(__file__).resolve().parents[1]).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--command", required=True, help="the command that trained the run")
+    parser.add_argument("--wall_time_s", type=float, required=True)
+    parser.add_argument("--checkpoint", default="best")
+    parser.add_argument("--commit", default=None, help="commit the run was trained at (default: HEAD)")
+    parser.add_argument("--note", default="")
+    args = parser.parse_args()
+
+    import jax
+
+    from seqcsist_jax import pretrained
+    from seqcsist_jax.predictor import restore_run
+
+    workdir = pathlib.Path(args.workdir)
+    config, predictor, params, step = restore_run(str(workdir), args.checkpoint)
+    result = json.loads((workdir / "result.json").read_text()) if (workdir / "result.json").exists() else {}
+    evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    curve = [{"step": e.get("step"), "mAP": e.get("mAP")} for e in evals
+             if e.get("split") == config.dataset.eval_split and "mAP" in e]
+    card = {
+        "trained_with": args.command,
+        "checkpoint": f"{args.checkpoint} (step {step})",
+        "data": config.dataset.to_dict(),
+        "protocol": {k: config.get(k) for k in ("global_batch_size", "per_device_batch_size", "sampler", "shuffle",
+                                                "num_epochs", "num_train_steps", "eval_every_epochs")}
+        | {"optimizer": config.optimizer.to_dict(), "loss": config.loss.to_dict(),
+           "collision": config.dataset.collision},
+        "seed": config.seed,
+        "commit": args.commit or _commit(),
+        # A finished run's result.json; else the validation of the exported checkpoint's step.
+        "validation_cso_map": (result.get("best") or {}).get("mAP")
+        or next((c["mAP"] for c in curve if c["step"] == step), None),
+        "test_cso_map": (result.get("test") or {}).get("mAP"),
+        "validation_curve": curve,
+        "wall_time_s": args.wall_time_s,
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+                    f"{jax.default_backend()} backend (machine shared with other jobs)",
+        "note": args.note,
+    }
+    path = pretrained.save_pretrained(args.name, jax.device_get(params), config, card, q=predictor.q)
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()

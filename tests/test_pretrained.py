@@ -1,0 +1,84 @@
+"""Published weights: load_pretrained reads the shipped file and refuses a model it does not fit."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import configs
+from seqcsist_jax import pretrained
+from seqcsist_jax.interop import read_state_dict, state_dict_shapes
+
+
+def _smoke_params(config):
+    from seqcsist_jax import imaging, methods
+
+    method = methods.build_method(config.model, config.loss)
+    phi = imaging.measurement_matrix().astype(np.float32)
+    frames = np.zeros((1, 8, 11, 11), np.float32)
+    return jax.device_get(method.model.init(jax.random.PRNGKey(0), frames, phi, phi.T.copy())["params"])
+
+
+def test_shipped_weights_load_and_fit_their_model():
+    names = pretrained.available()
+    assert names, f"no weight files in {pretrained.WEIGHTS_DIR}"
+    for name in names:
+        config, params = pretrained.load_pretrained(name)
+        card = pretrained.load_card(name)
+        for field in ("trained_with", "data", "protocol", "seed", "commit", "validation_cso_map",
+                      "test_cso_map", "wall_time_s", "hardware"):
+            assert field in card, (name, field)
+        leaves = jax.tree_util.tree_leaves(params)
+        assert all(x.dtype == np.float32 and np.all(np.isfinite(x)) for x in leaves)
+        assert card["num_params"] == sum(x.size for x in leaves)
+        q = pretrained.pretrained_q(name)
+        assert q is None or q.shape == (1089, 121)
+        assert config.model.name == "derefnet"
+        # paper-named weights only from the paper schedule
+        assert name != "derefnet" or card["protocol"]["num_epochs"] == 100
+
+
+def test_save_load_roundtrip_and_mismatch_names_the_keys(tmp_path):
+    config = configs.get_config("derefnet:smoke")
+    params = _smoke_params(config)
+    q = np.random.default_rng(0).normal(size=(1089, 121))
+    pretrained.save_pretrained("tiny", params, config, {"seed": 0}, q=q, weights_dir=tmp_path)
+    assert pretrained.available(tmp_path) == ["tiny"]
+    loaded_config, loaded = pretrained.load_pretrained("tiny", weights_dir=tmp_path)
+    assert loaded_config.model.to_dict() == config.model.to_dict()
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
+    np.testing.assert_array_equal(pretrained.pretrained_q("tiny", tmp_path), q)
+
+    other = configs.get_config("derefnet:smoke")
+    other.model.channels = 6  # every conv's shape changes
+    with pytest.raises(ValueError, match=r"does not fit the model .*shape mismatches \[.*stage_0/conv1_forward"):
+        pretrained.load_pretrained("tiny", config=other, weights_dir=tmp_path)
+    deeper = configs.get_config("derefnet:smoke")
+    deeper.model.num_stages = 3
+    with pytest.raises(ValueError, match=r"missing keys \[stage_2/"):
+        pretrained.load_pretrained("tiny", config=deeper, weights_dir=tmp_path)
+    shallower = configs.get_config("derefnet:smoke")
+    shallower.model.num_stages = 1
+    with pytest.raises(ValueError, match=r"unexpected keys \[stage_1/"):
+        pretrained.load_pretrained("tiny", config=shallower, weights_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no pretrained weights 'nope'.*available: tiny"):
+        pretrained.load_pretrained("nope", weights_dir=tmp_path)
+
+
+def test_export_public_state_dict(tmp_path):
+    config = configs.get_config("derefnet:smoke")
+    pretrained.save_pretrained("tiny", _smoke_params(config), config, {}, weights_dir=tmp_path)
+    pretrained.export_state_dict("tiny", tmp_path / "tiny_public.npz", weights_dir=tmp_path)
+    state = read_state_dict(tmp_path / "tiny_public.npz")
+    options = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+    expected = state_dict_shapes(**options)
+    assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v) for k, v in expected.items()}
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"needs PyTorch .*\.npz"):
+            pretrained.export_state_dict("tiny", tmp_path / "tiny.pth", weights_dir=tmp_path)
+    else:
+        pretrained.export_state_dict("tiny", tmp_path / "tiny.pth", weights_dir=tmp_path)
+        assert read_state_dict(tmp_path / "tiny.pth").keys() == state.keys()
