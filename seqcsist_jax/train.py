@@ -222,7 +222,8 @@ class Trainer:
             rng, model, opt, jnp.zeros(frames_shape, jnp.float32), self.phi, self.q, init_params
         )
         self._init = jax.jit(init, out_shardings=self.replicated)
-        step_fn = (self.method.make_train_step or make_train_step)(model, self.method.loss_fn, opt, self.phi, self.q)
+        make_step = self.method.make_train_step or make_train_step
+        step_fn = make_step(model, self.method.loss_fn, opt, self.phi, self.q)
         self.train_step = jax.jit(
             step_fn,
             in_shardings=(self.replicated, self.data_sharding),
