@@ -3,6 +3,7 @@
     python -m experiments.evaluate --workdir=DIR [--checkpoint=best|latest|STEP] [--split=test]
                                    [--decode=grid|peak|refine|trajectory] [--config.a.b=value ...]
     python -m experiments.evaluate --workdir=OUT --config=derefnet --torch_checkpoint=derefnet.pth
+    python -m experiments.evaluate --pretrained=derefnet_quick --split=test     # weights shipped with the package
 
 The first form reads the run's ``config.json`` from the workdir (``--config.a.b=value`` overrides its fields,
 e.g. ``--config.dataset.data_dir``); the second converts a checkpoint trained with the public PyTorch code
@@ -27,11 +28,13 @@ from seqcsist_jax.protocol import DECODERS
 FLAGS = flags.FLAGS
 IMAGING_FILE = "imaging.json"  # calibrated imaging parameters of a workdir (seqcsist_jax.decode.calibrate)
 flags.DEFINE_string("workdir", None, "Run directory (holds config.json and checkpoints/), or the output "
-                    "directory for imported weights.", required=True)
+                    "directory for imported or shipped weights (default for --pretrained: workdirs/pretrained/NAME).")
 flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
 flags.DEFINE_string("split", "test", "Split to score: one of the config's train/eval/test split names.")
 flags.DEFINE_enum("decode", None, list(DECODERS), "Map decoder (grid = paper protocol; default: config.eval.decode).")
 flags.DEFINE_string("torch_checkpoint", None, "Public PyTorch DeRefNet checkpoint (.pth or .npz) to import.")
+flags.DEFINE_string("pretrained", None, "Score weights shipped with the package (seqcsist_jax/weights/NAME.npz), "
+                    "e.g. derefnet_quick; no training, no workdir needed.")
 cli.define_config_flag()
 flags.adopt_module_key_flags(cli)  # --help lists --config and the config names
 flags.DEFINE_bool("export_public", False, "Also write predictions as public-layout COS{N}.xml annotations.")
@@ -41,7 +44,7 @@ flags.DEFINE_bool("calibrate", True, "Continuous decoders: fit the imaging model
 
 
 def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torch_checkpoint=None,
-                     config=None, export_public=False, calibrate=True) -> dict:
+                     config=None, export_public=False, calibrate=True, pretrained=None) -> dict:
     """Library form of this command (no flags). Returns the metrics dict (plus ``out_dir`` and, for continuous
     decoders with ``calibrate``, the ``imaging`` parameters used)."""
     from seqcsist_jax import evaluate as evaluation
@@ -49,7 +52,15 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     from seqcsist_jax.predictor import make_predictor, restore_run
 
     workdir = pathlib.Path(workdir)
-    if torch_checkpoint:
+    if pretrained:
+        from seqcsist_jax import pretrained as shipped
+
+        config, params = shipped.load_pretrained(pretrained, config=config)
+        q = shipped.pretrained_q(pretrained)
+        workdir.mkdir(parents=True, exist_ok=True)
+        predictor = make_predictor(config, q if q is not None else q_for_workdir(workdir, config.dataset))
+        name, step = f"{config.model.name} (shipped weights {pretrained})", None
+    elif torch_checkpoint:
         from experiments import configs
         from seqcsist_jax.interop import load_public_checkpoint
 
@@ -105,12 +116,26 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     from seqcsist_jax.workdir import load_run_config
 
     config = None
-    if FLAGS.config or FLAGS.torch_checkpoint:
+    workdir = FLAGS.workdir
+    if FLAGS.pretrained:
+        from seqcsist_jax import pretrained as shipped
+
+        if FLAGS.pretrained not in shipped.available():
+            raise cli.UsageError(f"no shipped weights named {FLAGS.pretrained!r}; available: "
+                                 f"{', '.join(shipped.available()) or 'none'}")
+        workdir = workdir or f"workdirs/pretrained/{FLAGS.pretrained}"
+        if FLAGS.config:
+            config = cli.load_config(FLAGS.config, overrides)
+        elif overrides:
+            config = cli.apply_overrides(shipped.load_pretrained(FLAGS.pretrained)[0], overrides)
+    elif not workdir:
+        raise cli.UsageError("--workdir is required (a training run's directory), unless --pretrained=NAME")
+    elif FLAGS.config or FLAGS.torch_checkpoint:
         config = cli.load_config(FLAGS.config or "derefnet", overrides)
     elif overrides:
-        config = cli.apply_overrides(load_run_config(pathlib.Path(FLAGS.workdir)), overrides)
-    result = evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.decode,
-                              FLAGS.torch_checkpoint, config, FLAGS.export_public, FLAGS.calibrate)
+        config = cli.apply_overrides(load_run_config(pathlib.Path(workdir)), overrides)
+    result = evaluate_workdir(workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.decode,
+                              FLAGS.torch_checkpoint, config, FLAGS.export_public, FLAGS.calibrate, FLAGS.pretrained)
     print(evaluation.table_header(result))
     print(result["table_row"])
     print(json.dumps({k: v for k, v in result.items() if k not in ("table_row",)}, indent=1, default=float))
@@ -120,7 +145,7 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
 def run(argv: list[str] | None = None) -> None:
     from seqcsist_jax.workdir import ConfigMismatchError
 
-    cli.run(main, argv, expected=(ConfigMismatchError, FileNotFoundError))
+    cli.run(main, argv, expected=(ConfigMismatchError, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

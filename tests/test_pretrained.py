@@ -82,3 +82,18 @@ def test_export_public_state_dict(tmp_path):
     else:
         pretrained.export_state_dict("tiny", tmp_path / "tiny.pth", weights_dir=tmp_path)
         assert read_state_dict(tmp_path / "tiny.pth").keys() == state.keys()
+
+
+@pytest.mark.slow
+def test_evaluate_pretrained_reproduces_its_card(tmp_path):
+    """``experiments.evaluate --pretrained=derefnet_quick``: the shipped weights, scored on CPU with no training,
+    give the test CSO-mAP their model card records (the data are rebuilt deterministically in a temporary
+    data_dir). The tolerance allows a few grid cells to cross the threshold 70 under another CPU's rounding."""
+    from experiments.evaluate import evaluate_workdir
+
+    config, _ = pretrained.load_pretrained("derefnet_quick")
+    config.dataset.data_dir = str(tmp_path / "tfds")
+    result = evaluate_workdir(tmp_path / "out", split="test", config=config, pretrained="derefnet_quick")
+    card = pretrained.load_card("derefnet_quick")
+    assert result["mAP"] == pytest.approx(card["test_cso_map"], abs=2e-3)
+    assert (tmp_path / "out" / "eval" / "test" / "metrics.json").exists()
