@@ -6,6 +6,6 @@
 set -euo pipefail
 out=${1:-experiments/benchmarks/results/compare_gpu}
 python -m experiments.compare --methods=derefnet,srcnn,espcn,fistanet,istanet,edsr,ista \
-  --dataset=simulated --set dataset.num_train=3500 --set dataset.num_eval=750 --set dataset.num_test=750 \
+  --dataset=simulated --config.dataset.num_train=3500 --config.dataset.num_eval=750 --config.dataset.num_test=750 \
   --budget_epochs=2 --learning_rate=1e-3 --lr_schedule=cosine --evals=2 --max_eval_trajectories=150 \
   --workdir=/tmp/compare_gpu --output="$out"
