@@ -255,7 +255,9 @@ def least_squares_init_from_gram(phi: Array, gram: Array, ridge: float | None = 
             import warnings
 
             warnings.warn(
-                f"Y Yᵀ is ill-conditioned (cond={cond:.3g}); adding ridge {ridge:.3g} to compute Q",
+                f"Y Yᵀ is ill-conditioned (cond={cond:.3g}); adding ridge {ridge:.3g} to compute Q (expected: "
+                "the training targets never come near some pixels, e.g. the border, so Y has near-empty rows; "
+                "Q is still the least-squares initialisation of SPEC §2)",
                 RuntimeWarning,
                 stacklevel=2,
             )
