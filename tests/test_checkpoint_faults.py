@@ -204,13 +204,12 @@ def test_enospc_on_a_real_small_disk_then_resume_bitwise(tmp_path):
         ckpt = RunCheckpoints(disk, keep=3)
         small = save(ckpt, 1)
         filler = disk / "filler"
-        with open(filler, "wb") as f:  # fill the disk up to the last few KiB
-            try:
+        try:  # fill the disk up to the last few KiB (unbuffered: closing must not flush into a full disk)
+            with open(filler, "wb", buffering=0) as f:
                 while True:
                     f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
         big = make_state(2, size=20000)
         with pytest.raises(CheckpointWriteError, match="no space left on device"):
             ckpt.save_latest(2, big, {"position": 2}, {})
