@@ -158,22 +158,9 @@ class Builder(_seqcsist.Builder):
             disable_shuffling=True,
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        """One generator per split: simulated in one vectorised call, or read from the public release."""
-        cfg: Csist100kConfig = self.builder_config
-        if cfg.source == "public":
-            root = _find_public_root(epath.Path(dl_manager.manual_dir))
-            return {
-                split: self._generate_examples(source="public", root=root, split=folder)
-                for split, folder in PUBLIC_SPLIT_NAMES.items()
-            }
-        if cfg.source != "simulate":
-            raise ValueError(f"config {cfg.name}: unknown source {cfg.source!r}")
-        sizes = dict(cfg.split_sizes)
-        return {
-            split: self._generate_examples(source="simulate", num=sizes[split], split=PUBLIC_SPLIT_NAMES[split])
-            for split in PUBLIC_SPLIT_NAMES
-        }
+    def _public_root(self, manual_dir: epath.Path) -> epath.Path:
+        # _split_generators (inherited) is SeqCSIST's; only the release layout differs.
+        return _find_public_root(manual_dir)
 
     def _generate_examples(
         self, source: str, split: str, num: int = 0, root: epath.Path | None = None

@@ -362,11 +362,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             return [ScalarTypedSource(source, scalars) for source in sources]
         return ScalarTypedSource(sources, scalars)
 
+    def _public_root(self, manual_dir: epath.Path) -> epath.Path:
+        """The folder holding the public release's split folders (subclasses with another layout override it)."""
+        return _find_public_root(manual_dir)
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         """One generator per split: simulated in one vectorised call, or read from the public release."""
         cfg: SeqcsistConfig = self.builder_config
         if cfg.source == "public":
-            root = _find_public_root(epath.Path(dl_manager.manual_dir))
+            root = self._public_root(epath.Path(dl_manager.manual_dir))
             return {
                 split: self._generate_examples(source="public", root=root, split=folder)
                 for split, folder in PUBLIC_SPLIT_NAMES.items()
