@@ -10,9 +10,9 @@ import pytest
 
 from experiments import configs
 from seqcsist_jax.model_stats import count_params
+from seqcsist_jax.testing import smoke
 from seqcsist_jax.testing.smoke import smoke_batch
 from seqcsist_jax import methods
-from seqcsist_jax import train as train_lib
 from seqcsist_jax.baselines import dbpn_gmfn, sr_layers, usrnet
 
 SR = ["gmfn", "dbpn", "rdn", "usrnet"]
@@ -72,17 +72,10 @@ def test_smoke_shapes_and_training_reduces_loss(name, smoke_data):
     batch, phi, q = smoke_data
     config = configs.get_config(f"{name}:smoke")
     method = methods.build_method(config.model, config.loss)
-    optimizer = train_lib.create_optimizer(config.optimizer)
-    init = jax.jit(lambda rng: train_lib.create_train_state(rng, method.model, optimizer, batch["frames"], phi, q))
-    state = init(jax.random.key(0, impl="rbg"))
+    state, losses, _ = smoke.train_steps(method, batch, phi, q, config.optimizer)
     b, t = batch["frames"].shape[:2]
     out = jax.eval_shape(lambda p: method.model.apply({"params": p}, batch["frames"], phi, q), state.params)
     assert out["output"].shape == (b, t, 33, 33)
-    step = jax.jit(train_lib.make_train_step(method.model, method.loss_fn, optimizer, phi, q))
-    losses = []
-    for _ in range(4):
-        state, metrics = step(state, batch)
-        losses.append(float(metrics["loss"]))
     assert np.all(np.isfinite(losses)), losses
     assert losses[-1] < losses[0], losses
 

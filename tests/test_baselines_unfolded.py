@@ -12,9 +12,9 @@ import pytest
 
 from experiments import configs
 from seqcsist_jax.model_stats import count_params
+from seqcsist_jax.testing import smoke
 from seqcsist_jax.testing.smoke import smoke_batch
 from seqcsist_jax import methods
-from seqcsist_jax import train as train_lib
 from seqcsist_jax.baselines import lista, rpcanet, unfolded
 
 NEW = ["liht", "lamp", "tilista", "rpcanet"]
@@ -80,19 +80,12 @@ def test_smoke_shapes_and_training_reduces_loss(name, smoke_data):
     if option == "broadcast":
         config.loss.public_broadcast = True
     method = methods.build_method(config.model, config.loss)
-    optimizer = train_lib.create_optimizer(config.optimizer)
-    init = jax.jit(lambda rng: train_lib.create_train_state(rng, method.model, optimizer, batch["frames"], phi, q))
-    state = init(_key())
+    state, losses, metrics = smoke.train_steps(method, batch, phi, q, config.optimizer, rng=_key())
     b, t = batch["frames"].shape[:2]
     out = jax.eval_shape(lambda p: method.model.apply({"params": p}, batch["frames"], phi, q), state.params)
     assert out["output"].shape == (b, len(method.frame_index(t)), 33, 33)
     assert out["output"].dtype == jnp.float32
 
-    step = jax.jit(train_lib.make_train_step(method.model, method.loss_fn, optimizer, phi, q))
-    losses = []
-    for _ in range(4):
-        state, metrics = step(state, batch)
-        losses.append(float(metrics["loss"]))
     assert np.all(np.isfinite(losses)), losses
     if (name, option) == ("tilista", "shared"):
         # Measured, not a defect of the port: with the public CPU sharing, x⁰ = W·y reads the shared W, which the
