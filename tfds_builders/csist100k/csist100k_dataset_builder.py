@@ -105,25 +105,6 @@ or corrupt file stops the build with an error naming it.
 """
 
 
-def _find_public_root(manual_dir: epath.Path) -> epath.Path:
-    """The folder of ``manual_dir`` (itself or one sub-folder) that holds the split folders."""
-    wanted = set(PUBLIC_SPLIT_NAMES.values())
-
-    def has_splits(path: epath.Path) -> bool:
-        return all((path / s).is_dir() for s in wanted)
-
-    if has_splits(manual_dir):
-        return manual_dir
-    candidates = [p for p in manual_dir.iterdir() if p.is_dir() and has_splits(p)]
-    if len(candidates) == 1:
-        return candidates[0]
-    raise ValueError(
-        f"manual_dir {manual_dir} does not hold the CSIST-100K release: expected folders "
-        f"{sorted(wanted)} in it or in exactly one sub-folder (found {len(candidates)} candidates).\n"
-        + MANUAL_DOWNLOAD_INSTRUCTIONS
-    )
-
-
 class Builder(_seqcsist.Builder):
     """DatasetBuilder for CSIST-100K (one example = one image).
 
@@ -159,8 +140,9 @@ class Builder(_seqcsist.Builder):
         )
 
     def _public_root(self, manual_dir: epath.Path) -> epath.Path:
-        # _split_generators (inherited) is SeqCSIST's; only the release layout differs.
-        return _find_public_root(manual_dir)
+        # _split_generators (inherited) is SeqCSIST's; only the release's name and instructions differ (the
+        # split folder names are the same).
+        return _seqcsist._find_public_root(manual_dir, "CSIST-100K", MANUAL_DOWNLOAD_INSTRUCTIONS)
 
     def _generate_examples(
         self, source: str, split: str, num: int = 0, root: epath.Path | None = None

@@ -185,8 +185,9 @@ per target. Files sort by the first integer in their name and 20 consecutive num
 """
 
 
-def _find_public_root(manual_dir: epath.Path) -> epath.Path:
-    """The folder of ``manual_dir`` (itself or one sub-folder) that holds the split folders."""
+def _find_public_root(manual_dir: epath.Path, release: str = "SeqCSIST", instructions: str | None = None
+                      ) -> epath.Path:
+    """The folder of ``manual_dir`` (itself or one sub-folder) that holds the split folders of ``release``."""
     wanted = set(PUBLIC_SPLIT_NAMES.values())
 
     def has_splits(path: epath.Path) -> bool:
@@ -198,9 +199,9 @@ def _find_public_root(manual_dir: epath.Path) -> epath.Path:
     if len(candidates) == 1:
         return candidates[0]
     raise ValueError(
-        f"manual_dir {manual_dir} does not hold the SeqCSIST release: expected folders "
+        f"manual_dir {manual_dir} does not hold the {release} release: expected folders "
         f"{sorted(wanted)} in it or in exactly one sub-folder (found {len(candidates)} candidates).\n"
-        + MANUAL_DOWNLOAD_INSTRUCTIONS
+        + (MANUAL_DOWNLOAD_INSTRUCTIONS if instructions is None else instructions)
     )
 
 
