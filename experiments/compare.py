@@ -53,6 +53,26 @@ from seqcsist_jax.methods import CSIST100K_METHODS, METHOD_TABLE  # cheap: the t
 
 # Every SeqCSIST method (Table 7's 23 rows + FISTA), in the table's order.
 DEFAULT_METHODS = tuple(m for m in METHOD_TABLE if m not in CSIST100K_METHODS)
+
+# Named row variants, selected as ``method@variant`` in --methods: the public code's behaviour where it differs
+# from our default (issue #13: the rows that disagree with the paper). Each is config overrides and a label.
+ROW_VARIANTS: dict[str, tuple[tuple[tuple[str, str], ...], str]] = {
+    "public_loss": ((("loss.public_broadcast", "True"),), "public broadcast loss"),
+    "shared_storage": ((("model.shared_storage", "True"),), "public shared storage"),
+    "public_input": ((("model.input_mode", "public_column"),), "public column input"),
+}
+# The README's full table (--methods=table): every method, then the paper-faithful variant rows.
+TABLE_ROWS = DEFAULT_METHODS + (
+    "bid@public_input",
+    "lista@public_loss",
+    "liht@public_loss",
+    "lamp@public_loss",
+    "tilista@public_loss",
+    "liht@shared_storage",
+    "tilista@shared_storage",
+)
+# Named row lists accepted by --methods.
+ROW_LISTS = {"all": DEFAULT_METHODS, "table": TABLE_ROWS}
 METRICS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
 ROW_FILE = "compare_row.json"
 FLOPS_FRAMES = 20  # FLOPs are reported per 20-frame trajectory (the paper's), whatever the dataset's length
@@ -64,8 +84,12 @@ log = logging.getLogger("compare")
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("methods", ",".join(DEFAULT_METHODS), "comma-separated config names; available: "
-                        + ", ".join(DEFAULT_METHODS), flag_values=fv)
+    flags.DEFINE_string("methods", "all", "comma-separated rows: config names, method@variant (variants: "
+                        + ", ".join(ROW_VARIANTS) + "), or a list name: 'all' (every method) or 'table' (every "
+                        "method and the paper-faithful variant rows); available methods: " + ", ".join(DEFAULT_METHODS),
+                        flag_values=fv)
+    flags.DEFINE_string("method_steps", "", "per-row step budgets overriding the common one, e.g. rdn=50,srgan=100 "
+                        "(rows marked 'reduced budget' in the table)", flag_values=fv)
     flags.DEFINE_string("dataset", None, "dataset name override, e.g. seqcsist/mini", flag_values=fv)
     flags.DEFINE_integer("budget_steps", None, "training steps per learned method", flag_values=fv)
     flags.DEFINE_float("budget_epochs", None, "training epochs per learned method", flag_values=fv)
@@ -83,7 +107,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
                       flag_values=fv)
 
 
-_FLAG_NAMES = ("methods", "dataset", "budget_steps", "budget_epochs", "paper_scale", "learning_rate", "variant",
+_FLAG_NAMES = ("methods", "method_steps", "dataset", "budget_steps", "budget_epochs", "paper_scale", "learning_rate", "variant",
                "evals", "max_eval_trajectories", "workdir", "output", "force", "lr_schedule")
 
 
@@ -111,9 +135,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args = argparse.Namespace(**{name: fv[name].value for name in _FLAG_NAMES}, overrides=overrides)
         if not args.workdir:
             raise cli.UsageError("--workdir is required")
-        args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        if not args.methods:
-            raise cli.UsageError("--methods is empty")
+        args.methods = expand_rows(args.methods)
+        args.method_steps = parse_method_steps(args.method_steps, args.methods)
         budgets = [args.budget_steps is not None, args.budget_epochs is not None, args.paper_scale]
         if sum(budgets) == 0:
             raise cli.UsageError("give a training budget (--budget_steps or --budget_epochs) or --paper_scale")
@@ -125,24 +148,95 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             raise cli.UsageError("--budget_epochs must be positive")
         if args.evals < 1:
             raise cli.UsageError("--evals must be >= 1")
+        if args.method_steps and args.paper_scale:
+            raise cli.UsageError("--method_steps reduces a budget; --paper_scale runs each config's own schedule")
     except cli.UsageError as e:
         raise SystemExit(f"error: {e}") from None
     return args
+
+
+def expand_rows(text: str) -> list[str]:
+    """The rows of ``--methods``: list names (``all``, ``table``) expanded, each ``method@variant`` checked.
+
+    Raises:
+      UsageError: empty list, or an unknown variant (unknown methods are reported by :func:`main` with the
+        available configs).
+    """
+    rows: list[str] = []
+    for item in (m.strip() for m in text.split(",")):
+        if not item:
+            continue
+        for row in ROW_LISTS.get(item, (item,)):
+            base, _, variant = row.partition("@")
+            if variant and variant not in ROW_VARIANTS:
+                raise cli.UsageError(f"unknown row variant {variant!r} in {row!r}; variants: {', '.join(ROW_VARIANTS)}")
+            if row not in rows:
+                rows.append(row)
+    if not rows:
+        raise cli.UsageError("--methods is empty")
+    return rows
+
+
+def parse_method_steps(text: str, rows: Sequence[str]) -> dict[str, int]:
+    """``rdn=50,srgan=100`` → ``{"rdn": 50, "srgan": 100}``; a method name applies to its variant rows too.
+
+    Raises:
+      UsageError: malformed entry, non-positive steps, or a name that is not one of the selected rows' methods.
+    """
+    steps: dict[str, int] = {}
+    known = set(rows) | {r.partition("@")[0] for r in rows}
+    for item in (m.strip() for m in (text or "").split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if not sep or number <= 0:
+            raise cli.UsageError(f"--method_steps entry {item!r}: expected NAME=STEPS with STEPS a positive integer")
+        if name not in known:
+            raise cli.UsageError(f"--method_steps names {name!r}, which is not among the selected rows")
+        steps[name] = number
+    return steps
+
+
+def row_steps(row: str, args: argparse.Namespace) -> int | None:
+    """The reduced step budget of one row (``--method_steps``: the row's own entry, else its method's), or None."""
+    table = getattr(args, "method_steps", None) or {}
+    return table.get(row, table.get(row.partition("@")[0]))
+
+
+def row_label(row: str) -> str:
+    """Display name of a row: the method's label, with the variant's label in parentheses."""
+    from seqcsist_jax.baselines import published
+
+    base, _, variant = row.partition("@")
+    return published.label(base) + (f" ({ROW_VARIANTS[variant][1]})" if variant else "")
 
 
 # ------------------------------------------------------------------------------------------------ configs
 
 
 def method_config(name: str, args: argparse.Namespace):
-    """The config of one method with the comparison's overrides applied (dataset, budget, learning rate).
+    """The config of one row (``method`` or ``method@variant``) with the comparison's overrides applied (dataset,
+    budget, learning rate, the variant's settings, ``--method_steps``).
 
     Raises:
       ValueError: unknown config name (the message lists the available ones).
+      cli.UsageError: a variant whose fields the method's config does not have.
     """
     from experiments import configs
 
-    spec = f"{name}:{args.variant}" if args.variant else name
+    base, _, variant = name.partition("@")
+    spec = f"{base}:{args.variant}" if args.variant else base
     config = configs.get_config(spec)
+    if variant:
+        try:
+            cli.apply_overrides(config, ROW_VARIANTS[variant][0])
+        except cli.UsageError as e:
+            raise cli.UsageError(f"row variant {variant!r} does not apply to {base}: {e}") from None
     if args.dataset:  # with that benchmark's protocol (CSIST-100K: every image scored at threshold 50)
         from experiments.configs import common
 
@@ -155,7 +249,10 @@ def method_config(name: str, args: argparse.Namespace):
         config.optimizer.schedule = args.lr_schedule
     cli.apply_overrides(config, getattr(args, "overrides", []))
     if not args.paper_scale:
-        if args.budget_steps:
+        reduced = row_steps(name, args)
+        if reduced:
+            config.num_train_steps = int(reduced)
+        elif args.budget_steps:
             config.num_train_steps = int(args.budget_steps)
         else:
             config.num_train_steps = -1
@@ -242,7 +339,7 @@ def classical_flops(predictor, arrays, num_frames: int = FLOPS_FRAMES, num_traje
 def _paper_row(name: str) -> dict | None:
     from seqcsist_jax.baselines import published
 
-    row = published.published(name)
+    row = published.published(name.partition("@")[0])
     if row is None:
         return None
     return {"mAP": row.mAP, **{k: getattr(row, k) for k in METRICS[1:]}, "fps": row.fps, "params": row.params}
@@ -253,7 +350,6 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
     from seqcsist_jax import evaluate as evaluation
     from seqcsist_jax import methods
     from seqcsist_jax import train as train_lib
-    from seqcsist_jax.baselines import published
 
     config = method_config(name, args)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -284,7 +380,7 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
         split = config.dataset.test_split
         arrays = load_arrays(config.dataset, split)
         test = evaluation.evaluate_run(predictor.predict, {}, arrays, config.eval, mesh=predictor.mesh,
-                                       frame_index=predictor.method.frame_index, name=published.label(name),
+                                       frame_index=predictor.method.frame_index, name=row_label(name),
                                        split=split, out_dir=evaluation.eval_dir(workdir, split))
         steps = 0
         flops, mean_iter = classical_flops(predictor, arrays, FLOPS_FRAMES)
@@ -293,8 +389,9 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
 
     row = {
         "method": name,
-        "label": published.label(name),
+        "label": row_label(name),
         "trainable": trainable,
+        "reduced_budget": bool(trainable and row_steps(name, args)),
         "params": int(test["params"]),
         "flops_per_trajectory": flops,
         "fps": float(test["fps"]),
@@ -316,10 +413,8 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
 
 def failed_row(name: str, error: BaseException) -> dict:
     """A table row for a method whose run raised (metrics NaN, the error kept)."""
-    from seqcsist_jax.baselines import published
-
     return {
-        "method": name, "label": published.label(name), "trainable": None, "params": None,
+        "method": name, "label": row_label(name), "trainable": None, "params": None,
         "flops_per_trajectory": None, "fps": None, **{k: float("nan") for k in METRICS}, "steps": None,
         "paper": _paper_row(name), "error": f"{type(error).__name__}: {error}",
     }  # fmt: skip
@@ -385,6 +480,9 @@ def settings_text(settings: dict) -> str:
     text = f"dataset `{settings.get('dataset') or 'config default'}`; budget: {budget}; {lr_text}{eval_text}"
     if settings.get("overrides"):
         text += "; overrides " + ", ".join(f"`{o}`" for o in settings["overrides"])
+    if settings.get("method_steps"):
+        reduced = ", ".join(f"{row_label(k)} {v}" for k, v in settings["method_steps"].items())
+        text += f"; reduced step budgets (too slow for the common budget on this machine; marked †): {reduced}"
     if settings.get("seconds_all_methods"):
         text += f"; wall time of all runs {settings['seconds_all_methods'] / 60:.0f} min"
     return text
@@ -413,17 +511,19 @@ def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
         "Classical methods are not trained. "
         f"FPS: predicted frames (output maps) per second of the jitted inference on this machine ({machine['device']}, "
         f"{machine['cpu_count']} CPU cores, backend {machine['backend']}); FLOPs per 20-frame trajectory "
-        "(XLA cost analysis; ISTA/FISTA analytic from the mean iteration count).",
+        "(XLA cost analysis; ISTA/FISTA analytic from the mean iteration count); min: wall minutes of the row's "
+        "training and evaluation. Rows `method (variant)` run the public code's behaviour where it differs from our "
+        "default; the paper column repeats the method's published number.",
         "",
-        "| method | params | FLOPs / traj | FPS | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | steps | paper CSO-mAP |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | params | FLOPs / traj | FPS | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | steps | min | paper CSO-mAP |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         paper = r.get("paper")
         if r.get("error"):
             message = r["error"].splitlines()[0][:100].replace("|", "/")
             paper_map = f"{paper['mAP']:.2f}" if paper else "–"
-            lines.append(f"| {r['label']} | failed: {message} |" + " |" * 9 + f" {paper_map} |")
+            lines.append(f"| {r['label']} | failed: {message} |" + " |" * 10 + f" {paper_map} |")
             continue
         cells = [
             r["label"],
@@ -431,7 +531,8 @@ def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
             _fmt_flops(r["flops_per_trajectory"]),
             _fmt_fps(r["fps"]),
             *[f"{100 * r[k]:.2f}" for k in METRICS],
-            str(r["steps"]) if r["trainable"] else "–",
+            (f"{r['steps']} †" if r.get("reduced_budget") else str(r["steps"])) if r["trainable"] else "–",
+            f"{r['seconds'] / 60:.1f}" if r.get("seconds") is not None else "–",
             f"{paper['mAP']:.2f}" if paper else "–",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -449,6 +550,8 @@ def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "@" in r["method"]:  # a variant row: the method's published row is listed once
+            continue
         paper = r.get("paper")
         if not paper:
             lines.append(f"| {r['label']} | not reported | | | | | | | |")
@@ -520,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         logging.getLogger(name).setLevel(logging.INFO)
     from experiments import configs
 
-    unknown = [m for m in args.methods if m not in configs.available_configs()]
+    unknown = [m for m in args.methods if m.partition("@")[0] not in configs.available_configs()]
     if unknown:
         raise SystemExit(f"error: unknown method(s) {unknown}; available configs: {configs.available_configs()}")
     for name in args.methods:  # a mistyped override or variant fails now, not after hours of other methods
@@ -535,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "dataset": args.dataset,
         "budget_steps": args.budget_steps,
         "budget_epochs": args.budget_epochs,
+        "method_steps": args.method_steps,
         "paper_scale": args.paper_scale,
         "learning_rate": args.learning_rate,
         "variant": args.variant,

@@ -70,13 +70,53 @@ def test_markdown_table_keeps_paper_numbers_apart():
     srcnn_row = next(line for line in ours.splitlines() if line.startswith("| SRCNN"))
     cells = [c.strip() for c in srcnn_row.strip("|").split("|")]
     assert cells == ["SRCNN", "15.8 K", "2.5 G", "1,234", "40.00", "1.00", "10.00", "40.00", "70.00", "79.00",
-                     "300", "49.64"]  # fmt: skip
+                     "300", "–", "49.64"]  # fmt: skip
     assert "| SRCNN | 49.64 | 1.40 | 16.30 | 51.20 | 85.00 | 94.30 | 102,961 | 15.8 K |" in paper
     assert "| FISTA | not reported |" in paper
     tdan_row = next(line for line in ours.splitlines() if line.startswith("| TDAN"))
     assert "failed: FloatingPointError: non-finite loss at step 7" in tdan_row and tdan_row.endswith("| 47.96 |")
     assert tdan_row.count("|") == srcnn_row.count("|")
     assert "| ISTA | 10.72 | 0.14 | 1.97 | 8.74 | 18.22 | 24.53 | 0.1 | – |" in paper
+
+
+def test_row_variants_and_reduced_budgets():
+    args = compare.parse_args(["--workdir=/tmp/x", "--budget_epochs=1", "--methods=table",
+                               "--method_steps=rdn=50,lista=7"])  # fmt: skip
+    assert args.methods[: len(compare.DEFAULT_METHODS)] == list(compare.DEFAULT_METHODS)
+    assert "lista@public_loss" in args.methods and "bid@public_input" in args.methods
+    # a variant row is its method's config with the variant's fields; the method's reduced budget applies to it
+    faithful = compare.method_config("lista@public_loss", args)
+    assert faithful.loss.public_broadcast is True and faithful.num_train_steps == 7
+    assert compare.method_config("lista", args).loss.public_broadcast is False
+    assert compare.method_config("tilista@shared_storage", args).model.shared_storage is True
+    assert compare.method_config("bid@public_input", args).model.input_mode == "public_column"
+    assert compare.method_config("rdn", args).num_train_steps == 50
+    assert compare.method_config("srcnn", args).num_train_steps == -1  # the common (epoch) budget
+    assert compare.row_label("lista@public_loss") == "LISTA (public broadcast loss)"
+    assert compare._paper_row("lista@public_loss") == compare._paper_row("lista")
+    with pytest.raises(cli.UsageError, match="does not apply to srcnn"):
+        compare.method_config("srcnn@public_loss", args)
+    for bad, message in (("--methods=lista@nope", "unknown row variant"), ("--method_steps=rdn=0", "positive"),
+                         ("--method_steps=rdn", "NAME=STEPS"), ("--method_steps=edsr=5", "not among")):
+        argv = ["--workdir=/tmp/x", "--budget_steps=3", bad] + ([] if "methods" in bad else ["--methods=rdn"])
+        with pytest.raises(SystemExit, match=message):
+            compare.parse_args(argv)
+    with pytest.raises(SystemExit, match="paper_scale"):
+        compare.parse_args(["--workdir=/tmp/x", "--paper_scale", "--methods=rdn", "--method_steps=rdn=5"])
+
+
+def test_markdown_table_marks_reduced_budgets_and_variant_rows():
+    rows = [_row("rdn", reduced_budget=True, steps=50, seconds=90.0),
+            _row("lista@public_loss", label=compare.row_label("lista@public_loss"), paper=compare._paper_row("lista")),
+            _row("lista")]  # fmt: skip
+    settings = {"dataset": "seqcsist/mini", "budget_epochs": 1.0, "method_steps": {"rdn": 50}}
+    text = compare.markdown_table(rows, settings, {"device": "cpu", "cpu_count": 2, "backend": "cpu"})
+    ours, paper = text.split("## Published numbers (from the paper, not measured here)")
+    rdn = [c.strip() for c in next(l for l in ours.splitlines() if l.startswith("| RDN")).strip("|").split("|")]
+    assert rdn[10:12] == ["50 †", "1.5"]
+    assert "reduced step budgets" in ours and "RDN 50" in ours
+    assert "| LISTA (public broadcast loss) |" in ours
+    assert paper.count("| LISTA |") == 1 and "public broadcast" not in paper
 
 
 def test_end_to_end_smoke_run_and_reuse(tmp_path):
