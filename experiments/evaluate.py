@@ -121,7 +121,10 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
         from seqcsist_jax import pretrained as shipped
 
         if FLAGS.pretrained not in shipped.available():
-            raise cli.UsageError(f"no shipped weights named {FLAGS.pretrained!r}; available: "
+            pending = (" (the paper-schedule DeRefNet weights are not published yet: they come only from a full "
+                       "run of the paper protocol, `python -m experiments.train --config=derefnet`, on a GPU)"
+                       if FLAGS.pretrained == "derefnet" else "")
+            raise cli.UsageError(f"no shipped weights named {FLAGS.pretrained!r}{pending}; available: "
                                  f"{', '.join(shipped.available()) or 'none'}")
         workdir = workdir or f"workdirs/pretrained/{FLAGS.pretrained}"
         if FLAGS.config:

@@ -97,3 +97,16 @@ def test_evaluate_pretrained_reproduces_its_card(tmp_path):
     card = pretrained.load_card("derefnet_quick")
     assert result["mAP"] == pytest.approx(card["test_cso_map"], abs=2e-3)
     assert (tmp_path / "out" / "eval" / "test" / "metrics.json").exists()
+
+
+def test_evaluate_unknown_pretrained_is_one_clear_line():
+    """``--pretrained=derefnet`` (the paper-schedule weights, not published without a GPU run) says why, in one line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--pretrained=derefnet", "--split=test"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "not published yet" in lines[0] and "derefnet_quick" in lines[0]
