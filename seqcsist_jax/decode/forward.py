@@ -37,6 +37,7 @@ __all__ = [
     "frame_normal_equations",
     "spd_solve",
     "spd_solve_many",
+    "spd_logdet",
 ]
 
 _SQRT2 = math.sqrt(2.0)
@@ -180,12 +181,8 @@ def frame_normal_equations(
     return jtj, jtr, jnp.sum(r * r)
 
 
-def _cholesky_solve_unrolled(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Solves ``a x = b`` for one small SPD ``a (P, P)`` with a fully unrolled Cholesky factorisation.
-
-    Batched by ``vmap`` this is far faster on CPU than LAPACK's per-matrix calls for ``P`` up to ~16 (the
-    per-call overhead dominates such tiny systems); it is only used there (compile time grows as ``P³``).
-    """
+def _cholesky_unrolled(a: jax.Array) -> list[list[jax.Array | None]]:
+    """Lower Cholesky factor of one small SPD ``a (P, P)`` as nested lists of scalars (fully unrolled)."""
     n = a.shape[-1]
     low = [[None] * n for _ in range(n)]
     for j in range(n):
@@ -195,6 +192,17 @@ def _cholesky_solve_unrolled(a: jax.Array, b: jax.Array) -> jax.Array:
         inv = 1.0 / d
         for i in range(j + 1, n):
             low[i][j] = (a[i, j] - sum((low[i][q] * low[j][q] for q in range(j)), 0.0)) * inv
+    return low
+
+
+def _cholesky_solve_unrolled(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Solves ``a x = b`` for one small SPD ``a (P, P)`` with a fully unrolled Cholesky factorisation.
+
+    Batched by ``vmap`` this is far faster on CPU than LAPACK's per-matrix calls for ``P`` up to ~16 (the
+    per-call overhead dominates such tiny systems); it is only used there (compile time grows as ``P³``).
+    """
+    n = a.shape[-1]
+    low = _cholesky_unrolled(a)
     y = [None] * n
     for i in range(n):
         y[i] = (b[i] - sum((low[i][q] * y[q] for q in range(i)), 0.0)) / low[i][i]
@@ -214,6 +222,16 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
     if a.shape[-1] <= UNROLLED_MAX:
         return _cholesky_solve_unrolled(a, b)
     return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a), b)
+
+
+def spd_logdet(a: jax.Array) -> jax.Array:
+    """``log det a`` of one symmetric positive-definite ``a (P, P)`` (vmap for batches), from its Cholesky
+    factor (unrolled up to :data:`UNROLLED_MAX`, LAPACK beyond)."""
+    n = a.shape[-1]
+    if n <= UNROLLED_MAX:
+        low = _cholesky_unrolled(a)
+        return 2.0 * sum(jnp.log(low[i][i]) for i in range(n))
+    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(a))))
 
 
 def spd_solve_many(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -209,31 +209,37 @@ def _fit_one(start: jax.Array, active: jax.Array, obs: jax.Array, opts: DecodeOp
     return res.theta.reshape(slots, 3), res.cost, res.jtj
 
 
-#: Starts that survive the screening phase (``screen_iterations``) and get the remaining iterations.
-_SCREEN_KEEP = 2
+def start_rank(cost: jax.Array, jtj: jax.Array, opts: DecodeOptions) -> jax.Array:
+    """``(M,)`` rank key of the ends of ``M`` starts of one fit (lower is better): ``cost/s²``, plus
+    ``evidence_weight · log det JᵀJ`` when that option is set (weight 1: minus twice the log of the basin's
+    Laplace-approximated posterior mass, so a broad basin beats a slightly lower but sharp one)."""
+    key = cost / opts.noise_variance
+    if opts.evidence_weight:
+        key = key + opts.evidence_weight * jax.vmap(forward.spd_logdet)(jtj)
+    return key
 
 
 def _fit_starts(starts: jax.Array, valid: jax.Array, active: jax.Array, obs: jax.Array, opts: DecodeOptions):
     """Best fit over ``starts (M, slots, 3)`` (invalid ones ignored): ``params, cost, jtj`` of the winner.
 
-    With ``opts.screen_iterations > 0`` and more than ``_SCREEN_KEEP`` starts, every start first runs that
-    many iterations and only the ``_SCREEN_KEEP`` lowest-cost ones continue for the rest of
-    ``frame_iterations`` (most starts are clearly in a worse basin after a few steps; this halves the cost
-    of the many-start stages).
+    "Best" is the lowest :func:`start_rank` (the lowest cost unless ``evidence_weight`` is set). With
+    ``opts.screen_iterations > 0`` and more than ``screen_keep`` starts, every start first runs that many LM
+    iterations and only the ``screen_keep`` best continue for the rest of ``frame_iterations`` (most starts
+    are clearly in a worse basin after a few steps; this halves the cost of the many-start stages).
     """
     m = starts.shape[0]
-    screen = opts.screen_iterations
-    if 0 < screen < opts.frame_iterations and m > _SCREEN_KEEP:
-        params, cost, _ = jax.vmap(lambda st: _fit_one(st, active, obs, opts, screen))(starts)
-        cost = jnp.where(valid, cost, jnp.inf)
-        _, keep = jax.lax.top_k(-cost, _SCREEN_KEEP)
+    screen, keep_n = opts.screen_iterations, opts.screen_keep
+    if 0 < screen < opts.frame_iterations and m > keep_n:
+        params, cost, jtj = jax.vmap(lambda st: _fit_one(st, active, obs, opts, screen))(starts)
+        rank = jnp.where(valid, start_rank(cost, jtj, opts), jnp.inf)
+        _, keep = jax.lax.top_k(-rank, keep_n)
         starts, valid = params[keep], valid[keep]
         rest = opts.frame_iterations - screen
         params, cost, jtj = jax.vmap(lambda st: _fit_one(st, active, obs, opts, rest))(starts)
     else:
         params, cost, jtj = jax.vmap(lambda st: _fit_one(st, active, obs, opts))(starts)
-    cost = jnp.where(valid, cost, jnp.inf)
-    best = jnp.argmin(cost)
+    rank = jnp.where(valid, start_rank(cost, jtj, opts), jnp.inf)
+    best = jnp.argmin(rank)
     return params[best], cost[best], jtj[best]
 
 
@@ -438,7 +444,8 @@ def fit_frames(
         obs, sc = _pad_chunk(frames, lo, hi, chunk), _pad_chunk(seed_count, lo, hi, chunk)
         prev = jnp.zeros((chunk, 1, 3), jnp.float32)
         for k in range(1, kmax + 1):
-            slots = min(slots_for(k), kmax)  # K = 5 of max 5 runs in 5 slots, not 8 (2.5× faster)
+            # K = 5 of max 5 runs in 5 slots, not 8 (2.5× faster); uniform_slots: every K >= 3 in kmax slots.
+            slots = kmax if opts.uniform_slots and k > 2 else min(slots_for(k), kmax)
             if prev.shape[1] < slots:
                 prev = jnp.pad(prev, ((0, 0), (0, slots - prev.shape[1]), (0, 0)))
             sd = _pad_chunk(seeds[:, :slots], lo, hi, chunk)

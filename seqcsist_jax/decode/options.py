@@ -60,9 +60,15 @@ class DecodeOptions:
       layout_starts: with ``single_pixel``, extra starts per count ``K >= 3``: fixed spread-out layouts of
         ``K`` targets inside the pixel (:func:`seqcsist_jax.decode.frames.pixel_layouts`); greedy add/split
         starts often end in a wrong basin when 4–5 targets share a saturated pixel.
-      screen_iterations: when a per-frame stage has more than 2 starts, run every start this many LM
-        iterations and continue only the best 2 for the rest of ``frame_iterations`` (0: off, every start
-        gets the full budget).
+      screen_iterations: when a per-frame stage has more than ``screen_keep`` starts, run every start this
+        many LM iterations and continue only the best ``screen_keep`` for the rest of ``frame_iterations``
+        (0: off, every start gets the full budget).
+      screen_keep: starts that survive the screening (2).
+      evidence_weight: how the per-frame fits pick among the ends of their starts: by
+        ``cost/s² + evidence_weight · log det(JᵀJ)`` (:func:`seqcsist_jax.decode.frames.start_rank`). 0 (the
+        default) is the lowest cost; 1 is the Laplace approximation of each basin's posterior mass, which
+        prefers a broad basin to a slightly lower, sharper one (on CSIST-100K's 4–5 targets inside one
+        clipped pixel the true basin is usually the broader one, not the lowest).
       min_separation: minimum distance (px) between two targets of a frame the generator allows (CSIST-100K:
         ``0.52·1.9σ ≈ 0.494``), or ``None``: closer pairs in a per-frame fit pay the soft hinge penalty of
         :func:`seqcsist_jax.decode.frames.separation_residuals` (it rules out fits that merge two targets
@@ -70,6 +76,11 @@ class DecodeOptions:
       separation_width: width (px) of that hinge: a pair ``w`` closer than allowed costs one ``s²``.
       brightness_range: ``(lo, hi)`` box constraint on every brightness in the per-frame fits (the generator's
         uniform range, e.g. ``(220, 250)``), or ``None``. **DECISION**: off by default.
+      uniform_slots: run the per-frame fits of every count ``K >= 3`` in ``max_targets`` slots (one compiled
+        program for them instead of one per slot count 4, 8, …; ``K = 1, 2`` keep 1 and 2 slots). Compilation
+        is a large share of a 10,000-image CPU run; for small ``max_targets`` (CSIST-100K: 5) the extra slots
+        cost less at run time than the compilation they save. Results equal the per-count slots' up to
+        float rounding (unused slots never move).
       chunk: frames (``refine``) or trajectories×frames/T (``trajectory``) per jitted call; every call is
         padded to this size so each shape compiles once.
     """
@@ -98,6 +109,9 @@ class DecodeOptions:
     single_pixel: bool = False
     layout_starts: int = 0
     screen_iterations: int = 0
+    screen_keep: int = 2
+    evidence_weight: float = 0.0
+    uniform_slots: bool = False
     min_separation: float | None = None
     separation_width: float = 0.02
     brightness_range: tuple[float, float] | None = None
@@ -116,7 +130,7 @@ class DecodeOptions:
         check(isinstance(mt, int) and not isinstance(mt, bool) and mt >= 0,
               f"decode option min_targets must be a non-negative integer, got {mt!r}")
         for name in ("c", "max_targets", "frame_iterations", "trajectory_iterations",
-                     "templates", "chunk"):
+                     "templates", "chunk", "screen_keep"):
             v = getattr(self, name)
             check(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                   f"decode option {name} must be a positive integer, got {v!r}")
@@ -133,10 +147,11 @@ class DecodeOptions:
         check(isinstance(self.max_saturated, int) and self.max_saturated >= 0,
               f"decode option max_saturated must be a non-negative integer, got {self.max_saturated!r}")
         for name in ("threshold", "sigma", "noise_sigma", "count_penalty", "trajectory_count_penalty",
-                     "score_radius"):
+                     "score_radius", "evidence_weight"):
             v = getattr(self, name)
             check(isinstance(v, (int, float)) and math.isfinite(v),
                   f"decode option {name} must be finite, got {v!r}")
+        check(self.evidence_weight >= 0, f"decode option evidence_weight must be >= 0, got {self.evidence_weight!r}")
         check(self.sigma > 0 and self.score_radius > 0 and self.noise_sigma >= 0,
               "decode options sigma and score_radius must be > 0 and noise_sigma >= 0")
         if self.clip_level is not None:
@@ -155,6 +170,8 @@ class DecodeOptions:
         si = self.screen_iterations
         check(isinstance(si, int) and not isinstance(si, bool) and si >= 0,
               f"decode option screen_iterations must be a non-negative integer, got {si!r}")
+        check(isinstance(self.uniform_slots, bool),
+              f"decode option uniform_slots must be True or False, got {self.uniform_slots!r}")
         check(isinstance(self.single_pixel, bool),
               f"decode option single_pixel must be True or False, got {self.single_pixel!r}")
         if self.brightness_range is not None:

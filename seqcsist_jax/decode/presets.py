@@ -2,14 +2,15 @@
 
 :data:`CSIST100K_OPTIONS` encodes what CSIST-100K guarantees (SPEC §9; each a DECISION, off for SeqCSIST whose
 groups span several pixels): up to 5 targets, all inside one pixel, pairwise at least 0.52 Rayleigh units
-(0.494 px) apart. :func:`dataset_decode_options` picks the options of a run's ``config.dataset``.
+(0.494 px) apart; ``uniform_slots`` (counts 3–5 share one compiled program) only saves compilation time. :func:`dataset_decode_options` picks the options of a run's ``config.dataset``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-CSIST100K_OPTIONS: dict[str, Any] = dict(max_targets=5, single_pixel=True, layout_starts=6, min_separation=0.494)
+CSIST100K_OPTIONS: dict[str, Any] = dict(max_targets=5, single_pixel=True, layout_starts=6, min_separation=0.494,
+                                         uniform_slots=True)
 
 # Count ranges of the SeqCSIST builder configs (SPEC §3; targets_2_8 is the paper's 2–8 targets study).
 _SEQCSIST_MAX_TARGETS = {"targets_2_8": 8}
