@@ -22,6 +22,7 @@ Flags:
   --workdir           one subdirectory per method; finished runs with the same config are reused
   --output            path prefix of the table files (default ``WORKDIR/compare`` → .md, .json, .png)
   --force             recompute even when a finished run with the same config exists
+  --restart_changed   a row whose workdir holds an unfinished run of another config is set aside and restarted
 
 Classical methods (``model.trainable = False``: ISTA, FISTA) are not trained; they are evaluated directly with
 the batched, jitted solver, and their FLOPs are counted analytically from the measured mean iteration count
@@ -102,13 +103,16 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("output", None, "path prefix of compare.{md,json,png} (default WORKDIR/compare)",
                         flag_values=fv)
     flags.DEFINE_bool("force", False, "recompute finished runs", flag_values=fv)
+    flags.DEFINE_bool("restart_changed", False, "a row whose workdir holds an unfinished run of another config (e.g. "
+                      "another budget) sets it aside (renamed, kept) and starts over", flag_values=fv)
     flags.DEFINE_enum("lr_schedule", None, ["constant", "cosine"],
                       "learning-rate schedule override (default: the configs' own, constant like the paper)",
                       flag_values=fv)
 
 
 _FLAG_NAMES = ("methods", "method_steps", "dataset", "budget_steps", "budget_epochs", "paper_scale", "learning_rate", "variant",
-               "evals", "max_eval_trajectories", "workdir", "output", "force", "lr_schedule")
+               "evals", "max_eval_trajectories", "workdir", "output", "force", "restart_changed",
+               "lr_schedule")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -365,6 +369,8 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
             log.info("%s: reusing the finished run in %s", name, workdir)
             return cached
 
+    if trainable:
+        _set_aside_stale_run(workdir, config, force=args.force or getattr(args, "restart_changed", False))
     start = time.perf_counter()
     if trainable:
         result = train_lib.train_and_evaluate(config, workdir)
@@ -409,6 +415,32 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
     }
     atomic_write_json(row_path, row)
     return row
+
+
+def _set_aside_stale_run(workdir: pathlib.Path, config, force: bool) -> None:
+    """A row's workdir holding an unfinished run of another config (e.g. an earlier budget): with ``force`` it is
+    renamed to ``<workdir>.replaced-<UTC time>`` (kept, not deleted) so the row starts over; without, a clear error.
+    Continuing it would mix two budgets' schedules in one run.
+
+    Raises:
+      cli.UsageError: the workdir holds another config's run and ``force`` is off (the message says what differs).
+    """
+    from seqcsist_jax.workdir import RESTART_SAFE_FIELDS, config_differences, config_path, load_run_config
+
+    if not config_path(workdir).exists():
+        return
+    diffs = [d for d in config_differences(load_run_config(workdir).to_dict(), config.to_dict())
+             if d.split(":")[0] not in RESTART_SAFE_FIELDS]
+    if not diffs:
+        return  # the same run: train_and_evaluate resumes it from its checkpoints
+    shown = "; ".join(diffs[:4]) + (f"; … ({len(diffs) - 4} more)" if len(diffs) > 4 else "")
+    if not force:
+        raise cli.UsageError(f"{workdir} holds an unfinished run of another config ({shown}); rerun with "
+                             "--restart_changed to set it aside and start this row over, or use another --workdir")
+    aside = workdir.with_name(f"{workdir.name}.replaced-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+    workdir.rename(aside)
+    workdir.mkdir(parents=True)
+    log.warning("%s held a run of another config (%s); moved it to %s and starting over", workdir, shown, aside)
 
 
 def failed_row(name: str, error: BaseException) -> dict:
