@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax.nn import initializers
 
+from seqcsist_jax.ops import conv
+
 Initializer = Callable[..., jax.Array]
 
 xavier_normal: Initializer = initializers.variance_scaling(1.0, "fan_avg", "normal")
@@ -60,7 +62,8 @@ def conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
       ``(N, H, W, O)``.
     """
     kh, kw = kernel.shape[:2]
-    return jax.lax.conv_general_dilated(
+    # The backward pass stays on XLA:CPU's fast kernels inside lax.scan (seqcsist_jax.ops.conv).
+    return conv.conv_general_dilated(
         x,
         kernel,
         window_strides=(1, 1),

@@ -94,6 +94,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqcsist_jax.ops import conv
+
 __all__ = [
     "deform_conv2d",
     "deform_sample",
@@ -521,6 +523,7 @@ class DeformConv(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="conv_offset",
+            conv_general_dilated=conv.conv_general_dilated,  # fast backward inside lax.scan on CPU
         )(inputs)
 
     @nn.compact
