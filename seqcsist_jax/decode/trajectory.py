@@ -632,11 +632,23 @@ def _fit_star_batch(obs: jax.Array, starts: jax.Array, reparams: jax.Array, coun
             res = levenberg_marquardt(project(s), normal_fn, cost_fn, project, opts.trajectory_iterations)
             return res.theta, res.cost, res.jtj
 
+        if opts.star_screen_iterations and st.shape[0] > opts.star_candidates:
+            # Screening: every subset a few iterations, the best star_candidates continue.
+            def short(s, rp):
+                normal_fn, cost_fn, project, _ = _objective(o, active, local, rp, opts, (prior_w, prior_m))
+                res = levenberg_marquardt(project(s), normal_fn, cost_fn, project, opts.star_screen_iterations)
+                return res.theta, res.cost
+
+            theta, cost = jax.vmap(short)(st, rps)
+            keep = jnp.argsort(cost)[: opts.star_candidates]
+            st, rps = theta[keep], rps[keep]
+        else:
+            keep = jnp.arange(st.shape[0])
         theta, cost, jtj = jax.vmap(fit)(st, rps)
         best = jnp.argmin(cost)
         rp = rps[best]
         _, _, _, positions = _objective(o, active, local, rp, opts, (prior_w, prior_m))
-        return positions(theta[best]), cost[best], _position_variances(jtj[best], rp, local, opts), best
+        return positions(theta[best]), cost[best], _position_variances(jtj[best], rp, local, opts), keep[best]
 
     return jax.vmap(one)(obs, starts, reparams, count)
 
@@ -673,7 +685,10 @@ def fit_star(
     paths = np.asarray(paths, np.float64)[:, :, :slots]
     paths = np.pad(paths, ((0, 0), (0, 0), (0, slots - paths.shape[2]), (0, 0)))
     if directions is None:
-        cand = star_candidates(paths, count, opts)  # (N, M, K)
+        screened = opts.star_screen if opts.star_screen_iterations else 0
+        # No more candidates than the data's counts have subsets (C(8, 8) = 1, C(4, 2) = 6, ...).
+        subsets = max([math.comb(opts.star_direction_count, int(k)) for k in np.unique(count)] + [1])
+        cand = star_candidates(paths, count, opts, min(max(opts.star_candidates, screened), subsets))
     else:
         cand = np.asarray(directions, np.int64)[:, None, :]
     m = cand.shape[1]
@@ -695,7 +710,8 @@ def fit_star(
             reparams[i, j] = cache[key]
             starts[i, j] = _star_start(coef[i, :k], bright[i, :k], dirs[i, j, :k], slots, opts.degree, h, opts)
     prior_w, prior_m = (jnp.asarray(a) for a in _star_prior(slots, opts.degree, opts))
-    chunk = max(1, min(n, max(1, opts.chunk // (t * m))))
+    # Each call fits chunk·m small problems (m up to 70 screened subsets, then star_candidates of them).
+    chunk = max(1, min(n, (8 * opts.chunk) // (t * m)))
     params = np.zeros((n, t, slots, 3), np.float32)
     cost = np.zeros(n)
     var = np.zeros((n, t, slots), np.float32)
