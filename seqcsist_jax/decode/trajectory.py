@@ -487,6 +487,37 @@ def _star_sizes(slots: int, degree: int, soft: bool) -> tuple[int, int, int]:
     return base, dev0, dev0 + (2 * d1 * slots if soft else 0)
 
 
+def _star_templates(slots: int, degree: int, num_frames: int, soft: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``A (slots·Pk, P)`` and ``B (slots, 2, slots·Pk, P)``: the star map is ``A + Σ_k Σ_a u_k[a]·B[k, a]``."""
+    d1 = degree + 1
+    pk = 2 * d1 + 1
+    h = max((num_frames - 1) / 2.0, 0.0)
+    base, dev0, p = _star_sizes(slots, degree, soft)
+    a = np.zeros((slots, pk, p), np.float32)
+    b = np.zeros((slots, 2, slots, pk, p), np.float32)
+    eye = np.eye(d1, dtype=np.float32)
+    for k in range(slots):
+        a[k, :d1, :d1] = eye
+        a[k, d1 : 2 * d1, d1 : 2 * d1] = eye
+        a[k, 2 * d1, base + 3 * k + 2] = 1.0  # brightness
+        for axis in range(2):
+            row = axis * d1
+            b[k, axis, k, row, base + 3 * k] = 1.0  # r0 → P0
+            b[k, axis, k, row, base + 3 * k + 1] = h  # v → P0
+            if d1 > 1:
+                b[k, axis, k, row + 1, base + 3 * k + 1] = h  # v → P1
+        if soft:
+            a[k, : 2 * d1, dev0 + 2 * d1 * k : dev0 + 2 * d1 * (k + 1)] = np.eye(2 * d1, dtype=np.float32)
+    return a.reshape(slots * pk, p), b.reshape(slots, 2, slots * pk, p)
+
+
+def _star_units(directions: np.ndarray, num_directions: int) -> np.ndarray:
+    """``(..., slots, 2)`` unit vectors of direction indices (zero for ``-1``, an empty slot)."""
+    units = star_direction_vectors(num_directions)
+    directions = np.asarray(directions)
+    return np.where((directions >= 0)[..., None], units[np.maximum(directions, 0)], 0.0)
+
+
 def star_reparametrisation(
     directions: np.ndarray, degree: int, num_frames: int, soft: bool = False, num_directions: int = 8
 ) -> np.ndarray:
@@ -499,29 +530,9 @@ def star_reparametrisation(
     directions the map is linear: the same Levenberg–Marquardt machinery fits it.
     """
     directions = np.asarray(directions)
-    slots = directions.shape[0]
-    d1 = degree + 1
-    pk = 2 * d1 + 1
-    h = max((num_frames - 1) / 2.0, 0.0)
-    units = star_direction_vectors(num_directions)
-    base, dev0, p = _star_sizes(slots, degree, soft)
-    r = np.zeros((slots, pk, p), np.float32)
-    eye = np.eye(d1, dtype=np.float32)
-    for k in range(slots):
-        r[k, :d1, :d1] = eye
-        r[k, d1 : 2 * d1, d1 : 2 * d1] = eye
-        r[k, 2 * d1, base + 3 * k + 2] = 1.0  # brightness
-        if directions[k] >= 0:
-            u = units[int(directions[k])]
-            for axis in range(2):
-                row = axis * d1
-                r[k, row, base + 3 * k] = u[axis]  # r0 → P0
-                r[k, row, base + 3 * k + 1] = u[axis] * h  # v → P0
-                if d1 > 1:
-                    r[k, row + 1, base + 3 * k + 1] = u[axis] * h  # v → P1
-        if soft:
-            r[k, : 2 * d1, dev0 + 2 * d1 * k : dev0 + 2 * d1 * (k + 1)] = np.eye(2 * d1, dtype=np.float32)
-    return r.reshape(slots * pk, p)
+    a, b = _star_templates(directions.shape[0], degree, num_frames, soft)
+    u = _star_units(directions, num_directions).astype(np.float32)
+    return a + np.einsum("ka,kaep->ep", u, b)
 
 
 def _star_prior(slots: int, degree: int, opts: DecodeOptions) -> tuple[np.ndarray, np.ndarray]:
@@ -540,28 +551,27 @@ def _star_prior(slots: int, degree: int, opts: DecodeOptions) -> tuple[np.ndarra
     return weight, mean
 
 
-def _star_start(coef: np.ndarray, bright: np.ndarray, dirs: np.ndarray, slots: int, degree: int, h: float,
-                opts: DecodeOptions) -> np.ndarray:
-    """``θ (P,)`` start: the reference path of the free fit's coefficients ``coef (K, 2, D+1)`` given the
-    targets' directions ``dirs (K,)``, radius and drift at their prior means, brightness ``bright (K,)``."""
-    k = dirs.shape[0]
+def _star_starts(coef: np.ndarray, bright: np.ndarray, units: np.ndarray, count: np.ndarray, degree: int,
+                 h: float, opts: DecodeOptions) -> np.ndarray:
+    """``θ (N, M, P)`` starts: the reference path from the free fit's coefficients ``coef (N, slots, 2, D+1)``
+    given each candidate's directions ``units (N, M, slots, 2)``, radius and drift at their prior means,
+    brightness ``bright (N, slots)``; empty slots zero."""
+    n, m, slots = units.shape[:3]
     d1 = degree + 1
-    soft = opts.star_stiffness is not None
-    base, _, p = _star_sizes(slots, degree, soft)
-    units = star_direction_vectors(opts.star_direction_count)
+    base, _, p = _star_sizes(slots, degree, opts.star_stiffness is not None)
     r0, v = opts.star_radius[0], opts.star_drift[0]
     radial = np.zeros(d1)
     radial[0] = r0 + v * h
     if d1 > 1:
         radial[1] = v * h
-    theta = np.zeros(p, np.float32)
-    if k:
-        ref = coef - units[dirs][:, :, None] * radial[None, None, :]  # (K, 2, D+1)
-        ref = ref.mean(0)
-        theta[:d1], theta[d1 : 2 * d1] = ref[0], ref[1]
-    theta[base : base + 3 * slots : 3][:k] = r0
-    theta[base + 1 : base + 3 * slots : 3][:k] = v
-    theta[base + 2 : base + 3 * slots : 3][:k] = bright
+    active = (np.arange(slots)[None, :] < count[:, None]).astype(np.float64)  # (N, slots)
+    ref = coef[:, None] - units[..., None] * radial  # (N, M, slots, 2, D+1)
+    ref = np.einsum("nmkcd,nk->nmcd", ref, active) / np.maximum(active.sum(1), 1.0)[:, None, None, None]
+    theta = np.zeros((n, m, p), np.float32)
+    theta[..., :d1], theta[..., d1 : 2 * d1] = ref[:, :, 0], ref[:, :, 1]
+    theta[..., base : base + 3 * slots : 3] = (r0 * active)[:, None]
+    theta[..., base + 1 : base + 3 * slots : 3] = (v * active)[:, None]
+    theta[..., base + 2 : base + 3 * slots : 3] = (bright * active)[:, None]
     return theta
 
 
@@ -618,14 +628,16 @@ def star_candidates(paths: np.ndarray, count: np.ndarray, opts: DecodeOptions, n
 
 
 @functools.partial(jax.jit, static_argnames=("opts",))
-def _fit_star_batch(obs: jax.Array, starts: jax.Array, reparams: jax.Array, count: jax.Array, local: jax.Array,
-                    prior_w: jax.Array, prior_m: jax.Array, opts: DecodeOptions):
-    """``obs (B, T, S, S)``, ``starts (B, M, P)``, ``reparams (B, M, slots·Pk, P)`` → best fit per trajectory."""
-    pk = local.shape[-1]
-    slots = reparams.shape[2] // pk
+def _fit_star_batch(obs: jax.Array, starts: jax.Array, units: jax.Array, count: jax.Array, local: jax.Array,
+                    templates: tuple[jax.Array, jax.Array], prior_w: jax.Array, prior_m: jax.Array,
+                    opts: DecodeOptions):
+    """``obs (B, T, S, S)``, ``starts (B, M, P)``, ``units (B, M, slots, 2)`` → best fit per trajectory."""
+    slots = units.shape[2]
+    base_map, unit_maps = templates
 
-    def one(o, st, rps, k):
+    def one(o, st, u, k):
         active = jnp.arange(slots) < k
+        rps = base_map + jnp.einsum("mka,kaep->mep", u, unit_maps)  # (M, slots·Pk, P)
 
         def fit(s, rp):
             normal_fn, cost_fn, project, _ = _objective(o, active, local, rp, opts, (prior_w, prior_m))
@@ -650,7 +662,7 @@ def _fit_star_batch(obs: jax.Array, starts: jax.Array, reparams: jax.Array, coun
         _, _, _, positions = _objective(o, active, local, rp, opts, (prior_w, prior_m))
         return positions(theta[best]), cost[best], _position_variances(jtj[best], rp, local, opts), keep[best]
 
-    return jax.vmap(one)(obs, starts, reparams, count)
+    return jax.vmap(one)(obs, starts, units, count)
 
 
 def fit_star(
@@ -679,7 +691,6 @@ def fit_star(
     count = np.asarray(count, np.int64)
     soft = opts.star_stiffness is not None
     basis = legendre_basis(t, opts.degree)
-    d1 = basis.shape[1]
     h = max((t - 1) / 2.0, 0.0)
     local = jnp.asarray(_local_map(basis))
     paths = np.asarray(paths, np.float64)[:, :, :slots]
@@ -697,18 +708,10 @@ def fit_star(
     dirs = np.where(np.arange(slots)[None, None, :] < count[:, None, None], dirs, -1)
     coef = np.einsum("dt,ntkc->nkcd", np.linalg.pinv(basis), paths[..., :2])  # (N, slots, 2, D+1)
     bright = paths[..., 2].mean(1)  # (N, slots)
-    _, _, p = _star_sizes(slots, opts.degree, soft)
-    starts = np.zeros((n, m, p), np.float32)
-    reparams = np.zeros((n, m, slots * (2 * d1 + 1), p), np.float32)
-    cache: dict[tuple, np.ndarray] = {}
-    for i in range(n):
-        k = int(count[i])
-        for j in range(m):
-            key = tuple(dirs[i, j])
-            if key not in cache:
-                cache[key] = star_reparametrisation(dirs[i, j], opts.degree, t, soft, opts.star_direction_count)
-            reparams[i, j] = cache[key]
-            starts[i, j] = _star_start(coef[i, :k], bright[i, :k], dirs[i, j, :k], slots, opts.degree, h, opts)
+    units = _star_units(dirs, opts.star_direction_count)  # (N, M, slots, 2)
+    starts = _star_starts(coef, bright, units, count, opts.degree, h, opts)
+    units = units.astype(np.float32)
+    templates = tuple(jnp.asarray(a) for a in _star_templates(slots, opts.degree, t, soft))
     prior_w, prior_m = (jnp.asarray(a) for a in _star_prior(slots, opts.degree, opts))
     # Each call fits chunk·m small problems (m up to 70 screened subsets, then star_candidates of them).
     chunk = max(1, min(n, (8 * opts.chunk) // (t * m)))
@@ -729,8 +732,8 @@ def fit_star(
             x = x[lo:hi]
             return jnp.asarray(np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x)
 
-        pp, c, v, b = _fit_star_batch(padded(frames), padded(starts), padded(reparams),
-                                      padded(count.astype(np.int32)), local, prior_w, prior_m, opts)
+        pp, c, v, b = _fit_star_batch(padded(frames), padded(starts), padded(units),
+                                      padded(count.astype(np.int32)), local, templates, prior_w, prior_m, opts)
         params[lo:hi] = np.asarray(pp)[: hi - lo]
         cost[lo:hi] = np.asarray(c)[: hi - lo]
         var[lo:hi] = np.asarray(v)[: hi - lo]
