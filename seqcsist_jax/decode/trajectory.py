@@ -31,6 +31,15 @@ next most voted, else the neighbouring count) too where the per-frame counts dis
 ``"always"``/``"never"``); the BIC-like criterion ``cost/s² + trajectory_count_penalty · p·K`` (``p`` the
 target's own coefficients) picks one
 and the count probability is its ``exp(-crit/2)`` share among the fitted candidates.
+
+Star geometry (``geometry="star"``, opt-in, **DECISION**: SPEC §3's generator only): after the free fit has
+chosen the count, :func:`fit_star` refits every trajectory with target ``k`` at ``ref(t) + (r0_k + v_k·t)·u_k``
+(:func:`star_reparametrisation`; ``ref`` a shared degree-``degree`` path, ``u_k`` distinct generator
+directions, Gaussian priors on ``r0_k`` and ``v_k``, constant brightness; ``star_stiffness`` turns the hard
+parametrisation into a soft prior with per-target deviations). For fixed directions the map from the star
+parameters to the per-target coefficients is linear, so the same ``_objective`` and Levenberg–Marquardt loop
+fit it. Direction subsets come from :func:`star_candidates` (the free fit's mean positions matched to every
+injective choice of directions) and are screened by their image cost (``star_screen``).
 """
 
 from __future__ import annotations
