@@ -37,6 +37,9 @@ flags.DEFINE_string("pretrained", None, "Score weights shipped with the package 
                     "e.g. derefnet_quick; no training, no workdir needed.")
 cli.define_config_flag()
 flags.adopt_module_key_flags(cli)  # --help lists --config and the config names
+flags.DEFINE_bool("geometry_prior", None, "Continuous decoders on SeqCSIST data: add the generator's star geometry "
+                  "(DecodeOptions.geometry='star', a simulator-specific DECISION; default: config.eval.geometry_prior "
+                  "or off).")
 flags.DEFINE_bool("export_public", False, "Also write predictions as public-layout COS{N}.xml annotations.")
 flags.DEFINE_bool("calibrate", True, "Continuous decoders: fit the imaging model (PSF σ, offset, gain, background, "
                   "noise) to the training split once, store it as WORKDIR/imaging.json and decode with it "
@@ -44,9 +47,11 @@ flags.DEFINE_bool("calibrate", True, "Continuous decoders: fit the imaging model
 
 
 def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torch_checkpoint=None,
-                     config=None, export_public=False, calibrate=True, pretrained=None) -> dict:
+                     config=None, export_public=False, calibrate=True, pretrained=None,
+                     geometry_prior=None) -> dict:
     """Library form of this command (no flags). Returns the metrics dict (plus ``out_dir`` and, for continuous
-    decoders with ``calibrate``, the ``imaging`` parameters used)."""
+    decoders with ``calibrate``, the ``imaging`` parameters used). ``geometry_prior`` (``None``: the config's
+    ``eval.geometry_prior``, else off) adds the SeqCSIST star geometry to the continuous decoders."""
     from seqcsist_jax import evaluate as evaluation
     from seqcsist_jax.data.splits import check_split, load_arrays, q_for_workdir
     from seqcsist_jax.predictor import make_predictor, restore_run
@@ -86,7 +91,12 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         from seqcsist_jax.decode import dataset_decode_options
 
         # The dataset's count range (and CSIST-100K's geometry): a fit must never cap the count silently.
-        decode_options.update(dataset_decode_options(config.dataset))
+        if geometry_prior is None:
+            geometry_prior = bool(config.eval.get("geometry_prior", False))
+        try:
+            decode_options.update(dataset_decode_options(config.dataset, geometry_prior=geometry_prior))
+        except ValueError as e:
+            raise cli.UsageError(str(e)) from None
         decode_options.update(config.eval.get("decode_options") or {})
     if decode != "grid" and calibrate:
         from seqcsist_jax.decode import load_or_calibrate
@@ -138,7 +148,8 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     elif overrides:
         config = cli.apply_overrides(load_run_config(pathlib.Path(workdir)), overrides)
     result = evaluate_workdir(workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.decode,
-                              FLAGS.torch_checkpoint, config, FLAGS.export_public, FLAGS.calibrate, FLAGS.pretrained)
+                              FLAGS.torch_checkpoint, config, FLAGS.export_public, FLAGS.calibrate, FLAGS.pretrained,
+                              FLAGS.geometry_prior)
     print(evaluation.table_header(result))
     print(result["table_row"])
     print(json.dumps({k: v for k, v in result.items() if k not in ("table_row",)}, indent=1, default=float))

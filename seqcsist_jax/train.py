@@ -568,7 +568,8 @@ def _final_test(trainer: Trainer, state: TrainState) -> dict:
     if decode != "grid":
         from seqcsist_jax.decode import dataset_decode_options
 
-        decode_options = {**dataset_decode_options(config.dataset), **(config.eval.get("decode_options") or {})}
+        decode_options = {**dataset_decode_options(config.dataset, bool(config.eval.get("geometry_prior", False))),
+                          **(config.eval.get("decode_options") or {})}
     return trainer.evaluate(best_state.params, config.dataset.test_split, None, decode=decode, step=int(step),
                             decode_options=decode_options,
                             out_dir=eval_dir(trainer.workdir, config.dataset.test_split, decode),

@@ -325,6 +325,21 @@ def test_evaluate_decode_choices_change_the_numbers(smoke_run):
     assert saved == traj["imaging"] and abs(saved["sigma"] - 0.5) < 0.01 and abs(saved["gain"] - 1) < 0.01
 
 
+def test_evaluate_geometry_prior_reaches_the_decoder(smoke_run, monkeypatch):
+    """``geometry_prior=True`` (``--geometry_prior``) adds the star geometry for a dataset of our generator: the
+    trajectory decoder runs the star fit (off without it, see above) and finds the targets."""
+    from experiments.evaluate import evaluate_workdir
+    from seqcsist_jax.decode import trajectory
+
+    calls = []
+    real = trajectory.fit_star
+    monkeypatch.setattr(trajectory, "fit_star", lambda *a, **k: calls.append(1) or real(*a, **k))
+    workdir, _ = smoke_run
+    star = evaluate_workdir(workdir, checkpoint="best", split="test", decode="trajectory", geometry_prior=True)
+    assert calls and star["decode"] == "trajectory"
+    assert star["mAP"] > 0.9 and star["count_accuracy"] == 1.0
+
+
 def test_evaluate_imported_checkpoint_and_public_export(smoke_run, tmp_path):
     """A public-layout state dict (.npz) of the trained params scores exactly like the run's own checkpoint, and
     ``export_public`` writes one parseable public-layout annotation per scored frame."""

@@ -15,6 +15,8 @@ Rows (per config):
   ceiling of every published (grid-decoded) method;
 * ``physics / {grid, peak, refine, trajectory}``: from the frames alone (grid/peak on the non-negative sparse
   least-squares map, refine/trajectory with the greedy physics starts);
+* ``physics / trajectory+star``: the trajectory fit with the SeqCSIST generator's star geometry
+  (``geometry="star"``, :data:`seqcsist_jax.decode.SEQCSIST_STAR_OPTIONS`: a simulator-specific prior, opt-in);
 * ``oracle-map seeds / {refine, trajectory}``: seeded by the grid-snapped truth, i.e. what a perfect grid
   model's map adds as starts (``--no-oracle-seeds`` skips these rows);
 * ``model / {grid, peak, refine, trajectory}``: with a model's maps (``--maps`` file with ``maps`` of shape
@@ -28,7 +30,8 @@ that first call is reported separately), frames per second.
 Diagnostics (``refine``/``trajectory``): counts (accuracy, mAP when the true count is imposed), localisation
 (RMSE, share of matched pairs within 0.05/0.10 px), clipping (mAP on frames with vs without clipped pixels),
 optimiser basins (trajectories whose fit started at the truth reaches a lower cost than ours, and the mAP of
-the truth-started fit, i.e. the model's ceiling), and scores (mAP with constant scores).
+the truth-started fit, i.e. the model's ceiling; for ``trajectory+star`` started at the truth with the true
+directions), and scores (mAP with constant scores).
 
 Writes ``experiments/benchmarks/results/bench_decode.{json,md}``. Timings depend on the machine; the script
 prints the load average so shared-machine runs can be recognised.
@@ -48,7 +51,7 @@ import numpy as np
 
 from seqcsist_jax import imaging, metrics
 from seqcsist_jax.data.simulate import simulate_seqcsist, split_seed
-from seqcsist_jax.decode import decode, decode_arrays, make_options, trajectory
+from seqcsist_jax.decode import SEQCSIST_STAR_OPTIONS, decode, decode_arrays, make_options, trajectory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
@@ -183,9 +186,13 @@ def diagnostics(method: str, dec, data: dict, frames: np.ndarray, opts: dict) ->
     # of the right-count subset shows what counting costs).
     right = ~wrong
     out["mAP_right_count_frames"] = score(dets, targets, right)["mAP"] if right[:, 2:18].any() else None
-    if method == "trajectory":
+    if method in ("trajectory", "trajectory+star"):
         o = make_options(**opts)
-        params, cost = trajectory.fit_from_paths(frames, targets, true_count[:, 0], o)
+        if method == "trajectory+star":
+            params, cost, _, _ = trajectory.fit_star(frames, targets, true_count[:, 0], o,
+                                                     directions=data["directions"])
+        else:
+            params, cost = trajectory.fit_from_paths(frames, targets, true_count[:, 0], o)
         ours = dec.trajectory.cost
         right_traj = dec.trajectory.count == true_count[:, 0]
         better = (cost < ours - 1.0) & right_traj
@@ -231,8 +238,11 @@ def run_config(config: str, args: argparse.Namespace) -> dict:
                                        lambda: decode(warm, wmaps, method, **opts))
                 dec = None
             else:
-                dec, first, dt = timed(lambda: decode_arrays(frames, maps, method, **opts),
-                                       lambda: decode_arrays(warm, wmaps, method, **opts))
+                mopts, base = dict(opts), method
+                if method == "trajectory+star":
+                    mopts, base = {**opts, **SEQCSIST_STAR_OPTIONS}, "trajectory"
+                dec, first, dt = timed(lambda: decode_arrays(frames, maps, base, **mopts),
+                                       lambda: decode_arrays(warm, wmaps, base, **mopts))
                 res = dec.to_lists()
             row = {"source": source, "method": method, **score(res, targets), "seconds": dt,
                    "first_call_s": first}
@@ -241,7 +251,7 @@ def run_config(config: str, args: argparse.Namespace) -> dict:
                   f"count {row['count_accuracy']:.3f}  rmse {row['rmse']:.4f}  {dt:6.1f} s "
                   f"(first call {first:.1f} s)")
             if dec is not None and not args.no_diagnostics and source != "oracle-map seeds":
-                diags[f"{source}/{method}"] = diagnostics(method, dec, data, frames, opts)
+                diags[f"{source}/{method}"] = diagnostics(method, dec, data, frames, mopts)
                 print(f"[{config}]   diagnostics: {json.dumps(diags[f'{source}/{method}'], default=float)}")
     return {"config": config, "trajectories": n, "scored_frames": n * 16, "decoder_options": opts,
             "rows": rows, "diagnostics": diags}
@@ -287,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", type=Path, default=None, help="training run directory: maps from its best checkpoint")
     p.add_argument("--trajectories", type=int, default=750)
     p.add_argument("--base-seed", type=int, default=0)
-    p.add_argument("--methods", nargs="+", default=["grid", "peak", "refine", "trajectory"])
+    p.add_argument("--methods", nargs="+", default=["grid", "peak", "refine", "trajectory", "trajectory+star"],
+                   choices=["grid", "peak", "refine", "trajectory", "trajectory+star"])
     p.add_argument("--warm-trajectories", type=int, default=206,
                    help="trajectories of the warm-up call (>= one chunk so it compiles every shape)")
     p.add_argument("--no-diagnostics", action="store_true")

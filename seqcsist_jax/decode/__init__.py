@@ -15,7 +15,7 @@ Modules by job:
   maps        grid and peak decoders of label maps, physics-only maps (NNLS on Φ)
   frames      per-frame fits for every count (greedy add/split/map/layout starts, single-pixel priors),
               count criterion
-  trajectory  polynomial-path fits of whole trajectories
+  trajectory  polynomial-path fits of whole trajectories; opt-in star geometry (geometry="star")
   api         decode / decode_arrays, scores
   imaging_params  ImagingParams (σ, label→pixel offset, gain, background, noise): a data set's forward model
   calibrate   maximum-likelihood ImagingParams from labelled frames (calibrate, calibrate_split,
@@ -34,10 +34,12 @@ from seqcsist_jax.decode.calibrate import calibrate, calibrate_split, load_or_ca
 from seqcsist_jax.decode.imaging_params import DEFAULT_IMAGING, ImagingParams
 from seqcsist_jax.decode.maps import grid_detections, peak_detections, physics_maps
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
-from seqcsist_jax.decode.presets import CSIST100K_OPTIONS, dataset_decode_options
+from seqcsist_jax.decode.presets import CSIST100K_OPTIONS, SEQCSIST_STAR_OPTIONS, STAR_DATASETS, dataset_decode_options
 
 __all__ = [
     "CSIST100K_OPTIONS",
+    "SEQCSIST_STAR_OPTIONS",
+    "STAR_DATASETS",
     "dataset_decode_options",
     "DEFAULT_IMAGING",
     "METHODS",

@@ -6,10 +6,13 @@ import dataclasses
 import math
 from typing import Any
 
-__all__ = ["DecodeOptions", "make_options", "METHODS"]
+__all__ = ["DecodeOptions", "make_options", "METHODS", "GEOMETRIES"]
 
 #: Decoding methods of :func:`seqcsist_jax.decode.decode`.
 METHODS: tuple[str, ...] = ("grid", "peak", "refine", "trajectory")
+
+#: Group geometries of the ``trajectory`` fit (``DecodeOptions.geometry``).
+GEOMETRIES: tuple[str, ...] = ("free", "star")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +86,35 @@ class DecodeOptions:
         float rounding (unused slots never move).
       chunk: frames (``refine``) or trajectories×frames/T (``trajectory``) per jitted call; every call is
         padded to this size so each shape compiles once.
+      geometry: the group geometry of the ``trajectory`` fit. ``"free"`` (the default): every target has its
+        own polynomial path (curvature shared from ``shared_from``). ``"star"``: SPEC §3's SeqCSIST motion
+        model (:func:`seqcsist_jax.decode.trajectory.star_reparametrisation`): target ``k`` at
+        ``ref(t) + r_k(t)·u(θ_k)``, ``ref`` a degree-``degree`` path shared by the group, ``θ_k`` one of the
+        generator's compass directions (distinct per target), ``r_k(t) = r0_k + v_k·t``, brightness constant.
+        The free fit still chooses the count and supplies the direction candidates; the star fit replaces its
+        positions. **DECISION**: simulator-specific, off by default — use it only for data whose generator
+        follows that geometry (``seqcsist`` default/``targets_2_8``/``noise_*``, see
+        :data:`seqcsist_jax.decode.presets.SEQCSIST_STAR_OPTIONS`).
+      star_directions: the direction set of ``geometry="star"``: ``"auto"`` (the generator's rule: the 4 axis
+        directions if ``max_targets <= 4``, else the 8 compass directions), ``"axis"`` or ``"compass"``.
+      star_candidates: direction subsets fitted with the full ``trajectory_iterations`` per trajectory; the
+        lowest cost wins. Candidates: the free fit's targets' mean positions are matched to every injective
+        choice of directions (:func:`seqcsist_jax.decode.trajectory.star_candidates`) and the subsets ranked
+        by that misfit.
+      star_screen: with ``star_screen_iterations > 0``, the best ``star_screen`` subsets by that misfit (all
+        of them when fewer; 70 = C(8, 4) covers every subset of the 8 compass directions) each get
+        ``star_screen_iterations`` LM iterations, and only the ``star_candidates`` lowest costs continue. 0:
+        no screening, the ``star_candidates`` best-ranked subsets are fitted. The misfit ranking alone is not
+        enough: where the free fit fell into a wrong basin (dense, clipped groups) its mean positions rank
+        the true subset low (20th–25th of 28–56), while the image cost picks it out.
+      star_screen_iterations: LM iterations of that screening.
+      star_radius: ``(mean, std)`` of each target's start distance ``r0_k`` from the reference point (px):
+        the mean is the start value, ``std`` a Gaussian prior (``None``: free). SPEC §3: 0.3 px.
+      star_drift: ``(mean, std)`` of each target's outward drift per frame ``v_k`` (px/frame), likewise. SPEC
+        §3 draws the drift uniform in ``[0, 0.0014)``: mean 0.0007, std 0.0004.
+      star_stiffness: ``None`` (default): the star is a hard parametrisation. A positive value (px) makes it a
+        soft prior: each target also gets its own polynomial deviation from the star (``degree`` in x and
+        y), every Legendre coefficient with a Gaussian prior of this std.
     """
 
     threshold: float = 70.0
@@ -115,11 +147,28 @@ class DecodeOptions:
     min_separation: float | None = None
     separation_width: float = 0.02
     brightness_range: tuple[float, float] | None = None
+    geometry: str = "free"
+    star_directions: str = "auto"
+    star_candidates: int = 2
+    star_screen: int = 70
+    star_screen_iterations: int = 3
+    star_radius: tuple[float, float | None] = (0.3, 0.01)
+    star_drift: tuple[float, float | None] = (0.0007, 0.0004)
+    star_stiffness: float | None = None
 
     @property
     def noise_variance(self) -> float:
         """``s²``: variance of one pixel's residual at the true targets (rounding + additive noise)."""
         return 1.0 / 12.0 + float(self.noise_sigma) ** 2
+
+    @property
+    def star_direction_count(self) -> int:
+        """Directions of ``geometry="star"``: 4 (axis) or 8 (compass); ``"auto"`` follows the generator."""
+        if self.star_directions == "axis":
+            return 4
+        if self.star_directions == "compass":
+            return 8
+        return 4 if self.max_targets <= 4 else 8
 
     def __post_init__(self) -> None:
         def check(cond: bool, msg: str) -> None:
@@ -130,7 +179,7 @@ class DecodeOptions:
         check(isinstance(mt, int) and not isinstance(mt, bool) and mt >= 0,
               f"decode option min_targets must be a non-negative integer, got {mt!r}")
         for name in ("c", "max_targets", "frame_iterations", "trajectory_iterations",
-                     "templates", "chunk", "screen_keep"):
+                     "templates", "chunk", "screen_keep", "star_candidates"):
             v = getattr(self, name)
             check(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                   f"decode option {name} must be a positive integer, got {v!r}")
@@ -180,6 +229,31 @@ class DecodeOptions:
                   f"decode option brightness_range must be (lo, hi) with 0 < lo <= hi, or None, "
                   f"got {self.brightness_range!r}")
             object.__setattr__(self, "brightness_range", br)
+        check(self.geometry in GEOMETRIES,
+              f"decode option geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
+        check(self.star_directions in ("auto", "axis", "compass"),
+              f"decode option star_directions must be 'auto', 'axis' or 'compass', got {self.star_directions!r}")
+        if self.geometry == "star":
+            check(self.max_targets <= self.star_direction_count,
+                  f"decode option geometry='star' places at most {self.star_direction_count} targets "
+                  f"(star_directions={self.star_directions!r}), got max_targets={self.max_targets}")
+        for name in ("star_screen", "star_screen_iterations"):
+            v = getattr(self, name)
+            check(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                  f"decode option {name} must be a non-negative integer, got {v!r}")
+        for name in ("star_radius", "star_drift"):
+            v = getattr(self, name)
+            ok = isinstance(v, (tuple, list)) and len(v) == 2
+            if ok:
+                mean, std = v
+                ok = isinstance(mean, (int, float)) and math.isfinite(mean) and (
+                    std is None or (isinstance(std, (int, float)) and math.isfinite(std) and std > 0))
+            check(ok, f"decode option {name} must be (mean, std > 0 or None), got {v!r}")
+            object.__setattr__(self, name, (float(v[0]), None if v[1] is None else float(v[1])))
+        if self.star_stiffness is not None:
+            check(isinstance(self.star_stiffness, (int, float)) and not isinstance(self.star_stiffness, bool)
+                  and math.isfinite(self.star_stiffness) and self.star_stiffness > 0,
+                  f"decode option star_stiffness must be a positive number (px) or None, got {self.star_stiffness!r}")
         if self.brightness_prior is not None:
             bp = tuple(float(v) for v in self.brightness_prior)
             check(len(bp) == 2 and all(math.isfinite(v) for v in bp) and bp[1] > 0,

@@ -31,6 +31,15 @@ next most voted, else the neighbouring count) too where the per-frame counts dis
 ``"always"``/``"never"``); the BIC-like criterion ``cost/s² + trajectory_count_penalty · p·K`` (``p`` the
 target's own coefficients) picks one
 and the count probability is its ``exp(-crit/2)`` share among the fitted candidates.
+
+Star geometry (``geometry="star"``, opt-in, **DECISION**: SPEC §3's generator only): after the free fit has
+chosen the count, :func:`fit_star` refits every trajectory with target ``k`` at ``ref(t) + (r0_k + v_k·t)·u_k``
+(:func:`star_reparametrisation`; ``ref`` a shared degree-``degree`` path, ``u_k`` distinct generator
+directions, Gaussian priors on ``r0_k`` and ``v_k``, constant brightness; ``star_stiffness`` turns the hard
+parametrisation into a soft prior with per-target deviations). For fixed directions the map from the star
+parameters to the per-target coefficients is linear, so the same ``_objective`` and Levenberg–Marquardt loop
+fit it. Direction subsets come from :func:`star_candidates` (the free fit's mean positions matched to every
+injective choice of directions) and are screened by their image cost (``star_screen``).
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import math
 from typing import NamedTuple
 
 import jax
@@ -57,10 +67,13 @@ from seqcsist_jax.decode.options import DecodeOptions
 
 __all__ = [
     "TrajectoryFits",
+    "fit_star",
     "fit_trajectories",
     "fit_from_paths",
     "legendre_basis",
     "shared_reparametrisation",
+    "star_candidates",
+    "star_reparametrisation",
     "template_frames",
 ]
 
@@ -150,12 +163,14 @@ def _reduce(starts: np.ndarray, count: np.ndarray, degree: int, shared_from: int
 
 
 def _objective(
-    obs: jax.Array, active: jax.Array, local: jax.Array, reparam: jax.Array, opts: DecodeOptions
+    obs: jax.Array, active: jax.Array, local: jax.Array, reparam: jax.Array, opts: DecodeOptions,
+    extra_prior: tuple[jax.Array, jax.Array] | None = None,
 ):
     """``normal_fn``, ``cost_fn``, ``project``, ``positions`` of one trajectory over ``theta (P,)``.
 
     ``theta`` is in the (possibly shared) layout of ``reparam (slots·Pk, P)``; per-target coefficients are
-    ``reparam @ theta``.
+    ``reparam @ theta``. ``extra_prior``: ``(weight, mean)`` ``(P,)`` of further Gaussian priors on
+    ``theta`` (cost units; the star geometry's radius, drift and deviation priors).
     """
     t_frames = obs.shape[0]
     slots = active.shape[0]
@@ -165,9 +180,12 @@ def _objective(
     pw1, pm1 = _prior_terms(1, opts, obs.dtype)  # brightness entries at index 2
     is_b = jnp.zeros((slots, pk), bool).at[:, pk - 1].set(True).reshape(-1)
     bright = jnp.einsum("e,ep->p", is_b.astype(obs.dtype), reparam) > 0  # brightness entries of theta
-    owner = jnp.einsum("e,ep->p", jnp.repeat(active, pk).astype(obs.dtype), reparam) > 0
+    owner = jnp.einsum("e,ep->p", jnp.repeat(active, pk).astype(obs.dtype), jnp.abs(reparam)) > 0
     pw = jnp.where(bright & owner, pw1[2], 0.0)
     pm = jnp.where(bright, pm1[2], 0.0)
+    if extra_prior is not None:
+        pw = pw + jnp.where(owner, extra_prior[0], 0.0)
+        pm = pm + extra_prior[1]
     # Frozen: the parameters of inactive slots (and shared terms of an empty group).
     pmask = owner
 
@@ -221,18 +239,24 @@ def _fit_batch(obs: jax.Array, starts: jax.Array, count: jax.Array, local: jax.A
         theta, cost, jtj = jax.vmap(fit)(st)
         best = jnp.argmin(cost)
         theta, cost, jtj = theta[best], cost[best], jtj[best]
-        # Posterior covariance of the coefficients → per-frame position variances.
-        scale = jnp.sqrt(jnp.clip(jnp.diag(jtj), 1e-12, None))
-        eye = jnp.eye(jtj.shape[0], dtype=jtj.dtype)
-        cov = forward.spd_solve_many(jtj / (scale[:, None] * scale[None, :]) + 1e-6 * eye, eye)
-        cov = opts.noise_variance * cov / (scale[:, None] * scale[None, :])
-        cov = (reparam @ cov @ reparam.T).reshape(slots, pk, slots, pk)
-        block = jnp.einsum("kpkq->kpq", cov)  # (slots, Pk, Pk) per-target blocks
-        var = jnp.einsum("tap,kpq,taq->tka", local[:, :2], block, local[:, :2]).mean(-1)  # (T, slots)
-        var = jnp.where(jnp.isfinite(var) & (var > 0), var, 1e6)
-        return positions(theta), cost, var
+        return positions(theta), cost, _position_variances(jtj, reparam, local, opts)
 
     return jax.vmap(one)(obs, starts, count)
+
+
+def _position_variances(jtj: jax.Array, reparam: jax.Array, local: jax.Array, opts: DecodeOptions) -> jax.Array:
+    """``(T, slots)`` posterior x/y variance of every target from the normal matrix of ``theta``."""
+    pk = local.shape[-1]
+    slots = reparam.shape[0] // pk
+    # Posterior covariance of the coefficients → per-frame position variances.
+    scale = jnp.sqrt(jnp.clip(jnp.diag(jtj), 1e-12, None))
+    eye = jnp.eye(jtj.shape[0], dtype=jtj.dtype)
+    cov = forward.spd_solve_many(jtj / (scale[:, None] * scale[None, :]) + 1e-6 * eye, eye)
+    cov = opts.noise_variance * cov / (scale[:, None] * scale[None, :])
+    cov = (reparam @ cov @ reparam.T).reshape(slots, pk, slots, pk)
+    block = jnp.einsum("kpkq->kpq", cov)  # (slots, Pk, Pk) per-target blocks
+    var = jnp.einsum("tap,kpq,taq->tka", local[:, :2], block, local[:, :2]).mean(-1)  # (T, slots)
+    return jnp.where(jnp.isfinite(var) & (var > 0), var, 1e6)
 
 
 def _associate(q: np.ndarray, ref: np.ndarray, active: np.ndarray) -> np.ndarray:
@@ -399,7 +423,10 @@ def fit_trajectories(
     mask = np.arange(kmax)[None, None, :] < count[:, None, None]
     params = np.where(mask[..., None], params, 0.0)
     var = np.where(mask, var, np.inf)
-    return TrajectoryFits(params, count, all_cost[best, np.arange(n)], var, count_prob, cands, crit)
+    cost = all_cost[best, np.arange(n)]
+    if opts.geometry == "star":  # the free fit chose the count; the star fit replaces its paths
+        params, cost, var, _ = fit_star(frames, params, count, opts, progress=progress)
+    return TrajectoryFits(params, count, cost, var, count_prob, cands, crit)
 
 
 def fit_from_paths(
@@ -448,3 +475,279 @@ def fit_from_paths(
         params[lo:hi] = np.asarray(p)[: hi - lo]
         cost[lo:hi] = np.asarray(c)[: hi - lo]
     return params[:, :, : opts.max_targets], cost
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Star geometry (opt-in, SPEC §3's SeqCSIST motion model): DecodeOptions.geometry = "star"
+
+
+def star_direction_vectors(num_directions: int) -> np.ndarray:
+    """``(D, 2)`` unit vectors ``(Δx, Δy)`` of the generator's first ``D`` directions (4 axis, 8 compass)."""
+    from seqcsist_jax.data.simulate import DIRECTION_VECTORS
+
+    return np.asarray(DIRECTION_VECTORS[:num_directions], np.float64)
+
+
+def _star_sizes(slots: int, degree: int, soft: bool) -> tuple[int, int, int]:
+    """``(base, dev0, P)``: index of slot 0's ``(r0, v, b)``, of slot 0's deviation block, and the size of θ."""
+    d1 = degree + 1
+    base = 2 * d1
+    dev0 = base + 3 * slots
+    return base, dev0, dev0 + (2 * d1 * slots if soft else 0)
+
+
+def _star_templates(slots: int, degree: int, num_frames: int, soft: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``A (slots·Pk, P)`` and ``B (slots, 2, slots·Pk, P)``: the star map is ``A + Σ_k Σ_a u_k[a]·B[k, a]``."""
+    d1 = degree + 1
+    pk = 2 * d1 + 1
+    h = max((num_frames - 1) / 2.0, 0.0)
+    base, dev0, p = _star_sizes(slots, degree, soft)
+    a = np.zeros((slots, pk, p), np.float32)
+    b = np.zeros((slots, 2, slots, pk, p), np.float32)
+    eye = np.eye(d1, dtype=np.float32)
+    for k in range(slots):
+        a[k, :d1, :d1] = eye
+        a[k, d1 : 2 * d1, d1 : 2 * d1] = eye
+        a[k, 2 * d1, base + 3 * k + 2] = 1.0  # brightness
+        for axis in range(2):
+            row = axis * d1
+            b[k, axis, k, row, base + 3 * k] = 1.0  # r0 → P0
+            b[k, axis, k, row, base + 3 * k + 1] = h  # v → P0
+            if d1 > 1:
+                b[k, axis, k, row + 1, base + 3 * k + 1] = h  # v → P1
+        if soft:
+            a[k, : 2 * d1, dev0 + 2 * d1 * k : dev0 + 2 * d1 * (k + 1)] = np.eye(2 * d1, dtype=np.float32)
+    return a.reshape(slots * pk, p), b.reshape(slots, 2, slots * pk, p)
+
+
+def _star_units(directions: np.ndarray, num_directions: int) -> np.ndarray:
+    """``(..., slots, 2)`` unit vectors of direction indices (zero for ``-1``, an empty slot)."""
+    units = star_direction_vectors(num_directions)
+    directions = np.asarray(directions)
+    return np.where((directions >= 0)[..., None], units[np.maximum(directions, 0)], 0.0)
+
+
+def star_reparametrisation(
+    directions: np.ndarray, degree: int, num_frames: int, soft: bool = False, num_directions: int = 8
+) -> np.ndarray:
+    """``R (slots·Pk, P)``: per-target Legendre coefficients ``= R @ θ`` of the star geometry.
+
+    Target ``k`` (direction index ``directions[k]``, ``-1`` for an empty slot) sits at
+    ``ref(t) + (r0_k + v_k·t)·u_k``: ``θ = [ref_x (D+1), ref_y (D+1), (r0_k, v_k, b_k) per slot]`` and, with
+    ``soft``, each slot's own Legendre deviation ``(dx (D+1), dy (D+1))`` appended. Frame ``t`` is
+    ``(τ+1)·h`` with ``h = (T-1)/2``, so ``r0 + v·t`` has Legendre coefficients ``(r0 + v·h, v·h)``. For fixed
+    directions the map is linear: the same Levenberg–Marquardt machinery fits it.
+    """
+    directions = np.asarray(directions)
+    a, b = _star_templates(directions.shape[0], degree, num_frames, soft)
+    u = _star_units(directions, num_directions).astype(np.float32)
+    return a + np.einsum("ka,kaep->ep", u, b)
+
+
+def _star_prior(slots: int, degree: int, opts: DecodeOptions) -> tuple[np.ndarray, np.ndarray]:
+    """``(weight, mean)`` ``(P,)`` of the radius, drift and (soft) deviation priors, in cost units."""
+    soft = opts.star_stiffness is not None
+    base, dev0, p = _star_sizes(slots, degree, soft)
+    weight = np.zeros(p, np.float32)
+    mean = np.zeros(p, np.float32)
+    for offset, (mu, sd) in enumerate((opts.star_radius, opts.star_drift)):
+        idx = base + 3 * np.arange(slots) + offset
+        mean[idx] = mu
+        if sd is not None:
+            weight[idx] = opts.noise_variance / sd**2
+    if soft:
+        weight[dev0:] = opts.noise_variance / opts.star_stiffness**2
+    return weight, mean
+
+
+def _star_starts(coef: np.ndarray, bright: np.ndarray, units: np.ndarray, count: np.ndarray, degree: int,
+                 h: float, opts: DecodeOptions) -> np.ndarray:
+    """``θ (N, M, P)`` starts: the reference path from the free fit's coefficients ``coef (N, slots, 2, D+1)``
+    given each candidate's directions ``units (N, M, slots, 2)``, radius and drift at their prior means,
+    brightness ``bright (N, slots)``; empty slots zero."""
+    n, m, slots = units.shape[:3]
+    d1 = degree + 1
+    base, _, p = _star_sizes(slots, degree, opts.star_stiffness is not None)
+    r0, v = opts.star_radius[0], opts.star_drift[0]
+    radial = np.zeros(d1)
+    radial[0] = r0 + v * h
+    if d1 > 1:
+        radial[1] = v * h
+    active = (np.arange(slots)[None, :] < count[:, None]).astype(np.float64)  # (N, slots)
+    ref = coef[:, None] - units[..., None] * radial  # (N, M, slots, 2, D+1)
+    ref = np.einsum("nmkcd,nk->nmcd", ref, active) / np.maximum(active.sum(1), 1.0)[:, None, None, None]
+    theta = np.zeros((n, m, p), np.float32)
+    theta[..., :d1], theta[..., d1 : 2 * d1] = ref[:, :, 0], ref[:, :, 1]
+    theta[..., base : base + 3 * slots : 3] = (r0 * active)[:, None]
+    theta[..., base + 1 : base + 3 * slots : 3] = (v * active)[:, None]
+    theta[..., base + 2 : base + 3 * slots : 3] = (bright * active)[:, None]
+    return theta
+
+
+@functools.lru_cache(maxsize=None)
+def _grouped_permutations(num_directions: int, k: int) -> np.ndarray:
+    """``(C(D, K), K!, K)``: every ordered choice of ``K`` distinct directions, grouped by the chosen subset."""
+    perms = np.array(list(itertools.permutations(range(num_directions), k)), np.int64).reshape(-1, k)
+    mask = (1 << perms).sum(1)
+    order = np.argsort(mask, kind="stable")
+    return perms[order].reshape(-1, math.factorial(k), k)
+
+
+def star_candidates(paths: np.ndarray, count: np.ndarray, opts: DecodeOptions, num: int | None = None) -> np.ndarray:
+    """``(N, num, K)`` direction indices (``-1`` padding) of the best direction subsets per trajectory.
+
+    The targets' mean positions ``p̄_k`` over the frames of a free fit ``paths (N, T, ≥K, 3)`` are matched to
+    ``ref + r̄·u_{σ(k)}`` (``r̄`` the prior mean radius over the trajectory) for every injective assignment
+    ``σ`` of targets to directions, with the least-squares ``ref``; the ``num`` direction subsets with the
+    least misfit come first (each with its best assignment). Fewer subsets than ``num`` repeat the best.
+    """
+    num = opts.star_candidates if num is None else num
+    n, t = paths.shape[:2]
+    ndir = opts.star_direction_count
+    units = star_direction_vectors(ndir)
+    radius = opts.star_radius[0] + opts.star_drift[0] * max((t - 1) / 2.0, 0.0)
+    kmax = int(count.max(initial=0))
+    out = np.full((n, num, max(kmax, 1)), -1, np.int64)
+    pbar = paths[..., :2].astype(np.float64).mean(1)  # (N, ≥K, 2)
+    for k in np.unique(count):
+        k = int(k)
+        if k < 1:
+            continue
+        rows = np.flatnonzero(count == k)
+        groups = _grouped_permutations(ndir, k)  # (G, K!, K)
+        flat = groups.reshape(-1, k)
+        usum = units[flat].sum(1)  # (P, 2)
+        spread = radius**2 * np.sum(usum * usum, -1) / k  # (P,)
+        for lo in range(0, rows.size, 64):
+            sel = rows[lo : lo + 64]
+            centred = pbar[sel, :k] - pbar[sel, :k].mean(1, keepdims=True)
+            b = np.einsum("nkc,dc->nkd", centred, units)  # (n, K, D)
+            score = np.zeros((sel.size, flat.shape[0]))
+            for j in range(k):
+                score += b[:, j][:, flat[:, j]]
+            cost = (-2.0 * radius * score - spread[None]).reshape(sel.size, groups.shape[0], -1)
+            within = np.argmin(cost, -1)  # (n, G)
+            sub = np.take_along_axis(cost, within[..., None], -1)[..., 0]
+            top = np.argsort(sub, 1, kind="stable")[:, :num]
+            if top.shape[1] < num:
+                top = np.concatenate([top, np.repeat(top[:, :1], num - top.shape[1], 1)], 1)
+            best = np.take_along_axis(within, top, 1)  # (n, num)
+            out[sel, :, :k] = groups[top, best]
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("opts",))
+def _fit_star_batch(obs: jax.Array, starts: jax.Array, units: jax.Array, count: jax.Array, local: jax.Array,
+                    templates: tuple[jax.Array, jax.Array], prior_w: jax.Array, prior_m: jax.Array,
+                    opts: DecodeOptions):
+    """``obs (B, T, S, S)``, ``starts (B, M, P)``, ``units (B, M, slots, 2)`` → best fit per trajectory."""
+    slots = units.shape[2]
+    base_map, unit_maps = templates
+
+    def one(o, st, u, k):
+        active = jnp.arange(slots) < k
+        rps = base_map + jnp.einsum("mka,kaep->mep", u, unit_maps)  # (M, slots·Pk, P)
+
+        def fit(s, rp):
+            normal_fn, cost_fn, project, _ = _objective(o, active, local, rp, opts, (prior_w, prior_m))
+            res = levenberg_marquardt(project(s), normal_fn, cost_fn, project, opts.trajectory_iterations)
+            return res.theta, res.cost, res.jtj
+
+        if opts.star_screen_iterations and st.shape[0] > opts.star_candidates:
+            # Screening: every subset a few iterations, the best star_candidates continue.
+            def short(s, rp):
+                normal_fn, cost_fn, project, _ = _objective(o, active, local, rp, opts, (prior_w, prior_m))
+                res = levenberg_marquardt(project(s), normal_fn, cost_fn, project, opts.star_screen_iterations)
+                return res.theta, res.cost
+
+            theta, cost = jax.vmap(short)(st, rps)
+            keep = jnp.argsort(cost)[: opts.star_candidates]
+            st, rps = theta[keep], rps[keep]
+        else:
+            keep = jnp.arange(st.shape[0])
+        theta, cost, jtj = jax.vmap(fit)(st, rps)
+        best = jnp.argmin(cost)
+        rp = rps[best]
+        _, _, _, positions = _objective(o, active, local, rp, opts, (prior_w, prior_m))
+        return positions(theta[best]), cost[best], _position_variances(jtj[best], rp, local, opts), keep[best]
+
+    return jax.vmap(one)(obs, starts, units, count)
+
+
+def fit_star(
+    frames: np.ndarray, paths: np.ndarray, count: np.ndarray, opts: DecodeOptions,
+    directions: np.ndarray | None = None, progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Star-geometry fits (``geometry="star"``) of every trajectory, started from per-frame paths.
+
+    Args:
+      frames: ``(N, T, S, S)`` grey values.
+      paths: ``(N, T, ≥K, 3)`` rows ``(x, y, b)`` of a fit (the free trajectory fit) or the truth.
+      count: ``(N,)`` targets per trajectory (kept).
+      opts: decoder options (``star_*``, ``degree``, ``trajectory_iterations``).
+      directions: ``(N, K)`` direction of each path's target (e.g. the generator's), or ``None``: the
+        ``star_candidates`` best subsets of :func:`star_candidates` are fitted and the lowest cost wins.
+
+    Returns:
+      ``params (N, T, Kmax, 3)``, ``cost (N,)``, ``pos_var (N, T, Kmax)`` and the chosen directions
+      ``(N, Kmax)`` (``-1`` padding).
+    """
+    frames = np.asarray(frames, np.float32)
+    n, t = frames.shape[:2]
+    opts = _fit_degree(opts, t)
+    kmax = opts.max_targets
+    slots = slots_for(kmax)
+    count = np.asarray(count, np.int64)
+    soft = opts.star_stiffness is not None
+    basis = legendre_basis(t, opts.degree)
+    h = max((t - 1) / 2.0, 0.0)
+    local = jnp.asarray(_local_map(basis))
+    paths = np.asarray(paths, np.float64)[:, :, :slots]
+    paths = np.pad(paths, ((0, 0), (0, 0), (0, slots - paths.shape[2]), (0, 0)))
+    if directions is None:
+        screened = opts.star_screen if opts.star_screen_iterations else 0
+        # No more candidates than the data's counts have subsets (C(8, 8) = 1, C(4, 2) = 6, ...).
+        subsets = max([math.comb(opts.star_direction_count, int(k)) for k in np.unique(count)] + [1])
+        cand = star_candidates(paths, count, opts, min(max(opts.star_candidates, screened), subsets))
+    else:
+        cand = np.asarray(directions, np.int64)[:, None, :]
+    m = cand.shape[1]
+    dirs = np.full((n, m, slots), -1, np.int64)
+    dirs[:, :, : min(cand.shape[2], slots)] = cand[:, :, :slots]
+    dirs = np.where(np.arange(slots)[None, None, :] < count[:, None, None], dirs, -1)
+    coef = np.einsum("dt,ntkc->nkcd", np.linalg.pinv(basis), paths[..., :2])  # (N, slots, 2, D+1)
+    bright = paths[..., 2].mean(1)  # (N, slots)
+    units = _star_units(dirs, opts.star_direction_count)  # (N, M, slots, 2)
+    starts = _star_starts(coef, bright, units, count, opts.degree, h, opts)
+    units = units.astype(np.float32)
+    templates = tuple(jnp.asarray(a) for a in _star_templates(slots, opts.degree, t, soft))
+    prior_w, prior_m = (jnp.asarray(a) for a in _star_prior(slots, opts.degree, opts))
+    # Each call fits chunk·m small problems (m up to 70 screened subsets, then star_candidates of them).
+    chunk = max(1, min(n, (8 * opts.chunk) // (t * m)))
+    params = np.zeros((n, t, slots, 3), np.float32)
+    cost = np.zeros(n)
+    var = np.zeros((n, t, slots), np.float32)
+    chosen = np.zeros(n, np.int64)
+    rng = range(0, n, chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        rng = tqdm(rng, desc="trajectory (star)", unit="chunk")
+    for lo in rng:
+        hi = min(lo + chunk, n)
+        pad = chunk - (hi - lo)
+
+        def padded(x):
+            x = x[lo:hi]
+            return jnp.asarray(np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x)
+
+        pp, c, v, b = _fit_star_batch(padded(frames), padded(starts), padded(units),
+                                      padded(count.astype(np.int32)), local, templates, prior_w, prior_m, opts)
+        params[lo:hi] = np.asarray(pp)[: hi - lo]
+        cost[lo:hi] = np.asarray(c)[: hi - lo]
+        var[lo:hi] = np.asarray(v)[: hi - lo]
+        chosen[lo:hi] = np.asarray(b)[: hi - lo]
+    mask = np.arange(slots)[None, :] < count[:, None]
+    params = np.where(mask[:, None, :, None], params, 0.0)[:, :, :kmax]
+    var = np.where(mask[:, None, :], var, np.inf)[:, :, :kmax]
+    return params, cost, var, dirs[np.arange(n), chosen][:, :kmax]
