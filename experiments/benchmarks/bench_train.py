@@ -43,6 +43,12 @@ from seqcsist_jax.fileio import atomic_write, atomic_write_json
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _table_rows(rows: list[dict], names: list[str], cell) -> list[str]:
+    """One Markdown line per benchmark row: model, batch, dtype, then ``cell(row, variant)`` per variant."""
+    return [f"| {row['model']} | {row['batch']} | {row['dtype']} | " + " | ".join(cell(row, k) for k in names) + " |"
+            for row in rows]
+
+
 def _config(batch: int, dtype: str, paper: bool, num_train: int):
     from experiments import configs
 
@@ -173,23 +179,17 @@ def _write(rows: list[dict], args, load_start) -> str:
         "ratios move with the other jobs' load:",
         "",
         *head,
-    ]
-    for row in rows:
-        tps, ratio = row["traj_per_s"], row["ratio_vs_host"]
-        cells = [f"{tps[k]:.2f} ({ratio[k]:.2f}×)" if k in tps else "—" for k in names]
-        lines.append(f"| {row['model']} | {row['batch']} | {row['dtype']} | " + " | ".join(cells) + " |")
-    lines += [
+        *_table_rows(rows, names, lambda row, k: f"{row['traj_per_s'][k]:.2f} ({row['ratio_vs_host'][k]:.2f}×)"
+                     if k in row["traj_per_s"] else "—"),
         "",
         "Process CPU time per training step, user + system, ms (host ÷ variant: how much less CPU a step takes; "
         "independent of how the machine's cores are shared), and minor page faults per step:",
         "",
         *head,
+        *_table_rows(rows, names, lambda row, k: f"{row['cost'][k]['cpu_ms_per_step']:.0f} "
+                     f"({row['cpu_ratio_vs_host'][k]:.2f}×), {row['cost'][k]['minor_faults_per_step']:.0f} faults"
+                     if k in row["cost"] else "—"),
     ]
-    for row in rows:
-        cost, ratio = row["cost"], row["cpu_ratio_vs_host"]
-        cells = [f"{cost[k]['cpu_ms_per_step']:.0f} ({ratio[k]:.2f}×), {cost[k]['minor_faults_per_step']:.0f} faults"
-                 if k in cost else "—" for k in names]
-        lines.append(f"| {row['model']} | {row['batch']} | {row['dtype']} | " + " | ".join(cells) + " |")
     atomic_write(RESULTS / "bench_train.md", "\n".join(lines) + "\n")
     return "\n".join(lines)
 
