@@ -26,14 +26,14 @@ def test_saturated_frames_flags_any_pixel_at_255():
 
 def test_decode_warns_with_the_count_of_saturated_frames():
     maps = np.zeros((2, 3, 33, 33), np.float32)
-    with pytest.warns(RuntimeWarning, match=r"2 of 6 frames have saturated pixels"):
+    with pytest.warns(RuntimeWarning, match=r"2 of 6 decoded frames have saturated pixels \(stored at the clip level, 255\)"):
         out = api.decode(_frames(), maps, method="grid")
     assert len(out) == 2 and len(out[0]) == 3
 
 
 def test_decode_arrays_returns_the_per_frame_flag():
     frames = _frames()[:1, :2]
-    with pytest.warns(RuntimeWarning, match=r"1 of 2 frames"):
+    with pytest.warns(RuntimeWarning, match=r"1 of 2 decoded frames"):
         decoded = api.decode_arrays(frames, method="refine")
     np.testing.assert_array_equal(decoded.saturated, [[False, True]])
 

@@ -81,7 +81,8 @@ def _warn_saturated(saturated: np.ndarray, clip_level: float | None) -> None:
     count = int(np.sum(saturated))
     if count:
         warnings.warn(
-            f"{count} of {saturated.size} frames have saturated pixels (stored at {clip_level:g}): their decoded "
+            f"{count} of {saturated.size} decoded frames have saturated pixels (stored at the clip level, "
+            f"{clip_level:.0f}): their decoded "
             "brightnesses and counts are less reliable (clipped pixels only bound the signal; beyond "
             "max_saturated per frame they are fitted as ordinary pixels); decode_arrays(...).saturated flags them",
             RuntimeWarning,
@@ -239,8 +240,8 @@ def warn_at_cap(at_cap: np.ndarray, max_targets: int, method: str) -> None:
     if num:
         warnings.warn(
             f"decode ({method}): {num} of {at_cap.size} frames chose the largest count max_targets="
-            f"{max_targets}; their true count may be larger (raise max_targets, e.g. to the dataset's "
-            "maximum; Decoded.at_cap flags them)",
+            f"{max_targets} (of all decoded frames, scored or not); if the data can hold more targets than "
+            "that, raise max_targets to the dataset's maximum (Decoded.at_cap flags these frames)",
             CountCapWarning,
             stacklevel=3,
         )
