@@ -496,7 +496,7 @@ def settings_text(settings: dict) -> str:
     if settings.get("paper_scale"):
         budget = "each config's own schedule (paper scale: 100 epochs, SRCNN 200)"
     elif settings.get("budget_steps"):
-        budget = f"{settings['budget_steps']} steps (one trajectory per step) for every learned method"
+        budget = f"{settings['budget_steps']} steps (of each config's global batch) for every learned method"
     else:
         budget = f"{settings['budget_epochs']} epochs for every learned method"
     lr = settings.get("learning_rate")
@@ -542,7 +542,8 @@ def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
         f"Trained and scored here: {settings_text(settings)}. Test split, {_protocol_text(settings)}. "
         "Classical methods are not trained. "
         f"FPS: predicted frames (output maps) per second of the jitted inference on this machine ({machine['device']}, "
-        f"{machine['cpu_count']} CPU cores, backend {machine['backend']}); FLOPs per 20-frame trajectory "
+        f"{machine['cpu_count']} CPU cores, backend {machine['backend']}); FLOPs per "
+        f"{'20 images' if is_single_image(settings.get('dataset')) else '20-frame trajectory'} "
         "(XLA cost analysis; ISTA/FISTA analytic from the mean iteration count); min: wall minutes of the row's "
         "training and evaluation. Rows `method (variant)` run the public code's behaviour where it differs from our "
         "default; the paper column repeats the method's published number.",

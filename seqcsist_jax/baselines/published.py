@@ -59,7 +59,7 @@ PUBLISHED: dict[str, PublishedResult] = {
 INCONSISTENT_ROWS = frozenset({"istanet_plus", "usrnet"})
 
 #: Display names of this project's methods (including FISTA, which the paper does not report).
-LABELS: dict[str, str] = {key: row.label for key, row in PUBLISHED.items()} | {"fista": "FISTA"}
+LABELS: dict[str, str] = {key: row.label for key, row in PUBLISHED.items()} | {"fista": "FISTA", "dista": "DISTA-Net"}
 
 METRIC_KEYS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
 
