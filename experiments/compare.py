@@ -425,12 +425,9 @@ def _set_aside_stale_run(workdir: pathlib.Path, config, force: bool) -> None:
     Raises:
       cli.UsageError: the workdir holds another config's run and ``force`` is off (the message says what differs).
     """
-    from seqcsist_jax.workdir import RESTART_SAFE_FIELDS, config_differences, config_path, load_run_config
+    from seqcsist_jax.workdir import run_config_differences
 
-    if not config_path(workdir).exists():
-        return
-    diffs = [d for d in config_differences(load_run_config(workdir).to_dict(), config.to_dict())
-             if d.split(":")[0] not in RESTART_SAFE_FIELDS]
+    diffs = run_config_differences(workdir, config)
     if not diffs:
         return  # the same run: train_and_evaluate resumes it from its checkpoints
     shown = "; ".join(diffs[:4]) + (f"; … ({len(diffs) - 4} more)" if len(diffs) > 4 else "")

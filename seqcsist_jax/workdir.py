@@ -80,6 +80,15 @@ RESTART_SAFE_FIELDS = ("progress_bar", "log_every_steps", "dataset.data_dir", "m
                        "checkpoint_every_seconds", "eval.batch_size", "eval.num_figure_samples")
 
 
+def run_config_differences(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> list[str]:
+    """What differs between the run saved in ``workdir`` and ``config`` (``"key: old → new"`` lines), leaving out
+    :data:`RESTART_SAFE_FIELDS`; empty when the workdir holds no run or the same one."""
+    if not config_path(workdir).exists():
+        return []
+    old = load_run_config(workdir).to_dict()
+    return [d for d in config_differences(old, config.to_dict()) if d.split(":")[0] not in RESTART_SAFE_FIELDS]
+
+
 def save_or_check_run_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, *,
                              force: bool = False, write: bool = True) -> None:
     """Writes ``config.json`` for a new run, or checks that a restarted run uses the same config.
@@ -93,8 +102,7 @@ def save_or_check_run_config(workdir: str | pathlib.Path, config: ml_collections
     path = config_path(workdir)
     new = config.to_dict()
     if path.exists() and not force:
-        old = load_run_config(workdir).to_dict()
-        diffs = [d for d in config_differences(old, new) if d.split(":")[0] not in RESTART_SAFE_FIELDS]
+        diffs = run_config_differences(workdir, config)
         if diffs:
             shown = "; ".join(diffs[:8]) + (f"; … ({len(diffs) - 8} more)" if len(diffs) > 8 else "")
             raise ConfigMismatchError(

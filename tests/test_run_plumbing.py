@@ -74,3 +74,18 @@ def test_q_for_workdir_reuses_the_cache_of_the_same_data(tmp_path):
     # a damaged cache is recomputed, not an error
     (tmp_path / "qinit.npz").write_bytes(b"garbage")
     np.testing.assert_allclose(splits.q_for_workdir(tmp_path, dataset), splits.q_for_workdir(None, dataset))
+
+
+def test_run_config_differences_ignores_restart_safe_fields(tmp_path):
+    from experiments import configs
+    from seqcsist_jax.workdir import run_config_differences, save_or_check_run_config
+
+    config = configs.get_config("derefnet:smoke")
+    assert run_config_differences(tmp_path, config) == []  # no run saved yet
+    save_or_check_run_config(tmp_path, config)
+    changed = configs.get_config("derefnet:smoke")
+    changed.log_every_steps = 7  # restart-safe: not a difference
+    assert run_config_differences(tmp_path, changed) == []
+    changed.num_train_steps = config.num_train_steps + 1
+    assert run_config_differences(tmp_path, changed) == [
+        f"num_train_steps: {config.num_train_steps} → {config.num_train_steps + 1}"]
