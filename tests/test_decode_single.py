@@ -198,3 +198,29 @@ def test_start_rank_is_cost_or_laplace_evidence():
     r1 = np.asarray(frames.start_rank(cost, jtj, make_options(evidence_weight=1.0)))
     np.testing.assert_allclose(r1, [p * np.log(100.0), 1.0], rtol=1e-4)
     assert np.argmin(r0) == 0 and np.argmin(r1) == 1
+
+
+@pytest.mark.parametrize("n,limit", [(1, 1), (1, 4096), (7, 3), (10_000, 4096), (8192, 4096), (8193, 4096),
+                                     (12, 5), (5, 12)])
+def test_balanced_chunk_uses_the_fewest_calls_and_pads_less_than_one_item_per_call(n, limit):
+    """Against a brute-force search: the fewest calls of at most ``limit`` items, and among those the smallest
+    padded call size (padding = calls·chunk - n < calls)."""
+    chunk = frames.balanced_chunk(n, limit)
+    calls = -(-n // chunk)
+    fewest = min(c for c in range(1, n + 1) if -(-n // c) <= limit)
+    smallest = min(s for s in range(1, limit + 1) if -(-n // s) == fewest)
+    assert chunk <= limit and calls == fewest and chunk == smallest
+    assert 0 <= calls * chunk - n < calls
+
+
+def test_refine_does_not_depend_on_how_the_frames_are_chunked(five):
+    """Two 5-target images fitted in one call and in two calls of one image (each image's fit is vmapped on its
+    own, so only float rounding of a different batch size can differ: 5e-3 px as in the uniform-slots test)."""
+    img, dec = five
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CountCapWarning)
+        one = decode_arrays(img[:, None], method="refine", **SINGLE, chunk=1)
+    np.testing.assert_array_equal(one.count, dec.count)
+    np.testing.assert_allclose(one.frame_cost, dec.frame_cost, rtol=1e-3, atol=1e-3)
+    for i in range(2):
+        assert _errors(one.detections[i, 0, :5], dec.detections[i, 0, :5]).max() <= 5e-3

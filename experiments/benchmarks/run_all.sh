@@ -18,3 +18,5 @@ python -m experiments.benchmarks.bench_decode --config all
 if [ -d "$quick/checkpoints/best" ]; then
   python -m experiments.benchmarks.bench_decode --config default --workdir "$quick" --tag _derefnet_quick --no-diagnostics
 fi
+python -m experiments.benchmarks.bench_decode_csist100k --tag=_tfds
+python -m experiments.benchmarks.bench_decode_csist100k --standin --tag=_10k

@@ -84,8 +84,9 @@ class DecodeOptions:
         is a large share of a 10,000-image CPU run; for small ``max_targets`` (CSIST-100K: 5) the extra slots
         cost less at run time than the compilation they save. Results equal the per-count slots' up to
         float rounding (unused slots never move).
-      chunk: frames (``refine``) or trajectories×frames/T (``trajectory``) per jitted call; every call is
-        padded to this size so each shape compiles once.
+      chunk: the most frames (``refine``) or trajectories×frames/T (``trajectory``) per jitted call; every call
+        is padded to one size so each shape compiles once (``refine`` balances its calls,
+        :func:`seqcsist_jax.decode.frames.balanced_chunk`, so the padding stays below one frame per call).
       geometry: the group geometry of the ``trajectory`` fit. ``"free"`` (the default): every target has its
         own polynomial path (curvature shared from ``shared_from``). ``"star"``: SPEC §3's SeqCSIST motion
         model (:func:`seqcsist_jax.decode.trajectory.star_reparametrisation`): target ``k`` at
