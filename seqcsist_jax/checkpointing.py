@@ -127,7 +127,10 @@ def _manager(directory: pathlib.Path, **options: Any) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         directory.resolve(),
         options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False, **options),
-        item_names=("state", "loader", "meta"),
+        # Handlers named up front (not just item names): reading an item's metadata before any restore (the
+        # parameter-shape check) then needs no guess, and orbax prints no "could not be restored" warnings.
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "loader": ocp.JsonCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()},
     )
 
 
