@@ -67,3 +67,28 @@ def test_backward_convolutions_inside_scan_are_canonical():
     assert set(labels(conv.conv_general_dilated)) == {"b01f_01io->b01f"}
     np.testing.assert_allclose(scanned(conv.conv_general_dilated)(w, xs), scanned(lax.conv_general_dilated)(w, xs),
                                rtol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the canonical backward is CPU-only")
+@pytest.mark.parametrize("layer", ["strided_conv", "sn_conv"])
+def test_baseline_stride1_layers_keep_canonical_backward_inside_scan(layer, monkeypatch):
+    """The SR baselines' own stride-1 layers (``StridedConv``, ``SNConv``) route through ops.conv too: trained
+    with K-step calls their backward convolutions stay canonical, and their gradients equal the same layer's
+    with plain ``lax.conv_general_dilated``."""
+    from seqcsist_jax.baselines import sr_layers
+
+    module = sr_layers.StridedConv(4, 3, 1, 1) if layer == "strided_conv" else sr_layers.SNConv(4, 3, 1, 1)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+    params = module.init(jax.random.PRNGKey(2), x)
+    grad = jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x))))
+
+    def step(p, x):
+        return jax.tree_util.tree_map(lambda a, g: a - 0.1 * g, p, grad(p, x)), None
+
+    run = jax.jit(lambda p, xs: lax.scan(step, p, xs)[0])
+    text = run.lower(params, jnp.stack([x, 0.5 * x])).compile().as_text().lower()
+    assert set(re.findall(r"dim_labels=(\S+?)[,\s]", text)) == {"b01f_01io->b01f"}
+    got = grad(params, x)
+    monkeypatch.setattr(sr_layers.conv, "conv_general_dilated", lax.conv_general_dilated)
+    want = grad(params, x)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)

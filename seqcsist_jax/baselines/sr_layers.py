@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqcsist_jax.models.layers import Initializer, torch_default_bias, torch_default_kernel
+from seqcsist_jax.ops import conv
 
 
 class PReLU(nn.Module):
@@ -44,7 +45,8 @@ class StridedConv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         k, c = self.kernel_size, x.shape[-1]
         kernel = self.param("kernel", self.kernel_init, (k, k, c, self.features), jnp.float32)
-        y = jax.lax.conv_general_dilated(
+        # ops.conv: stride-1 layers keep XLA:CPU's fast backward convolutions inside K-step scans.
+        y = conv.conv_general_dilated(
             x, kernel.astype(x.dtype), (self.stride, self.stride), ((self.padding, self.padding),) * 2,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
@@ -159,7 +161,8 @@ class SNConv(nn.Module):
         kernel = spectral_normalize(
             self.param("kernel", torch_default_kernel, (k, k, c, self.features), jnp.float32), self.iterations
         )
-        y = jax.lax.conv_general_dilated(
+        # ops.conv: stride-1 layers keep XLA:CPU's fast backward convolutions inside K-step scans.
+        y = conv.conv_general_dilated(
             x, kernel.astype(x.dtype), (self.stride, self.stride), ((self.padding, self.padding),) * 2,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
