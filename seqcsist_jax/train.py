@@ -69,14 +69,28 @@ class TrainState:
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int | None = None) -> optax.Schedule | float:
-    """``constant`` (the paper) or ``cosine`` decay to 0 over ``num_steps`` (used by the short CPU configs)."""
+    """``constant`` (the paper) or ``cosine`` decay to 0 over ``num_steps`` (used by the short CPU configs).
+
+    ``config.warmup_steps`` (optional, default 0) ramps the rate linearly from 0 over the first steps (for
+    ``cosine`` the decay then covers the remaining ``num_steps - warmup_steps``).
+    """
     kind = config.get("schedule", "constant")
+    warmup = int(config.get("warmup_steps") or 0)
+    if warmup < 0:
+        raise ValueError(f"optimizer.warmup_steps must be >= 0, got {warmup}")
     if kind == "constant":
-        return config.learning_rate
+        if not warmup:
+            return config.learning_rate
+        return optax.linear_schedule(0.0, config.learning_rate, warmup)
     if kind == "cosine":
         if not num_steps:
             raise ValueError("the cosine schedule needs the number of training steps")
-        return optax.cosine_decay_schedule(config.learning_rate, num_steps)
+        if not warmup:
+            return optax.cosine_decay_schedule(config.learning_rate, num_steps)
+        if warmup >= num_steps:
+            raise ValueError(f"optimizer.warmup_steps ({warmup}) must be below the number of training steps "
+                             f"({num_steps})")
+        return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, num_steps, end_value=0.0)
     raise ValueError(f"unknown learning-rate schedule {kind!r} (supported: 'constant', 'cosine')")
 
 

@@ -62,9 +62,19 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: Config fields added after runs were saved, with the value that reproduces the old behaviour: a saved config
+#: without the field equals one that holds this value (so older runs restart and compare as the same run).
+ADDED_FIELD_DEFAULTS: dict[str, Any] = {"optimizer.warmup_steps": 0}
+
+
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``["key: old → new", ...]`` for every leaf that differs (dotted keys, sorted)."""
+    """``["key: old → new", ...]`` for every leaf that differs (dotted keys, sorted); a field of
+    :data:`ADDED_FIELD_DEFAULTS` missing on one side counts as holding its default."""
     a, b = _flatten(old), _flatten(new)
+    for key, value in ADDED_FIELD_DEFAULTS.items():
+        if (key in a) != (key in b):
+            a.setdefault(key, value)
+            b.setdefault(key, value)
     missing = object()
     lines = []
     for key in sorted(set(a) | set(b)):

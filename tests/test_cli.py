@@ -125,6 +125,15 @@ def test_config_differences_lists_changed_added_and_removed_keys():
     assert isinstance(ml_collections.ConfigDict(old), ml_collections.ConfigDict)
 
 
+def test_config_saved_before_a_field_was_added_is_the_same_run_at_its_default():
+    """``optimizer.warmup_steps`` came later: a saved config without it equals one with 0 (the old behaviour),
+    but not one with another value."""
+    saved = {"optimizer": {"learning_rate": 3e-3}}
+    assert workdir_lib.config_differences(saved, {"optimizer": {"learning_rate": 3e-3, "warmup_steps": 0}}) == []
+    assert workdir_lib.config_differences(saved, {"optimizer": {"learning_rate": 3e-3, "warmup_steps": 50}}) == [
+        "optimizer.warmup_steps: 0 → 50"]
+
+
 # ---------------------------------------------------------------------------------------------- commands
 
 

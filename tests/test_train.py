@@ -146,6 +146,30 @@ def test_optimizer_is_pytorch_adam_with_l2():
     np.testing.assert_allclose(updates["w"], expected, rtol=1e-4)
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_learning_rate_warmup_ramps_linearly_then_follows_the_schedule(schedule):
+    """``warmup_steps`` against the closed form: lr·s/w during the ramp; afterwards the constant rate, or the
+    cosine ``lr·(1 + cos(π·(s - w)/(n - w)))/2`` over the remaining steps."""
+    config = configs.get_config("derefnet").optimizer
+    config.learning_rate, config.schedule, config.warmup_steps = 3e-3, schedule, 10
+    n = 50
+    lr = train_lib.learning_rate_schedule(config, n)
+    for s in (0, 1, 5, 10, 20, 37, 49):
+        if s <= 10:
+            want = 3e-3 * s / 10
+        elif schedule == "constant":
+            want = 3e-3
+        else:
+            want = 3e-3 * 0.5 * (1 + np.cos(np.pi * (s - 10) / (n - 10)))
+        # optax evaluates in float32; near the end 1 + cos cancels, so an absolute lr·1e-6 (≈ 8 float32 ulps of lr).
+        np.testing.assert_allclose(float(lr(s)), want, rtol=1e-6, atol=3e-3 * 1e-6)
+    config.warmup_steps = 0
+    assert train_lib.learning_rate_schedule(configs.get_config("derefnet").optimizer) == 1e-4
+    config.schedule, config.warmup_steps = "cosine", n
+    with pytest.raises(ValueError, match="warmup_steps"):
+        train_lib.learning_rate_schedule(config, n)
+
+
 def test_paper_config_matches_spec():
     c = configs.get_config("derefnet")
     assert c.dataset.name == "seqcsist/default"

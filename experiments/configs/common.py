@@ -52,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 1e-4
     config.optimizer.schedule = "constant"  # the paper; "cosine" decays to 0 over the run
+    config.optimizer.warmup_steps = 0  # linear ramp from 0 over the first steps (0: none, the paper)
     # PyTorch Adam's weight_decay: L2 added to the gradient before the moment estimates (not AdamW).
     config.optimizer.weight_decay = 1e-5
     config.optimizer.b1 = 0.9
