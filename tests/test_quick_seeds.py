@@ -44,3 +44,18 @@ def test_unfinished_run_is_one_clear_error(tmp_path):
     with pytest.raises(SystemExit, match=r"q0/result.json: expected a finished run's result.json"):
         quick_seeds.main(["--collect-only", "--seeds", "0", "--workdir-prefix", str(tmp_path / "q"),
                           "--results-dir", str(tmp_path / "results")])
+
+
+def test_overrides_reach_every_seed_and_the_results(tmp_path):
+    cmd = quick_seeds.train_command(1, tmp_path / "q1", ["optimizer.warmup_steps=70"])
+    assert cmd[-2:] == ["--config.seed=1", "--config.optimizer.warmup_steps=70"]
+    _fake_run(tmp_path / "q0", 0.41)
+    out = quick_seeds.main(["--collect-only", "--seeds", "0", "--workdir-prefix", str(tmp_path / "q"),
+                            "--results-dir", str(tmp_path / "results"), "--set", "optimizer.warmup_steps=70",
+                            "--tag", "_warmup70"])
+    assert out["overrides"] == ["optimizer.warmup_steps=70"]
+    table = (tmp_path / "results" / "quick_seeds_warmup70.md").read_text()
+    assert "--config.optimizer.warmup_steps=70" in table.splitlines()[0]
+    with pytest.raises(SystemExit, match=r"--set 'warmup': expected KEY=VALUE"):
+        quick_seeds.main(["--collect-only", "--seeds", "0", "--workdir-prefix", str(tmp_path / "q"),
+                          "--results-dir", str(tmp_path / "results"), "--set", "warmup"])

@@ -3,14 +3,15 @@
 Run from the repository root (one command; runs the missing seeds one after another, then collects)::
 
     python -m experiments.benchmarks.quick_seeds [--seeds 0 1 2] [--workdir-prefix /tmp/q] [--note TEXT]
-        [--collect-only] [--results-dir DIR]
+        [--collect-only] [--results-dir DIR] [--set optimizer.warmup_steps=70 ...] [--tag _warmup70]
 
 Each seed is ``python -m experiments.train --config=derefnet_quick --workdir=<prefix><seed> --config.seed=<seed>``
-(subprocess, so every seed starts from a fresh process exactly as a user runs it). A seed whose workdir already
+(subprocess, so every seed starts from a fresh process exactly as a user runs it), plus ``--config.KEY=VALUE`` for
+every ``--set KEY=VALUE`` (a recipe change measured over the same seeds). A seed whose workdir already
 holds ``result.json`` is not retrained; its wall time comes from ``quick_seeds_wall.json`` that this script
 wrote next to it (absent when the run was started by hand).
 
-Writes ``experiments/benchmarks/results/quick_seeds.{json,md}``: per seed the test CSO-mAP and AP05…AP25 (×100),
+Writes ``experiments/benchmarks/results/quick_seeds{TAG}.{json,md}``: per seed the test CSO-mAP and AP05…AP25 (×100),
 the best validation CSO-mAP and its step, and the wall time of the whole command (training + evaluation);
 then mean, sample standard deviation and min–max over the seeds. Wall times depend on the machine and its load
 (the load average at the start of each seed is recorded).
@@ -38,13 +39,21 @@ CONFIG = "derefnet_quick"
 WALL_FILE = "quick_seeds_wall.json"
 
 
-def run_seed(seed: int, workdir: Path) -> dict[str, Any]:
+def train_command(seed: int, workdir: Path, overrides: list[str] = ()) -> list[str]:
+    """The training command of one seed; ``overrides`` are ``KEY=VALUE`` config overrides."""
+    for item in overrides:
+        if "=" not in item or not item.split("=", 1)[0]:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. optimizer.warmup_steps=70")
+    return [sys.executable, "-m", "experiments.train", f"--config={CONFIG}", f"--workdir={workdir}",
+            f"--config.seed={seed}", *(f"--config.{item}" for item in overrides)]
+
+
+def run_seed(seed: int, workdir: Path, overrides: list[str] = ()) -> dict[str, Any]:
     """Trains and scores one seed in ``workdir`` unless it finished already; returns its wall-time record."""
     wall_path = workdir / WALL_FILE
+    command = train_command(seed, workdir, overrides)
     if (workdir / "result.json").exists():
         return json.loads(wall_path.read_text()) if wall_path.exists() else {"wall_s": None, "load_avg": None}
-    command = [sys.executable, "-m", "experiments.train", f"--config={CONFIG}", f"--workdir={workdir}",
-               f"--config.seed={seed}"]
     print(f"seed {seed}: {' '.join(command)}", flush=True)
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -90,9 +99,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return summary
 
 
-def to_markdown(rows: list[dict[str, Any]], summary: dict[str, dict[str, float]], note: str) -> str:
+def to_markdown(rows: list[dict[str, Any]], summary: dict[str, dict[str, float]], note: str,
+                overrides: list[str] = ()) -> str:
     keys = (*METRIC_KEYS, "val_mAP")
-    lines = [f"# Quick run over {len(rows)} seeds (`--config={CONFIG}`)", ""]
+    extra = "".join(f" --config.{o}" for o in overrides)
+    lines = [f"# Quick run over {len(rows)} seeds (`--config={CONFIG}{extra}`)", ""]
     if note:
         lines += [note, ""]
     lines += ["Test split, scored frames 2..17, grid decoding, ×100. "
@@ -120,7 +131,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--collect-only", action="store_true", help="do not train; only collect finished runs")
     parser.add_argument("--note", default="", help="free text stored with the results (machine, load)")
     parser.add_argument("--results-dir", default=str(RESULTS), help="where quick_seeds.{json,md} go")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override of every seed's run (repeatable), e.g. optimizer.warmup_steps=70")
+    parser.add_argument("--tag", default="", help="suffix of the results files, e.g. _warmup70")
     args = parser.parse_args(argv)
+    for item in args.set:
+        train_command(0, Path("."), [item])  # validates KEY=VALUE before any training starts
 
     rows = []
     for seed in args.seeds:
@@ -129,11 +145,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             wall_path = workdir / WALL_FILE
             wall = json.loads(wall_path.read_text()) if wall_path.exists() else {"wall_s": None, "load_avg": None}
         else:
-            wall = run_seed(seed, workdir)
+            wall = run_seed(seed, workdir, args.set)
         rows.append(collect(seed, workdir, wall))
     summary = summarise(rows)
     out = {
         "config": CONFIG,
+        "overrides": list(args.set),
         "seeds": args.seeds,
         "rows": rows,
         "summary": summary,
@@ -141,9 +158,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
     }
     results = Path(args.results_dir)
-    atomic_write_json(results / "quick_seeds.json", out, indent=2)
-    markdown = to_markdown(rows, summary, args.note)
-    atomic_write(results / "quick_seeds.md", markdown)
+    atomic_write_json(results / f"quick_seeds{args.tag}.json", out, indent=2)
+    markdown = to_markdown(rows, summary, args.note, args.set)
+    atomic_write(results / f"quick_seeds{args.tag}.md", markdown)
     print(markdown)
     return out
 
