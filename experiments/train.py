@@ -42,11 +42,12 @@ def run(argv: list[str] | None = None) -> None:
     from seqcsist_jax.checkpointing import CheckpointError, CheckpointWriteError
     from seqcsist_jax.metric_writers import MetricsFileError, MetricsWriteError
     from seqcsist_jax.run_lock import WorkdirLockedError
-    from seqcsist_jax.train import TrainingInterrupted
+    from seqcsist_jax.train import OptimizerConfigError, TrainingInterrupted
     from seqcsist_jax.workdir import ConfigMismatchError
 
     cli.run(main, argv, expected=(ConfigMismatchError, FileNotFoundError, WorkdirLockedError, CheckpointError,
-                                  CheckpointWriteError, MetricsFileError, MetricsWriteError, TrainingInterrupted))
+                                  CheckpointWriteError, MetricsFileError, MetricsWriteError, TrainingInterrupted,
+                                  OptimizerConfigError))
 
 
 if __name__ == "__main__":

@@ -68,30 +68,39 @@ class TrainState:
 # ----------------------------------------------------------------------------------------------- pure core
 
 
+class OptimizerConfigError(ValueError):
+    """``config.optimizer`` holds a value the optimiser cannot use (reported in one line, before anything is
+    written to the workdir)."""
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int | None = None) -> optax.Schedule | float:
     """``constant`` (the paper) or ``cosine`` decay to 0 over ``num_steps`` (used by the short CPU configs).
 
     ``config.warmup_steps`` (optional, default 0) ramps the rate linearly from 0 over the first steps (for
-    ``cosine`` the decay then covers the remaining ``num_steps - warmup_steps``).
+    ``cosine`` the decay then covers the remaining ``num_steps - warmup_steps``); it must be below ``num_steps``.
+
+    Raises:
+      OptimizerConfigError: unknown schedule, negative or too long warmup, cosine without ``num_steps``.
     """
     kind = config.get("schedule", "constant")
     warmup = int(config.get("warmup_steps") or 0)
     if warmup < 0:
-        raise ValueError(f"optimizer.warmup_steps must be >= 0, got {warmup}")
+        raise OptimizerConfigError(f"optimizer.warmup_steps must be >= 0, got {warmup}")
+    if warmup and num_steps and warmup >= num_steps:
+        raise OptimizerConfigError(f"optimizer.warmup_steps ({warmup}) must be below the number of training steps "
+                                   f"({num_steps})")
     if kind == "constant":
         if not warmup:
             return config.learning_rate
         return optax.linear_schedule(0.0, config.learning_rate, warmup)
     if kind == "cosine":
         if not num_steps:
-            raise ValueError("the cosine schedule needs the number of training steps")
+            raise OptimizerConfigError("the cosine schedule needs the number of training steps")
         if not warmup:
             return optax.cosine_decay_schedule(config.learning_rate, num_steps)
-        if warmup >= num_steps:
-            raise ValueError(f"optimizer.warmup_steps ({warmup}) must be below the number of training steps "
-                             f"({num_steps})")
         return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, num_steps, end_value=0.0)
-    raise ValueError(f"unknown learning-rate schedule {kind!r} (supported: 'constant', 'cosine')")
+    raise OptimizerConfigError(f"unknown learning-rate schedule optimizer.schedule={kind!r} "
+                               "(supported: 'constant', 'cosine')")
 
 
 def create_optimizer(config: ml_collections.ConfigDict, num_steps: int | None = None) -> optax.GradientTransformation:
@@ -405,9 +414,11 @@ class TrainingInterrupted(Exception):
 
 def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_every_seconds) -> dict:
     # Checked before anything is written: a mistyped --config must never overwrite another run's config.json.
-    save_or_check_run_config(workdir, config, force=force_config, write=jax.process_index() == 0)
-
+    save_or_check_run_config(workdir, config, force=force_config, write=False)
+    # Built (and the optimiser config validated) before config.json is written, so an invalid value leaves no
+    # saved config that would refuse the corrected command.
     trainer = Trainer(config, workdir)
+    save_or_check_run_config(workdir, config, force=force_config, write=jax.process_index() == 0)
     writer = MetricWriter(workdir)
     state, step = trainer.restore_or_init()
     num_steps = trainer.num_steps

@@ -80,6 +80,11 @@ def test_count_cap_warns_with_number_of_frames_and_flags_them():
         low = decode_arrays(np.stack([one, one, one]), method="refine", max_targets=2)
     assert not low.at_cap.any() and np.all(low.count == 1)
     assert dec.count[1, 0] == 1
+    from seqcsist_jax.decode import decode
+
+    with pytest.warns(CountCapWarning) as record:  # through the list API too, naming the caller's line
+        decode(img, None, "refine", max_targets=2)
+    assert {r.filename for r in record if r.category is CountCapWarning} == {__file__}
 
 
 def test_pixel_layouts_are_spread_inside_the_pixel_and_deterministic():

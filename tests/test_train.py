@@ -198,6 +198,19 @@ def test_cli_errors_are_clear(tmp_path):
     assert "no_such_field" in bad_override.stderr
 
 
+def test_invalid_optimizer_value_is_one_line_and_leaves_no_saved_config(tmp_path):
+    """A warmup as long as the run is refused in one line before config.json is written, so the corrected
+    command then runs in the same workdir (smoke: 6 steps)."""
+    bad = _run(["-m", "experiments.train", "--config=derefnet:smoke", "--config.optimizer.warmup_steps=6",
+                f"--workdir={tmp_path}"])
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "optimizer.warmup_steps (6) must be below the number of training steps (6)" in bad.stderr
+    assert not (tmp_path / "config.json").exists()
+    good = _run(["-m", "experiments.train", "--config=derefnet:smoke", "--config.optimizer.warmup_steps=2",
+                 f"--workdir={tmp_path}"])
+    assert good.returncode == 0, good.stderr[-2000:]
+
+
 _PARALLEL_SCRIPT = textwrap.dedent(
     """
     import sys, json, numpy as np, jax, jax.numpy as jnp

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import warnings
 from typing import Any
 
@@ -77,6 +79,19 @@ def saturated_frames(frames: Any, clip_level: float | None = 255.0) -> np.ndarra
     return (peak >= clip_level - 0.5) & (peak <= clip_level + 0.5)
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` for a ``warnings.warn`` in the function that calls this: the first frame outside
+    ``seqcsist_jax/decode``, so a warning names the user's line whichever public entry (``decode``,
+    ``decode_arrays``) they called."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _PACKAGE_DIR:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _warn_saturated(saturated: np.ndarray, clip_level: float | None) -> None:
     count = int(np.sum(saturated))
     if count:
@@ -86,7 +101,7 @@ def _warn_saturated(saturated: np.ndarray, clip_level: float | None) -> None:
             "brightnesses and counts are less reliable (clipped pixels only bound the signal; beyond "
             "max_saturated per frame they are fitted as ordinary pixels); decode_arrays(...).saturated flags them",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=_caller_stacklevel(),
         )
 
 
@@ -243,7 +258,7 @@ def warn_at_cap(at_cap: np.ndarray, max_targets: int, method: str) -> None:
             f"{max_targets} (of all decoded frames, scored or not); if the data can hold more targets than "
             "that, raise max_targets to the dataset's maximum (Decoded.at_cap flags these frames)",
             CountCapWarning,
-            stacklevel=3,
+            stacklevel=_caller_stacklevel(),
         )
 
 
