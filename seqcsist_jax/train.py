@@ -412,6 +412,16 @@ class TrainingInterrupted(Exception):
     """SIGTERM or SIGINT stopped training after a checkpoint was saved; running the same command resumes."""
 
 
+def _no_detection_note(metrics: dict, config: ml_collections.ConfigDict) -> str:
+    """A hint appended to an evaluation line that found no detection at all (a collapsed map output)."""
+    if metrics.get("num_detections", 1) or not metrics.get("num_gt", 0):
+        return ""
+    threshold = config.eval.get("threshold", 70.0)
+    return (f" — no map cell reached the threshold {threshold:g}: the model outputs nothing yet; if this persists"
+            " the run has collapsed (the short CPU recipes do for some seeds, see README 'Quickstart'; try another"
+            " --config.seed or a lower --config.optimizer.learning_rate)")
+
+
 def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_every_seconds) -> dict:
     # Checked before anything is written: a mistyped --config must never overwrite another run's config.json.
     save_or_check_run_config(workdir, config, force=force_config, write=False)
@@ -499,7 +509,7 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
                 save_latest(state, step)
                 trainer.checkpoints.drop_old_best()
                 _say(f"step {step}: {config.dataset.eval_split} CSO-mAP {100 * metrics_eval['mAP']:.2f}"
-                     + (" (new best)" if best else ""))
+                     + (" (new best)" if best else "") + _no_detection_note(metrics_eval, config))
             elif (last or (save_every_steps and step % save_every_steps == 0)
                   or (save_every_seconds and time.monotonic() - last_save[0] >= save_every_seconds)):
                 save_latest(state, step)

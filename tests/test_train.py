@@ -398,3 +398,11 @@ def test_evaluate_imported_checkpoint_and_public_export(smoke_run, tmp_path):
     t = config.dataset.simulate.frames_per_trajectory
     assert len(files) == config.dataset.num_test * (t - 4)
     assert all(parse_annotation(f).shape[-1] == 3 for f in files)
+
+
+def test_evaluation_line_says_when_the_model_outputs_nothing():
+    config = configs.get_config("derefnet_quick")
+    note = train_lib._no_detection_note({"mAP": 0.0, "num_detections": 0.0, "num_gt": 3440.0}, config)
+    assert "no map cell reached the threshold 70" in note and "--config.seed" in note
+    assert train_lib._no_detection_note({"mAP": 0.1, "num_detections": 12.0, "num_gt": 3440.0}, config) == ""
+    assert train_lib._no_detection_note({"mAP": 0.0, "num_detections": 0.0, "num_gt": 0.0}, config) == ""
