@@ -428,7 +428,7 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
     # Built (and the optimiser config validated) before config.json is written, so an invalid value leaves no
     # saved config that would refuse the corrected command.
     trainer = Trainer(config, workdir)
-    save_or_check_run_config(workdir, config, force=force_config, write=jax.process_index() == 0)
+    save_or_check_run_config(workdir, config, force=True, write=jax.process_index() == 0)  # checked above
     writer = MetricWriter(workdir)
     state, step = trainer.restore_or_init()
     num_steps = trainer.num_steps

@@ -294,3 +294,15 @@ def test_cli_writes_public_layout(tmp_path):
     # A second run refuses to mix generations unless told to overwrite.
     assert simulate.main(["--out", str(tmp_path), "--split", "val", "--num_trajectories", "1",
                           "--noprogress"]) == 2
+
+
+def test_direction_count_is_the_generators_rule_and_the_decoders():
+    from seqcsist_jax.data.simulate import direction_count
+    from seqcsist_jax.decode import make_options
+
+    assert [direction_count("auto", k) for k in (1, 4, 5, 8)] == [4, 4, 8, 8]
+    assert direction_count("axis", 8) == 4 and direction_count("compass", 2) == 8
+    for directions in ("auto", "axis", "compass"):
+        for k in (2, 4, 5):
+            assert make_options(star_directions=directions, max_targets=k).star_direction_count == direction_count(
+                directions, k)

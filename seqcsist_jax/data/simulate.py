@@ -70,6 +70,7 @@ __all__ = [
     "DIRECTION_VECTORS",
     "SPLIT_SIZES",
     "SimulationOptions",
+    "direction_count",
     "make_options",
     "simulate_seqcsist",
     "split_seed",
@@ -93,6 +94,16 @@ DIRECTION_VECTORS.setflags(write=False)
 
 #: Trajectories per split of the paper's dataset (3,500 / 750 / 750 × 20 frames).
 SPLIT_SIZES: dict[str, int] = {"train": 3500, "val": 750, "test": 750}
+
+
+def direction_count(directions: str, max_targets: int) -> int:
+    """Directions a group's targets leave along (SPEC §3): ``"axis"`` 4, ``"compass"`` 8, ``"auto"`` the
+    generator's rule (the 4 axis directions up to 4 targets, else the 8 compass directions)."""
+    if directions == "axis":
+        return 4
+    if directions == "compass":
+        return 8
+    return 4 if max_targets <= 4 else 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,11 +186,7 @@ class SimulationOptions:
     @property
     def direction_set(self) -> int:
         """Number of usable directions (4 axis or 8 compass), indices into :data:`DIRECTION_NAMES`."""
-        if self.directions == "axis":
-            return 4
-        if self.directions == "compass":
-            return 8
-        return 4 if self.max_targets <= 4 else 8
+        return direction_count(self.directions, self.max_targets)
 
     @property
     def max_radius(self) -> float:

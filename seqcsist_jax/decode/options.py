@@ -165,11 +165,9 @@ class DecodeOptions:
     @property
     def star_direction_count(self) -> int:
         """Directions of ``geometry="star"``: 4 (axis) or 8 (compass); ``"auto"`` follows the generator."""
-        if self.star_directions == "axis":
-            return 4
-        if self.star_directions == "compass":
-            return 8
-        return 4 if self.max_targets <= 4 else 8
+        from seqcsist_jax.data.simulate import direction_count  # the generator's own rule
+
+        return direction_count(self.star_directions, self.max_targets)
 
     def __post_init__(self) -> None:
         def check(cond: bool, msg: str) -> None:
