@@ -3,6 +3,7 @@
 Run from the repository root::
 
     python -m experiments.benchmarks.bench_train [--steps 20] [--repeats 1] [--paper] [--paper_steps 100]
+    python -m experiments.benchmarks.bench_train --model=paper --tag=_gpu   # the grid with the paper model (GPU)
 
 For every (global batch ∈ {1, 4}) × (compute dtype ∈ {float32, bfloat16}) it builds one
 :class:`seqcsist_jax.train.Trainer` (DeRefNet, 20-frame simulated trajectories, the smoke model by default:
@@ -19,8 +20,9 @@ best round is kept, so machine load hits them alike; ratios are against ``host``
 time it records the process CPU time (user + system) and minor page faults per step, which do not depend on
 how a shared machine's cores are divided: XLA:CPU allocates a step's temporaries (~350 MB for the smoke model's
 backward pass) afresh on every call and faults them in, so a K-step call pays that once per K steps. ``--paper`` adds the paper-size model (9 stages, 32 channels) at batch 1,
-float32: host vs K = 1 and K = ``--paper_steps``.
-Writes ``experiments/benchmarks/results/bench_train.{json,md}``.
+float32: host vs K = 1 and K = ``--paper_steps``. ``--model=paper`` runs the whole grid with the paper-size model
+instead (what a GPU run measures: the paper protocol is global batch 4, float32).
+Writes ``experiments/benchmarks/results/bench_train{--tag}.{json,md}``.
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ def _measure(runner: _Runner, ks: list[int], steps: int, repeats: int) -> tuple[
     return best, cost
 
 
+MODELS = {"smoke": "smoke (2 stages, 8 ch)", "paper": "paper (9 stages, 32 ch)"}
+
+
 def _write(rows: list[dict], args, load_start) -> str:
     """Writes the results so far (called after every row, so a cut run keeps what it measured)."""
     for row in rows:
@@ -154,6 +159,7 @@ def _write(rows: list[dict], args, load_start) -> str:
     result = {
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "load_average_start": load_start,
@@ -163,17 +169,18 @@ def _write(rows: list[dict], args, load_start) -> str:
         "rows": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / "bench_train.json", result, indent=2)
+    atomic_write_json(RESULTS / f"bench_train{args.tag}.json", result, indent=2)
     names = list(rows[0]["traj_per_s"])
     head = ["| model | global batch | dtype | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
     lines = [
         "# Training throughput: host loop vs device-resident K-step calls",
         "",
-        f"Backend {result['backend']}, {len(result['devices'])} device(s), {result['cpu_count']} CPUs shared with "
+        f"Backend {result['backend']} ({result['device_kind']}), {len(result['devices'])} device(s), "
+        f"{result['cpu_count']} CPUs shared with "
         f"other jobs: load average {', '.join(f'{x:.1f}' for x in load_start)} at the start, "
         f"{', '.join(f'{x:.1f}' for x in result['load_average'])} at the end. One run, the variants of a row "
         f"interleaved ({args.repeats} round(s); host, K=1 and K=10 {args.steps} steps a round, K=100 one call "
-        "of 100 steps; compilation excluded). Smoke DeRefNet (2 stages, 8 channels, 20-frame trajectories).",
+        f"of 100 steps; compilation excluded). DeRefNet {MODELS[args.model]}, 20-frame trajectories.",
         "",
         "Trajectories per second, wall clock (ratio vs the host loop of the row). The machine is shared, so wall "
         "ratios move with the other jobs' load:",
@@ -190,7 +197,7 @@ def _write(rows: list[dict], args, load_start) -> str:
                      f"({row['cpu_ratio_vs_host'][k]:.2f}×), {row['cost'][k]['minor_faults_per_step']:.0f} faults"
                      if k in row["cost"] else "—"),
     ]
-    atomic_write(RESULTS / "bench_train.md", "\n".join(lines) + "\n")
+    atomic_write(RESULTS / f"bench_train{args.tag}.md", "\n".join(lines) + "\n")
     return "\n".join(lines)
 
 
@@ -204,6 +211,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4", help="global batch sizes, comma-separated")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--ks", default="1,10,100", help="steps per call to measure")
+    parser.add_argument("--model", choices=sorted(MODELS), default="smoke", help="model of the grid")
+    parser.add_argument("--tag", default="", help="suffix of the results files (bench_train{tag}.md)")
     args = parser.parse_args()
 
     rows = []
@@ -212,16 +221,17 @@ def main() -> None:
         ks = [int(k) for k in args.ks.split(",")]
         for batch in (int(b) for b in args.batches.split(",")):
             for dtype in args.dtypes.split(","):
-                runner = _Runner(_config(batch, dtype, False, args.num_train), os.path.join(tmp, f"{batch}{dtype}"))
+                runner = _Runner(_config(batch, dtype, args.model == "paper", args.num_train),
+                                 os.path.join(tmp, f"{batch}{dtype}"))
                 tps, cost = _measure(runner, ks, args.steps, args.repeats)
-                rows.append({"model": "smoke (2 stages, 8 ch)", "batch": batch, "dtype": dtype, "traj_per_s": tps,
+                rows.append({"model": MODELS[args.model], "batch": batch, "dtype": dtype, "traj_per_s": tps,
                              "cost": cost})
                 print(json.dumps(rows[-1]), flush=True)
                 _write(rows, args, load_start)
         if args.paper:
             runner = _Runner(_config(1, "float32", True, args.num_train), os.path.join(tmp, "paper"))
             tps, cost = _measure(runner, [1, args.paper_steps], args.paper_steps, 1)
-            rows.append({"model": "paper (9 stages, 32 ch)", "batch": 1, "dtype": "float32", "traj_per_s": tps,
+            rows.append({"model": MODELS["paper"], "batch": 1, "dtype": "float32", "traj_per_s": tps,
                          "cost": cost})
             print(json.dumps(rows[-1]), flush=True)
     print(_write(rows, args, load_start))

@@ -1,0 +1,169 @@
+"""Report of a (possibly unfinished) paper-protocol DeRefNet run: its validation curve, throughput and test row
+next to the paper's DeRefNet row, as Markdown + JSON + a figure.
+
+    python -m experiments.benchmarks.paper_run_report --workdir=WORKDIR \
+        --output=experiments/benchmarks/results/paper_run_h200 --hardware="NVIDIA H200" [--wall_s=625]
+
+It reads only the run directory: ``config.json``, ``metrics.jsonl`` (training records with ``steps_per_second``
+and the periodic validation records), ``checkpoints/evals.json`` (the best step) and ``eval/test/metrics.json``
+(written by the run's own final test, or by ``python -m experiments.evaluate --workdir=WORKDIR --split=test``). A run that stopped before its last step
+is reported as such: its numbers are interim, and the test row (when present) scores the best checkpoint so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+from typing import Any
+
+from seqcsist_jax.baselines.published import PUBLISHED, SOURCE
+from seqcsist_jax.fileio import atomic_write, atomic_write_json
+from seqcsist_jax.metric_writers import read_metrics
+
+AP_KEYS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
+
+
+def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
+    """The numbers of a run directory (see the module docstring).
+
+    Returns a dict with ``total_steps``, ``steps_done``, ``steps_per_epoch``, ``global_batch``, ``validation``
+    (one dict per periodic evaluation: ``step``, ``epoch`` and the CSO-mAP/AP values ×100 plus count accuracy,
+    precision and recall in %), ``best_step``, ``test`` (``eval/<test split>/metrics.json`` ×100 with the
+    ``step`` it scored, or None),
+    ``steps_per_second`` (median over the training records that do not include a compilation or an
+    evaluation: the first record of each resumed segment is dropped) and ``trajectories_per_second``.
+    """
+    workdir = pathlib.Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path}: no config.json; is {workdir} a training run directory?")
+    config = json.loads(config_path.read_text())
+    records = read_metrics(workdir / "metrics.jsonl")
+    train = sorted((r for r in records if r.get("split") == "train"), key=lambda r: r["step"])
+    eval_split = config.get("dataset", {}).get("eval_split", "validation")
+    test_split = config.get("dataset", {}).get("test_split", "test")
+    sizes = {"train": config["dataset"].get("num_train")}
+    global_batch = int(config.get("global_batch_size", 1))
+    steps_per_epoch = None
+    for r in train:
+        if r.get("epoch"):
+            steps_per_epoch = r["step"] / r["epoch"]
+            break
+    if config.get("num_train_steps", -1) > 0:
+        total_steps = int(config["num_train_steps"])
+    elif steps_per_epoch:
+        total_steps = int(round(config["num_epochs"] * steps_per_epoch))
+    else:
+        total_steps = None
+
+    def scaled(r: dict) -> dict:
+        row = {k: 100 * float(r[k]) for k in AP_KEYS if k in r}
+        for k in ("count_accuracy", "precision", "recall"):
+            if k in r:
+                row[k] = 100 * float(r[k])
+        return row
+
+    validation = []
+    for r in sorted((r for r in records if r.get("split") == eval_split and "mAP" in r), key=lambda r: r["step"]):
+        validation.append({"step": r["step"],
+                           "epoch": r["step"] / steps_per_epoch if steps_per_epoch else None, **scaled(r)})
+    test_path = workdir / "eval" / test_split / "metrics.json"
+    test = json.loads(test_path.read_text()) if test_path.exists() else None
+    evals_path = workdir / "checkpoints" / "evals.json"
+    best_step = json.loads(evals_path.read_text()).get("best_step") if evals_path.exists() else None
+    if best_step is None and validation:
+        best_step = max(validation, key=lambda v: v["mAP"])["step"]
+    # A training record's rate covers the steps since the previous record; after a restart or an evaluation it
+    # includes compilation or evaluation time, so those records are left out of the steady rate.
+    after_eval = {v["step"] for v in validation}
+    steady = [r["steps_per_second"] for prev, r in zip(train, train[1:])
+              if "steps_per_second" in r and prev["step"] not in after_eval and r["step"] > prev["step"]]
+    sps = statistics.median(steady) if steady else None
+    return {
+        "config_name": config.get("model", {}).get("name"),
+        "num_train": sizes["train"],
+        "global_batch": global_batch,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "steps_done": train[-1]["step"] if train else 0,
+        "validation": validation,
+        "best_step": best_step,
+        "test": {"step": test.get("step"), **scaled(test)} if test else None,
+        "steps_per_second": sps,
+        "trajectories_per_second": sps * global_batch if sps else None,
+    }
+
+
+def report_markdown(summary: dict[str, Any], hardware: str, command: str, wall_s: float | None,
+                    note: str = "") -> str:
+    """The Markdown report of :func:`summarize_run`'s dict, with the paper's DeRefNet row beside it (``note``:
+    a closing paragraph, e.g. where the test split was scored)."""
+    s = summary
+    done = s["total_steps"] is not None and s["steps_done"] >= s["total_steps"]
+    epochs = s["steps_done"] / s["steps_per_epoch"] if s["steps_per_epoch"] else float("nan")
+    total_epochs = s["total_steps"] / s["steps_per_epoch"] if s["steps_per_epoch"] and s["total_steps"] else None
+    lines = ["# DeRefNet, paper protocol (`--config=derefnet`)", ""]
+    status = "finished" if done else f"**unfinished: stopped at step {s['steps_done']:,} of {s['total_steps']:,}**"
+    lines += [f"Hardware: {hardware}. Command: `{command}`. Run {status} "
+              f"({epochs:.1f} of {total_epochs:.0f} epochs" + (f", {wall_s:.0f} s of wall time" if wall_s else "")
+              + f"); {s['num_train']} training trajectories, global batch {s['global_batch']}.", ""]
+    if s["trajectories_per_second"]:
+        rate = s["trajectories_per_second"]
+        line = (f"Training throughput (median of the logged rates, compilation and evaluations excluded): "
+                f"{s['steps_per_second']:.1f} steps/s = **{rate:.0f} trajectories/s**")
+        if total_epochs:
+            line += (f"; the whole schedule ({total_epochs:.0f} epochs × {s['num_train']} trajectories) takes "
+                     f"{total_epochs * s['num_train'] / rate / 60:.1f} min of training at that rate")
+        lines += [line + ".", ""]
+    lines += ["Validation (the whole split, paper protocol; ×100; count accuracy = frames whose detection count "
+              "equals the truth):", "",
+              "| step | epoch | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | count acc. % | precision % | recall % |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for v in s["validation"]:
+        best = " (best)" if v["step"] == s["best_step"] else ""
+        lines.append(f"| {v['step']:,}{best} | {v['epoch']:.0f} | " + " | ".join(
+            f"{v.get(k, float('nan')):.2f}" for k in (*AP_KEYS, "count_accuracy", "precision", "recall")) + " |")
+    paper = PUBLISHED["derefnet"]
+    lines += ["", "Test split, best checkpoint by validation CSO-mAP, next to the paper's row (" + SOURCE + "):", "",
+              "| | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 |", "|---|---|---|---|---|---|---|"]
+    if s["test"]:
+        step = s["test"].get("step") or s["best_step"]
+        label = f"this run, step {step:,}" + ("" if done else f" (interim: best of the {epochs:.0f} of "
+                                               f"{total_epochs:.0f} epochs trained so far)")
+        lines.append(f"| {label} | " + " | ".join(f"{s['test'][k]:.2f}" for k in AP_KEYS) + " |")
+    else:
+        lines.append("| this run | not scored yet (`python -m experiments.evaluate --workdir=... --split=test`) "
+                     "| | | | | |")
+    lines.append("| paper (100 epochs, 4 GPUs) | " + " | ".join(
+        f"{getattr(paper, k):.2f}" for k in AP_KEYS) + " |")
+    if note:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--output", required=True, help="path prefix of the .md, .json and .png written")
+    parser.add_argument("--hardware", required=True, help="where it trained, e.g. 'NVIDIA H200'")
+    parser.add_argument("--command", default="bash experiments/benchmarks/run_paper_gpu.sh WORKDIR")
+    parser.add_argument("--wall_s", type=float, default=None, help="wall time of the training so far")
+    parser.add_argument("--note", default="", help="closing paragraph of the report")
+    args = parser.parse_args()
+    summary = summarize_run(args.workdir)
+    out = pathlib.Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out.with_suffix(".json"), {**summary, "hardware": args.hardware, "command": args.command,
+                                                 "wall_s": args.wall_s, "note": args.note}, indent=2)
+    text = report_markdown(summary, args.hardware, args.command, args.wall_s, args.note)
+    atomic_write(out.with_suffix(".md"), text)
+    from seqcsist_jax import plots
+
+    plots.plot_loss_curves(pathlib.Path(args.workdir) / "metrics.jsonl", out.with_suffix(".png"))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
