@@ -9,10 +9,11 @@ from experiments.benchmarks import paper_run_report
 
 
 def _write_run(tmp_path, steps_done=300, with_test=True):
-    config = {"model": {"name": "derefnet"}, "dataset": {"num_train": 8, "eval_split": "validation",
-                                                          "test_split": "test"},
-              "global_batch_size": 4, "num_epochs": 100.0, "num_train_steps": -1}
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    from experiments import configs
+
+    config = configs.get_config("derefnet")  # global batch 4, 100 epochs
+    config.dataset.num_train = 8
+    (tmp_path / "config.json").write_text(config.to_json())
     records = []
     for step in range(100, steps_done + 1, 100):
         # 2 steps per epoch; the record after the evaluation at step 200 is slow (it includes the evaluation)
@@ -82,3 +83,33 @@ def test_main_writes_markdown_json_and_figure(tmp_path, monkeypatch):
 def test_missing_config_is_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         paper_run_report.summarize_run(tmp_path)
+
+
+def test_unlogged_run_reports_its_checkpoint_step_and_protocol_changes(tmp_path):
+    # a run stopped after its first checkpoint but before its first log line, with a changed model
+    from experiments import configs
+
+    config = configs.get_config("derefnet")
+    config.model.num_stages = 1
+    (tmp_path / "config.json").write_text(config.to_json())
+    (tmp_path / "checkpoints" / "latest" / "2").mkdir(parents=True)
+    s = paper_run_report.summarize_run(tmp_path)
+    assert s["steps_done"] == 2 and s["steps_per_epoch"] is None
+    assert s["protocol_differences"] == ["model.num_stages: 1 → 9"]
+    text = paper_run_report.report_markdown(s, "cpu", "cmd", None)
+    assert "**modified** paper protocol" in text and "`model.num_stages: 1 → 9`" in text
+    assert "no training record logged yet" in text
+
+
+def test_paper_config_on_in_memory_default_splits_is_the_paper_protocol(tmp_path):
+    from experiments import configs
+
+    config = configs.get_config("derefnet")
+    config.dataset.name = "simulated"
+    config.dataset.num_train, config.dataset.num_eval, config.dataset.num_test = 3500, 750, 750
+    config.checkpoint_every_steps = 0
+    (tmp_path / "config.json").write_text(config.to_json())
+    assert paper_run_report.protocol_differences(tmp_path) == []
+    config.dataset.num_train = 8
+    (tmp_path / "config.json").write_text(config.to_json())
+    assert paper_run_report.protocol_differences(tmp_path) == ["dataset.num_train: 8 → 3500"]

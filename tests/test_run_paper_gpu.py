@@ -36,12 +36,21 @@ def test_time_limit_exits_cleanly_and_the_same_command_then_finishes(tmp_path):
     # or without a checkpoint, depends on the machine's speed; resuming from one is tested in test_train)
     out = _run(tmp_path / "run", 1)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "stopped at the 1s limit" in out.stdout and not (tmp_path / "run" / "result.json").exists()
+    assert "stopped at the 1s limit as asked" in out.stdout and not (tmp_path / "run" / "result.json").exists()
     out = _run(tmp_path / "run", 0)
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads((tmp_path / "run" / "result.json").read_text())
 
 
+def test_seconds_may_be_left_out_before_overrides(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable}
+    out = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "run"), *TINY], env=env, cwd=SCRIPT.parents[2],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["num_stages"] == 1
+
+
 def test_usage_error_without_workdir():
-    out = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True)
-    assert out.returncode != 0 and "usage: run_paper_gpu.sh WORKDIR" in out.stderr
+    for args in ([], ["--config.seed=1"]):
+        out = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True)
+        assert out.returncode == 2 and out.stderr.startswith("usage: run_paper_gpu.sh WORKDIR")

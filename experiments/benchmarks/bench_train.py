@@ -202,17 +202,21 @@ def _write(rows: list[dict], args, load_start) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="steps per round of host, K=1, K=10 (K=100: 100)")
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--paper", action="store_true", help="also the paper-size model (slow on CPU)")
-    parser.add_argument("--paper_steps", type=int, default=100)
-    parser.add_argument("--num_train", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; the best round is kept")
+    parser.add_argument("--paper", action="store_true",
+                        help="after the grid, one extra row: the paper-size model at batch 1, float32 (slow on CPU)")
+    parser.add_argument("--paper_steps", type=int, default=100, help="K of the --paper row")
+    parser.add_argument("--num_train", type=int, default=64, help="simulated training trajectories on the device")
     parser.add_argument("--batches", default="1,4", help="global batch sizes, comma-separated")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="convolution dtypes, comma-separated")
     parser.add_argument("--ks", default="1,10,100", help="steps per call to measure")
-    parser.add_argument("--model", choices=sorted(MODELS), default="smoke", help="model of the grid")
-    parser.add_argument("--tag", default="", help="suffix of the results files (bench_train{tag}.md)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="smoke",
+                        help="DeRefNet size of the grid: smoke = 2 stages x 8 channels, paper = 9 x 32")
+    parser.add_argument("--tag", default="", help="suffix of the results files, e.g. _gpu writes "
+                        "results/bench_train_gpu.{md,json}; without one the run replaces results/bench_train.*")
     args = parser.parse_args()
 
     rows = []

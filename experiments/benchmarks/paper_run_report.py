@@ -23,6 +23,29 @@ from seqcsist_jax.fileio import atomic_write, atomic_write_json
 from seqcsist_jax.metric_writers import read_metrics
 
 AP_KEYS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
+#: Fields that do not change the result (logging and checkpoint cadence).
+CADENCE_FIELDS = ("checkpoint_every_steps", "checkpoint_every_seconds", "progress_bar", "log_every_steps")
+
+
+def protocol_differences(workdir: str | pathlib.Path) -> list[str]:
+    """``"key: run value → paper value"`` lines where the run's ``config.json`` departs from the paper's run:
+    ``--config=derefnet`` on seqcsist/default (the TFDS build, or the same splits generated in memory as
+    run_paper_gpu.sh does: 3,500 / 750 / 750 trajectories), leaving out :data:`CADENCE_FIELDS`."""
+    from experiments import configs
+    from seqcsist_jax import workdir as workdir_lib
+
+    paper = configs.get_config("derefnet")
+    saved = workdir_lib.load_run_config(workdir)
+    if saved.dataset.name == "simulated":
+        paper.dataset.name = "simulated"
+        paper.dataset.num_train, paper.dataset.num_eval, paper.dataset.num_test = 3500, 750, 750
+    diffs = workdir_lib.run_config_differences(workdir, paper)
+    return [d for d in diffs if d.split(":")[0] not in CADENCE_FIELDS]
+
+
+def _latest_checkpoint_step(workdir: pathlib.Path) -> int:
+    steps = [int(p.name) for p in (workdir / "checkpoints" / "latest").glob("*") if p.name.isdigit()]
+    return max(steps, default=0)
 
 
 def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -87,7 +110,8 @@ def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
         "global_batch": global_batch,
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
-        "steps_done": train[-1]["step"] if train else 0,
+        "steps_done": max(train[-1]["step"] if train else 0, _latest_checkpoint_step(workdir)),
+        "protocol_differences": protocol_differences(workdir),
         "validation": validation,
         "best_step": best_step,
         "test": {"step": test.get("step"), **scaled(test)} if test else None,
@@ -96,18 +120,31 @@ def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
     }
 
 
+def _cell(value: float | None) -> str:
+    """A ×100 table cell; "–" where the metric is undefined (e.g. precision with no detection)."""
+    return "–" if value is None or value != value else f"{value:.2f}"
+
+
 def report_markdown(summary: dict[str, Any], hardware: str, command: str, wall_s: float | None,
                     note: str = "") -> str:
     """The Markdown report of :func:`summarize_run`'s dict, with the paper's DeRefNet row beside it (``note``:
     a closing paragraph, e.g. where the test split was scored)."""
     s = summary
     done = s["total_steps"] is not None and s["steps_done"] >= s["total_steps"]
-    epochs = s["steps_done"] / s["steps_per_epoch"] if s["steps_per_epoch"] else float("nan")
+    epochs = s["steps_done"] / s["steps_per_epoch"] if s["steps_per_epoch"] else None
     total_epochs = s["total_steps"] / s["steps_per_epoch"] if s["steps_per_epoch"] and s["total_steps"] else None
-    lines = ["# DeRefNet, paper protocol (`--config=derefnet`)", ""]
-    status = "finished" if done else f"**unfinished: stopped at step {s['steps_done']:,} of {s['total_steps']:,}**"
-    lines += [f"Hardware: {hardware}. Command: `{command}`. Run {status} "
-              f"({epochs:.1f} of {total_epochs:.0f} epochs" + (f", {wall_s:.0f} s of wall time" if wall_s else "")
+    changed = s.get("protocol_differences") or []
+    title = "paper protocol" if not changed else "**modified** paper protocol"
+    lines = [f"# DeRefNet, {title} (`--config=derefnet`)", ""]
+    if changed:
+        lines += ["Not the paper's run: it departs from `--config=derefnet` (run value → paper value) in " + "; ".join(
+            f"`{d}`" for d in changed) + ".", ""]
+    total = f"{s['total_steps']:,}" if s["total_steps"] is not None else "?"
+    status = "finished" if done else f"**unfinished: stopped at step {s['steps_done']:,} of {total}**"
+    progress = (f"{epochs:.1f} of {total_epochs:.0f} epochs" if epochs is not None and total_epochs
+                else "no training record logged yet")
+    lines += [f"Hardware: {hardware}. Command: `{command}`. Run {status} ({progress}"
+              + (f", {wall_s:.0f} s of wall time" if wall_s else "")
               + f"); {s['num_train']} training trajectories, global batch {s['global_batch']}.", ""]
     if s["trajectories_per_second"]:
         rate = s["trajectories_per_second"]
@@ -123,15 +160,17 @@ def report_markdown(summary: dict[str, Any], hardware: str, command: str, wall_s
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in s["validation"]:
         best = " (best)" if v["step"] == s["best_step"] else ""
-        lines.append(f"| {v['step']:,}{best} | {v['epoch']:.0f} | " + " | ".join(
-            f"{v.get(k, float('nan')):.2f}" for k in (*AP_KEYS, "count_accuracy", "precision", "recall")) + " |")
+        epoch = f"{v['epoch']:.0f}" if v["epoch"] is not None else "?"
+        lines.append(f"| {v['step']:,}{best} | {epoch} | " + " | ".join(
+            _cell(v.get(k)) for k in (*AP_KEYS, "count_accuracy", "precision", "recall")) + " |")
     paper = PUBLISHED["derefnet"]
     lines += ["", "Test split, best checkpoint by validation CSO-mAP, next to the paper's row (" + SOURCE + "):", "",
               "| | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 |", "|---|---|---|---|---|---|---|"]
     if s["test"]:
         step = s["test"].get("step") or s["best_step"]
-        label = f"this run, step {step:,}" + ("" if done else f" (interim: best of the {epochs:.0f} of "
-                                               f"{total_epochs:.0f} epochs trained so far)")
+        label = f"this run, step {step:,}" + ("" if done or epochs is None or not total_epochs else
+                                               f" (interim: best of the {epochs:.0f} of {total_epochs:.0f} epochs "
+                                               "trained so far)")
         lines.append(f"| {label} | " + " | ".join(f"{s['test'][k]:.2f}" for k in AP_KEYS) + " |")
     else:
         lines.append("| this run | not scored yet (`python -m experiments.evaluate --workdir=... --split=test`) "
