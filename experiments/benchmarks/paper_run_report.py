@@ -6,8 +6,9 @@ next to the paper's DeRefNet row, as Markdown + JSON + a figure.
 
 It reads only the run directory: ``config.json``, ``metrics.jsonl`` (training records with ``steps_per_second``
 and the periodic validation records), ``checkpoints/evals.json`` (the best step) and ``eval/test/metrics.json``
-(written by the run's own final test, or by ``python -m experiments.evaluate --workdir=WORKDIR --split=test``). A run that stopped before its last step
-is reported as such: its numbers are interim, and the test row (when present) scores the best checkpoint so far.
+(written by the run's own final test, or by ``python -m experiments.evaluate --workdir=WORKDIR --split=test``).
+A run that stopped before its last step is reported as such: its numbers are interim, and the test row (when
+present) scores the best checkpoint so far.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from seqcsist_jax.baselines.published import PUBLISHED, SOURCE
 from seqcsist_jax.fileio import atomic_write, atomic_write_json
+from seqcsist_jax import workdir as workdir_lib
 from seqcsist_jax.metric_writers import read_metrics
 
 AP_KEYS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
@@ -32,11 +34,9 @@ def protocol_differences(workdir: str | pathlib.Path) -> list[str]:
     ``--config=derefnet`` on seqcsist/default (the TFDS build, or the same splits generated in memory as
     run_paper_gpu.sh does: 3,500 / 750 / 750 trajectories), leaving out :data:`CADENCE_FIELDS`."""
     from experiments import configs
-    from seqcsist_jax import workdir as workdir_lib
 
     paper = configs.get_config("derefnet")
-    saved = workdir_lib.load_run_config(workdir)
-    if saved.dataset.name == "simulated":
+    if workdir_lib.load_run_config(workdir).dataset.name == "simulated":
         paper.dataset.name = "simulated"
         paper.dataset.num_train, paper.dataset.num_eval, paper.dataset.num_test = 3500, 750, 750
     diffs = workdir_lib.run_config_differences(workdir, paper)
@@ -55,29 +55,25 @@ def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
     (one dict per periodic evaluation: ``step``, ``epoch`` and the CSO-mAP/AP values ×100 plus count accuracy,
     precision and recall in %), ``best_step``, ``test`` (``eval/<test split>/metrics.json`` ×100 with the
     ``step`` it scored, or None),
-    ``steps_per_second`` (median over the training records that do not include a compilation or an
-    evaluation: the first record of each resumed segment is dropped) and ``trajectories_per_second``.
+    ``steps_per_second`` (median of the logged rates, leaving out the first record and each record that
+    follows an evaluation; the median discounts the one slow record after a resume) and
+    ``trajectories_per_second``.
     """
     workdir = pathlib.Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path}: no config.json; is {workdir} a training run directory?")
-    config = json.loads(config_path.read_text())
+    if not workdir_lib.config_path(workdir).exists():
+        raise FileNotFoundError(f"{workdir_lib.config_path(workdir)}: no config.json; is {workdir} a training run "
+                                "directory?")
+    config = workdir_lib.load_run_config(workdir)
     records = read_metrics(workdir / "metrics.jsonl")
     train = sorted((r for r in records if r.get("split") == "train"), key=lambda r: r["step"])
-    eval_split = config.get("dataset", {}).get("eval_split", "validation")
-    test_split = config.get("dataset", {}).get("test_split", "test")
-    sizes = {"train": config["dataset"].get("num_train")}
-    global_batch = int(config.get("global_batch_size", 1))
-    steps_per_epoch = None
-    for r in train:
-        if r.get("epoch"):
-            steps_per_epoch = r["step"] / r["epoch"]
-            break
-    if config.get("num_train_steps", -1) > 0:
-        total_steps = int(config["num_train_steps"])
+    eval_split, test_split = config.dataset.eval_split, config.dataset.test_split
+    global_batch = int(config.global_batch_size)
+    # logged epochs are step / steps_per_epoch, so any record gives the rate (global_batch_size may be -1)
+    steps_per_epoch = next((r["step"] / r["epoch"] for r in train if r.get("epoch")), None)
+    if config.num_train_steps > 0:
+        total_steps = int(config.num_train_steps)
     elif steps_per_epoch:
-        total_steps = int(round(config["num_epochs"] * steps_per_epoch))
+        total_steps = int(round(config.num_epochs * steps_per_epoch))
     else:
         total_steps = None
 
@@ -105,8 +101,10 @@ def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
               if "steps_per_second" in r and prev["step"] not in after_eval and r["step"] > prev["step"]]
     sps = statistics.median(steady) if steady else None
     return {
-        "config_name": config.get("model", {}).get("name"),
-        "num_train": sizes["train"],
+        "config_name": config.model.name,
+        # dataset.num_train sizes in-memory data only; a TFDS split's size follows from the logged epochs
+        "num_train": (int(config.dataset.num_train) if config.dataset.name == "simulated" else
+                      round(steps_per_epoch * global_batch) if steps_per_epoch and global_batch > 0 else None),
         "global_batch": global_batch,
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
@@ -116,7 +114,7 @@ def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
         "best_step": best_step,
         "test": {"step": test.get("step"), **scaled(test)} if test else None,
         "steps_per_second": sps,
-        "trajectories_per_second": sps * global_batch if sps else None,
+        "trajectories_per_second": sps * global_batch if sps and global_batch > 0 else None,
     }
 
 
@@ -145,7 +143,8 @@ def report_markdown(summary: dict[str, Any], hardware: str, command: str, wall_s
                 else "no training record logged yet")
     lines += [f"Hardware: {hardware}. Command: `{command}`. Run {status} ({progress}"
               + (f", {wall_s:.0f} s of wall time" if wall_s else "")
-              + f"); {s['num_train']} training trajectories, global batch {s['global_batch']}.", ""]
+              + f"); {s['num_train'] if s['num_train'] is not None else '?'} training trajectories, "
+              f"global batch {s['global_batch']}.", ""]
     if s["trajectories_per_second"]:
         rate = s["trajectories_per_second"]
         line = (f"Training throughput (median of the logged rates, compilation and evaluations excluded): "
