@@ -33,7 +33,8 @@ PAPER_COLUMNS = METRIC_KEYS
 
 
 def predict_maps(
-    predict: Callable, params: Any, frames: np.ndarray, *, batch_size: int, mesh: jax.sharding.Mesh
+    predict: Callable, params: Any, frames: np.ndarray, *, batch_size: int, mesh: jax.sharding.Mesh,
+    batch_seconds: list[float] | None = None,
 ) -> np.ndarray:
     """Runs ``predict(params, frames_batch)`` over all trajectories.
 
@@ -42,6 +43,8 @@ def predict_maps(
 
     Args:
       frames: ``(N, T, 11, 11)`` raw grey values (any dtype; cast to float32).
+      batch_seconds: when given, the wall seconds of each batch (prediction and transfer back to the host)
+        are appended to it, in order; a padded last batch costs what a full one does.
 
     Returns:
       ``(N, T', 33, 33)`` float32 maps.
@@ -53,6 +56,7 @@ def predict_maps(
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     outputs = []
     for start in range(0, n, per):
+        tic = time.perf_counter()
         chunk = np.asarray(frames[start : start + per], np.float32)
         real = len(chunk)
         if real < per:  # pad with copies of the last trajectory; dropped below
@@ -61,6 +65,8 @@ def predict_maps(
         out = predict(params, jax.make_array_from_process_local_data(sharding, local))
         out = np.asarray(multihost_utils.process_allgather(out, tiled=True))
         outputs.append(out[:real])
+        if batch_seconds is not None:
+            batch_seconds.append(time.perf_counter() - tic)
     return np.concatenate(outputs).astype(np.float32)
 
 
@@ -218,6 +224,28 @@ def measure_fps(predict: Callable, params: Any, frames: np.ndarray, *, batch_siz
     return maps.shape[0] * maps.shape[1] / elapsed
 
 
+def fps_from_batches(batch_seconds: Sequence[float], num_trajectories: int, batch_size: int,
+                     maps_per_trajectory: int) -> float | None:
+    """Frames per second from the per-batch times of one :func:`predict_maps` pass, or None when it had no
+    timed batch to use.
+
+    The first batch is the warm-up (it may compile) and a padded last batch does a full batch's work for
+    fewer maps, so only the full batches after the first count: the same quantity :func:`measure_fps`
+    measures, taken from the evaluation pass itself instead of a second prediction run.
+
+    Args:
+      batch_seconds: wall seconds per batch, in order (``predict_maps(..., batch_seconds=...)``).
+      num_trajectories: N of that pass.
+      batch_size: trajectories per batch (after rounding up to the mesh size).
+      maps_per_trajectory: output maps per trajectory (T').
+    """
+    full = num_trajectories // batch_size
+    timed = list(batch_seconds[1:full])
+    if not timed or sum(timed) <= 0:
+        return None
+    return len(timed) * batch_size * maps_per_trajectory / sum(timed)
+
+
 def export_detections(path: pathlib.Path, detections: Sequence[Sequence[np.ndarray]], trajectory_ids,
                       frame_numbers: Sequence[int]) -> None:
     """CSV with one row per detection: trajectory, frame, x, y, brightness, score."""
@@ -307,7 +335,8 @@ def evaluate_run(
       out_dir: where to write ``metrics.json``, ``detections.csv`` and the figures (None: write nothing).
       export_public: also write the detections as public-layout ``public/annotation/COS{N}.xml``.
       metrics_log: a run's ``metrics.jsonl`` for the loss-curve figure.
-      measure_speed: measure inference FPS (default: when writing outputs).
+      measure_speed: report inference FPS (default: when writing outputs), timed on this pass's full batches
+        after the first (:func:`fps_from_batches`).
 
     Returns:
       The metrics dict (CSO-mAP, AP05…AP25, diagnostics, ``params``, ``fps``, ``table_row``; ``psnr``/``ssim``
@@ -322,13 +351,16 @@ def evaluate_run(
     frames = np.asarray(arrays["frames"])
     index = np.asarray(frame_index(frames.shape[1]) if callable(frame_index) else frame_index)
     batch_size = int(eval_config.get("batch_size", 8))
-    maps = predict_maps(predict, params, frames, batch_size=batch_size, mesh=mesh)
     if measure_speed is None:
         measure_speed = out_dir is not None
+    batch_seconds: list[float] = []
+    maps = predict_maps(predict, params, frames, batch_size=batch_size, mesh=mesh, batch_seconds=batch_seconds)
     fps = None
     if measure_speed:
-        fps = float(measure_fps(predict, params, frames[: max(batch_size, 1) * 4], batch_size=batch_size,
-                                mesh=mesh))
+        per = -(-max(batch_size, 1) // mesh.size) * mesh.size
+        fps = fps_from_batches(batch_seconds, len(frames), per, maps.shape[1])
+        if fps is None:  # too few trajectories for a timed batch after the warm-up: time a second pass
+            fps = float(measure_fps(predict, params, frames[: per * 4], batch_size=batch_size, mesh=mesh))
     start = time.perf_counter()
     result, detections = score_maps(maps, index, arrays, threshold=float(eval_config.get("threshold", 70.0)),
                                     decode=decode, decode_options=decode_options, margin=margin,

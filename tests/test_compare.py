@@ -28,6 +28,9 @@ def test_parse_args_validation():
         compare.parse_args(["--workdir=/tmp/x", "--budget_steps=3", "--paper_scale"])
     with pytest.raises(SystemExit):
         compare.parse_args(["--workdir=/tmp/x", "--budget_steps=0"])
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--workdir=/tmp/x", "--budget_steps=5", "--jobs=0"])
+    assert compare.parse_args(["--workdir=/tmp/x", "--budget_steps=5"]).jobs == 1
     args = compare.parse_args(["--workdir=/tmp/x", "--budget_steps=5", "--methods=srcnn, tdan"])
     assert args.methods == ["srcnn", "tdan"]
     assert compare.parse_args(["--workdir=/tmp/x", "--paper_scale"]).methods == list(compare.DEFAULT_METHODS)
@@ -145,6 +148,21 @@ def test_end_to_end_smoke_run_and_reuse(tmp_path):
     again = compare.main(argv)
     assert [r["seconds"] for r in again["rows"]] == [r["seconds"] for r in result["rows"]]
     assert (workdir / "espcn" / "metrics.jsonl").stat().st_mtime_ns == marker
+
+    # the same rows two at a time, each in its own process: the same scores, FPS re-measured row by row after
+    parallel = tmp_path / "parallel"
+    argv2 = [a for a in argv if not a.startswith(("--workdir", "--output"))]
+    result2 = compare.main([*argv2, "--jobs=2", f"--workdir={parallel}", f"--output={parallel / 'table'}"])
+    for serial, row in zip(result["rows"], result2["rows"]):
+        assert row["method"] == serial["method"] and not row.get("error"), row
+        for key in ("mAP", "AP05", "AP25", "params", "steps"):
+            assert row[key] == serial[key], (row["method"], key)  # same programs on the same data: same bits
+        assert row["fps_measured"] == "alone" and row["fps"] > 0 and row["fps_shared"] > 0
+        saved = json.loads((parallel / row["method"] / compare.ROW_FILE).read_text())
+        assert saved["fps"] == row["fps"] and saved["fps_measured"] == "alone"
+    assert any((parallel / compare.COMPILE_CACHE).iterdir())  # the FPS pass loads the workers' compilations
+    table = (parallel / "table.md").read_text()
+    assert "2 rows at a time in separate processes" in table and "FPS timed row by row" in table
 
 
 def test_set_overrides_and_schedule_reach_the_config():
