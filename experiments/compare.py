@@ -25,15 +25,16 @@ Flags:
   --restart_changed   a row whose workdir holds an unfinished run of another config is set aside and restarted
   --jobs N            rows run at once, each in its own process (default 1). XLA runs a convolution on one CPU
                       core, so two jobs nearly halve a 2-core table; the FPS column is then re-measured row by
-                      row at the end with nothing else running (compilations come from a cache in WORKDIR)
+                      row at the end with nothing else running (compilations come from a cache in WORKDIR);
+                      rows start longest first by the times in the previous table at --output
 
 Classical methods (``model.trainable = False``: ISTA, FISTA) are not trained; they are evaluated directly with
 the batched, jitted solver, and their FLOPs are counted analytically from the measured mean iteration count
 (XLA's cost analysis counts a ``while_loop`` body once). Learned methods' FLOPs come from XLA's cost analysis of
 the jitted inference of one trajectory (a multiply-add counts 2). FPS is predicted frames (output maps) per second of the jitted
 inference on batches of ``config.eval.batch_size`` trajectories, after a warm-up call, on this machine: the
-test evaluation's own full batches after its first (with ``--jobs`` > 1, a separate pass over
-:data:`FPS_PASS_BATCHES` batches once every row is done, so no row is timed while another runs).
+test evaluation's own full batches after its first (with ``--jobs`` > 1, a separate pass once every row is
+done, so no row is timed while another runs: the same batches, until :data:`FPS_PASS_SECONDS` have been timed).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ import numpy as np
 from absl import flags
 
 from experiments import cli
-from seqcsist_jax.fileio import atomic_path, atomic_write_json
+from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json
 from seqcsist_jax.methods import CSIST100K_METHODS, METHOD_TABLE  # cheap: the table imports no method module
 
 # Every SeqCSIST method (Table 7's 23 rows + FISTA), in the table's order.
@@ -82,7 +83,7 @@ ROW_LISTS = {"all": DEFAULT_METHODS, "table": TABLE_ROWS}
 METRICS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
 ROW_FILE = "compare_row.json"
 FLOPS_FRAMES = 20  # FLOPs are reported per 20-frame trajectory (the paper's), whatever the dataset's length
-FPS_PASS_BATCHES = 3  # timed batches per row in the FPS pass of a --jobs > 1 run (after one warm-up batch)
+FPS_PASS_SECONDS = 3.0  # FPS pass of a --jobs > 1 run: test batches are timed (after a warm-up batch) until this
 COMPILE_CACHE = ".jax_cache"  # under --workdir: the FPS pass reuses the workers' compilations
 
 log = logging.getLogger("compare")
@@ -529,7 +530,8 @@ def settings_text(settings: dict) -> str:
         text += (f"; {jobs} rows at a time in separate processes: wall time of this call "
                  f"{settings['seconds_this_call'] / 60:.0f} min")
         if settings.get("seconds_all_methods"):
-            text += f" (the rows' own wall times, sharing the CPU, sum to {settings['seconds_all_methods'] / 60:.0f} min)"
+            own = settings["seconds_all_methods"] / 60
+            text += f" (the rows' own wall times, sharing the CPU, sum to {own:.0f} min)"
         text += "; FPS timed row by row after every row had finished, nothing else running"
     elif settings.get("seconds_all_methods"):
         text += f"; wall time of all runs {settings['seconds_all_methods'] / 60:.0f} min"
@@ -652,11 +654,11 @@ def write_outputs(rows: Sequence[dict], settings: dict, prefix: pathlib.Path) ->
     machine = machine_info()
     prefix.parent.mkdir(parents=True, exist_ok=True)
     paths = {ext: prefix.with_name(prefix.name + f".{ext}") for ext in ("md", "json", "png")}
-    paths["md"].write_text(markdown_table(rows, settings, machine))
+    atomic_write(paths["md"], markdown_table(rows, settings, machine))
     public_rows = [{k: v for k, v in r.items() if k != "config"} for r in rows]
     data = {"settings": settings, "machine": machine, "rows": public_rows,
             "paper_source": "SeqCSIST paper comparison table (SPEC §7), full-scale training on the public data"}
-    paths["json"].write_text(json.dumps(data, indent=2, default=float))
+    atomic_write(paths["json"], json.dumps(data, indent=2, default=float))
     plot_comparison(rows, paths["png"])
     return paths
 
@@ -702,9 +704,27 @@ def _row_in_process(name: str, args: argparse.Namespace, workdir: str) -> dict:
     return row
 
 
+def previous_row_seconds(prefix: pathlib.Path) -> dict[str, float]:
+    """``{row: seconds}`` from the table a previous call wrote at ``prefix.json`` (empty when there is none or it
+    cannot be read): the schedule of a ``--jobs`` run starts the longest rows first."""
+    try:
+        rows = json.loads(prefix.with_name(prefix.name + ".json").read_text())["rows"]
+        return {str(r["method"]): float(r["seconds"]) for r in rows if r.get("seconds")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def longest_first(names: Sequence[str], seconds: dict[str, float]) -> list[str]:
+    """``names`` with the rows of known cost longest first, rows of unknown cost before them (they may be long),
+    ties in table order: two workers then rarely end with one long row running alone."""
+    known = [n for n in names if n in seconds]
+    return [n for n in names if n not in seconds] + sorted(known, key=lambda n: -seconds[n])
+
+
 def _run_rows_in_processes(args: argparse.Namespace, workdir: pathlib.Path, settings: dict,
                            prefix: pathlib.Path) -> list[dict]:
-    """Runs the rows ``args.jobs`` at a time, each in a fresh (spawned) process; returns them in table order.
+    """Runs the rows ``args.jobs`` at a time, each in a fresh (spawned) process, longest first by the previous
+    table at ``prefix`` (:func:`longest_first`); returns them in table order.
 
     A worker that dies (e.g. killed for memory) fails its row with that reason and the rest go on in a new pool;
     finished rows are cached in their workdirs, so running the command again continues where it stopped.
@@ -718,7 +738,7 @@ def _run_rows_in_processes(args: argparse.Namespace, workdir: pathlib.Path, sett
     context = multiprocessing.get_context("spawn")  # JAX's threads do not survive fork
     extra = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}  # a fresh process per row
     print(f"{len(names)} rows, {args.jobs} at a time in separate processes", flush=True)
-    pending = list(names)
+    pending = longest_first(names, previous_row_seconds(prefix))
     while pending:
         broken = False
         with futures.ProcessPoolExecutor(max_workers=min(args.jobs, len(pending)), mp_context=context,
@@ -733,7 +753,7 @@ def _run_rows_in_processes(args: argparse.Namespace, workdir: pathlib.Path, sett
                     continue
                 _print_row(names.index(name) + 1, len(names), done[name])
                 write_outputs([done[n] for n in names if n in done], settings, prefix)
-        pending = [n for n in names if n not in done]
+        pending = [n for n in pending if n not in done]
         if broken:  # a worker died (SIGKILL, out of memory): the unfinished rows get one more try in a new pool
             for name in pending:
                 breaks[name] += 1
@@ -741,14 +761,15 @@ def _run_rows_in_processes(args: argparse.Namespace, workdir: pathlib.Path, sett
                     done[name] = failed_row(name, RuntimeError("its worker process died twice (killed, e.g. for "
                                                                "memory); rerun the command to try it again"))
                     _print_row(names.index(name) + 1, len(names), done[name])
-            pending = [n for n in names if n not in done]
+            pending = [n for n in pending if n not in done]
             write_outputs([done[n] for n in names if n in done], settings, prefix)
     return [done[n] for n in names]
 
 
 def measure_row_fps(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> float:
-    """Inference FPS of one finished row (its best checkpoint; classical rows need none) on
-    :data:`FPS_PASS_BATCHES` batches of the test split after a warm-up batch, as the serial table measures it."""
+    """Inference FPS of one finished row (its best checkpoint; classical rows need none), as the serial table
+    measures it: the test split's full batches after a warm-up batch, here only until :data:`FPS_PASS_SECONDS`
+    of them have been timed (small models get every batch, the 20–30 M-parameter ones one or two)."""
     from seqcsist_jax import evaluate as evaluation
     from seqcsist_jax.data.splits import load_arrays, q_for_workdir
     from seqcsist_jax.predictor import make_predictor, restore_run
@@ -761,8 +782,19 @@ def measure_row_fps(name: str, args: argparse.Namespace, workdir: pathlib.Path) 
     frames = load_arrays(config.dataset, config.dataset.test_split)["frames"]
     batch = int(config.eval.get("batch_size", 8))
     per = -(-max(batch, 1) // predictor.mesh.size) * predictor.mesh.size
-    return float(evaluation.measure_fps(predictor.predict, params, frames[: per * FPS_PASS_BATCHES],
-                                        batch_size=batch, mesh=predictor.mesh))
+    seconds: list[float] = []
+    maps = evaluation.predict_maps(predictor.predict, params, frames[:per], batch_size=batch, mesh=predictor.mesh,
+                                   batch_seconds=seconds)  # the warm-up batch (fps_from_batches skips it)
+    start = per
+    while start + per <= len(frames) and sum(seconds[1:]) < FPS_PASS_SECONDS:
+        evaluation.predict_maps(predictor.predict, params, frames[start : start + per], batch_size=batch,
+                                mesh=predictor.mesh, batch_seconds=seconds)
+        start += per
+    fps = evaluation.fps_from_batches(seconds, len(seconds) * per, per, maps.shape[1])
+    if fps is None:  # a test split of one batch: time it again after the warm-up
+        return float(evaluation.measure_fps(predictor.predict, params, frames[:per], batch_size=batch,
+                                            mesh=predictor.mesh))
+    return fps
 
 
 def _fps_pass(rows: list[dict], args: argparse.Namespace, workdir: pathlib.Path) -> None:

@@ -200,3 +200,17 @@ def test_a_changed_budget_sets_the_unfinished_run_aside_only_when_asked(tmp_path
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("srcnn.replaced-")]
     assert len(aside) == 1 and (aside[0] / "marker").read_text() == "an earlier run"
     assert row_dir.is_dir() and not any(row_dir.iterdir())
+
+
+def test_jobs_schedule_longest_rows_first_from_the_previous_table(tmp_path):
+    prefix = tmp_path / "table"
+    assert compare.previous_row_seconds(prefix) == {}  # no previous table
+    prefix.with_name("table.json").write_text("{not json")
+    assert compare.previous_row_seconds(prefix) == {}  # unreadable: no hints, no crash
+    rows = [{"method": "srcnn", "seconds": 14.0}, {"method": "rdn", "seconds": 355.0},
+            {"method": "lista@public_loss", "seconds": 65.0}, {"method": "dbpn", "error": "x", "seconds": None}]
+    prefix.with_name("table.json").write_text(json.dumps({"rows": rows}))
+    seconds = compare.previous_row_seconds(prefix)
+    assert seconds == {"srcnn": 14.0, "rdn": 355.0, "lista@public_loss": 65.0}
+    order = compare.longest_first(["srcnn", "dbpn", "rdn", "lista@public_loss", "tdan"], seconds)
+    assert order == ["dbpn", "tdan", "rdn", "lista@public_loss", "srcnn"]  # unknown cost first, in table order

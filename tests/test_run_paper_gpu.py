@@ -9,7 +9,8 @@ import sys
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "run_paper_gpu.sh"
 TINY = ["--config.model.num_stages=1", "--config.model.channels=4", "--config.dataset.num_train=8",
-        "--config.dataset.num_eval=2", "--config.dataset.num_test=2", "--config.dataset.simulate.frames_per_trajectory=8",
+        "--config.dataset.num_eval=2", "--config.dataset.num_test=2",
+        "--config.dataset.simulate.frames_per_trajectory=8",
         "--config.num_train_steps=4", "--config.steps_per_call=2", "--config.eval_every_steps=4",
         "--config.progress_bar=False"]
 

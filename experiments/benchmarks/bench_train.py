@@ -19,9 +19,10 @@ measured interleaved, ``--repeats`` rounds of ``--steps`` steps each (K = 100: o
 best round is kept, so machine load hits them alike; ratios are against ``host`` of the same row. Besides wall
 time it records the process CPU time (user + system) and minor page faults per step, which do not depend on
 how a shared machine's cores are divided: XLA:CPU allocates a step's temporaries (~350 MB for the smoke model's
-backward pass) afresh on every call and faults them in, so a K-step call pays that once per K steps. ``--paper`` adds the paper-size model (9 stages, 32 channels) at batch 1,
-float32: host vs K = 1 and K = ``--paper_steps``. ``--model=paper`` runs the whole grid with the paper-size model
-instead (what a GPU run measures: the paper protocol is global batch 4, float32).
+backward pass) afresh on every call and faults them in, so a K-step call pays that once per K steps.
+``--paper`` adds the paper-size model (9 stages, 32 channels) at batch 1, float32: host vs K = 1 and
+K = ``--paper_steps``. ``--model=paper`` runs the whole grid with the paper-size model instead (what a GPU run
+measures: the paper protocol is global batch 4, float32).
 Writes ``experiments/benchmarks/results/bench_train{--tag}.{json,md}``.
 """
 

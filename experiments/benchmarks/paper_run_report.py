@@ -135,8 +135,9 @@ def report_markdown(summary: dict[str, Any], hardware: str, command: str, wall_s
     title = "paper protocol" if not changed else "**modified** paper protocol"
     lines = [f"# DeRefNet, {title} (`--config=derefnet`)", ""]
     if changed:
-        lines += ["Not the paper's run: it departs from `--config=derefnet` (run value → paper value) in " + "; ".join(
-            f"`{d}`" for d in changed) + ".", ""]
+        departures = "; ".join(f"`{d}`" for d in changed)
+        lines += [f"Not the paper's run: it departs from `--config=derefnet` (run value → paper value) in {departures}.",
+                  ""]
     total = f"{s['total_steps']:,}" if s["total_steps"] is not None else "?"
     status = "finished" if done else f"**unfinished: stopped at step {s['steps_done']:,} of {total}**"
     progress = (f"{epochs:.1f} of {total_epochs:.0f} epochs" if epochs is not None and total_epochs
