@@ -684,24 +684,31 @@ def enable_compile_cache(workdir: pathlib.Path) -> None:
     jax.config.update("jax_compilation_cache_dir", str(workdir / COMPILE_CACHE))
 
 
-def _row_in_process(name: str, args: argparse.Namespace, workdir: str) -> dict:
-    """One row in a worker process (``--jobs`` > 1): trains and scores it; its FPS is marked as measured while
-    other rows ran, for :func:`_fps_pass` to replace. Errors become a failed row here so the pool never sees
-    an exception it cannot pickle."""
+RESULT_FILE = ".compare_result.json"  # a --jobs worker's row (finished or failed) for the parent to read
+
+
+def _row_in_process(name: str, args: argparse.Namespace, workdir: str) -> None:
+    """One row in its own process (``--jobs`` > 1): trains and scores it and writes the row (or the failed row)
+    to ``workdir/RESULT_FILE``. Its FPS is marked as measured while other rows ran, for :func:`_fps_pass` to
+    replace."""
+    from seqcsist_jax.checkpointing import fault_point
+
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     for logger in ("compare", "seqcsist_jax"):
         logging.getLogger(logger).setLevel(logging.INFO)
     path = pathlib.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
     enable_compile_cache(path.parent)
+    fault_point(f"compare_row/{name}", 0)  # test hook: SEQCSIST_FAULT=compare_row/<row>:step=0 kills this worker
     try:
         row = run_method(name, args, path)
     except Exception as e:  # noqa: BLE001 - reported as the row's failure, like the serial loop
         log.exception("%s failed", name)
-        return failed_row(name, e)
+        row = failed_row(name, e)
     if row.get("fps_measured") != "alone" and not row.get("error"):  # a reused row may already be re-measured
         row["fps_measured"] = "shared"
         atomic_write_json(path / ROW_FILE, row)
-    return row
+    atomic_write_json(path / RESULT_FILE, row)
 
 
 def previous_row_seconds(prefix: pathlib.Path) -> dict[str, float]:
@@ -726,43 +733,46 @@ def _run_rows_in_processes(args: argparse.Namespace, workdir: pathlib.Path, sett
     """Runs the rows ``args.jobs`` at a time, each in a fresh (spawned) process, longest first by the previous
     table at ``prefix`` (:func:`longest_first`); returns them in table order.
 
-    A worker that dies (e.g. killed for memory) fails its row with that reason and the rest go on in a new pool;
+    A worker that dies (SIGKILL, out of memory) fails its own row only, with its exit code in the reason; the
     finished rows are cached in their workdirs, so running the command again continues where it stopped.
     """
-    import concurrent.futures as futures
     import multiprocessing
+    from multiprocessing import connection
 
     names = list(args.methods)
     done: dict[str, dict] = {}
-    breaks = dict.fromkeys(names, 0)
     context = multiprocessing.get_context("spawn")  # JAX's threads do not survive fork
-    extra = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}  # a fresh process per row
     print(f"{len(names)} rows, {args.jobs} at a time in separate processes", flush=True)
     pending = longest_first(names, previous_row_seconds(prefix))
-    while pending:
-        broken = False
-        with futures.ProcessPoolExecutor(max_workers=min(args.jobs, len(pending)), mp_context=context,
-                                         **extra) as pool:
-            running = {pool.submit(_row_in_process, name, args, str(workdir / name)): name for name in pending}
-            for future in futures.as_completed(running):
-                name = running[future]
+    running: dict[int, tuple[str, multiprocessing.process.BaseProcess]] = {}
+    try:
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                name = pending.pop(0)
+                result = workdir / name / RESULT_FILE
+                result.unlink(missing_ok=True)  # a stale result of an earlier call must not pass for this one
+                worker = context.Process(target=_row_in_process, args=(name, args, str(workdir / name)),
+                                         name=f"compare-{name}")
+                worker.start()
+                running[worker.sentinel] = (name, worker)
+            for sentinel in connection.wait(list(running)):
+                name, worker = running.pop(sentinel)
+                worker.join()
+                result = workdir / name / RESULT_FILE
                 try:
-                    done[name] = future.result()
-                except futures.process.BrokenProcessPool:
-                    broken = True  # every unfinished row of this pool lands here
-                    continue
+                    done[name] = json.loads(result.read_text())
+                except (OSError, ValueError):
+                    reason = (f"killed by signal {-worker.exitcode}" if (worker.exitcode or 0) < 0
+                              else f"exit code {worker.exitcode}")
+                    done[name] = failed_row(name, RuntimeError(
+                        f"its worker process died ({reason}, e.g. killed for memory) before finishing the row; "
+                        "rerun the command to try it again"))
                 _print_row(names.index(name) + 1, len(names), done[name])
                 write_outputs([done[n] for n in names if n in done], settings, prefix)
-        pending = [n for n in pending if n not in done]
-        if broken:  # a worker died (SIGKILL, out of memory): the unfinished rows get one more try in a new pool
-            for name in pending:
-                breaks[name] += 1
-                if breaks[name] >= 2:
-                    done[name] = failed_row(name, RuntimeError("its worker process died twice (killed, e.g. for "
-                                                               "memory); rerun the command to try it again"))
-                    _print_row(names.index(name) + 1, len(names), done[name])
-            pending = [n for n in pending if n not in done]
-            write_outputs([done[n] for n in names if n in done], settings, prefix)
+    finally:  # an interrupted parent (Ctrl-C) stops its workers; their runs resume from checkpoints next time
+        for _, worker in running.values():
+            worker.terminate()
+            worker.join()
     return [done[n] for n in names]
 
 

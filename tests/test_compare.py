@@ -214,3 +214,18 @@ def test_jobs_schedule_longest_rows_first_from_the_previous_table(tmp_path):
     assert seconds == {"srcnn": 14.0, "rdn": 355.0, "lista@public_loss": 65.0}
     order = compare.longest_first(["srcnn", "dbpn", "rdn", "lista@public_loss", "tdan"], seconds)
     assert order == ["dbpn", "tdan", "rdn", "lista@public_loss", "srcnn"]  # unknown cost first, in table order
+
+
+def test_a_killed_worker_fails_only_its_row_and_a_rerun_finishes_it(tmp_path, monkeypatch):
+    workdir = tmp_path / "runs"
+    argv = ["--methods=ista,espcn", "--variant=smoke", "--budget_steps=2", f"--workdir={workdir}",
+            f"--output={tmp_path / 'table'}", "--evals=1", "--jobs=2"]  # fmt: skip
+    monkeypatch.setenv("SEQCSIST_FAULT", "compare_row/espcn:step=0")  # SIGKILL espcn's worker as it starts
+    ista, espcn = compare.main(argv)["rows"]
+    assert not ista.get("error") and ista["fps_measured"] == "alone"
+    assert "worker process died (killed by signal 9" in espcn["error"] and np.isnan(espcn["mAP"])
+    assert "| ESPCN | failed: RuntimeError: its worker process died" in (tmp_path / "table.md").read_text()
+    monkeypatch.delenv("SEQCSIST_FAULT")
+    ista2, espcn2 = compare.main(argv)["rows"]
+    assert ista2["seconds"] == ista["seconds"]  # reused, not rerun
+    assert not espcn2.get("error") and espcn2["steps"] == 2 and espcn2["fps_measured"] == "alone"
