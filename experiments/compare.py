@@ -693,9 +693,7 @@ def _row_in_process(name: str, args: argparse.Namespace, workdir: str) -> None:
     replace."""
     from seqcsist_jax.checkpointing import fault_point
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for logger in ("compare", "seqcsist_jax"):
-        logging.getLogger(logger).setLevel(logging.INFO)
+    _logging_in_worker()
     path = pathlib.Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
     enable_compile_cache(path.parent)
@@ -807,22 +805,58 @@ def measure_row_fps(name: str, args: argparse.Namespace, workdir: pathlib.Path) 
     return fps
 
 
-def _fps_pass(rows: list[dict], args: argparse.Namespace, workdir: pathlib.Path) -> None:
-    """Replaces the FPS of rows timed while other rows ran by a measurement with nothing else running (in this
-    process, one row after another); each row file is rewritten as soon as its FPS is known."""
-    enable_compile_cache(workdir)
-    todo = [r for r in rows if r.get("fps_measured") == "shared" and not r.get("error")]
-    for i, row in enumerate(todo, 1):
+def _logging_in_worker() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for logger in ("compare", "seqcsist_jax"):
+        logging.getLogger(logger).setLevel(logging.INFO)
+
+
+def _fps_pass_in_process(names: Sequence[str], args: argparse.Namespace, workdir: str) -> None:
+    """The FPS pass's process: measures each row in turn and rewrites its row file as soon as its FPS is known
+    (the compilation cache stays enabled in this process only)."""
+    _logging_in_worker()
+    root = pathlib.Path(workdir)
+    enable_compile_cache(root)
+    for i, name in enumerate(names, 1):
+        path = root / name / ROW_FILE
         start = time.perf_counter()
         try:
-            fps = measure_row_fps(row["method"], args, workdir / row["method"])
-        except Exception:  # keep the shared-CPU number, marked as such, rather than lose the table
-            log.exception("%s: FPS pass failed; its FPS stays the one measured while other rows ran", row["method"])
+            row = json.loads(path.read_text())
+            fps = measure_row_fps(name, args, root / name)
+        except Exception:  # noqa: BLE001 - keep the shared-CPU number, marked as such, rather than lose the table
+            log.exception("%s: FPS pass failed; its FPS stays the one measured while other rows ran", name)
             continue
-        log.info("FPS pass [%d/%d] %s: %s FPS (%s while other rows ran), %.0f s", i, len(todo), row["method"],
+        log.info("FPS pass [%d/%d] %s: %s FPS (%s while other rows ran), %.0f s", i, len(names), name,
                  _fmt_fps(fps), _fmt_fps(row["fps"]), time.perf_counter() - start)
         row["fps_shared"], row["fps"], row["fps_measured"] = row["fps"], fps, "alone"
-        atomic_write_json(workdir / row["method"] / ROW_FILE, row)
+        atomic_write_json(path, row)
+
+
+def _fps_pass(rows: list[dict], args: argparse.Namespace, workdir: pathlib.Path) -> None:
+    """Replaces the FPS of rows timed while other rows ran by a measurement with nothing else running: one spawned
+    process measures them one after another (so the compilation cache it loads them from never becomes a
+    setting of the calling process); ``rows`` are updated from their rewritten row files."""
+    import multiprocessing
+
+    todo = [r for r in rows if r.get("fps_measured") == "shared" and not r.get("error")]
+    if not todo:
+        return
+    worker = multiprocessing.get_context("spawn").Process(
+        target=_fps_pass_in_process, args=([r["method"] for r in todo], args, str(workdir)), name="compare-fps")
+    worker.start()
+    try:
+        worker.join()
+    finally:
+        if worker.is_alive():  # the caller was interrupted
+            worker.terminate()
+            worker.join()
+    for row in todo:
+        try:
+            saved = json.loads((workdir / row["method"] / ROW_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if saved.get("fps_measured") == "alone":
+            row.update(fps=saved["fps"], fps_shared=saved.get("fps_shared"), fps_measured="alone")
 
 
 # ------------------------------------------------------------------------------------------------ main

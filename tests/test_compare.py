@@ -161,6 +161,9 @@ def test_end_to_end_smoke_run_and_reuse(tmp_path):
         saved = json.loads((parallel / row["method"] / compare.ROW_FILE).read_text())
         assert saved["fps"] == row["fps"] and saved["fps_measured"] == "alone"
     assert any((parallel / compare.COMPILE_CACHE).iterdir())  # the FPS pass loads the workers' compilations
+    import jax
+
+    assert not jax.config.jax_compilation_cache_dir  # ... in its own process: this one's settings are untouched
     table = (parallel / "table.md").read_text()
     assert "2 rows at a time in separate processes" in table and "FPS timed row by row" in table
 
