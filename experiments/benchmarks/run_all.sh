@@ -14,6 +14,7 @@ python -m experiments.benchmarks.bench_pipeline
 python -m experiments.benchmarks.bench_deform_conv --note "$note"
 python -m experiments.benchmarks.bench_model
 python -m experiments.benchmarks.bench_classical
+python -m experiments.benchmarks.bench_cpu_threads
 python -m experiments.benchmarks.bench_decode --config all
 if [ -d "$quick/checkpoints/best" ]; then
   python -m experiments.benchmarks.bench_decode --config default --workdir "$quick" --tag _derefnet_quick --no-diagnostics
