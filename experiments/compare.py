@@ -83,7 +83,7 @@ ROW_LISTS = {"all": DEFAULT_METHODS, "table": TABLE_ROWS}
 METRICS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
 ROW_FILE = "compare_row.json"
 FLOPS_FRAMES = 20  # FLOPs are reported per 20-frame trajectory (the paper's), whatever the dataset's length
-FPS_PASS_SECONDS = 3.0  # FPS pass of a --jobs > 1 run: test batches are timed (after a warm-up batch) until this
+FPS_PASS_SECONDS = 3.0  # FPS pass of a --jobs > 1 run: test batches are timed (after a warm-up) for this long
 COMPILE_CACHE = ".jax_cache"  # under --workdir: the FPS pass reuses the workers' compilations
 
 log = logging.getLogger("compare")
