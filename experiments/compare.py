@@ -114,7 +114,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_bool("restart_changed", False, "a row whose workdir holds an unfinished run of another config (e.g. "
                       "another budget) sets it aside (renamed, kept) and starts over", flag_values=fv)
     flags.DEFINE_integer("jobs", 1, "rows run at once in separate processes (2 on a 2-core CPU: 55 instead of 74 "
-                         "min for the table, as XLA runs a convolution on one core); FPS is re-measured row by row",
+                         "min for the table, as XLA runs a convolution on one core; rows of a few seconds gain "
+                         "nothing, each process pays JAX's start-up); FPS is then re-measured row by row",
                          flag_values=fv)
     flags.DEFINE_enum("lr_schedule", None, ["constant", "cosine"],
                       "learning-rate schedule override (default: the configs' own, constant like the paper)",
@@ -502,6 +503,10 @@ def machine_info() -> dict:
     }
 
 
+def _fmt_duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
 def settings_text(settings: dict) -> str:
     if settings.get("paper_scale"):
         budget = "each config's own schedule (paper scale: 100 epochs, SRCNN 200)"
@@ -528,13 +533,14 @@ def settings_text(settings: dict) -> str:
     jobs = settings.get("jobs") or 1
     if jobs > 1 and settings.get("seconds_this_call"):
         text += (f"; {jobs} rows at a time in separate processes: wall time of this call "
-                 f"{settings['seconds_this_call'] / 60:.0f} min")
+                 f"{_fmt_duration(settings['seconds_this_call'])}")
         if settings.get("seconds_all_methods"):
-            own = settings["seconds_all_methods"] / 60
-            text += f" (the rows' own wall times, sharing the CPU, sum to {own:.0f} min)"
+            own = _fmt_duration(settings["seconds_all_methods"])
+            text += (f" (the rows' own wall times, sharing the CPU, sum to {own}; rows reused from earlier calls "
+                     "count theirs)")
         text += "; FPS timed row by row after every row had finished, nothing else running"
     elif settings.get("seconds_all_methods"):
-        text += f"; wall time of all runs {settings['seconds_all_methods'] / 60:.0f} min"
+        text += f"; wall time of all runs {_fmt_duration(settings['seconds_all_methods'])}"
     return text
 
 
@@ -897,8 +903,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     total = time.perf_counter()
     if args.jobs > 1:
-        rows = _run_rows_in_processes(args, workdir, settings, prefix)
-        _fps_pass(rows, args, workdir)
+        try:
+            rows = _run_rows_in_processes(args, workdir, settings, prefix)
+            _fps_pass(rows, args, workdir)
+        except KeyboardInterrupt:
+            print("interrupted: the worker processes were stopped (a training run checkpoints on SIGTERM); run the "
+                  "same command again to continue from the finished rows", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
     else:
         rows = []
         for i, name in enumerate(args.methods, 1):

@@ -232,3 +232,16 @@ def test_a_killed_worker_fails_only_its_row_and_a_rerun_finishes_it(tmp_path, mo
     ista2, espcn2 = compare.main(argv)["rows"]
     assert ista2["seconds"] == ista["seconds"]  # reused, not rerun
     assert not espcn2.get("error") and espcn2["steps"] == 2 and espcn2["fps_measured"] == "alone"
+
+
+def test_ctrl_c_in_a_jobs_run_is_one_message_and_exit_130(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare, "_run_rows_in_processes", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        compare.main(["--methods=srcnn", "--variant=smoke", "--budget_steps=1", "--jobs=2", f"--workdir={tmp_path}"])
+    assert stop.value.code == 130
+    assert "run the same command again to continue" in capsys.readouterr().err
+    assert "4 s" in compare.settings_text({"jobs": 2, "seconds_this_call": 4.2, "budget_steps": 1})
+    assert "55 min" in compare.settings_text({"jobs": 2, "seconds_this_call": 3323.0, "budget_steps": 1})
