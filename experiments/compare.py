@@ -795,7 +795,7 @@ def measure_row_fps(name: str, args: argparse.Namespace, workdir: pathlib.Path) 
         predictor, params = make_predictor(config, q_for_workdir(workdir, config.dataset)), {}
     frames = load_arrays(config.dataset, config.dataset.test_split)["frames"]
     batch = int(config.eval.get("batch_size", 8))
-    per = -(-max(batch, 1) // predictor.mesh.size) * predictor.mesh.size
+    per = evaluation.padded_batch_size(batch, predictor.mesh)
     seconds: list[float] = []
     maps = evaluation.predict_maps(predictor.predict, params, frames[:per], batch_size=batch, mesh=predictor.mesh,
                                    batch_seconds=seconds)  # the warm-up batch (fps_from_batches skips it)

@@ -32,6 +32,12 @@ from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json
 PAPER_COLUMNS = METRIC_KEYS
 
 
+def padded_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
+    """Trajectories per :func:`predict_maps` call: ``batch_size`` (at least 1) rounded up to a multiple of the
+    mesh size."""
+    return -(-max(int(batch_size), 1) // mesh.size) * mesh.size
+
+
 def predict_maps(
     predict: Callable, params: Any, frames: np.ndarray, *, batch_size: int, mesh: jax.sharding.Mesh,
     batch_seconds: list[float] | None = None,
@@ -50,8 +56,7 @@ def predict_maps(
       ``(N, T', 33, 33)`` float32 maps.
     """
     n = len(frames)
-    per = max(batch_size, 1)
-    per = -(-per // mesh.size) * mesh.size
+    per = padded_batch_size(batch_size, mesh)
     pc, pi = jax.process_count(), jax.process_index()
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     outputs = []
@@ -357,7 +362,7 @@ def evaluate_run(
     maps = predict_maps(predict, params, frames, batch_size=batch_size, mesh=mesh, batch_seconds=batch_seconds)
     fps = None
     if measure_speed:
-        per = -(-max(batch_size, 1) // mesh.size) * mesh.size
+        per = padded_batch_size(batch_size, mesh)
         fps = fps_from_batches(batch_seconds, len(frames), per, maps.shape[1])
         if fps is None:  # too few trajectories for a timed batch after the warm-up: time a second pass
             fps = float(measure_fps(predict, params, frames[: per * 4], batch_size=batch_size, mesh=mesh))

@@ -3,6 +3,8 @@ loop, ``fps_from_batches`` against its closed form, and ``evaluate_run`` taking 
 
 from __future__ import annotations
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +36,12 @@ def test_predict_maps_equals_a_per_trajectory_loop_and_times_every_batch():
     assert maps.dtype == np.float32 and maps.shape == (7, 3, 33, 33)
     np.testing.assert_array_equal(maps, want)  # padding the last batch (7 = 3 + 3 + 1) changes nothing
     assert len(seconds) == 3 and all(s > 0 for s in seconds)
+
+
+def test_padded_batch_size_rounds_up_to_the_mesh():
+    four = types.SimpleNamespace(size=4)  # only .size is read
+    assert [evaluate.padded_batch_size(b, four) for b in (0, 1, 3, 4, 5, 8)] == [4, 4, 4, 4, 8, 8]
+    assert evaluate.padded_batch_size(3, _mesh()) == 3
 
 
 def test_fps_from_batches_counts_the_full_batches_after_the_first():
