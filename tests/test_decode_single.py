@@ -110,8 +110,8 @@ def test_layout_starts_never_raise_the_stage_cost(five):
     none = jnp.zeros((2, 0, 3)), jnp.zeros(2, jnp.int32)
     with_layouts = make_options(**SINGLE)
     base = dataclasses.replace(with_layouts, layout_starts=0)
-    _, c0, _ = frames._stage(jnp.asarray(img), jnp.asarray(prev), *none, jnp.int32(4), base)
-    _, c1, _ = frames._stage(jnp.asarray(img), jnp.asarray(prev), *none, jnp.int32(4), with_layouts)
+    _, c0, *_ = frames._stage(jnp.asarray(img), jnp.asarray(prev), *none, jnp.int32(4), base)
+    _, c1, *_ = frames._stage(jnp.asarray(img), jnp.asarray(prev), *none, jnp.int32(4), with_layouts)
     assert np.all(np.asarray(c1) <= np.asarray(c0) * (1 + 1e-6) + 1e-4)
 
 
@@ -168,7 +168,7 @@ def test_screening_keeps_the_start_in_the_right_basin():
     junk = [pair + np.array([dx, dy, 0.0]) for dx, dy in [(2.0, 2.0), (-2.5, 1.0), (1.5, -3.0)]]
     starts = jnp.asarray(np.stack(junk[:2] + [good] + junk[2:]), jnp.float32)
     opts = make_options(max_targets=2, screen_iterations=3, clip_level=None)
-    params, cost, _ = frames._fit_starts(starts, jnp.ones(4, bool), jnp.ones(2, bool), img, opts)
+    params, cost, *_ = frames._fit_starts(starts, jnp.ones(4, bool), jnp.ones(2, bool), img, opts)
     assert _errors(np.asarray(params), pair).max() <= 0.02
     full = frames._fit_starts(starts, jnp.ones(4, bool), jnp.ones(2, bool), img,
                               make_options(max_targets=2, clip_level=None))

@@ -15,6 +15,7 @@ Modules by job:
   maps        grid and peak decoders of label maps, physics-only maps (NNLS on Φ)
   frames      per-frame fits for every count (greedy add/split/map/layout starts, single-pixel priors),
               count criterion
+  centre      feasibility centring: a fit moved to the middle of the targets that reproduce the stored bytes
   trajectory  polynomial-path fits of whole trajectories; opt-in star geometry (geometry="star")
   api         decode / decode_arrays, scores
   imaging_params  ImagingParams (σ, label→pixel offset, gain, background, noise): a data set's forward model

@@ -10,10 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from seqcsist_jax.decode import centre as centre_mod
 from seqcsist_jax.decode import frames as frames_mod
 from seqcsist_jax.decode import imaging_params as imaging_mod
 from seqcsist_jax.decode import maps as maps_mod
 from seqcsist_jax.decode import trajectory as traj_mod
+from seqcsist_jax.decode.forward import saturated_frames
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
 
 __all__ = ["decode", "decode_arrays", "Decoded", "CountCapWarning", "localisation_confidence", "map_seeds",
@@ -66,17 +68,6 @@ def localisation_confidence(pos_var: np.ndarray, radius: float) -> np.ndarray:
     """
     v = np.maximum(np.asarray(pos_var, np.float64), 1e-300)
     return -np.expm1(-(radius**2) / (2.0 * v))
-
-
-def saturated_frames(frames: Any, clip_level: float | None = 255.0) -> np.ndarray:
-    """``(N, T)`` bool: frames with a pixel stored at ``clip_level`` (within ½ grey level), by the rule of
-    :func:`seqcsist_jax.decode.forward.saturation_mask` (a frame with a pixel above ``clip_level + ½`` was not
-    clipped). ``clip_level=None``: nothing is saturated."""
-    arr = np.asarray(frames, np.float32)
-    if clip_level is None:
-        return np.zeros(arr.shape[:-2], bool)
-    peak = arr.max(axis=(-2, -1))
-    return (peak >= clip_level - 0.5) & (peak <= clip_level + 0.5)
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -222,8 +213,20 @@ def decode_arrays(
     frame_cost = fits.cost.reshape(n, t, kmax + 1)
     if method == "refine":
         idx = np.maximum(chosen - 1, 0)
-        params = fits.params[np.arange(n * t), idx].reshape(n, t, kmax, 3)
-        var = fits.pos_var[np.arange(n * t), idx].reshape(n, t, kmax)
+        params = fits.params[np.arange(n * t), idx]
+        var = fits.pos_var[np.arange(n * t), idx]
+        if opts.centre_iterations:
+            flat = frames.reshape(n * t, s, s)
+            alts = ok = None
+            if fits.alternatives is not None:  # alternatives[:, :, 0] is the best fit itself
+                alts = fits.alternatives[np.arange(n * t), idx, 1:]
+                ok = fits.alternative_valid[np.arange(n * t), idx, 1:]
+            centred = centre_mod.centre_fits(flat, params, chosen, opts, alts, ok)
+            params = centred.params
+            # The centring objective's curvature also sees the walls and the saturated pixels' bounds.
+            var = np.where(centred.centred[:, None], centred.pos_var, var)
+        params = params.reshape(n, t, kmax, 3)
+        var = var.reshape(n, t, kmax)
         prob = frame_prob.reshape(n, t)
         traj = None
     else:

@@ -10,7 +10,9 @@ step needs no automatic differentiation.
 * Rounding is treated as additive noise, uniform on ±½ grey level (variance 1/12), so unsaturated pixels
   contribute the ordinary residual ``pred - obs``: the least-squares estimate is the maximum-likelihood one
   under the Gaussian approximation of that noise, and stays smooth (an exact interval likelihood would be
-  flat inside every ±½ cell and give Gauss–Newton nothing to work with).
+  flat inside every ±½ cell and give Gauss–Newton nothing to work with). Starting from that fit,
+  :mod:`seqcsist_jax.decode.centre` (opt-in) then uses the interval likelihood, smoothed, to move the fit into
+  the middle of the set of targets that reproduce the stored bytes.
 * Clipping is treated as censoring: a pixel observed at ``clip_level`` (255) only says the true value is at
   least about 255, so its residual is ``min(pred - 255, 0)`` — zero (and a zero Jacobian row) once the
   prediction reaches the clip level, the ordinary residual below it. Predictions above 255 are therefore
@@ -22,9 +24,11 @@ Everything here works on one frame (or one trajectory); the decoders ``jax.vmap`
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 __all__ = [
@@ -32,6 +36,7 @@ __all__ = [
     "predict",
     "residuals",
     "saturation_mask",
+    "saturated_frames",
     "frame_cost",
     "saturated_pixels",
     "frame_normal_equations",
@@ -237,3 +242,14 @@ def spd_logdet(a: jax.Array) -> jax.Array:
 def spd_solve_many(a: jax.Array, b: jax.Array) -> jax.Array:
     """``a⁻¹ b`` for ``a (P, P)`` SPD and ``b (P, Q)``: LAPACK (one factorisation, Q right-hand sides)."""
     return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a), b)
+
+
+def saturated_frames(frames: Any, clip_level: float | None = 255.0) -> np.ndarray:
+    """``frames.shape[:-2]`` bool (``(N, T)`` for ``(N, T, S, S)``): frames with a pixel stored at ``clip_level`` (within ½ grey level), by the rule of
+    :func:`saturation_mask` (a frame with a pixel above ``clip_level + ½`` was not
+    clipped). ``clip_level=None``: nothing is saturated."""
+    arr = np.asarray(frames, np.float32)
+    if clip_level is None:
+        return np.zeros(arr.shape[:-2], bool)
+    peak = arr.max(axis=(-2, -1))
+    return (peak >= clip_level - 0.5) & (peak <= clip_level + 0.5)

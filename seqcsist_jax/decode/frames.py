@@ -74,11 +74,17 @@ class FrameFits(NamedTuple):
       cost: ``(F, Kmax + 1)`` final cost (censored squared residuals + prior term) of each count's fit;
         ``cost[:, 0]`` is the empty model's (``Σ obs²``).
       pos_var: ``(F, Kmax, Kmax)`` mean of the x and y posterior variances of each target (px²).
+      alternatives: ``(F, Kmax, A, Kmax, 3)`` with ``A = centre_candidates > 1``: the ends of the ``A``
+        lowest-cost starts of each count's fit that reached distinct basins (``alternatives[f, K-1, 0]`` is
+        ``params[f, K-1]``); ``None`` when ``A == 1``.
+      alternative_valid: ``(F, Kmax, A)`` bool, which alternatives exist (``None`` when ``A == 1``).
     """
 
     params: np.ndarray
     cost: np.ndarray
     pos_var: np.ndarray
+    alternatives: np.ndarray | None = None
+    alternative_valid: np.ndarray | None = None
 
 
 def balanced_chunk(n: int, limit: int) -> int:
@@ -232,8 +238,30 @@ def start_rank(cost: jax.Array, jtj: jax.Array, opts: DecodeOptions) -> jax.Arra
     return key
 
 
+#: Two start ends whose costs differ by less than this (relative) are taken as the same basin.
+_SAME_BASIN = 1e-4
+
+
+def distinct_ends(rank: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+    """Indices ``(count,)`` of the lowest ``rank`` entries (``(M,)``, ``inf`` = invalid) after dropping ends
+    whose rank is within :data:`_SAME_BASIN` (relative) of a better one, and ``(count,)`` bool validity."""
+    order = jnp.argsort(rank)
+    r = rank[order]
+    prev = jnp.concatenate([jnp.full((1,), -jnp.inf, r.dtype), r[:-1]])
+    dup = (r - prev) <= _SAME_BASIN * jnp.maximum(jnp.abs(r), 1.0)
+    key = jnp.where(dup | ~jnp.isfinite(r), jnp.inf, r)
+    neg, pos = jax.lax.top_k(-key, min(count, rank.shape[0]))
+    idx, ok = order[pos], jnp.isfinite(neg)
+    if count > rank.shape[0]:
+        pad = count - rank.shape[0]
+        idx = jnp.concatenate([idx, jnp.zeros((pad,), idx.dtype)])
+        ok = jnp.concatenate([ok, jnp.zeros((pad,), bool)])
+    return idx, ok
+
+
 def _fit_starts(starts: jax.Array, valid: jax.Array, active: jax.Array, obs: jax.Array, opts: DecodeOptions):
-    """Best fit over ``starts (M, slots, 3)`` (invalid ones ignored): ``params, cost, jtj`` of the winner.
+    """Best fit over ``starts (M, slots, 3)`` (invalid ones ignored): ``params, cost, jtj`` of the winner, and
+    the ``opts.centre_candidates`` best distinct ends ``(A, slots, 3)`` with their ``(A,)`` validity.
 
     "Best" is the lowest :func:`start_rank` (the lowest cost unless ``evidence_weight`` is set). With
     ``opts.screen_iterations > 0`` and more than ``screen_keep`` starts, every start first runs that many LM
@@ -253,7 +281,12 @@ def _fit_starts(starts: jax.Array, valid: jax.Array, active: jax.Array, obs: jax
         params, cost, jtj = jax.vmap(lambda st: _fit_one(st, active, obs, opts))(starts)
     rank = jnp.where(valid, start_rank(cost, jtj, opts), jnp.inf)
     best = jnp.argmin(rank)
-    return params[best], cost[best], jtj[best]
+    if opts.centre_candidates > 1:
+        idx, ok = distinct_ends(rank, opts.centre_candidates)
+        alts, alt_ok = params[idx], ok
+    else:
+        alts, alt_ok = params[best][None], jnp.ones((1,), bool)
+    return params[best], cost[best], jtj[best], alts, alt_ok
 
 
 @functools.lru_cache(maxsize=4)
@@ -364,7 +397,8 @@ def _stage(obs: jax.Array, prev: jax.Array, seeds: jax.Array, seed_count: jax.Ar
 
     ``obs (F, S, S)``; ``prev (F, slots, 3)``: the ``k-1``-target fits; ``seeds (F, M, 3)`` map seeds with
     ``seed_count (F,)`` valid rows. Returns the best ``(F, slots, 3)`` params, ``(F,)`` costs, ``(F, slots)``
-    position variances.
+    position variances, and the ``(F, A, slots, 3)`` distinct alternatives with ``(F, A)`` validity
+    (:func:`_fit_starts`).
     """
     slots = prev.shape[1]
     active = jnp.arange(slots) < k
@@ -383,8 +417,8 @@ def _stage(obs: jax.Array, prev: jax.Array, seeds: jax.Array, seed_count: jax.Ar
             seed = jnp.where(active[:, None], seed, 0.0)
             starts = jnp.concatenate([starts, seed[None]])
             valid = jnp.concatenate([valid, (n >= k)[None]])
-        params, cost, jtj = _fit_starts(starts, valid, active, o, opts)
-        return params, cost, position_variances(jtj, opts.noise_variance)
+        params, cost, jtj, alts, alt_ok = _fit_starts(starts, valid, active, o, opts)
+        return params, cost, position_variances(jtj, opts.noise_variance), alts, alt_ok
 
     return jax.vmap(one)(obs, prev, seeds, seed_count)
 
@@ -446,6 +480,9 @@ def fit_frames(
     cost = np.full((f, kmax + 1), np.inf, np.float32)
     cost[:, 0] = empty_cost(frames, opts)
     pos_var = np.full((f, kmax, kmax), np.inf, np.float32)
+    n_alt = opts.centre_candidates
+    alts = np.zeros((f, kmax, n_alt, kmax, 3), np.float32) if n_alt > 1 else None
+    alt_ok = np.zeros((f, kmax, n_alt), bool) if n_alt > 1 else None
     chunk = balanced_chunk(f, opts.chunk)
     starts = range(0, f, chunk)
     if progress:
@@ -462,11 +499,14 @@ def fit_frames(
             if prev.shape[1] < slots:
                 prev = jnp.pad(prev, ((0, 0), (0, slots - prev.shape[1]), (0, 0)))
             sd = _pad_chunk(seeds[:, :slots], lo, hi, chunk)
-            prev, c, v = _stage(obs, prev, sd, sc, jnp.int32(k), opts)
+            prev, c, v, a, ok = _stage(obs, prev, sd, sc, jnp.int32(k), opts)
             params[lo:hi, k - 1, :k] = np.asarray(prev)[: hi - lo, :k]
+            if alts is not None:
+                alts[lo:hi, k - 1, :, :k] = np.asarray(a)[: hi - lo, :, :k]
+                alt_ok[lo:hi, k - 1] = np.asarray(ok)[: hi - lo]
             cost[lo:hi, k] = np.asarray(c)[: hi - lo]
             pos_var[lo:hi, k - 1, :k] = np.asarray(v)[: hi - lo, :k]
-    return FrameFits(params, cost, pos_var)
+    return FrameFits(params, cost, pos_var, alts, alt_ok)
 
 
 @functools.partial(jax.jit, static_argnames=("opts",))

@@ -1,0 +1,194 @@
+"""Tests of seqcsist_jax.decode.centre (feasibility centring) and the start alternatives it draws on.
+
+References are independent of the code under test: the rounding likelihood against numerical integration of
+the Gaussian density (scipy), its analytic derivatives against JAX's automatic differentiation of the value,
+feasibility against the generator's own pipeline (``imaging.render`` + ``imaging.quantize``). Images come from
+the CSIST-100K generator with fixed seeds (SPEC §9).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate, stats
+from scipy.optimize import linear_sum_assignment
+
+from seqcsist_jax import imaging
+from seqcsist_jax.data.csist100k import simulate_csist100k
+from seqcsist_jax.decode import CSIST100K_OPTIONS, CountCapWarning, centre, decode_arrays, frames, make_options
+from seqcsist_jax.decode.centre import centre_fits, centre_objective, log_rounding_likelihood
+
+LEAST_SQUARES = dict(max_targets=5, single_pixel=True, layout_starts=6, min_separation=0.494, uniform_slots=True)
+
+
+@pytest.mark.parametrize("s", [0.15, 0.5, 2.0])
+def test_rounding_likelihood_matches_numerical_integration(s):
+    r = np.linspace(-3.0, 3.0, 61)
+    got = np.exp(np.asarray(log_rounding_likelihood(jnp.asarray(r, jnp.float32), s), np.float64))
+    # P(round(v + n) = o) with r = v - o: the noise must land in [-½ - r, ½ - r).
+    want = np.array([integrate.quad(stats.norm(0.0, s).pdf, -0.5 - x, 0.5 - x, epsabs=1e-13)[0] for x in r])
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+
+
+def test_rounding_likelihood_tails_stay_finite_and_match_scipy():
+    r = np.array([5.0, 20.0, 80.0, -80.0], np.float64)
+    got = np.asarray(log_rounding_likelihood(jnp.asarray(r, jnp.float32), 0.15), np.float64)
+    a, b = (0.5 - np.abs(r)) / 0.15, (-0.5 - np.abs(r)) / 0.15
+    want = stats.norm.logcdf(a) + np.log1p(-np.exp(stats.norm.logcdf(b) - stats.norm.logcdf(a)))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_pixel_derivatives_match_automatic_differentiation():
+    opts = make_options(**CSIST100K_OPTIONS)
+    # One frame with saturated (255), dark (0) and ordinary pixels; residuals up to 1.5 grey levels.
+    obs = jnp.asarray(np.array([[0.0, 12.0, 254.0], [255.0, 255.0, 100.0], [37.0, 3.0, 255.0]]), jnp.float32)
+    pred = obs + jnp.asarray(np.random.default_rng(0).uniform(-1.5, 1.5, obs.shape), jnp.float32)
+    value, d1, d2 = centre._pixel_derivatives(pred, obs, opts)
+    grad_fn = jax.grad(lambda p: jnp.sum(centre._pixel_terms(p, obs, opts)))
+    # The terms are elementwise, so the Hessian is diagonal and H·1 is its diagonal.
+    d2_ref = jax.jvp(grad_fn, (pred,), (jnp.ones_like(pred),))[1]
+    np.testing.assert_allclose(value, centre._pixel_terms(pred, obs, opts), rtol=1e-5)
+    np.testing.assert_allclose(d1, grad_fn(pred), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(d2, d2_ref, rtol=1e-3, atol=1e-3)
+    assert np.all(np.asarray(d2) >= 0)  # convex in the prediction: the Gauss–Newton matrix is PSD
+
+
+@pytest.fixture(scope="module")
+def clipped_group():
+    """300 generator images of 4–5 targets inside pixel (5, 5), their least-squares fits and the stored bytes."""
+    data = simulate_csist100k(300, seed=7, min_targets=4, max_targets=5, pixel_range=(5, 5))
+    images = np.asarray(data["image"], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dec = decode_arrays(images[:, None], method="refine", **LEAST_SQUARES)
+    return data, images, dec
+
+
+def _mean_error(params: np.ndarray, count: np.ndarray, targets: np.ndarray, ok: np.ndarray) -> float:
+    errs = []
+    for i in np.flatnonzero(ok):
+        k = count[i]
+        d = np.sqrt(((params[i, :k, None, :2] - targets[i, None, :k, :2]) ** 2).sum(-1))
+        r, c = linear_sum_assignment(d)
+        errs.append(d[r, c].mean())
+    return float(np.mean(errs))
+
+
+def test_centring_lowers_the_objective_and_moves_fits_towards_the_truth(clipped_group):
+    data, images, dec = clipped_group
+    count = dec.count[:, 0]
+    start = dec.detections[:, 0, :, :3].astype(np.float32)
+    opts = make_options(**LEAST_SQUARES, centre_iterations=10)
+    res = centre_fits(images, start, count, opts)
+    sat = images.reshape(len(images), -1).max(-1) >= 255
+    np.testing.assert_array_equal(res.centred, sat & (count > 0))
+    assert res.centred.mean() > 0.8  # 4–5 targets in one pixel almost always clip
+
+    fn = jax.vmap(lambda p, a, o: centre_objective(p, a, o, opts))
+    active = jnp.asarray(np.arange(5)[None] < count[:, None])
+    before = np.asarray(fn(jnp.asarray(start), active, jnp.asarray(images)))
+    after = np.asarray(fn(jnp.asarray(res.params), active, jnp.asarray(images)))
+    ok = res.centred
+    # Steps are accepted only when the objective drops (float32 evaluation: allow rounding of ~1e-6 relative).
+    assert np.all(after[ok] <= before[ok] + 1e-5 * np.abs(before[ok]) + 1e-3)
+    np.testing.assert_allclose(res.cost[ok], after[ok], rtol=1e-4, atol=1e-2)
+    # Frames the rendering reproduces byte for byte: centring is built to land there.
+    p64 = res.params.astype(np.float64) * (np.arange(5)[None, :, None] < count[:, None, None])
+    exact = np.all(imaging.quantize(imaging.render(p64)) == images, axis=(1, 2))
+    p0 = start.astype(np.float64) * (np.arange(5)[None, :, None] < count[:, None, None])
+    exact0 = np.all(imaging.quantize(imaging.render(p0)) == images, axis=(1, 2))
+    assert exact[ok].mean() > exact0[ok].mean() + 0.1, (exact[ok].mean(), exact0[ok].mean())  # ~0.71 -> ~0.87
+    # And the middle of that set is closer to the truth on average (the point of centring).
+    right = ok & (count == data["num_targets"])
+    truth = np.asarray(data["targets"], np.float64)
+    assert _mean_error(res.params, count, truth, right) < 0.9 * _mean_error(start, count, truth, right)
+    # Positions stay in the host pixel (soft walls of 0.03 px).
+    act = np.arange(5)[None] < count[:, None]
+    assert np.all(np.abs(res.params[..., :2][act] - 5.0) <= 0.5 + 0.1)
+
+
+def test_centring_off_or_unsaturated_frames_keep_the_fit(clipped_group):
+    _, images, dec = clipped_group
+    count = dec.count[:, 0]
+    start = dec.detections[:, 0, :, :3].astype(np.float32)
+    off = centre_fits(images, start, count, make_options(**LEAST_SQUARES))
+    assert not off.centred.any()
+    np.testing.assert_array_equal(off.params, np.where((np.arange(5)[None] < count[:, None])[..., None], start, 0))
+    # An unsaturated frame (one target) is left alone unless centre_saturated_only is turned off.
+    one = imaging.quantize(imaging.render(np.array([[[3.3, 6.8, 230.0]]]))).astype(np.float32)
+    fit = np.array([[[3.31, 6.79, 228.0]]], np.float32)
+    kept = centre_fits(one, fit, np.array([1]), make_options(**LEAST_SQUARES, centre_iterations=5))
+    assert not kept.centred[0] and np.array_equal(kept.params, fit)
+    moved = centre_fits(one, fit, np.array([1]),
+                        make_options(**LEAST_SQUARES, centre_iterations=5, centre_saturated_only=False))
+    assert moved.centred[0] and np.abs(moved.params[0, 0, :2] - [3.3, 6.8]).max() < 0.02
+
+
+def test_the_candidate_with_the_lowest_objective_wins(clipped_group):
+    data, images, dec = clipped_group
+    right = np.flatnonzero((dec.count[:, 0] == data["num_targets"]) & (images.reshape(300, -1).max(-1) >= 255))[:40]
+    count = data["num_targets"][right]
+    truth = np.asarray(data["targets"], np.float32)[right]
+    junk = truth.copy()
+    junk[:, :, :2] = np.round(truth[:, :, :2]) + 0.3  # every target stacked in one corner of the pixel
+    # centre_keep=2: both candidates run every step, so the winner is the lower final objective.
+    opts = make_options(**LEAST_SQUARES, centre_iterations=8, centre_keep=2)
+    solo_junk = centre_fits(images[right], junk, count, opts)
+    solo_truth = centre_fits(images[right], truth, count, opts)
+    both = centre_fits(images[right], junk, count, opts, candidates=truth[:, None], valid=np.ones((40, 1), bool))
+    want = np.where((solo_truth.cost < solo_junk.cost)[:, None, None], solo_truth.params, solo_junk.params)
+    # Batched with another candidate, float32 rounding differs from the solo runs (~1e-6 relative).
+    np.testing.assert_allclose(both.params, want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(both.cost, np.minimum(solo_truth.cost, solo_junk.cost), rtol=1e-4, atol=1e-3)
+    assert (solo_truth.cost < solo_junk.cost).mean() > 0.5  # the truth start wins on most images
+    # An invalid candidate is never chosen, however good.
+    none = centre_fits(images[right], junk, count, opts, candidates=truth[:, None], valid=np.zeros((40, 1), bool))
+    np.testing.assert_allclose(none.params, solo_junk.params, rtol=1e-5, atol=1e-4)
+
+
+def test_distinct_ends_drops_repeated_basins_and_pads():
+    rank = jnp.asarray([2.0, 1.0, 1.00001, jnp.inf, 3.0])
+    idx, ok = frames.distinct_ends(rank, 3)
+    assert list(np.asarray(idx)) == [1, 0, 4] and np.asarray(ok).all()
+    idx, ok = frames.distinct_ends(rank, 7)
+    assert list(np.asarray(idx)[:3]) == [1, 0, 4] and list(np.asarray(ok)) == [True] * 3 + [False] * 4
+
+
+def test_fit_frames_alternatives_start_with_the_best_fit(clipped_group):
+    _, images, _ = clipped_group
+    opts = make_options(**LEAST_SQUARES, centre_candidates=3)
+    fits = frames.fit_frames(images[:30], opts)
+    assert fits.alternatives.shape == (30, 5, 3, 5, 3) and fits.alternative_valid.shape == (30, 5, 3)
+    np.testing.assert_array_equal(fits.alternatives[:, :, 0], fits.params)
+    assert fits.alternative_valid[:, :, 0].all()
+    assert fits.alternative_valid[:, 3:].sum() > 30  # 4–5 targets: several basins among the starts
+    plain = frames.fit_frames(images[:30], make_options(**LEAST_SQUARES))
+    assert plain.alternatives is None
+    np.testing.assert_array_equal(plain.params, fits.params)
+
+
+def test_preset_decodes_clipped_groups_better_than_least_squares(clipped_group):
+    data, images, dec = clipped_group
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CountCapWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cen = decode_arrays(images[:, None], method="refine", **CSIST100K_OPTIONS)
+    truth = np.asarray(data["targets"], np.float64)
+    right = (cen.count[:, 0] == data["num_targets"]) & (dec.count[:, 0] == data["num_targets"])
+    assert right.mean() > 0.9
+    e_cen = _mean_error(cen.detections[:, 0], cen.count[:, 0], truth, right)
+    e_ls = _mean_error(dec.detections[:, 0], dec.count[:, 0], truth, right)
+    assert e_cen < 0.9 * e_ls, (e_cen, e_ls)
+
+
+@pytest.mark.parametrize("field,value", [("centre_iterations", -1), ("centre_softness", 0.0), ("centre_wall", -0.1),
+                                         ("centre_candidates", 0), ("centre_keep", 0),
+                                         ("centre_screen_iterations", 1.5), ("centre_saturated_only", 1)])
+def test_bad_centring_options_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        make_options(**{field: value})
