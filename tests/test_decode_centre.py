@@ -159,17 +159,31 @@ def test_distinct_ends_drops_repeated_basins_and_pads():
     assert list(np.asarray(idx)[:3]) == [1, 0, 4] and list(np.asarray(ok)) == [True] * 3 + [False] * 4
 
 
-def test_fit_frames_alternatives_start_with_the_best_fit(clipped_group):
-    _, images, _ = clipped_group
-    opts = make_options(**LEAST_SQUARES, centre_candidates=3)
-    fits = frames.fit_frames(images[:30], opts)
-    assert fits.alternatives.shape == (30, 5, 3, 5, 3) and fits.alternative_valid.shape == (30, 5, 3)
-    np.testing.assert_array_equal(fits.alternatives[:, :, 0], fits.params)
-    assert fits.alternative_valid[:, :, 0].all()
-    assert fits.alternative_valid[:, 3:].sum() > 30  # 4–5 targets: several basins among the starts
-    plain = frames.fit_frames(images[:30], make_options(**LEAST_SQUARES))
-    assert plain.alternatives is None
-    np.testing.assert_array_equal(plain.params, fits.params)
+def test_fit_starts_alternatives_are_distinct_basins_best_first(clipped_group):
+    """Five starts near the truth end in one basin (counted once), a junk start in another; an invalid start
+    contributes nothing; the best end comes first."""
+    data, images, _ = clipped_group
+    i = int(np.flatnonzero(data["num_targets"] == 5)[0])
+    truth = np.asarray(data["targets"][i], np.float32)
+    rng = np.random.default_rng(3)
+    starts = np.stack([truth + np.concatenate([rng.normal(0, 0.15, (5, 2)), np.zeros((5, 1))], 1)
+                       for _ in range(6)]).astype(np.float32)
+    starts[5, :, :2] = np.round(truth[:, :2]) + 0.35 + 0.02 * np.arange(5)[:, None]  # junk: every target in a corner
+    opts = make_options(**LEAST_SQUARES, centre_candidates=4)
+    fit_starts = jax.jit(frames._fit_starts, static_argnames="opts")
+    args = (jnp.asarray(starts), None, jnp.ones(5, bool), jnp.asarray(images[i]))
+    out = {}
+    for junk_valid in (True, False):
+        valid = jnp.asarray([True] * 5 + [junk_valid])
+        out[junk_valid] = fit_starts(args[0], valid, *args[2:], opts=opts)
+    best, _, _, alts, ok = out[True]
+    np.testing.assert_array_equal(alts[0], best)
+    assert list(np.asarray(ok)) == [True, True, False, False]  # two basins, padded to 4
+    assert list(np.asarray(out[False][4])) == [True, False, False, False]  # the junk basin was the second
+    np.testing.assert_array_equal(out[False][3][0], best)
+    _, _, _, solo, solo_ok = fit_starts(args[0], jnp.ones(6, bool), *args[2:], opts=make_options(**LEAST_SQUARES))
+    assert solo.shape == (1, 5, 3) and bool(solo_ok[0])
+    np.testing.assert_array_equal(solo[0], best)
 
 
 def test_preset_decodes_clipped_groups_better_than_least_squares(clipped_group):

@@ -163,7 +163,6 @@ def frame_objective(obs: jax.Array, active: jax.Array, opts: DecodeOptions):
     pw, pm = _prior_terms(slots, opts, obs.dtype)
     pmask = jnp.repeat(active, 3)
     pw = pw * pmask
-    size = obs.shape[-1]
 
     sep = opts.min_separation is not None and slots > 1
 
