@@ -206,3 +206,13 @@ def test_preset_decodes_clipped_groups_better_than_least_squares(clipped_group):
 def test_bad_centring_options_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         make_options(**{field: value})
+
+
+def test_options_accept_numpy_scalars_from_sweeps():
+    opts = make_options(centre_iterations=np.int64(7), centre_wall=np.float32(0.03), max_targets=np.int32(5),
+                        centre_saturated_only=np.bool_(False))
+    assert opts.centre_iterations == 7 and type(opts.centre_iterations) is int
+    assert opts.max_targets == 5 and opts.centre_saturated_only is False
+    assert abs(opts.centre_wall - 0.03) < 1e-8
+    with pytest.raises(ValueError, match="centre_iterations"):
+        make_options(centre_iterations=np.float64(1.5))

@@ -9,8 +9,8 @@ the set — often against a saturated pixel's bound, the pixel's walls or the se
 large (4–5 targets sharing one saturated pixel) the truth can be anywhere in it, and a point in its middle is
 the better guess for every distance threshold of the metric.
 
-:func:`centre_fits` maximises a smoothed log posterior from the fit (``centre_iterations`` damped Gauss–Newton
-steps; the count stays the fit's):
+:func:`centre_fits` minimises the negative smoothed log posterior (:func:`centre_objective`, in nats; lower is
+better) from the fit, in ``centre_iterations`` damped Gauss–Newton steps; the count stays the fit's. Its terms:
 
 * unsaturated pixels: ``log[Φ((½ - r)/s) - Φ((-½ - r)/s)]``, ``r = pred - obs`` — the exact likelihood of a
   frame rounded after Gaussian noise of std ``s`` (:func:`log_rounding_likelihood`);
@@ -278,8 +278,12 @@ def centre_fits(frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts:
                 candidates: np.ndarray | None = None, valid: np.ndarray | None = None) -> Centred:
     """Moves each frame's fit to the middle of the set of targets that reproduce the stored frame.
 
+    Shapes: ``F`` frames of side ``S`` (11), ``K`` target slots, ``A`` extra candidates per frame. Positions are
+    in pixels (``x`` on the row axis, pixel centres at integers, as :func:`seqcsist_jax.imaging.render`),
+    brightness in grey levels.
+
     Args:
-      frames: ``(F, S, S)`` stored grey values (the fit's units: pixels, grey levels).
+      frames: ``(F, S, S)`` stored grey values.
       params: ``(F, K, 3)`` fitted rows ``(x, y, b)``; rows ``>= count`` are ignored.
       count: ``(F,)`` targets per frame (``<= K``).
       opts: decoder options (``centre_iterations``, ``centre_softness``, ``centre_wall``,

@@ -6,6 +6,8 @@ import dataclasses
 import math
 from typing import Any
 
+import numpy as np
+
 __all__ = ["DecodeOptions", "make_options", "METHODS", "GEOMETRIES"]
 
 #: Decoding methods of :func:`seqcsist_jax.decode.decode`.
@@ -296,10 +298,13 @@ class DecodeOptions:
 
 
 def make_options(options: DecodeOptions | None = None, **overrides: Any) -> DecodeOptions:
-    """``DecodeOptions`` from keyword overrides, with a TypeError naming unknown options."""
+    """``DecodeOptions`` from keyword overrides (numpy scalars accepted), with a TypeError naming unknown
+    options."""
     known = {f.name for f in dataclasses.fields(DecodeOptions)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TypeError(f"unknown decode option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    # Values from numpy sweeps (np.int64, np.float32, np.bool_) become Python scalars before validation.
+    overrides = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in overrides.items()}
     base = options if options is not None else DecodeOptions()
     return dataclasses.replace(base, **overrides)
