@@ -216,3 +216,20 @@ def test_options_accept_numpy_scalars_from_sweeps():
     assert abs(opts.centre_wall - 0.03) < 1e-8
     with pytest.raises(ValueError, match="centre_iterations"):
         make_options(centre_iterations=np.float64(1.5))
+
+
+def test_constraint_derivatives_match_automatic_differentiation():
+    """The walls' and priors' gradient (with the separation term) and, without it, their exact diagonal Hessian."""
+    rng = np.random.default_rng(1)
+    theta = np.concatenate([5.0 + rng.uniform(-0.45, 0.45, (4, 2)), rng.uniform(215, 255, (4, 1))], 1)
+    theta = jnp.asarray(theta.reshape(-1), jnp.float32)
+    active = jnp.asarray([True, True, True, False])
+    lo, hi = jnp.full((2,), 4.5), jnp.full((2,), 5.5)
+    for extra in (dict(min_separation=0.494), dict(min_separation=None, brightness_range=(220.0, 250.0))):
+        opts = make_options(**{**LEAST_SQUARES, **extra})
+        grad, hess = centre._constraint_normal(theta, active, lo, hi, opts)
+        ref = jax.grad(lambda t: centre._constraint_terms(t, active, lo, hi, opts))(theta)
+        np.testing.assert_allclose(grad, ref, rtol=1e-3, atol=1e-3)
+        if extra["min_separation"] is None:  # every term acts on one coordinate: the Hessian is exact
+            exact = jax.hessian(lambda t: centre._constraint_terms(t, active, lo, hi, opts))(theta)
+            np.testing.assert_allclose(hess, exact, rtol=1e-3, atol=1e-3)

@@ -190,18 +190,12 @@ def _centre_frame(cands: jax.Array, valid: jax.Array, active: jax.Array, obs: ja
         return _constraint_terms(t, active, lo, hi, opts)
 
     def objective(t):
-        p = jnp.where(active[:, None], t.reshape(slots, 3), 0.0)
-        return jnp.sum(_pixel_terms(forward.predict(p, size, opts.sigma), obs, opts)) + constraint(t)
+        return centre_objective(t.reshape(slots, 3), active, obs, opts)
 
     def gauss_newton(t):
         p = jnp.where(active[:, None], t.reshape(slots, 3), 0.0)
-        ax, dax = forward.axis_profiles(p[:, 0], size, opts.sigma)
-        ay, day = forward.axis_profiles(p[:, 1], size, opts.sigma)
-        b = p[:, 2:3]
-        u = jnp.stack([b * dax, b * ax, ax], axis=1).reshape(3 * slots, size)
-        v = jnp.stack([ay, day, ay], axis=1).reshape(3 * slots, size)
-        jac = (u[:, :, None] * v[:, None, :]).reshape(3 * slots, size * size)  # ∂pred/∂θ, separable
-        pred = jnp.sum((b * ax)[:, :, None] * ay[:, None, :], axis=0)
+        u, v, pred = forward.jacobian_factors(p, size, opts.sigma)
+        jac = (u[:, :, None] * v[:, None, :]).reshape(3 * slots, size * size)  # ∂pred/∂θ
         cost, d1, d2 = _pixel_derivatives(pred, obs, opts)
         # Every term is convex in its argument (log-concave likelihoods and walls), so the Gauss–Newton
         # matrix is positive semi-definite.

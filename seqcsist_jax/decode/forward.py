@@ -39,6 +39,7 @@ __all__ = [
     "saturated_frames",
     "frame_cost",
     "saturated_pixels",
+    "jacobian_factors",
     "frame_normal_equations",
     "spd_solve",
     "spd_solve_many",
@@ -134,6 +135,27 @@ def saturated_pixels(obs: jax.Array, clip_level: float | None, max_saturated: in
     return jnp.where(vals > 0.5, idx, -1).astype(jnp.int32)
 
 
+def jacobian_factors(params: jax.Array, size: int = 11, sigma: float = 0.5) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Separable Jacobian of one frame's prediction: ``∂pred[r, c]/∂θ_p = u[p, r] · v[p, c]``.
+
+    Args:
+      params: ``(K, 3)`` rows ``(x, y, b)``; ``θ = params.reshape(-1)`` (``P = 3K``).
+
+    Returns:
+      ``u (P, S)`` row factors, ``v (P, S)`` column factors, ``pred (S, S)`` the predicted frame.
+    """
+    k = params.shape[0]
+    ax, dax = axis_profiles(params[:, 0], size, sigma)  # (K, S)
+    ay, day = axis_profiles(params[:, 1], size, sigma)
+    b = params[:, 2:3]
+    u = jnp.stack([b * dax, b * ax, ax], axis=1).reshape(3 * k, size)  # row factors, params order
+    v = jnp.stack([ay, day, ay], axis=1).reshape(3 * k, size)  # column factors
+    # Broadcast-and-reduce instead of matmuls: under vmap XLA fuses these into vectorised loops, ~3× faster
+    # on CPU than batches of tiny dot products.
+    pred = jnp.sum((b * ax)[:, :, None] * ay[:, None, :], axis=0)
+    return u, v, pred
+
+
 def frame_normal_equations(
     params: jax.Array,
     obs: jax.Array,
@@ -159,15 +181,7 @@ def frame_normal_equations(
       ``JᵀJ (P, P)``, ``Jᵀr (P,)``, cost ``rᵀr`` (scalar).
     """
     size = obs.shape[-1]
-    k = params.shape[0]
-    ax, dax = axis_profiles(params[:, 0], size, sigma)  # (K, S)
-    ay, day = axis_profiles(params[:, 1], size, sigma)
-    b = params[:, 2:3]
-    u = jnp.stack([b * dax, b * ax, ax], axis=1).reshape(3 * k, size)  # row factors, params order
-    v = jnp.stack([ay, day, ay], axis=1).reshape(3 * k, size)  # column factors
-    # Broadcast-and-reduce instead of matmuls: under vmap XLA fuses these into vectorised loops, ~3× faster
-    # on CPU than batches of tiny dot products.
-    pred = jnp.sum((b * ax)[:, :, None] * ay[:, None, :], axis=0)
+    u, v, pred = jacobian_factors(params, size, sigma)
     r = pred - obs
     jtj = jnp.sum(u[:, None, :] * u[None, :, :], -1) * jnp.sum(v[:, None, :] * v[None, :, :], -1)
     if clip_level is not None and saturated is not None:
