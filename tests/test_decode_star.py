@@ -147,9 +147,10 @@ def _dataset(name: str, **simulate) -> ml_collections.ConfigDict:
 
 
 def test_geometry_prior_preset_only_for_star_datasets():
-    assert dataset_decode_options(_dataset("seqcsist/targets_2_8")) == {"max_targets": 8}  # opt-in only
+    t28 = {"max_targets": 8, "trajectory_restarts": 8}
+    assert dataset_decode_options(_dataset("seqcsist/targets_2_8")) == t28  # opt-in only
     assert dataset_decode_options(_dataset("seqcsist/targets_2_8"), geometry_prior=True) == {
-        "max_targets": 8, **SEQCSIST_STAR_OPTIONS}
+        **t28, **SEQCSIST_STAR_OPTIONS}
     for name in ("seqcsist", "seqcsist/default", "seqcsist/noise_5", "seqcsist/mini"):
         assert dataset_decode_options(_dataset(name), geometry_prior=True) == SEQCSIST_STAR_OPTIONS
     assert dataset_decode_options(_dataset("simulated", max_targets=6), geometry_prior=True) == {

@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,14 @@ import numpy as np
 
 from seqcsist_jax import imaging, metrics
 from seqcsist_jax.data.simulate import simulate_seqcsist, split_seed
-from seqcsist_jax.decode import SEQCSIST_STAR_OPTIONS, decode, decode_arrays, make_options, trajectory
+from seqcsist_jax.decode import (
+    SEQCSIST_CONFIG_OPTIONS,
+    SEQCSIST_STAR_OPTIONS,
+    decode,
+    decode_arrays,
+    make_options,
+    trajectory,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
@@ -66,7 +74,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
     "targets_2_8": {
         "simulation": {"min_targets": 2, "max_targets": 8, "max_targets_padded": 8},
-        "decoder": {"max_targets": 8},
+        "decoder": dict(SEQCSIST_CONFIG_OPTIONS["targets_2_8"]),  # the dataset's preset: 8 targets, restarts
     },
 }
 
@@ -263,9 +271,9 @@ def machine() -> str:
             f"Python {platform.python_version()}, load average {load}")
 
 
-def markdown(results: list[dict], note: str) -> str:
+def markdown(results: list[dict], note: str, command: str = "--config all") -> str:
     lines = ["# Continuous decoding benchmark", "",
-             "`python -m experiments.benchmarks.bench_decode --config all` "
+             f"`python -m experiments.benchmarks.bench_decode {command}` "
              "(test split, scored frames 2..17).", ""]
     for res in results:
         lines += [f"## `seqcsist/{res['config']}` ({res['trajectories']} trajectories, "
@@ -307,14 +315,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--tag", default="", help="suffix of the result files (bench_decode{tag}.json/md)")
     args = p.parse_args(argv)
+    command = " ".join(sys.argv[1:] if argv is None else argv)
     configs = list(CONFIGS) if args.config == "all" else [args.config]
     results = [run_config(c, args) for c in configs]
     note = f"{machine()}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"bench_decode{args.tag}.json").write_text(
         json.dumps({"results": results, "machine": note}, indent=2, default=float) + "\n")
-    (args.out / f"bench_decode{args.tag}.md").write_text(markdown(results, note))
-    print(markdown(results, note))
+    (args.out / f"bench_decode{args.tag}.md").write_text(markdown(results, note, command))
+    print(markdown(results, note, command))
 
 
 if __name__ == "__main__":

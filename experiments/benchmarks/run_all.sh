@@ -16,6 +16,8 @@ python -m experiments.benchmarks.bench_model
 python -m experiments.benchmarks.bench_classical
 python -m experiments.benchmarks.bench_cpu_threads
 python -m experiments.benchmarks.bench_decode --config all
+python -m experiments.benchmarks.bench_decode --config targets_2_8 --methods trajectory --no-oracle-seeds --tag _targets_2_8
+python -m experiments.benchmarks.trajectory_basins
 if [ -d "$quick/checkpoints/best" ]; then
   python -m experiments.benchmarks.bench_decode --config default --workdir "$quick" --tag _derefnet_quick --no-diagnostics
 fi

@@ -35,13 +35,20 @@ from seqcsist_jax.decode.calibrate import calibrate, calibrate_split, load_or_ca
 from seqcsist_jax.decode.imaging_params import DEFAULT_IMAGING, ImagingParams
 from seqcsist_jax.decode.maps import grid_detections, peak_detections, physics_maps
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
-from seqcsist_jax.decode.presets import CSIST100K_OPTIONS, SEQCSIST_STAR_OPTIONS, STAR_DATASETS, dataset_decode_options
+from seqcsist_jax.decode.presets import (
+    CSIST100K_OPTIONS,
+    SEQCSIST_CONFIG_OPTIONS,
+    SEQCSIST_STAR_OPTIONS,
+    STAR_DATASETS,
+    dataset_decode_options,
+)
 
 __all__ = [
     "CSIST100K_OPTIONS",
     "SEQCSIST_STAR_OPTIONS",
     "STAR_DATASETS",
     "dataset_decode_options",
+    "SEQCSIST_CONFIG_OPTIONS",
     "DEFAULT_IMAGING",
     "METHODS",
     "CountCapWarning",

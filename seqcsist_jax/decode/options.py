@@ -56,6 +56,17 @@ class DecodeOptions:
       templates: per-frame solutions used as starts of each trajectory fit (per candidate count).
       runner_up: when a trajectory fit also tries the runner-up count of the per-frame votes: ``"split"``
         (only where the per-frame counts disagree), ``"always"`` or ``"never"``.
+      trajectory_restarts: extra starts of the chosen count's trajectory fit: the fit's own solution with every
+        target's offset moved by a Gaussian of std ``restart_jitter`` (px), each refined by the full
+        Levenberg–Marquardt budget; the lowest cost wins (it includes the fit itself, so the cost never rises).
+        Skipped with ``geometry="star"``, whose fit replaces the free paths (every direction subset is screened).
+        **DECISION**: 0 (off) by default — ``default``'s trajectory fits are already in the right basin; 8 for
+        ``targets_2_8`` (:func:`seqcsist_jax.decode.presets.dataset_decode_options`), where dense clipped groups
+        of 5–8 targets leave the fit in a wrong basin (validation split: see
+        ``experiments/benchmarks/results/trajectory_basins_targets_2_8.md``).
+      restart_jitter: that std (px).
+      restart_seed: seed of the jitter pattern (one ``(restarts, slots, 2)`` draw shared by every trajectory, so
+        a trajectory's result does not depend on the batch it is decoded in).
       map_seeds: use peaks of supplied model maps as extra starts (``refine``/``trajectory``).
       max_saturated: saturated pixels per frame handled as censored (more are treated as ordinary pixels).
       score_radius: ``r₀`` of the localisation confidence ``1 - exp(-r₀²/(2σ²))`` in the scores.
@@ -153,6 +164,9 @@ class DecodeOptions:
     trajectory_count_penalty: float = 4.8
     templates: int = 3
     runner_up: str = "split"
+    trajectory_restarts: int = 0
+    restart_jitter: float = 0.1
+    restart_seed: int = 0
     map_seeds: bool = True
     max_saturated: int = 8
     score_radius: float = 0.1
@@ -241,13 +255,13 @@ class DecodeOptions:
         check(isinstance(self.separation_width, (int, float)) and math.isfinite(self.separation_width)
               and self.separation_width > 0,
               f"decode option separation_width must be a positive number, got {self.separation_width!r}")
-        for name in ("centre_iterations", "centre_screen_iterations"):
+        for name in ("centre_iterations", "centre_screen_iterations", "trajectory_restarts", "restart_seed"):
             v = getattr(self, name)
             check(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                   f"decode option {name} must be a non-negative integer, got {v!r}")
         check(isinstance(self.centre_saturated_only, bool),
               f"decode option centre_saturated_only must be True or False, got {self.centre_saturated_only!r}")
-        for name in ("centre_softness", "centre_wall"):
+        for name in ("centre_softness", "centre_wall", "restart_jitter"):
             v = getattr(self, name)
             check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
                   f"decode option {name} must be a positive number, got {v!r}")

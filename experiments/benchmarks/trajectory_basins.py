@@ -1,0 +1,276 @@
+"""Where the free trajectory fit loses on dense groups: starts, objective, or information?
+
+Run from the repository root::
+
+    python -m experiments.benchmarks.trajectory_basins [--config targets_2_8] [--trajectories 750]
+        [--split validation] [--restarts 8] [--jitter 0.1]
+
+On ``seqcsist/targets_2_8`` (2–8 targets, 0.23 px apart at 8) the free ``trajectory`` fit scores ~80 CSO-mAP
+while the same fit started at the truth scores ~94. This benchmark separates the three explanations on one split
+(the counts are the free fit's; every row is scored like the decoder, ``P(count) · P(error <= score_radius)``
+from each fit's own curvature, and with constant scores, which isolates localisation from ranking):
+
+* **starts** — the free fit without and with ``--restarts`` extra starts (``DecodeOptions.trajectory_restarts``:
+  its solution with every target's offset jittered by ``--jitter`` px), lowest least-squares cost wins;
+* **objective** — the *perfect optimiser* of the least-squares objective: per trajectory, whichever of the free
+  fit (with restarts) and the truth-started fit has the lower cost, i.e. the ideal extra start under the
+  lowest-cost rule. Where the free fit's basin is wrong *and costs more*, better starts could reach this row;
+  where a wrong configuration costs *less* than the near-truth one, no optimiser of this objective recovers the
+  truth;
+* **the exact likelihood** — the same two questions for the 8-bit rounding likelihood of all frames (the
+  frames are noise-free and rounded: the truth reproduces every stored byte) — a trajectory-level version of
+  CSIST-100K's feasibility centring (:mod:`seqcsist_jax.decode.centre`, σ = 0.15 grey level, damped
+  Gauss–Newton), started from the free fit (with restarts) and from the truth.
+
+Diagnostics: per true count, the free and truth-started scores; the number of trajectories whose free fit is
+≥ 0.02 px (RMS) from the truth-started one, and how many of those have the lower cost under each objective;
+how much of that difference a rotation of the whole group explains.
+
+Writes ``experiments/benchmarks/results/trajectory_basins_{config}.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from experiments.benchmarks.bench_decode import CONFIGS, KEYS, RESULTS, machine, score, simulation_options
+from seqcsist_jax.data.simulate import simulate_seqcsist, split_seed
+from seqcsist_jax.decode import centre, decode_arrays, forward, make_options, trajectory
+from seqcsist_jax.decode.api import localisation_confidence
+from seqcsist_jax.decode.frames import slots_for
+
+DIFFERS_PX = 0.02  # RMS distance (px) from which two fits of a trajectory count as different basins
+
+
+def _rounding_refit(frames, theta, count, opts, iterations=10, chunk=64):
+    """Damped Gauss–Newton on the smoothed rounding likelihood of all frames (+ the brightness prior), from
+    ``theta (N, P)``: params ``(N, T, slots, 3)``, objective ``(N,)`` (nats), var ``(N, T, slots)``."""
+    n, t = frames.shape[:2]
+    slots = slots_for(opts.max_targets)
+    basis = trajectory.legendre_basis(t, opts.degree)
+    local = jnp.asarray(trajectory._local_map(basis))
+    reparam = jnp.asarray(trajectory.shared_reparametrisation(slots, opts.degree, opts.shared_from))
+    pk, p_dim = local.shape[-1], reparam.shape[1]
+    mu, sd = opts.brightness_prior
+
+    @jax.jit
+    def run(obs, th0, k):
+        def one(o, th, kk):
+            active = jnp.arange(slots) < kk
+            owner = (jnp.repeat(active, pk).astype(o.dtype) @ jnp.abs(reparam)) > 0
+
+            def positions(x):
+                return jnp.einsum("tap,kp->tka", local, (reparam @ x).reshape(slots, pk)) * active[None, :, None]
+
+            def preds(x):
+                return jax.vmap(lambda q: forward.predict(q, o.shape[-1], opts.sigma))(positions(x))
+
+            def brightness(x):
+                return positions(x)[0, :, 2]
+
+            def objective(x):
+                pix = jax.vmap(lambda q, ob: centre._pixel_terms(q, ob, opts))(preds(x), o)
+                return jnp.sum(pix) + jnp.sum(jnp.where(active, 0.5 * ((brightness(x) - mu) / sd) ** 2, 0.0))
+
+            def normal(x):
+                jac = jax.jacfwd(lambda z: preds(z).reshape(-1))(x)
+                _, d1, d2 = jax.vmap(lambda q, ob: centre._pixel_derivatives(q, ob, opts))(preds(x), o)
+                jb = jax.jacfwd(brightness)(x)
+                wb = jnp.where(active, 1.0 / sd**2, 0.0)
+                grad = jac.T @ d1.reshape(-1) + jb.T @ (wb * (brightness(x) - mu))
+                hess = (jac * d2.reshape(-1, 1)).T @ jac + (jb * wb[:, None]).T @ jb
+                mask = owner[:, None] & owner[None, :]
+                return jnp.where(mask, hess, 0.0) + jnp.diag(jnp.where(owner, 0.0, 1.0)), jnp.where(owner, grad, 0.0)
+
+            def body(_, state):
+                x, lam, cost = state
+                hess, grad = normal(x)
+                step = jnp.linalg.solve(hess + lam * jnp.diag(jnp.diag(hess)) + 1e-6 * jnp.eye(p_dim), -grad)
+                cand = x + step
+                new = objective(cand)
+                better = new < cost
+                return (jnp.where(better, cand, x), jnp.clip(jnp.where(better, lam * 0.3, lam * 10.0), 1e-6, 1e6),
+                        jnp.where(better, new, cost))
+
+            x, _, cost = jax.lax.fori_loop(0, iterations, body, (th, jnp.asarray(1e-2, o.dtype), objective(th)))
+            hess, _ = normal(x)
+            # The Gauss–Newton matrix is already in nats: undo _position_variances' noise scaling.
+            var = trajectory._position_variances(hess * opts.noise_variance, reparam, local, opts)
+            return positions(x), cost, var
+
+        return jax.vmap(one)(obs, th0, k)
+
+    outs = []
+    for lo in range(0, n, chunk):
+        idx = np.minimum(np.arange(lo, lo + chunk), n - 1)
+        p, c, v = run(jnp.asarray(frames[idx]), jnp.asarray(theta[idx]), jnp.asarray(count[idx]))
+        m = min(chunk, n - lo)
+        outs.append((np.asarray(p)[:m], np.asarray(c)[:m], np.asarray(v)[:m]))
+    return tuple(np.concatenate(x) for x in zip(*outs))
+
+
+def _lists(params, var, count, prob, radius):
+    """Detections ``[[(K, 4)]]`` scored ``prob · P(error <= radius)``, or constant scores when ``var`` is None."""
+    n, t = params.shape[:2]
+    conf = np.ones(params.shape[:3]) if var is None else localisation_confidence(
+        np.where(np.isfinite(var), var, 1.0), radius)
+    sc = (prob[:, None, None] if var is not None else 1.0) * conf
+    det = np.concatenate([params[..., :2], sc[..., None]], -1).astype(np.float64)
+    return [[det[i, j, : count[i]] for j in range(t)] for i in range(n)]
+
+
+def _rms_apart(a: np.ndarray, b: np.ndarray, count: np.ndarray, rotate: bool = False) -> np.ndarray:
+    """``(N,)`` RMS distance (px) between the mean positions of two fits' targets, matched (Hungarian); with
+    ``rotate``, after the best rotation of ``b``'s group about its centre (the ring-symmetry share)."""
+    out = np.zeros(a.shape[0])
+    for i, k in enumerate(count):
+        pa, pb = a[i, :, :k, :2].mean(0), b[i, :, :k, :2].mean(0)
+        angles = np.linspace(-np.pi / 4, np.pi / 4, 181) if rotate else np.zeros(1)
+        best = np.inf
+        for phi in angles:
+            rot = np.array([[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]])
+            q = (pb - pb.mean(0)) @ rot.T + pb.mean(0)
+            d = np.linalg.norm(pa[:, None] - q[None], axis=-1)
+            r, c = linear_sum_assignment(d)
+            best = min(best, float(np.sqrt(np.mean(d[r, c] ** 2))))
+        out[i] = best
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="targets_2_8", choices=list(CONFIGS))
+    p.add_argument("--trajectories", type=int, default=750)
+    p.add_argument("--split", default="validation", choices=["validation", "test"])
+    p.add_argument("--base-seed", type=int, default=0)
+    p.add_argument("--restarts", type=int, default=8)
+    p.add_argument("--jitter", type=float, default=0.1, help="std (px) of the restarts' offset jitter")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: the committed one)")
+    args = p.parse_args(argv)
+    warnings.simplefilter("ignore")
+    data = simulate_seqcsist(args.trajectories, split_seed(args.base_seed, args.split),
+                             **simulation_options(args.config))
+    frames, targets = np.asarray(data["frames"], np.float32), data["targets"]
+    n, t = frames.shape[:2]
+    dopts = dict(CONFIGS[args.config]["decoder"])
+    dopts.pop("trajectory_restarts", None)
+    opts = trajectory._fit_degree(make_options(**dopts), t)
+    slots = slots_for(opts.max_targets)
+    true_count = (targets[..., 2] > 0).sum(-1)[:, 0]
+
+    rows = []
+
+    def add(name, params, var, count, prob, seconds):
+        params = params[:, :, : opts.max_targets]
+        var = None if var is None else var[:, :, : opts.max_targets]
+        scored = score(_lists(params, var, count, prob, opts.score_radius), targets) if var is not None else None
+        const = score(_lists(params, None, count, prob, opts.score_radius), targets)
+        rows.append({"variant": name, "scored": scored, "constant": const, "seconds": seconds})
+        s = "–" if scored is None else f"{scored['mAP']:.2f}"
+        print(f"{name}: {s} (constant scores {const['mAP']:.2f}), {seconds:.1f} s", flush=True)
+
+    base = {**dopts, "trajectory_restarts": 0}
+    t0 = time.perf_counter()
+    plain = decode_arrays(frames, None, "trajectory", **base).trajectory
+    add("free trajectory fit, no restarts", plain.params, plain.pos_var, plain.count, plain.count_prob,
+        time.perf_counter() - t0)
+    rdopts = {**dopts, "trajectory_restarts": args.restarts, "restart_jitter": args.jitter}
+    t0 = time.perf_counter()
+    free = decode_arrays(frames, None, "trajectory", **rdopts).trajectory
+    add(f"free trajectory fit, {args.restarts} restarts (offsets jittered {args.jitter} px)", free.params,
+        free.pos_var, free.count, free.count_prob, time.perf_counter() - t0)
+    count, prob = free.count, free.count_prob
+    theta_free = trajectory.path_coefficients(free.params, count, slots, opts)
+
+    t0 = time.perf_counter()
+    theta_truth = trajectory.path_coefficients(targets, true_count, slots, opts)
+    tp, tc, tv = trajectory._fit_chunks(frames, theta_truth[:, None], true_count, opts)
+    add("started at the truth (true counts)", tp, tv, true_count, np.ones(n), time.perf_counter() - t0)
+    ours_cost = free.cost
+    right = count == true_count
+    pick = right & (tc < ours_cost - 1e-3)
+    add("perfect optimiser, least squares (lower cost of free / truth-started)",
+        np.where(pick[:, None, None, None], tp[:, :, : opts.max_targets], free.params),
+        np.where(pick[:, None, None], tv[:, :, : opts.max_targets], free.pos_var), count, prob, 0.0)
+
+    t0 = time.perf_counter()
+    cp, cc, cv = _rounding_refit(frames, theta_free, count, opts)
+    add("rounding likelihood, refit from the free fit", cp, cv, count, prob, time.perf_counter() - t0)
+    xp, xc, xv = _rounding_refit(frames, theta_truth, true_count, opts)
+    add("rounding likelihood, refit from the truth", xp, xv, true_count, np.ones(n), 0.0)
+    pick_r = right & (xc < cc - 1e-2)
+    add("perfect optimiser, rounding likelihood (lower objective)",
+        np.where(pick_r[:, None, None, None], xp, cp), np.where(pick_r[:, None, None], xv, cv), count, prob, 0.0)
+
+    apart = _rms_apart(free.params, tp, np.minimum(count, true_count))
+    apart_rot = _rms_apart(free.params, tp, np.minimum(count, true_count), rotate=True)
+    differs = right & (apart > DIFFERS_PX)
+    apart_c = _rms_apart(cp, xp, np.minimum(count, true_count))
+    differs_c = right & (apart_c > DIFFERS_PX)
+    diag = {
+        "trajectories": n,
+        "wrong_count": int((~right).sum()),
+        "differs_least_squares": int(differs.sum()),
+        "differs_and_free_costs_more": int((differs & (ours_cost > tc + 1e-3)).sum()),
+        "differs_and_free_costs_less": int((differs & (ours_cost < tc - 1e-3)).sum()),
+        "differs_rounding": int(differs_c.sum()),
+        "differs_rounding_free_lower_objective": int((differs_c & (cc < xc - 1e-2)).sum()),
+        "median_rms_apart_px": float(np.median(apart[differs])) if differs.any() else 0.0,
+        "median_rms_apart_after_rotation_px": float(np.median(apart_rot[differs])) if differs.any() else 0.0,
+    }
+    by_count = []
+    for k in range(int(true_count.min()), int(true_count.max()) + 1):
+        m = true_count == k
+        if not m.any():
+            continue
+        sub = targets[m]
+        f = score(_lists(free.params[m], free.pos_var[m], count[m], prob[m], opts.score_radius), sub)["mAP"]
+        tr_ = score(_lists(tp[m][:, :, : opts.max_targets], tv[m][:, :, : opts.max_targets], true_count[m],
+                           np.ones(int(m.sum())), opts.score_radius), sub)["mAP"]
+        by_count.append({"count": k, "trajectories": int(m.sum()), "free": f, "truth_started": tr_,
+                         "differs": int(differs[m].sum()),
+                         "free_costs_less": int((differs & (ours_cost < tc - 1e-3))[m].sum())})
+    note = machine()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"trajectory_basins_{args.config}"
+    stem.with_suffix(".json").write_text(json.dumps({"config": args.config, "split": args.split, "rows": rows,
+                                                     "diagnostics": diag, "by_count": by_count, "machine": note},
+                                                    indent=2, default=float) + "\n")
+    cmd = (f"python -m experiments.benchmarks.trajectory_basins --config {args.config} --trajectories {n} "
+           f"--split {args.split} --restarts {args.restarts} --jitter {args.jitter}")
+    lines = [f"# Free trajectory fit: starts, objective or information? `seqcsist/{args.config}`, {n} "
+             f"{args.split} trajectories", "", f"`{cmd}` (scored frames 2..17; counts of the free fit except the "
+             "truth-started rows).", "",
+             "| variant | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | CSO-mAP, constant scores "
+             "| time (s, incl. compilation) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["scored"]
+        cells = " | ".join(f"{s[k]:.2f}" for k in KEYS) if s else " | ".join("–" for _ in KEYS)
+        lines.append(f"| {r['variant']} | {cells} | {r['constant']['mAP']:.2f} | {r['seconds']:.1f} |")
+    lines += ["", "Perfect-optimiser rows take, per trajectory, the truth-started fit where its objective is lower "
+              "than the free fit's: the ideal extra start (the truth) under the lowest-objective rule every "
+              "multi-start search uses. Where a wrong configuration has the lower objective, the rule keeps it.",
+              "",
+              "| true count | trajectories | free fit (restarts) | truth-started | free ≥ 0.02 px from truth-started "
+              "| … and costs less |", "|---|---|---|---|---|---|"]
+    for b in by_count:
+        lines.append(f"| {b['count']} | {b['trajectories']} | {b['free']:.2f} | {b['truth_started']:.2f} | "
+                     f"{b['differs']} | {b['free_costs_less']} |")
+    lines += ["", "Diagnostics: " + ", ".join(f"{k} = {v:.3f}" if isinstance(v, float) else f"{k} = {v}"
+                                              for k, v in diag.items()), "", f"Machine: {note}", ""]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
