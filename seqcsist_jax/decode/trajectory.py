@@ -29,13 +29,15 @@ Each start is refined by Levenberg–Marquardt on the censored forward model of 
 wins. With ``trajectory_restarts = R > 0`` (the ``targets_2_8`` preset: 8) the chosen count's fit is refined
 again from itself and ``R`` copies whose target offsets are jittered by ``restart_jitter`` px
 (:func:`jittered_starts`, one fixed pattern); the lowest cost wins. Dense clipped groups of 5–8 targets leave
-the first fit in a wrong basin that a nearby start escapes (validation split of ``targets_2_8``: 79.7 → 82.4
+the first fit often in a wrong basin that a nearby start escapes (validation split of ``targets_2_8``: 79.7 → 82.4
 CSO-mAP); the ``trajectory_basins`` benchmark shows that even a perfect optimiser of this objective stays below
-90 there (wrong configurations with a *lower* cost than the near-truth one). Counts per trajectory: the per-frame counts vote; the most-voted count is fitted, and a runner-up (the
-next most voted, else the neighbouring count) too where the per-frame counts disagree (``runner_up="split"``;
+90 there (wrong configurations with a *lower* cost than the near-truth one).
+
+Counts per trajectory: the per-frame counts vote; the most-voted count is fitted, and a runner-up (the next most
+voted, else the neighbouring count) too where the per-frame counts disagree (``runner_up="split"``;
 ``"always"``/``"never"``); the BIC-like criterion ``cost/s² + trajectory_count_penalty · p·K`` (``p`` the
-target's own coefficients) picks one
-and the count probability is its ``exp(-crit/2)`` share among the fitted candidates.
+target's own coefficients) picks one and the count probability is its ``exp(-crit/2)`` share among the fitted
+candidates (after the restarts, with the chosen count's lowered cost).
 
 Star geometry (``geometry="star"``, opt-in, **DECISION**: SPEC §3's generator only): after the free fit has
 chosen the count, :func:`fit_star` refits every trajectory with target ``k`` at ``ref(t) + (r0_k + v_k·t)·u_k``
