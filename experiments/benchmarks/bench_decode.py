@@ -212,11 +212,33 @@ def diagnostics(method: str, dec, data: dict, frames: np.ndarray, opts: dict) ->
     return out
 
 
+def parse_decode_options(items: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` (``--decode-option``) → decoder options; values are Python literals (``8``, ``0.1``,
+    ``None``, ``(235, 8.66)``) or else strings. Unknown keys are refused by :func:`make_options` with the list of
+    known ones."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--decode-option {item!r}: expected KEY=VALUE, e.g. trajectory_restarts=0")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    try:
+        make_options(**out)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"--decode-option: {e}") from None
+    return out
+
+
 def run_config(config: str, args: argparse.Namespace) -> dict:
     data = load_split(config, args.trajectories, args.base_seed)
     frames, targets = data["frames"], data["targets"]
     n, t = frames.shape[:2]
-    opts = dict(CONFIGS[config]["decoder"])
+    opts = {**CONFIGS[config]["decoder"], **args.decode_options}
     warm_n = min(n, args.warm_trajectories)
     warm = frames[:warm_n]
     rows: list[dict] = []
@@ -299,23 +321,33 @@ def markdown(results: list[dict], note: str, command: str = "--config all") -> s
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="default", choices=[*CONFIGS, "all"])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default="default", choices=[*CONFIGS, "all"],
+                   help="SeqCSIST builder config whose test split is regenerated (targets_2_8 uses its preset: "
+                        "8 targets, 8 trajectory restarts)")
     p.add_argument("--maps", type=Path, default=None, help=".npz with 'maps' (N, T or T-4, 33, 33)")
     p.add_argument("--workdir", type=Path, default=None, help="training run directory: maps from its best checkpoint")
-    p.add_argument("--trajectories", type=int, default=750)
-    p.add_argument("--base-seed", type=int, default=0)
+    p.add_argument("--trajectories", type=int, default=750, help="test trajectories (the split has 750)")
+    p.add_argument("--base-seed", type=int, default=0, help="the TFDS builder's base seed")
     p.add_argument("--methods", nargs="+", default=["grid", "peak", "refine", "trajectory", "trajectory+star"],
                    choices=["grid", "peak", "refine", "trajectory", "trajectory+star"])
     p.add_argument("--warm-trajectories", type=int, default=206,
                    help="trajectories of the warm-up call (>= one chunk so it compiles every shape)")
-    p.add_argument("--no-diagnostics", action="store_true")
+    p.add_argument("--no-diagnostics", action="store_true",
+                   help="skip the error diagnostics (clipping, basins, truth-started fits)")
     p.add_argument("--no-oracle-seeds", action="store_true",
                    help="skip the refine/trajectory rows seeded by the grid-snapped truth (ideal model map)")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--decode-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a decoder option of every row (repeatable), e.g. trajectory_restarts=0 for "
+                        "targets_2_8 without its preset's restarts")
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help="results folder; the default is the committed one (use --tag or another folder to keep "
+                        "its files)")
     p.add_argument("--tag", default="", help="suffix of the result files (bench_decode{tag}.json/md)")
     args = p.parse_args(argv)
     command = " ".join(sys.argv[1:] if argv is None else argv)
+    args.decode_options = parse_decode_options(args.decode_option)
     configs = list(CONFIGS) if args.config == "all" else [args.config]
     results = [run_config(c, args) for c in configs]
     note = f"{machine()}"
