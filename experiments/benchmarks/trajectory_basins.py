@@ -18,9 +18,9 @@ from each fit's own curvature, and with constant scores, which isolates localisa
   where a wrong configuration costs *less* than the near-truth one, no optimiser of this objective recovers the
   truth;
 * **the exact likelihood** — the same two questions for the 8-bit rounding likelihood of all frames (the
-  frames are noise-free and rounded: the truth reproduces every stored byte) — a trajectory-level version of
-  CSIST-100K's feasibility centring (:mod:`seqcsist_jax.decode.centre`, σ = 0.15 grey level, damped
-  Gauss–Newton), started from the free fit (with restarts) and from the truth.
+  frames are noise-free and rounded: the truth reproduces every stored byte): the decoder's
+  ``trajectory_centre_iterations`` stage (:mod:`seqcsist_jax.decode.trajectory_centre`, with the config's preset
+  steps and softness, else 20 steps), started from the restarted fit and from the truth.
 
 Diagnostics: per true count, the free and truth-started scores; the number of trajectories whose free fit is
 ≥ 0.02 px (RMS) from the truth-started one, and how many of those have the lower cost under each objective;
@@ -32,90 +32,22 @@ Writes ``experiments/benchmarks/results/trajectory_basins_{config}.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 import warnings
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from experiments.benchmarks.bench_decode import CONFIGS, KEYS, RESULTS, machine, score, simulation_options
 from seqcsist_jax.data.simulate import simulate_seqcsist, split_seed
-from seqcsist_jax.decode import centre, decode_arrays, forward, make_options, trajectory
+from seqcsist_jax.decode import decode_arrays, make_options, trajectory, trajectory_centre
 from seqcsist_jax.decode.api import localisation_confidence
 from seqcsist_jax.decode.frames import slots_for
 
 DIFFERS_PX = 0.02  # RMS distance (px) from which two fits of a trajectory count as different basins
-
-
-def _rounding_refit(frames, theta, count, opts, iterations=10, chunk=64):
-    """Damped Gauss–Newton on the smoothed rounding likelihood of all frames (+ the brightness prior), from
-    ``theta (N, P)``: params ``(N, T, slots, 3)``, objective ``(N,)`` (nats), var ``(N, T, slots)``."""
-    n, t = frames.shape[:2]
-    slots = slots_for(opts.max_targets)
-    basis = trajectory.legendre_basis(t, opts.degree)
-    local = jnp.asarray(trajectory._local_map(basis))
-    reparam = jnp.asarray(trajectory.shared_reparametrisation(slots, opts.degree, opts.shared_from))
-    pk, p_dim = local.shape[-1], reparam.shape[1]
-    mu, sd = opts.brightness_prior
-
-    @jax.jit
-    def run(obs, th0, k):
-        def one(o, th, kk):
-            active = jnp.arange(slots) < kk
-            owner = (jnp.repeat(active, pk).astype(o.dtype) @ jnp.abs(reparam)) > 0
-
-            def positions(x):
-                return jnp.einsum("tap,kp->tka", local, (reparam @ x).reshape(slots, pk)) * active[None, :, None]
-
-            def preds(x):
-                return jax.vmap(lambda q: forward.predict(q, o.shape[-1], opts.sigma))(positions(x))
-
-            def brightness(x):
-                return positions(x)[0, :, 2]
-
-            def objective(x):
-                pix = jax.vmap(lambda q, ob: centre._pixel_terms(q, ob, opts))(preds(x), o)
-                return jnp.sum(pix) + jnp.sum(jnp.where(active, 0.5 * ((brightness(x) - mu) / sd) ** 2, 0.0))
-
-            def normal(x):
-                jac = jax.jacfwd(lambda z: preds(z).reshape(-1))(x)
-                _, d1, d2 = jax.vmap(lambda q, ob: centre._pixel_derivatives(q, ob, opts))(preds(x), o)
-                jb = jax.jacfwd(brightness)(x)
-                wb = jnp.where(active, 1.0 / sd**2, 0.0)
-                grad = jac.T @ d1.reshape(-1) + jb.T @ (wb * (brightness(x) - mu))
-                hess = (jac * d2.reshape(-1, 1)).T @ jac + (jb * wb[:, None]).T @ jb
-                mask = owner[:, None] & owner[None, :]
-                return jnp.where(mask, hess, 0.0) + jnp.diag(jnp.where(owner, 0.0, 1.0)), jnp.where(owner, grad, 0.0)
-
-            def body(_, state):
-                x, lam, cost = state
-                hess, grad = normal(x)
-                step = jnp.linalg.solve(hess + lam * jnp.diag(jnp.diag(hess)) + 1e-6 * jnp.eye(p_dim), -grad)
-                cand = x + step
-                new = objective(cand)
-                better = new < cost
-                return (jnp.where(better, cand, x), jnp.clip(jnp.where(better, lam * 0.3, lam * 10.0), 1e-6, 1e6),
-                        jnp.where(better, new, cost))
-
-            x, _, cost = jax.lax.fori_loop(0, iterations, body, (th, jnp.asarray(1e-2, o.dtype), objective(th)))
-            hess, _ = normal(x)
-            # The Gauss–Newton matrix is already in nats: undo _position_variances' noise scaling.
-            var = trajectory._position_variances(hess * opts.noise_variance, reparam, local, opts)
-            return positions(x), cost, var
-
-        return jax.vmap(one)(obs, th0, k)
-
-    outs = []
-    for lo in range(0, n, chunk):
-        idx = np.minimum(np.arange(lo, lo + chunk), n - 1)
-        p, c, v = run(jnp.asarray(frames[idx]), jnp.asarray(theta[idx]), jnp.asarray(count[idx]))
-        m = min(chunk, n - lo)
-        outs.append((np.asarray(p)[:m], np.asarray(c)[:m], np.asarray(v)[:m]))
-    return tuple(np.concatenate(x) for x in zip(*outs))
 
 
 def _lists(params, var, count, prob, radius):
@@ -168,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"note: {n} trajectories hold few dense (5–8-target) groups; the rows can move by several points "
               "between samples (the README quotes 750)", flush=True)
     dopts = dict(CONFIGS[args.config]["decoder"])
-    dopts.pop("trajectory_restarts", None)
+    dopts.pop("trajectory_restarts", None)  # rows below set it
     opts = trajectory._fit_degree(make_options(**dopts), t)
     slots = slots_for(opts.max_targets)
     true_count = (targets[..., 2] > 0).sum(-1)[:, 0]
@@ -184,37 +116,46 @@ def main(argv: list[str] | None = None) -> None:
         s = "–" if scored is None else f"{scored['mAP']:.2f}"
         print(f"{name}: {s} (constant scores {const['mAP']:.2f}), {seconds:.1f} s", flush=True)
 
-    base = {**dopts, "trajectory_restarts": 0}
+    centre_opts = {k: dopts[k] for k in ("trajectory_centre_iterations", "centre_softness") if k in dopts}
+    base = {**dopts, "trajectory_restarts": 0, "trajectory_centre_iterations": 0}
     t0 = time.perf_counter()
     plain = decode_arrays(frames, None, "trajectory", **base).trajectory
     add("free trajectory fit, no restarts", plain.params, plain.pos_var, plain.count, plain.count_prob,
         time.perf_counter() - t0)
-    rdopts = {**dopts, "trajectory_restarts": args.restarts, "restart_jitter": args.jitter}
+    rdopts = {**base, "trajectory_restarts": args.restarts, "restart_jitter": args.jitter}
     t0 = time.perf_counter()
     free = decode_arrays(frames, None, "trajectory", **rdopts).trajectory
+    t_restarts = time.perf_counter() - t0
     add(f"free trajectory fit, {args.restarts} restarts (offsets jittered {args.jitter} px)", free.params,
-        free.pos_var, free.count, free.count_prob, time.perf_counter() - t0)
+        free.pos_var, free.count, free.count_prob, t_restarts)
     count, prob = free.count, free.count_prob
-    theta_free = trajectory.path_coefficients(free.params, count, slots, opts)
+
+    # The rounding likelihood (trajectory_centre): the decoder's next stage, and the same objective from the truth.
+    copts = trajectory._fit_degree(make_options(**{**rdopts, **centre_opts}), t)
+    if copts.trajectory_centre_iterations == 0:
+        copts = dataclasses.replace(copts, trajectory_centre_iterations=20)
+    t0 = time.perf_counter()
+    cp, cc, cv = trajectory_centre.centre_trajectories(frames, free.params, count, copts)
+    label = (f"+ rounding-likelihood refit ({copts.trajectory_centre_iterations} steps, softness "
+             f"{copts.centre_softness:g})")
+    add(label + (" = the decoder's preset" if centre_opts else ""), cp, cv, count, prob,
+        t_restarts + time.perf_counter() - t0)
 
     t0 = time.perf_counter()
     theta_truth = trajectory.path_coefficients(targets, true_count, slots, opts)
     tp, tc, tv = trajectory._fit_chunks(frames, theta_truth[:, None], true_count, opts)
-    add("started at the truth (true counts)", tp, tv, true_count, np.ones(n), time.perf_counter() - t0)
+    add("least squares started at the truth (true counts)", tp, tv, true_count, np.ones(n), time.perf_counter() - t0)
     ours_cost = free.cost
     right = count == true_count
     pick = right & (tc < ours_cost - 1e-3)
-    add("perfect optimiser, least squares (lower cost of free / truth-started)",
+    add("perfect optimiser, least squares (lower cost of restarted fit / truth-started)",
         np.where(pick[:, None, None, None], tp[:, :, : opts.max_targets], free.params),
         np.where(pick[:, None, None], tv[:, :, : opts.max_targets], free.pos_var), count, prob, 0.0)
 
-    t0 = time.perf_counter()
-    cp, cc, cv = _rounding_refit(frames, theta_free, count, opts)
-    add("rounding likelihood, refit from the free fit", cp, cv, count, prob, time.perf_counter() - t0)
-    xp, xc, xv = _rounding_refit(frames, theta_truth, true_count, opts)
-    add("rounding likelihood, refit from the truth", xp, xv, true_count, np.ones(n), 0.0)
+    xp, xc, xv = trajectory_centre.centre_trajectories(frames, targets, true_count, copts)
+    add("rounding likelihood started at the truth", xp, xv, true_count, np.ones(n), 0.0)
     pick_r = right & (xc < cc - 1e-2)
-    add("perfect optimiser, rounding likelihood (lower objective)",
+    add("perfect optimiser, rounding likelihood (lower objective of refit / truth-started)",
         np.where(pick_r[:, None, None, None], xp, cp), np.where(pick_r[:, None, None], xv, cv), count, prob, 0.0)
 
     apart = _rms_apart(free.params, tp, np.minimum(count, true_count))

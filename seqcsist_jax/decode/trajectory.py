@@ -76,6 +76,7 @@ __all__ = [
     "TrajectoryFits",
     "jittered_starts",
     "path_coefficients",
+    "path_costs",
     "fit_star",
     "fit_trajectories",
     "fit_from_paths",
@@ -393,6 +394,31 @@ def _fit_chunks(frames: np.ndarray, starts: np.ndarray, count: np.ndarray, opts:
     return params, cost, var
 
 
+def path_costs(frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts: DecodeOptions) -> np.ndarray:
+    """``(N,)`` least-squares cost (the trajectory fit's objective: censored squared residuals of every frame plus
+    the brightness prior) of the polynomial paths ``params (N, T, ≥K, 3)`` with ``count (N,)`` targets."""
+    frames = np.asarray(frames, np.float32)
+    n, t = frames.shape[:2]
+    opts = _fit_degree(opts, t)
+    slots = slots_for(opts.max_targets)
+    count = np.asarray(count, np.int32)
+    theta = path_coefficients(params, count, slots, opts)
+    local = jnp.asarray(_local_map(legendre_basis(t, opts.degree)))
+    reparam = jnp.asarray(shared_reparametrisation(slots, opts.degree, opts.shared_from))
+    return np.asarray(_path_costs(jnp.asarray(frames), jnp.asarray(theta), jnp.asarray(count), local, reparam, opts),
+                      np.float64)
+
+
+@functools.partial(jax.jit, static_argnames=("opts",))
+def _path_costs(obs, theta, count, local, reparam, opts):
+    slots = reparam.shape[0] // local.shape[-1]
+
+    def one(o, th, k):
+        return _objective(o, jnp.arange(slots) < k, local, reparam, opts)[1](th)
+
+    return jax.vmap(one)(obs, theta, count)
+
+
 def _fit_degree(opts: DecodeOptions, num_frames: int) -> DecodeOptions:
     """Caps the path degree at ``T - 1`` (a short sequence cannot determine more coefficients)."""
     return dataclasses.replace(opts, degree=min(opts.degree, max(num_frames - 1, 0)))
@@ -513,6 +539,11 @@ def fit_trajectories(
         crit[np.arange(n), best] = cost / opts.noise_variance + opts.trajectory_count_penalty * own * count
         weights = np.exp(-0.5 * (crit - crit[np.arange(n), best][:, None]))
         count_prob = 1.0 / weights.sum(1)
+    if opts.trajectory_centre_iterations > 0 and opts.geometry != "star":
+        from seqcsist_jax.decode.trajectory_centre import centre_trajectories
+
+        params, _, var = centre_trajectories(frames, params, count, opts)
+        cost = path_costs(frames, params, count, opts)  # the least-squares cost of the returned paths
     if opts.geometry == "star":  # the free fit chose the count; the star fit replaces its paths
         params, cost, var, _ = fit_star(frames, params, count, opts, progress=progress)
     return TrajectoryFits(params, count, cost, var, count_prob, cands, crit)
