@@ -140,3 +140,13 @@ def test_fit_trajectories_applies_the_centring_after_the_fit(groups):
 def test_option_is_validated():
     with pytest.raises(ValueError, match="trajectory_centre_iterations"):
         make_options(trajectory_centre_iterations=-1)
+
+
+def test_progress_bar_does_not_change_the_result(groups, capsys):
+    frames, _, count, start = groups
+    opts = make_options(trajectory_centre_iterations=2)
+    quiet = trajectory_centre.centre_trajectories(frames, start, count, opts)
+    shown = trajectory_centre.centre_trajectories(frames, start, count, opts, progress=True)
+    assert "rounding likelihood" in capsys.readouterr().err
+    for a, b in zip(quiet, shown):
+        np.testing.assert_array_equal(a, b)

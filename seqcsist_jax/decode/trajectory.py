@@ -542,7 +542,7 @@ def fit_trajectories(
     if opts.trajectory_centre_iterations > 0 and opts.geometry != "star":
         from seqcsist_jax.decode.trajectory_centre import centre_trajectories
 
-        params, _, var = centre_trajectories(frames, params, count, opts)
+        params, _, var = centre_trajectories(frames, params, count, opts, progress=progress)
         cost = path_costs(frames, params, count, opts)  # the least-squares cost of the returned paths
     if opts.geometry == "star":  # the free fit chose the count; the star fit replaces its paths
         params, cost, var, _ = fit_star(frames, params, count, opts, progress=progress)

@@ -127,6 +127,7 @@ def _centre_batch(obs: jax.Array, theta: jax.Array, count: jax.Array, local: jax
 
 def centre_trajectories(
     frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts: DecodeOptions, iterations: int | None = None,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Refines trajectory fits on the smoothed rounding likelihood of all their frames.
 
@@ -138,6 +139,7 @@ def centre_trajectories(
       opts: decoder options (``centre_softness``, ``noise_sigma``, ``clip_level``, ``brightness_prior``,
         ``degree``, ``shared_from``, ``chunk``).
       iterations: damped Gauss–Newton steps (default ``opts.trajectory_centre_iterations``).
+      progress: tqdm bar over chunks.
 
     Returns:
       ``params (N, T, Kmax, 3)``, ``objective (N,)`` (nats, never above the start's) and position variances
@@ -158,7 +160,12 @@ def centre_trajectories(
     out_p = np.zeros((n, t, slots, 3), np.float32)
     out_c = np.zeros(n)
     out_v = np.zeros((n, t, slots), np.float32)
-    for lo in range(0, n, chunk):
+    rng = range(0, n, chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        rng = tqdm(rng, desc=f"trajectory (rounding likelihood, {iterations} steps)", unit="chunk")
+    for lo in rng:
         idx = np.minimum(np.arange(lo, lo + chunk), n - 1)  # the last chunk repeats its last trajectory
         p, c, h = _centre_batch(jnp.asarray(frames[idx]), jnp.asarray(theta[idx]), jnp.asarray(count[idx]),
                                 local, reparam, opts, iterations)
