@@ -19,7 +19,7 @@ def _polynomial(paths: np.ndarray, count: np.ndarray) -> np.ndarray:
     opts = trajectory._fit_degree(make_options(), T)
     slots = slots_for(opts.max_targets)
     theta = trajectory.path_coefficients(paths, count, slots, opts)
-    local, reparam = trajectory_centre._maps(T, opts)
+    local, reparam = trajectory._maps(T, opts)
     pk = local.shape[-1]
     out = np.stack([np.einsum("tap,kp->tka", np.asarray(local), (np.asarray(reparam) @ th).reshape(slots, pk))
                     for th in theta])
@@ -44,7 +44,7 @@ def test_gauss_newton_gradient_is_the_objectives_and_curvature_is_psd(groups):
     opts = trajectory._fit_degree(make_options(), T)
     slots = slots_for(opts.max_targets)
     theta = trajectory.path_coefficients(start, count, slots, opts)
-    local, reparam = trajectory_centre._maps(T, opts)
+    local, reparam = trajectory._maps(T, opts)
     for i in range(frames.shape[0]):
         active = jnp.arange(slots) < count[i]
         _, objective, normal = trajectory_centre._model(jnp.asarray(frames[i]), active, local, reparam, opts)

@@ -366,32 +366,40 @@ def jittered_starts(theta: np.ndarray, count: np.ndarray, slots: int, opts: Deco
     return out
 
 
-def _fit_chunks(frames: np.ndarray, starts: np.ndarray, count: np.ndarray, opts: DecodeOptions,
-                progress_desc: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_fit_batch` over ``starts (N, M, P)`` in equal padded chunks: params ``(N, T, slots, 3)``, cost
-    ``(N,)``, position variances ``(N, T, slots)``."""
-    n, t = frames.shape[:2]
-    slots = slots_for(opts.max_targets)
-    local = jnp.asarray(_local_map(legendre_basis(t, opts.degree)))
-    reparam = jnp.asarray(shared_reparametrisation(slots, opts.degree, opts.shared_from))
-    chunk = max(1, min(n, max(1, opts.chunk // t)))
-    params = np.zeros((n, t, slots, 3), np.float32)
-    cost = np.zeros(n)
-    var = np.zeros((n, t, slots), np.float32)
+def _maps(num_frames: int, opts: DecodeOptions) -> tuple[jax.Array, jax.Array]:
+    """``local (T, 3, Pk)`` and ``reparam (slots·Pk, P)`` of the trajectory model for ``opts``."""
+    local = jnp.asarray(_local_map(legendre_basis(num_frames, opts.degree)))
+    reparam = jnp.asarray(shared_reparametrisation(slots_for(opts.max_targets), opts.degree, opts.shared_from))
+    return local, reparam
+
+
+def _over_chunks(call, n: int, chunk: int, arrays: tuple[np.ndarray, ...],
+                progress_desc: str | None = None) -> tuple[np.ndarray, ...]:
+    """``call(*chunk_of_each_array)`` over ``n`` trajectories in equal chunks (the last one padded by repeating its
+    last trajectory, so every call has one shape and compiles once); its outputs concatenated, padding dropped."""
     rng = range(0, n, chunk)
     if progress_desc:
         from tqdm.auto import tqdm
 
         rng = tqdm(rng, desc=progress_desc, unit="chunk")
+    parts = []
     for lo in rng:
-        idx = np.minimum(np.arange(lo, lo + chunk), n - 1)  # the last chunk repeats its last trajectory
-        p, c, v = _fit_batch(jnp.asarray(frames[idx]), jnp.asarray(starts[idx]), jnp.asarray(count[idx]),
-                             local, reparam, opts)
-        m = min(chunk, n - lo)
-        params[lo : lo + m] = np.asarray(p)[:m]
-        cost[lo : lo + m] = np.asarray(c)[:m]
-        var[lo : lo + m] = np.asarray(v)[:m]
-    return params, cost, var
+        idx = np.minimum(np.arange(lo, lo + chunk), n - 1)
+        out = call(*(jnp.asarray(a[idx]) for a in arrays))
+        parts.append(tuple(np.asarray(o)[: min(chunk, n - lo)] for o in out))
+    return tuple(np.concatenate(x) for x in zip(*parts))
+
+
+def _fit_chunks(frames: np.ndarray, starts: np.ndarray, count: np.ndarray, opts: DecodeOptions,
+                progress_desc: str | None = None, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_fit_batch` over ``starts (N, M, P)`` in equal padded chunks (``chunk`` trajectories, default
+    ``opts.chunk // T`` capped at ``N``): params ``(N, T, slots, 3)``, cost ``(N,)``, variances ``(N, T, slots)``."""
+    n, t = frames.shape[:2]
+    local, reparam = _maps(t, opts)
+    chunk = chunk or max(1, min(n, max(1, opts.chunk // t)))
+    params, cost, var = _over_chunks(lambda f, st, k: _fit_batch(f, st, k, local, reparam, opts), n, chunk,
+                                    (frames, starts, count), progress_desc)
+    return params, cost.astype(np.float64), var
 
 
 def path_costs(frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts: DecodeOptions) -> np.ndarray:
@@ -403,8 +411,7 @@ def path_costs(frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts: 
     slots = slots_for(opts.max_targets)
     count = np.asarray(count, np.int32)
     theta = path_coefficients(params, count, slots, opts)
-    local = jnp.asarray(_local_map(legendre_basis(t, opts.degree)))
-    reparam = jnp.asarray(shared_reparametrisation(slots, opts.degree, opts.shared_from))
+    local, reparam = _maps(t, opts)
     return np.asarray(_path_costs(jnp.asarray(frames), jnp.asarray(theta), jnp.asarray(count), local, reparam, opts),
                       np.float64)
 
@@ -473,8 +480,6 @@ def fit_trajectories(
     kmax = opts.max_targets
     slots = slots_for(kmax)
     basis = legendre_basis(t, opts.degree)
-    local = jnp.asarray(_local_map(basis))
-    reparam = jnp.asarray(shared_reparametrisation(slots, opts.degree, opts.shared_from))
     templates = template_frames(t, opts.templates)
     fp = frame_fits.params.reshape(n, t, kmax, kmax, 3)
     cands = _vote_candidates(frame_counts, opts, 1 if opts.runner_up == "never" else 2)
@@ -493,23 +498,10 @@ def fit_trajectories(
             continue
         starts = _reduce(_starts(fp[todo], cands[todo, ci], slots, basis, templates), cands[todo, ci],
                          opts.degree, opts.shared_from)
-        rng = range(0, todo.size, chunk)
-        if progress:
-            from tqdm.auto import tqdm
-
-            rng = tqdm(rng, desc=f"trajectory (candidate {ci + 1}/{num_c})", unit="chunk")
-        for lo in rng:
-            sel = todo[lo : lo + chunk]
-            rows = np.concatenate([sel, np.repeat(sel[-1:], chunk - sel.size)])
-            local_rows = np.searchsorted(todo, rows)
-            p, c, v = _fit_batch(
-                jnp.asarray(frames[rows]), jnp.asarray(starts[local_rows]), jnp.asarray(cands[rows, ci]),
-                local, reparam, opts,
-            )
-            m = sel.size
-            all_params[ci, sel] = np.asarray(p)[:m]
-            all_cost[ci, sel] = np.asarray(c)[:m]
-            all_var[ci, sel] = np.asarray(v)[:m]
+        desc = f"trajectory (candidate {ci + 1}/{num_c})" if progress else None
+        # One chunk size for every candidate (the runner-up subset too), so each shape compiles once.
+        p, c, v = _fit_chunks(frames[todo], starts, cands[todo, ci], opts, desc, chunk=chunk)
+        all_params[ci, todo], all_cost[ci, todo], all_var[ci, todo] = p, c, v
     # Parameters per target for the criterion: its own coefficients (shared terms add a constant).
     own = 2 * min(max(opts.shared_from, 0), opts.degree + 1) + 1
     crit = all_cost.T / opts.noise_variance + opts.trajectory_count_penalty * own * cands

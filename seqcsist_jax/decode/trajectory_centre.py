@@ -79,7 +79,7 @@ def trajectory_rounding_objective(frames: np.ndarray, theta: np.ndarray, count: 
 
     frames = np.asarray(frames, np.float32)
     opts = trajectory._fit_degree(opts, frames.shape[1])
-    local, reparam = _maps(frames.shape[1], opts)
+    local, reparam = trajectory._maps(frames.shape[1], opts)
     slots = slots_for(opts.max_targets)
 
     @jax.jit
@@ -89,18 +89,11 @@ def trajectory_rounding_objective(frames: np.ndarray, theta: np.ndarray, count: 
     return np.asarray(run(jnp.asarray(frames), jnp.asarray(theta, jnp.float32), jnp.asarray(count, jnp.int32)))
 
 
-def _maps(num_frames: int, opts: DecodeOptions) -> tuple[jax.Array, jax.Array]:
-    from seqcsist_jax.decode import trajectory
-
-    slots = slots_for(opts.max_targets)
-    local = jnp.asarray(trajectory._local_map(trajectory.legendre_basis(num_frames, opts.degree)))
-    reparam = jnp.asarray(trajectory.shared_reparametrisation(slots, opts.degree, opts.shared_from))
-    return local, reparam
-
-
 @functools.partial(jax.jit, static_argnames=("opts", "iterations"))
 def _centre_batch(obs: jax.Array, theta: jax.Array, count: jax.Array, local: jax.Array, reparam: jax.Array,
                   opts: DecodeOptions, iterations: int):
+    from seqcsist_jax.decode import trajectory
+
     slots = reparam.shape[0] // local.shape[-1]
     p_dim = reparam.shape[1]
 
@@ -120,7 +113,9 @@ def _centre_batch(obs: jax.Array, theta: jax.Array, count: jax.Array, local: jax
 
         x, _, cost = jax.lax.fori_loop(0, iterations, body, (th, jnp.asarray(1e-2, o.dtype), objective(th)))
         hess, _ = normal(x)
-        return positions(x), cost, hess
+        # The Gauss–Newton matrix is in nats already: undo _position_variances' noise-variance scaling.
+        var = trajectory._position_variances(hess * opts.noise_variance, reparam, local, opts)
+        return positions(x), cost, var
 
     return jax.vmap(one)(obs, theta, count)
 
@@ -155,27 +150,13 @@ def centre_trajectories(
     slots = slots_for(kmax)
     count = np.asarray(count, np.int32)
     theta = trajectory.path_coefficients(params, count, slots, opts)
-    local, reparam = _maps(t, opts)
+    local, reparam = trajectory._maps(t, opts)
     chunk = max(1, min(n, max(1, opts.chunk // t)))
-    out_p = np.zeros((n, t, slots, 3), np.float32)
-    out_c = np.zeros(n)
-    out_v = np.zeros((n, t, slots), np.float32)
-    rng = range(0, n, chunk)
-    if progress:
-        from tqdm.auto import tqdm
-
-        rng = tqdm(rng, desc=f"trajectory (rounding likelihood, {iterations} steps)", unit="chunk")
-    for lo in rng:
-        idx = np.minimum(np.arange(lo, lo + chunk), n - 1)  # the last chunk repeats its last trajectory
-        p, c, h = _centre_batch(jnp.asarray(frames[idx]), jnp.asarray(theta[idx]), jnp.asarray(count[idx]),
-                                local, reparam, opts, iterations)
-        # The Gauss–Newton matrix is in nats already: undo _position_variances' noise-variance scaling.
-        v = jax.vmap(lambda hh: trajectory._position_variances(hh * opts.noise_variance, reparam, local, opts))(h)
-        m = min(chunk, n - lo)
-        out_p[lo : lo + m] = np.asarray(p)[:m]
-        out_c[lo : lo + m] = np.asarray(c)[:m]
-        out_v[lo : lo + m] = np.asarray(v)[:m]
+    desc = f"trajectory (rounding likelihood, {iterations} steps)" if progress else None
+    out_p, out_c, out_v = trajectory._over_chunks(
+        lambda f, th, k: _centre_batch(f, th, k, local, reparam, opts, iterations), n, chunk, (frames, theta, count),
+        desc)
     active = np.arange(kmax)[None, None, :] < count[:, None, None]
     params_out = np.where(active[..., None], out_p[:, :, :kmax], 0.0)
     var_out = np.where(active, out_v[:, :, :kmax], np.inf)
-    return params_out, out_c, var_out
+    return params_out, out_c.astype(np.float64), var_out
