@@ -82,3 +82,17 @@ def test_hedged_detections_keep_decoded_rows_first():
             assert np.all(gap > 0.02)
     assert per_target == pytest.approx(sum(len(h) for h in hedged) / sim["num_targets"].sum())
     assert sum(len(h) - len(d) for d, h in zip(decoded, hedged)) > 0  # the probe adds second guesses here
+
+
+def test_hedged_detections_without_alternative_basins():
+    """``centre_candidates=1`` keeps no alternative basins: only the neighbouring counts' fits are added."""
+    sim = simulate_csist100k(6, seed=3)
+    data = {"images": sim["image"], "targets": sim["targets"], "num_targets": sim["num_targets"]}
+    options = dict(bench.PRESET, centre_candidates=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dec = decode_arrays(data["images"][:, None], method="refine", **options)
+    hedged, _ = bench.hedged_detections(dec, data, options)
+    for d, h in zip((d[0] for d in dec.to_lists()), hedged):
+        np.testing.assert_array_equal(h[: len(d)], d)
+        assert len(h) - len(d) <= len(d) + 1 + max(len(d) - 1, 0)  # at most the K+1 and K-1 fits

@@ -210,11 +210,13 @@ def hedged_detections(dec, data: dict[str, np.ndarray], options: dict[str, Any],
     fits = frames.fit_frames(images, opts)
     count = dec.count[:, 0]
     idx = np.maximum(count - 1, 0)
-    alts = fits.alternatives[np.arange(n), idx, 1:]  # (n, A-1, K, 3); [:, :, 0] is the decoded fit's basin
-    ok = fits.alternative_valid[np.arange(n), idx, 1:]
-    centred = [centre.centre_fits(images, alts[:, a], count, opts).params for a in range(alts.shape[1])]
-    obj = np.stack([np.where(ok[:, a], objective_values(images, c, count, opts), np.inf)
-                    for a, c in enumerate(centred)], 1)
+    centred, obj = [], np.full((n, 0), np.inf, np.float32)
+    if fits.alternatives is not None:  # None with centre_candidates=1: only the neighbouring counts then
+        alts = fits.alternatives[np.arange(n), idx, 1:]  # (n, A-1, K, 3); [:, :, 0] is the decoded fit's basin
+        ok = fits.alternative_valid[np.arange(n), idx, 1:]
+        centred = [centre.centre_fits(images, alts[:, a], count, opts).params for a in range(alts.shape[1])]
+        obj = np.stack([np.where(ok[:, a], objective_values(images, c, count, opts), np.inf)
+                        for a, c in enumerate(centred)], 1)
     primary = [d[0] for d in dec.to_lists()]
     extra = []
     for i in range(n):
