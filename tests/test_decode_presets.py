@@ -15,7 +15,9 @@ def _dataset(name: str, **simulate) -> ml_collections.ConfigDict:
 def test_count_ranges_follow_the_dataset():
     assert dataset_decode_options(_dataset("seqcsist/default")) == {}
     assert make_options().max_targets == 4  # SeqCSIST's 2–4 targets: the decoder's own default covers it
-    assert dataset_decode_options(_dataset("seqcsist/targets_2_8")) == {"max_targets": 8, "trajectory_restarts": 8, "trajectory_centre_iterations": 20, "centre_softness": 0.1}
+    assert dataset_decode_options(_dataset("seqcsist/targets_2_8")) == {
+        "max_targets": 8, "trajectory_restarts": 8, "trajectory_centre_iterations": 20, "centre_softness": 0.1,
+        "trajectory_centre_starts": 9}
     assert dataset_decode_options(_dataset("simulated", max_targets=6)) == {"max_targets": 6}
     assert dataset_decode_options(_dataset("simulated", frames_per_trajectory=8)) == {}
     for name in ("csist100k/default", "csist100k/mini", "simulated_csist100k"):

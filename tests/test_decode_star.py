@@ -147,7 +147,8 @@ def _dataset(name: str, **simulate) -> ml_collections.ConfigDict:
 
 
 def test_geometry_prior_preset_only_for_star_datasets():
-    t28 = {"max_targets": 8, "trajectory_restarts": 8, "trajectory_centre_iterations": 20, "centre_softness": 0.1}
+    t28 = {"max_targets": 8, "trajectory_restarts": 8, "trajectory_centre_iterations": 20, "centre_softness": 0.1,
+           "trajectory_centre_starts": 9}
     assert dataset_decode_options(_dataset("seqcsist/targets_2_8")) == t28  # opt-in only
     assert dataset_decode_options(_dataset("seqcsist/targets_2_8"), geometry_prior=True) == {
         **t28, **SEQCSIST_STAR_OPTIONS}

@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default="default", choices=[*CONFIGS, "all"],
                    help="SeqCSIST builder config whose test split is regenerated (targets_2_8 uses its preset: "
-                        "8 targets, 8 trajectory restarts)")
+                        "8 targets, 8 trajectory restarts, the rounding-likelihood refit from each restart end)")
     p.add_argument("--maps", type=Path, default=None, help=".npz with 'maps' (N, T or T-4, 33, 33)")
     p.add_argument("--workdir", type=Path, default=None, help="training run directory: maps from its best checkpoint")
     p.add_argument("--trajectories", type=int, default=750, help="test trajectories (the split has 750)")

@@ -31,7 +31,10 @@ again from itself and ``R`` copies whose target offsets are jittered by ``restar
 (:func:`jittered_starts`, one fixed pattern); the lowest cost wins. Dense clipped groups of 5–8 targets leave
 the first fit often in a wrong basin that a nearby start escapes (validation split of ``targets_2_8``: 79.7 → 82.4
 CSO-mAP); the ``trajectory_basins`` benchmark shows that even a perfect optimiser of this objective stays below
-90 there (wrong configurations with a *lower* cost than the near-truth one).
+90 there (wrong configurations with a *lower* cost than the near-truth one). ``trajectory_centre_iterations``
+refines the result on the exact rounding likelihood (:mod:`seqcsist_jax.decode.trajectory_centre`), and with
+``trajectory_centre_starts > 1`` also every distinct restart end (:func:`distinct_ends`), keeping the lowest
+rounding objective: that objective ranks the near-truth basin first more often than the least-squares cost does.
 
 Counts per trajectory: the per-frame counts vote; the most-voted count is fitted, and a runner-up (the next most
 voted, else the neighbouring count) too where the per-frame counts disagree (``runner_up="split"``;
@@ -231,10 +234,12 @@ def _objective(
     return normal_fn, cost_fn, project, positions
 
 
-@functools.partial(jax.jit, static_argnames=("opts",))
+@functools.partial(jax.jit, static_argnames=("opts", "keep_ends"))
 def _fit_batch(obs: jax.Array, starts: jax.Array, count: jax.Array, local: jax.Array, reparam: jax.Array,
-               opts: DecodeOptions):
-    """``obs (B, T, S, S)``, ``starts (B, S_, P)``, ``count (B,)`` → best fit per trajectory."""
+               opts: DecodeOptions, keep_ends: bool = False):
+    """``obs (B, T, S, S)``, ``starts (B, M, P)``, ``count (B,)`` → best fit per trajectory: positions
+    ``(B, T, slots, 3)``, cost ``(B,)``, variances ``(B, T, slots)``; with ``keep_ends`` also every start's
+    end ``(B, M, T, slots, 3)`` and cost ``(B, M)``."""
     pk = local.shape[-1]
     slots = reparam.shape[0] // pk
 
@@ -246,10 +251,10 @@ def _fit_batch(obs: jax.Array, starts: jax.Array, count: jax.Array, local: jax.A
             res = levenberg_marquardt(project(s), normal_fn, cost_fn, project, opts.trajectory_iterations)
             return res.theta, res.cost, res.jtj
 
-        theta, cost, jtj = jax.vmap(fit)(st)
-        best = jnp.argmin(cost)
-        theta, cost, jtj = theta[best], cost[best], jtj[best]
-        return positions(theta), cost, _position_variances(jtj, reparam, local, opts)
+        thetas, costs, jtjs = jax.vmap(fit)(st)
+        best = jnp.argmin(costs)
+        out = (positions(thetas[best]), costs[best], _position_variances(jtjs[best], reparam, local, opts))
+        return out + (jax.vmap(positions)(thetas), costs) if keep_ends else out
 
     return jax.vmap(one)(obs, starts, count)
 
@@ -391,15 +396,47 @@ def _over_chunks(call, n: int, chunk: int, arrays: tuple[np.ndarray, ...],
 
 
 def _fit_chunks(frames: np.ndarray, starts: np.ndarray, count: np.ndarray, opts: DecodeOptions,
-                progress_desc: str | None = None, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                progress_desc: str | None = None, chunk: int | None = None,
+                keep_ends: bool = False) -> tuple[np.ndarray, ...]:
     """:func:`_fit_batch` over ``starts (N, M, P)`` in equal padded chunks (``chunk`` trajectories, default
-    ``opts.chunk // T`` capped at ``N``): params ``(N, T, slots, 3)``, cost ``(N,)``, variances ``(N, T, slots)``."""
+    ``opts.chunk // T`` capped at ``N``): params ``(N, T, slots, 3)``, cost ``(N,)``, variances ``(N, T, slots)``;
+    with ``keep_ends`` also every start's end ``(N, M, T, slots, 3)`` and cost ``(N, M)``."""
     n, t = frames.shape[:2]
     local, reparam = _maps(t, opts)
     chunk = chunk or max(1, min(n, max(1, opts.chunk // t)))
-    params, cost, var = _over_chunks(lambda f, st, k: _fit_batch(f, st, k, local, reparam, opts), n, chunk,
-                                    (frames, starts, count), progress_desc)
-    return params, cost.astype(np.float64), var
+    out = _over_chunks(lambda f, st, k: _fit_batch(f, st, k, local, reparam, opts, keep_ends), n, chunk,
+                       (frames, starts, count), progress_desc)
+    return (out[0], out[1].astype(np.float64)) + out[2:]
+
+
+#: Restart ends closer than this (px, largest coordinate difference over frames and targets) are one basin.
+DISTINCT_END_PX = 0.02
+
+
+def distinct_ends(ends: np.ndarray, costs: np.ndarray, count: np.ndarray, limit: int) -> np.ndarray:
+    """``(N, limit)`` indices into the ``M`` ends of each trajectory: its distinct ends, lowest cost first, at
+    most ``limit``; an end whose positions are all within :data:`DISTINCT_END_PX` of a kept one is the same basin.
+    Unused entries are ``-1``.
+
+    Args:
+      ends: ``(N, M, T, slots, 3)`` positions of every start's end (rows ``>= count`` ignored).
+      costs: ``(N, M)`` their costs.
+      count: ``(N,)`` targets per trajectory.
+      limit: at most this many per trajectory (``>= 1``).
+    """
+    n, m = costs.shape
+    out = np.full((n, limit), -1, np.int64)
+    xy = np.asarray(ends)[..., :2]
+    for i in range(n):
+        k = int(count[i])
+        kept: list[int] = []
+        for e in np.argsort(costs[i], kind="stable"):
+            if len(kept) == limit:
+                break
+            if all(np.max(np.abs(xy[i, e, :, :k] - xy[i, j, :, :k]), initial=0.0) > DISTINCT_END_PX for j in kept):
+                kept.append(int(e))
+        out[i, : len(kept)] = kept
+    return out
 
 
 def path_costs(frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts: DecodeOptions) -> np.ndarray:
@@ -516,12 +553,16 @@ def fit_trajectories(
     params = np.where(mask[..., None], params, 0.0)
     var = np.where(mask, var, np.inf)
     cost = all_cost[best, np.arange(n)]
+    # The rounding-likelihood refit from several restart ends: they need the restarts' ends.
+    multi_start = opts.trajectory_centre_starts > 1 and opts.trajectory_centre_iterations > 0
+    kept_ends: list[np.ndarray] = []
     if opts.trajectory_restarts > 0 and opts.geometry != "star":  # the star fit replaces these paths anyway
         # Dense clipped groups: the chosen fit's basin is often not the best one near it (trajectory_basins
         # benchmark); jittered copies of its solution, refined, find lower costs (never higher: it is a start).
         starts = jittered_starts(path_coefficients(params, count, slots, opts), count, slots, opts)
-        rp, rc, rv = _fit_chunks(frames, starts, count, opts,
-                                 f"trajectory ({opts.trajectory_restarts} restarts)" if progress else None)
+        rp, rc, rv, *kept_ends = _fit_chunks(
+            frames, starts, count, opts, f"trajectory ({opts.trajectory_restarts} restarts)" if progress else None,
+            keep_ends=multi_start)
         better = rc < cost
         params = np.where(better[:, None, None, None], rp[:, :, :kmax], params)
         var = np.where(better[:, None, None], rv[:, :, :kmax], var)
@@ -534,11 +575,38 @@ def fit_trajectories(
     if opts.trajectory_centre_iterations > 0 and opts.geometry != "star":
         from seqcsist_jax.decode.trajectory_centre import centre_trajectories
 
-        params, _, var = centre_trajectories(frames, params, count, opts, progress=progress)
+        if kept_ends:
+            params, var = _centre_from_ends(frames, params, count, kept_ends[0], kept_ends[1], opts, progress)
+        else:
+            params, _, var = centre_trajectories(frames, params, count, opts, progress=progress)
         cost = path_costs(frames, params, count, opts)  # the least-squares cost of the returned paths
     if opts.geometry == "star":  # the free fit chose the count; the star fit replaces its paths
         params, cost, var, _ = fit_star(frames, params, count, opts, progress=progress)
     return TrajectoryFits(params, count, cost, var, count_prob, cands, crit)
+
+
+def _centre_from_ends(frames: np.ndarray, params: np.ndarray, count: np.ndarray, ends: np.ndarray,
+                      end_costs: np.ndarray, opts: DecodeOptions, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The rounding-likelihood refit (:func:`~seqcsist_jax.decode.trajectory_centre.centre_trajectories`) from
+    the chosen fit ``params (N, T, Kmax, 3)`` and up to ``trajectory_centre_starts - 1`` further distinct
+    restart ends (``ends (N, M, T, slots, 3)``, ``end_costs (N, M)``; :func:`distinct_ends`); per trajectory the
+    lowest rounding objective wins. The least-squares cost picks the restarts' best end, but on dense clipped
+    groups the near-truth basin often has a higher least-squares cost and a lower rounding objective
+    (``trajectory_basins`` benchmark). Returns params ``(N, T, Kmax, 3)`` and position variances ``(N, T, Kmax)``."""
+    from seqcsist_jax.decode.trajectory_centre import centre_trajectories
+
+    n, kmax = len(count), opts.max_targets
+    # Entry 0 of distinct_ends is the restarts' lowest-cost end, which the chosen fit is (or stands in for).
+    extra = distinct_ends(ends, end_costs, count, opts.trajectory_centre_starts)[:, 1:]
+    traj, slot = np.nonzero(extra >= 0)
+    starts = np.concatenate([params, ends[traj, extra[traj, slot], :, :kmax]])
+    owner = np.concatenate([np.arange(n), traj])
+    p, obj, v = centre_trajectories(frames[owner], starts, count[owner], opts, progress=progress)
+    best = np.arange(n)
+    for j in range(n, len(owner)):  # ties keep the chosen fit
+        if obj[j] < obj[best[owner[j]]]:
+            best[owner[j]] = j
+    return p[best], v[best]
 
 
 def fit_from_paths(

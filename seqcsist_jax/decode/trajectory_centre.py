@@ -9,7 +9,9 @@ layout, plus the brightness prior once per target. Damped Gauss–Newton: every 
 predicted value, so ``Jᵀ diag(ψ'') J`` is positive semi-definite.
 
 On ``seqcsist/targets_2_8``'s validation split it moves the restarted fit 82.37 → 83.92 CSO-mAP (20 steps,
-``centre_softness`` 0.1: the ``targets_2_8`` preset; ``experiments/benchmarks/results/trajectory_basins_targets_2_8.md``);
+``centre_softness`` 0.1), and started from every distinct restart end as well (``trajectory_centre_starts=9``,
+the lowest objective wins) to 85.43: the ``targets_2_8`` preset
+(``experiments/benchmarks/results/trajectory_basins_targets_2_8.md``);
 ``DecodeOptions.trajectory_centre_iterations`` turns it on (0, off, by default).
 """
 
