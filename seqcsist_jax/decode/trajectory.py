@@ -76,7 +76,9 @@ from seqcsist_jax.decode.lm import levenberg_marquardt
 from seqcsist_jax.decode.options import DecodeOptions
 
 __all__ = [
+    "DISTINCT_END_PX",
     "TrajectoryFits",
+    "distinct_ends",
     "jittered_starts",
     "path_coefficients",
     "path_costs",
