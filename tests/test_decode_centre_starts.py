@@ -9,7 +9,8 @@ import pytest
 
 from seqcsist_jax.data.simulate import simulate_seqcsist
 from seqcsist_jax.decode import make_options, trajectory, trajectory_centre
-from seqcsist_jax.decode.frames import FrameFits, slots_for
+from seqcsist_jax.decode.frames import slots_for
+from tests.test_decode_restarts import _perturbed_frame_fits
 
 T = 20
 
@@ -59,21 +60,6 @@ def test_distinct_ends_match_a_loop_reference(limit):
         assert got[4, 0] >= 0 and np.all(got[4, 1:] == -1)  # no targets: every end is the same basin
 
 
-def _frame_fits(targets: np.ndarray, count: np.ndarray, kmax: int, noise: float, seed: int) -> FrameFits:
-    """Per-frame fits that are the truth moved by N(0, noise²) px (the per-frame fitter is not under test)."""
-    n, t = targets.shape[:2]
-    rng = np.random.default_rng(seed)
-    params = np.zeros((n * t, kmax, kmax, 3), np.float32)
-    for i in range(n):
-        k = count[i]
-        rows = np.array(targets[i, :, :k], np.float64)
-        rows[..., :2] += rng.normal(0.0, noise, (t, k, 2))
-        params[i * t : (i + 1) * t, k - 1, :k] = rows
-        params[i * t : (i + 1) * t, 0, 0, :2] = targets[i, :, :k, :2].mean(1)
-        params[i * t : (i + 1) * t, 0, 0, 2] = targets[i, :, :k, 2].sum(1)
-    return FrameFits(params, np.zeros((n * t, kmax + 1)), np.zeros((n * t, kmax, kmax)))
-
-
 KMAX = 6
 
 
@@ -83,7 +69,7 @@ def groups():
     data = simulate_seqcsist(4, 31, min_targets=5, max_targets=KMAX)
     frames, targets = np.asarray(data["frames"], np.float32), np.asarray(data["targets"], np.float64)
     count = (targets[..., 2] > 0).sum(-1)[:, 0].astype(np.int32)
-    return frames, count, _frame_fits(targets, count, KMAX, 0.1, 5), np.repeat(count[:, None], T, 1)
+    return frames, count, _perturbed_frame_fits(targets, count, KMAX, 0.1, 5), np.repeat(count[:, None], T, 1)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
