@@ -416,16 +416,19 @@ DISTINCT_END_PX = 0.02
 
 
 def distinct_ends(ends: np.ndarray, costs: np.ndarray, count: np.ndarray, limit: int) -> np.ndarray:
-    """``(N, limit)`` indices into the ``M`` ends of each trajectory: its distinct ends, lowest cost first, at
-    most ``limit``; an end whose positions are all within :data:`DISTINCT_END_PX` of a kept one is the same basin.
-    Unused entries are ``-1``.
+    """``(N, limit)`` indices into the ``M`` ends of each trajectory: its distinct ends, lowest cost first (ties by
+    index), at most ``limit``; unused entries are ``-1``. An end is the same basin as a kept one when the largest
+    ``|Δx|`` or ``|Δy|`` over all frames and active slots is ``<=`` :data:`DISTINCT_END_PX` px, compared slot by
+    slot (restarts keep their start's slot order, so no matching is needed); brightness is not compared.
 
     Args:
-      ends: ``(N, M, T, slots, 3)`` positions of every start's end (rows ``>= count`` ignored).
+      ends: ``(N, M, T, slots, 3)`` rows ``(x, y, b)`` of every start's end (slots ``>= count`` ignored).
       costs: ``(N, M)`` their costs.
       count: ``(N,)`` targets per trajectory.
       limit: at most this many per trajectory (``>= 1``).
     """
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
     n, m = costs.shape
     out = np.full((n, limit), -1, np.int64)
     xy = np.asarray(ends)[..., :2]
