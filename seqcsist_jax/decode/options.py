@@ -79,8 +79,9 @@ class DecodeOptions:
         least-squares cost often prefers a wrong basin that the rounding likelihood ranks below the near-truth
         one. 1 refits the chosen fit only; without ``trajectory_restarts`` (no ends) or with
         ``trajectory_centre_iterations=0`` (no refit) the value has no effect, like every trajectory option
-        under ``method="refine"`` (so a preset's value can stay when those are switched off). **DECISION**: 1 by default; 9 (every end of 8 restarts) for ``targets_2_8`` (validation split:
-        83.92 → 85.43 CSO-mAP; the whole decode of 750 trajectories 74 → 144 s).
+        under ``method="refine"`` (so a preset's value can stay when those are switched off). **DECISION**: 1 by
+        default; 9 (every end of 8 restarts) for ``targets_2_8`` (validation split: 83.92 → 85.43 CSO-mAP; the
+        whole decode of 750 trajectories 74 → 144 s; test split 83.78 → 84.28).
       map_seeds: use peaks of supplied model maps as extra starts (``refine``/``trajectory``).
       max_saturated: saturated pixels per frame handled as censored (more are treated as ordinary pixels).
       score_radius: ``r₀`` of the localisation confidence ``1 - exp(-r₀²/(2σ²))`` in the scores.
