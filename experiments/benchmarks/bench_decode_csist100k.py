@@ -128,12 +128,18 @@ def run(options: dict[str, Any], data: dict[str, np.ndarray]) -> tuple[Any, floa
     return dec, seconds, cpu, flagged
 
 
+def _matched_max_distance(p: np.ndarray, q: np.ndarray) -> float:
+    from scipy.optimize import linear_sum_assignment
+
+    d = np.sqrt(((p[:, None, :2] - q[None, :, :2]) ** 2).sum(-1))
+    r, c = linear_sum_assignment(d)
+    return float(d[r, c].max()) if len(r) else 0.0
+
+
 def byte_identical_alternatives(dec, data: dict[str, np.ndarray], far: float = 0.1) -> np.ndarray:
     """``(N,)`` bool: the fit has the true count, renders to exactly the stored 8-bit image, meets every
     generator constraint (brightness in 220–250, inside the truth's host pixel, pairwise >= 0.494 px) and still
     has a target ``>= far`` px from its (optimally matched) true target."""
-    from scipy.optimize import linear_sum_assignment
-
     from seqcsist_jax import imaging
 
     targets, tc, images = data["targets"], data["num_targets"], data["images"]
@@ -151,9 +157,7 @@ def byte_identical_alternatives(dec, data: dict[str, np.ndarray], far: float = 0
         valid = (same[j] and np.all((q[:, 2] >= 220) & (q[:, 2] <= 250)) and d.min() >= 0.52 * 1.9 * 0.5
                  and np.all((q[:, :2] >= host - 0.5) & (q[:, :2] < host + 0.5)))
         if valid:
-            e = np.sqrt(((q[:, None, :2] - t[None, :, :2]) ** 2).sum(-1))
-            r, c = linear_sum_assignment(e)
-            out[i] = e[r, c].max() >= far
+            out[i] = _matched_max_distance(q, t) >= far
     return out
 
 
@@ -192,14 +196,6 @@ def rank_after(primary: list[np.ndarray], extra: list[np.ndarray]) -> list[np.nd
             e[:, -1] += low - top - 1.0
         out.append(np.concatenate([d, e]) if len(e) else d)
     return out
-
-
-def _matched_max_distance(p: np.ndarray, q: np.ndarray) -> float:
-    from scipy.optimize import linear_sum_assignment
-
-    d = np.sqrt(((p[:, None, :2] - q[None, :, :2]) ** 2).sum(-1))
-    r, c = linear_sum_assignment(d)
-    return float(d[r, c].max()) if len(r) else 0.0
 
 
 def hedged_detections(dec, data: dict[str, np.ndarray], options: dict[str, Any], basins: int = 4,

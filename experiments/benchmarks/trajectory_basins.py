@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     if copts.trajectory_centre_iterations == 0:
         copts = dataclasses.replace(copts, trajectory_centre_iterations=20)
     t0 = time.perf_counter()
-    cp, cc, cv = trajectory_centre.centre_trajectories(frames, free.params, count, copts)
+    cp, _, cv = trajectory_centre.centre_trajectories(frames, free.params, count, copts)
     label = (f"+ rounding-likelihood refit ({copts.trajectory_centre_iterations} steps, softness "
              f"{copts.centre_softness:g})")
     add(label + (" = the decoder's preset" if centre_opts and not multi_start else ""), cp, cv, count, prob,
