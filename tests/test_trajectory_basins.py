@@ -57,9 +57,11 @@ def test_tiny_run_writes_every_row(tmp_path):
     out = json.loads((tmp_path / "trajectory_basins_default.json").read_text())
     names = [r["variant"] for r in out["rows"]]
     assert names[1].startswith("free trajectory fit, 1 restart (")
-    oracle_names = ("perfect optimiser", "rounding likelihood started")
+    # the `default` preset has no restarts: with one, no row may claim to be the decoder's preset
+    assert not any("preset" in name for name in names)
+    oracle_names = ("perfect optimiser", "rounding likelihood started", "least squares started")
     oracle = [r for r in out["rows"] if r["variant"].startswith(oracle_names)]
-    assert len(oracle) == 3 and all(r["seconds"] is None for r in oracle)
+    assert len(oracle) == 4 and all(r["seconds"] is None for r in oracle)
     timed = [r for r in out["rows"] if r not in oracle]
     assert all(r["seconds"] > 0 for r in timed)
     for r in out["rows"]:
@@ -70,5 +72,16 @@ def test_tiny_run_writes_every_row(tmp_path):
     assert split <= diag["differs_least_squares"]
     assert sum(b["trajectories"] for b in out["by_count"]) == 3
     md = (tmp_path / "trajectory_basins_default.md").read_text()
-    table = [line for line in md.splitlines() if line.startswith("| perfect optimiser")]
-    assert len(table) == 2 and all(line.endswith("| – |") for line in table)
+    table = [line for line in md.splitlines() if line.startswith(tuple("| " + o for o in oracle_names))]
+    assert len(table) == 4 and all(line.endswith("| – |") for line in table)
+
+
+@pytest.mark.parametrize("flag, value", [("--trajectories", "0"), ("--restarts", "-1"), ("--jitter", "-0.1"),
+                                         ("--jitter", "nan"), ("--trajectories", "many")])
+def test_bad_arguments_stop_at_the_command_line(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        tb.main([flag, value, "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: expected" in err and value in err
+    assert not list(tmp_path.iterdir())
