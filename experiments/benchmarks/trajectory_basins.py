@@ -6,9 +6,10 @@ Run from the repository root::
         [--split validation] [--base-seed 0] [--restarts 8] [--jitter 0.1] [--out DIR]
 
 On ``seqcsist/targets_2_8`` (2–8 targets, 0.23 px apart at 8) the free ``trajectory`` fit scores ~80 CSO-mAP
-(validation, no restarts) while the same fit started at the truth scores ~95. This benchmark separates the three explanations on one split
-(the counts are the free fit's; every row is scored like the decoder, ``P(count) · P(error <= score_radius)``
-from each fit's own curvature, and with constant scores, which isolates localisation from ranking):
+(validation, no restarts) while the same fit started at the truth scores ~95. This benchmark separates the three
+explanations on one split (the counts are the free fit's; every row is scored like the decoder,
+``P(count) · P(error <= score_radius)`` from each fit's own curvature, and with constant scores, which isolates
+localisation from ranking):
 
 * **starts** — the free fit without and with ``--restarts`` extra starts (``DecodeOptions.trajectory_restarts``:
   its solution with every target's offset jittered by ``--jitter`` px), lowest least-squares cost wins;
@@ -172,9 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     cp, _, cv = trajectory_centre.centre_trajectories(frames, free.params, count, copts)
     label = (f"+ rounding-likelihood refit ({copts.trajectory_centre_iterations} steps, softness "
              f"{copts.centre_softness:g})")
-    add(label + (" = the decoder's preset" if is_preset and centre_opts and not multi_start else ""), cp, cv,
-        count, prob,
-        t_restarts + time.perf_counter() - t0)
+    if is_preset and centre_opts and not multi_start:
+        label += " = the decoder's preset"
+    add(label, cp, cv, count, prob, t_restarts + time.perf_counter() - t0)
     if multi_start:  # the preset refits from every distinct restart end; the lowest rounding objective wins
         t0 = time.perf_counter()
         ours = decode_arrays(frames, None, "trajectory", **{**rdopts, **centre_opts}).trajectory
