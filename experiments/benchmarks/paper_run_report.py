@@ -2,7 +2,8 @@
 next to the paper's DeRefNet row, as Markdown + JSON + a figure.
 
     python -m experiments.benchmarks.paper_run_report --workdir=WORKDIR \
-        --output=experiments/benchmarks/results/paper_run_h200 --hardware="NVIDIA H200" [--wall_s=625]
+        --output=experiments/benchmarks/results/paper_run_h200 --hardware="NVIDIA H200" [--wall_s=1445] \
+        [--command="how the run was launched"] [--note="the closing paragraph"]
 
 It reads only the run directory: ``config.json``, ``metrics.jsonl`` (training records with ``steps_per_second``
 and the periodic validation records), ``checkpoints/evals.json`` (the best step) and ``eval/test/metrics.json``
