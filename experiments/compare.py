@@ -28,6 +28,11 @@ Flags:
                       row at the end with nothing else running (compilations come from a cache in WORKDIR);
                       rows start longest first by the times in the previous table at --output
 
+Stopping: Ctrl-C or SIGTERM stops the whole table. A row that is training saves a checkpoint first (with
+``--jobs``, each worker gets exactly one SIGTERM from the table, or from the kernel on Linux if the table is
+SIGKILLed), the command exits with 128 + the signal number, and running it again reuses the finished rows and
+resumes the stopped ones.
+
 Classical methods (``model.trainable = False``: ISTA, FISTA) are not trained; they are evaluated directly with
 the batched, jitted solver, and their FLOPs are counted analytically from the measured mean iteration count
 (XLA's cost analysis counts a ``while_loop`` body once). Learned methods' FLOPs come from XLA's cost analysis of
@@ -46,7 +51,9 @@ import math
 import os
 import pathlib
 import platform
+import signal
 import sys
+import threading
 import time
 from typing import Sequence
 
@@ -693,12 +700,81 @@ def enable_compile_cache(workdir: pathlib.Path) -> None:
 RESULT_FILE = ".compare_result.json"  # a --jobs worker's row (finished or failed) for the parent to read
 
 
-def _row_in_process(name: str, args: argparse.Namespace, workdir: str) -> None:
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (or Ctrl-C) asked the table to stop; ``signum`` gives the exit status 128 + signum."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped(signum)
+
+
+_parent_gone: list[bool] = []
+
+
+def _parent_died(signum, frame) -> None:
+    # The kernel may send the death signal once per exiting thread of the parent: act on the first only, since a
+    # second SIGTERM would make a training run stop at once, without its checkpoint.
+    if _parent_gone:
+        return
+    _parent_gone.append(True)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_setup(parent_pid: int) -> None:
+    """Makes a spawned worker stop with the table, exactly once: it leaves the terminal's (and ``timeout``'s)
+    process group, so a Ctrl-C or a group SIGTERM reaches only the parent, which sends each worker one SIGTERM
+    (a second one would make a training run skip its checkpoint); and on Linux it sends itself one SIGTERM when
+    the parent dies, even by SIGKILL, so no orphan keeps training in the workdir a rerun needs."""
+    if hasattr(os, "setpgid"):
+        try:
+            os.setpgid(0, 0)
+        except OSError:  # already a group leader, or not permitted: keep the group
+            pass
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            signal.signal(signal.SIGUSR1, _parent_died)
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGUSR1)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        raise SystemExit(0)
+
+
+def _stop_workers(workers: Sequence) -> None:
+    """Sends each live worker one SIGTERM (a training run finishes its step, saves a checkpoint and exits) and
+    waits for them; a second Ctrl-C or SIGTERM while waiting kills them at once."""
+    alive = [w for w in workers if w.is_alive()]
+    if not alive:
+        return
+    print(f"stopping {len(alive)} running row(s): each saves a checkpoint first (Ctrl-C again to kill them at "
+          "once)", file=sys.stderr, flush=True)
+    for worker in alive:
+        worker.terminate()
+    try:
+        for worker in alive:
+            worker.join()
+    except KeyboardInterrupt:
+        for worker in alive:
+            worker.kill()
+        for worker in alive:
+            worker.join()
+        raise
+
+
+def _row_in_process(name: str, args: argparse.Namespace, workdir: str, parent_pid: int) -> None:
     """One row in its own process (``--jobs`` > 1): trains and scores it and writes the row (or the failed row)
     to ``workdir/RESULT_FILE``. Its FPS is marked as measured while other rows ran, for :func:`_fps_pass` to
     replace."""
     from seqcsist_jax.checkpointing import fault_point
 
+    _worker_setup(parent_pid)
     _logging_in_worker()
     path = pathlib.Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
@@ -755,8 +831,8 @@ def _run_rows_in_processes(args: argparse.Namespace, workdir: pathlib.Path, sett
                 name = pending.pop(0)
                 result = workdir / name / RESULT_FILE
                 result.unlink(missing_ok=True)  # a stale result of an earlier call must not pass for this one
-                worker = context.Process(target=_row_in_process, args=(name, args, str(workdir / name)),
-                                         name=f"compare-{name}")
+                worker = context.Process(target=_row_in_process, name=f"compare-{name}",
+                                         args=(name, args, str(workdir / name), os.getpid()))
                 worker.start()
                 running[worker.sentinel] = (name, worker)
             for sentinel in connection.wait(list(running)):
@@ -773,10 +849,8 @@ def _run_rows_in_processes(args: argparse.Namespace, workdir: pathlib.Path, sett
                         "rerun the command to try it again"))
                 _print_row(names.index(name) + 1, len(names), done[name])
                 write_outputs([done[n] for n in names if n in done], settings, prefix)
-    finally:  # an interrupted parent (Ctrl-C) stops its workers; their runs resume from checkpoints next time
-        for _, worker in running.values():
-            worker.terminate()
-            worker.join()
+    finally:  # an interrupted parent (Ctrl-C, SIGTERM) stops its workers; their runs resume from checkpoints
+        _stop_workers([worker for _, worker in running.values()])
     return [done[n] for n in names]
 
 
@@ -817,9 +891,10 @@ def _logging_in_worker() -> None:
         logging.getLogger(logger).setLevel(logging.INFO)
 
 
-def _fps_pass_in_process(names: Sequence[str], args: argparse.Namespace, workdir: str) -> None:
+def _fps_pass_in_process(names: Sequence[str], args: argparse.Namespace, workdir: str, parent_pid: int) -> None:
     """The FPS pass's process: measures each row in turn and rewrites its row file as soon as its FPS is known
     (the compilation cache stays enabled in this process only)."""
+    _worker_setup(parent_pid)
     _logging_in_worker()
     root = pathlib.Path(workdir)
     enable_compile_cache(root)
@@ -848,14 +923,13 @@ def _fps_pass(rows: list[dict], args: argparse.Namespace, workdir: pathlib.Path)
     if not todo:
         return
     worker = multiprocessing.get_context("spawn").Process(
-        target=_fps_pass_in_process, args=([r["method"] for r in todo], args, str(workdir)), name="compare-fps")
+        target=_fps_pass_in_process, args=([r["method"] for r in todo], args, str(workdir), os.getpid()),
+        name="compare-fps")
     worker.start()
     try:
         worker.join()
-    finally:
-        if worker.is_alive():  # the caller was interrupted
-            worker.terminate()
-            worker.join()
+    finally:  # the caller was interrupted
+        _stop_workers([worker])
     for row in todo:
         try:
             saved = json.loads((workdir / row["method"] / ROW_FILE).read_text())
@@ -902,26 +976,39 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "jobs": args.jobs,
     }
     total = time.perf_counter()
-    if args.jobs > 1:
-        try:
+    from seqcsist_jax.train import TrainingInterrupted
+
+    # SIGTERM (``timeout``, a scheduler) stops the table like Ctrl-C; a training run inside replaces this handler
+    # with its own while it trains (it checkpoints, then raises TrainingInterrupted).
+    previous = (signal.signal(signal.SIGTERM, _raise_stopped)
+                if threading.current_thread() is threading.main_thread() else None)
+    try:
+        if args.jobs > 1:
             rows = _run_rows_in_processes(args, workdir, settings, prefix)
             _fps_pass(rows, args, workdir)
-        except KeyboardInterrupt:
-            print("interrupted: the worker processes were stopped (a training run checkpoints on SIGTERM); run the "
-                  "same command again to continue from the finished rows", file=sys.stderr, flush=True)
-            raise SystemExit(130) from None
-    else:
-        rows = []
-        for i, name in enumerate(args.methods, 1):
-            print(f"[{i}/{len(args.methods)}] {name} ...", flush=True)
-            try:
-                row = run_method(name, args, workdir / name)
-            except Exception as e:  # one failing method (e.g. a diverged run) must not lose the others' results
-                log.exception("%s failed", name)
-                row = failed_row(name, e)
-            rows.append(row)
-            _print_row(i, len(args.methods), row)
-            write_outputs(rows, settings, prefix)  # partial tables survive an interrupted run
+        else:
+            rows = []
+            for i, name in enumerate(args.methods, 1):
+                print(f"[{i}/{len(args.methods)}] {name} ...", flush=True)
+                try:
+                    row = run_method(name, args, workdir / name)
+                except TrainingInterrupted as e:  # a stop request, not the row's failure: stop the table too
+                    raise Stopped(e.signum) from e
+                except Exception as e:  # a failing method (e.g. a diverged run) must not lose the other rows
+                    log.exception("%s failed", name)
+                    row = failed_row(name, e)
+                rows.append(row)
+                _print_row(i, len(args.methods), row)
+                write_outputs(rows, settings, prefix)  # partial tables survive an interrupted run
+    except KeyboardInterrupt as e:  # Ctrl-C, or Stopped
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        what = ("the running rows were stopped" if args.jobs > 1 else "the running row was stopped")
+        print(f"interrupted by {signal.Signals(signum).name}: {what} (a training run saves a checkpoint first); "
+              "the finished rows are kept: run the same command again to continue", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     settings["seconds_this_call"] = time.perf_counter() - total
     # wall time of every method's train + evaluation, including runs reused from earlier calls
     settings["seconds_all_methods"] = float(sum(r.get("seconds") or 0.0 for r in rows))

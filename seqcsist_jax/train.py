@@ -409,7 +409,13 @@ class _StopSignals:
 
 
 class TrainingInterrupted(Exception):
-    """SIGTERM or SIGINT stopped training after a checkpoint was saved; running the same command resumes."""
+    """SIGTERM or SIGINT stopped training after a checkpoint was saved; running the same command resumes.
+
+    ``signum`` is the signal that stopped it, so a caller can exit as the signal would (status 128 + signum)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 def _no_detection_note(metrics: dict, config: ml_collections.ConfigDict) -> str:
@@ -523,7 +529,8 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
                      "run the same command again to resume")
                 raise TrainingInterrupted(
                     f"stopped by {name} at step {step} of {num_steps}; checkpoint saved in "
-                    f"{workdir / 'checkpoints' / 'latest'}; run the same command again to resume"
+                    f"{workdir / 'checkpoints' / 'latest'}; run the same command again to resume",
+                    signum=stop.received,
                 )
     finally:
         stop.__exit__()

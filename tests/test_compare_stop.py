@@ -1,0 +1,145 @@
+"""Stopping ``experiments.compare``: Ctrl-C or SIGTERM stops the whole table (not only the row that was
+training), the stopped rows keep a checkpoint, and no worker process outlives the table."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from experiments import compare
+from seqcsist_jax.train import TrainingInterrupted
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_request_during_a_serial_row_stops_the_table(tmp_path, monkeypatch, capsys, signum):
+    called = []
+
+    def interrupted_row(name, args, workdir):
+        called.append(name)
+        raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} at step 3 of 9; checkpoint saved",
+                                  signum=signum)
+
+    monkeypatch.setattr(compare, "run_method", interrupted_row)
+    with pytest.raises(SystemExit) as stop:
+        compare.main(["--methods=srcnn,espcn", "--variant=smoke", "--budget_steps=9", f"--workdir={tmp_path}"])
+    assert stop.value.code == 128 + signum  # as if the signal had ended the process
+    assert called == ["srcnn"]  # the next row never started
+    err = capsys.readouterr().err
+    assert f"interrupted by {signal.Signals(signum).name}" in err and "run the same command again" in err
+    assert signal.getsignal(signal.SIGTERM) is not compare._raise_stopped  # the caller's handler is back
+
+
+def test_a_failing_row_still_lets_the_table_go_on(tmp_path, monkeypatch):
+    called = []
+
+    def failing_row(name, args, workdir):
+        called.append(name)
+        raise RuntimeError("diverged")
+
+    monkeypatch.setattr(compare, "run_method", failing_row)
+    rows = compare.main(["--methods=srcnn,espcn", "--variant=smoke", "--budget_steps=9", f"--workdir={tmp_path}"])
+    assert called == ["srcnn", "espcn"]
+    assert [r["error"] for r in rows["rows"]] == ["RuntimeError: diverged"] * 2
+
+
+def test_stop_workers_sends_one_sigterm_and_waits(capsys):
+    class FakeWorker:
+        def __init__(self, alive):
+            self.alive, self.calls = alive, []
+
+        def is_alive(self):
+            return self.alive
+
+        def terminate(self):
+            self.calls.append("terminate")
+
+        def kill(self):
+            self.calls.append("kill")
+
+        def join(self):
+            self.calls.append("join")
+
+    running, finished = FakeWorker(True), FakeWorker(False)
+    compare._stop_workers([running, finished])
+    assert running.calls == ["terminate", "join"] and finished.calls == []
+    assert "stopping 1 running row(s)" in capsys.readouterr().err
+
+
+def _marked_pids(marker: str) -> list[int]:
+    """Live processes whose environment holds ``marker`` (the table and the workers it spawned)."""
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                status = (entry / "status").read_text()
+                if "\nState:\tZ" not in status:  # a zombie has exited already
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _wait(predicate, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def _training_started(row: pathlib.Path) -> bool:
+    metrics = row / "metrics.jsonl"
+    return metrics.exists() and '"split": "train"' in metrics.read_text()
+
+
+def _checkpoint_steps(row: pathlib.Path) -> list[int]:
+    latest = row / "checkpoints" / "latest"
+    return sorted(int(p.name) for p in latest.glob("*") if p.name.isdigit()) if latest.exists() else []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find leftover workers")
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_stopping_a_jobs_table_leaves_checkpoints_and_no_worker(tmp_path, how):
+    """A real ``--jobs=2`` table, stopped while both rows train: by a SIGTERM to the table's process only (as
+    ``kill PID`` sends; the workers are told once and checkpoint) or by a SIGKILL of it (the workers get a
+    SIGTERM from the kernel when their parent dies, and checkpoint too)."""
+    marker = f"SEQCSIST_TEST_MARKER={uuid.uuid4().hex}"
+    env = dict(os.environ, SEQCSIST_TEST_MARKER=marker.split("=", 1)[1], JAX_PLATFORMS="cpu")
+    workdir = tmp_path / "runs"
+    command = [sys.executable, "-m", "experiments.compare", "--methods=srcnn,espcn", "--variant=smoke",
+               "--budget_steps=100000", "--evals=1", "--jobs=2", f"--workdir={workdir}",
+               f"--output={tmp_path / 'table'}", "--config.log_every_steps=1", "--config.progress_bar=False"]
+    table = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        rows = [workdir / "srcnn", workdir / "espcn"]
+        _wait(lambda: all(_training_started(r) for r in rows) or table.poll() is not None, 240,
+              "both rows to log a training step")
+        assert table.poll() is None, table.communicate()
+        table.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        out, err = table.communicate(timeout=240)
+        if how == "sigterm":
+            assert table.returncode == 128 + signal.SIGTERM, err
+            assert "interrupted by SIGTERM" in err and "stopping 2 running row(s)" in err
+        else:
+            assert table.returncode == -signal.SIGKILL
+        _wait(lambda: not _marked_pids(marker), 240, "the workers to exit")
+        for row in rows:  # each worker saved its progress before it exited
+            assert _checkpoint_steps(row), f"{row.name}: no checkpoint\n{err[-3000:]}"
+            assert "stopped by SIGTERM" in (row / ".compare_result.json").read_text()
+    finally:
+        if table.poll() is None:
+            table.kill()
+        for pid in _marked_pids(marker):
+            os.kill(pid, signal.SIGKILL)
