@@ -708,7 +708,19 @@ class Stopped(KeyboardInterrupt):
         self.signum = int(signum)
 
 
+_stop_requested_at: list[float] = []
+
+
 def _raise_stopped(signum, frame) -> None:
+    """The table's SIGTERM/SIGINT handler: raises :class:`Stopped`, except for a repeat within
+    ``REPEAT_SIGNAL_GRACE_SECONDS`` of the first, which is the same request (``timeout`` signals the command and
+    then its process group); a later repeat raises again, and :func:`_stop_workers` then kills at once."""
+    from seqcsist_jax.train import REPEAT_SIGNAL_GRACE_SECONDS
+
+    now = time.monotonic()
+    if _stop_requested_at and now - _stop_requested_at[0] < REPEAT_SIGNAL_GRACE_SECONDS:
+        return
+    _stop_requested_at[:] = [now]
     raise Stopped(signum)
 
 
@@ -780,8 +792,13 @@ def _row_in_process(name: str, args: argparse.Namespace, workdir: str, parent_pi
     path.mkdir(parents=True, exist_ok=True)
     enable_compile_cache(path.parent)
     fault_point(f"compare_row/{name}", 0)  # test hook: SEQCSIST_FAULT=compare_row/<row>:step=0 kills this worker
+    from seqcsist_jax.train import TrainingInterrupted
+
     try:
         row = run_method(name, args, path)
+    except TrainingInterrupted as e:  # told to stop (by the table, or a signal to this worker): no traceback
+        log.info("%s: %s", name, e)
+        row = failed_row(name, e)  # read only if the table is still running: the row is then not finished
     except Exception as e:  # noqa: BLE001 - reported as the row's failure, like the serial loop
         log.exception("%s failed", name)
         row = failed_row(name, e)
@@ -978,10 +995,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     total = time.perf_counter()
     from seqcsist_jax.train import TrainingInterrupted
 
-    # SIGTERM (``timeout``, a scheduler) stops the table like Ctrl-C; a training run inside replaces this handler
-    # with its own while it trains (it checkpoints, then raises TrainingInterrupted).
-    previous = (signal.signal(signal.SIGTERM, _raise_stopped)
-                if threading.current_thread() is threading.main_thread() else None)
+    # SIGTERM (``timeout``, a scheduler) stops the table like Ctrl-C; a training run inside replaces these
+    # handlers with its own while it trains (it checkpoints, then raises TrainingInterrupted).
+    _stop_requested_at.clear()
+    previous = ({sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
+                if threading.current_thread() is threading.main_thread() else {})
     try:
         if args.jobs > 1:
             rows = _run_rows_in_processes(args, workdir, settings, prefix)
@@ -1004,11 +1022,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
         what = ("the running rows were stopped" if args.jobs > 1 else "the running row was stopped")
         print(f"interrupted by {signal.Signals(signum).name}: {what} (a training run saves a checkpoint first); "
-              "the finished rows are kept: run the same command again to continue", file=sys.stderr, flush=True)
+              "run the same command again to continue: finished rows are reused, stopped ones resume",
+              file=sys.stderr, flush=True)
         raise SystemExit(128 + signum) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     settings["seconds_this_call"] = time.perf_counter() - total
     # wall time of every method's train + evaluation, including runs reused from earlier calls
     settings["seconds_all_methods"] = float(sum(r.get("seconds") or 0.0 for r in rows))

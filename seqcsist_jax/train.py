@@ -381,15 +381,22 @@ def _checkpoint_intervals(config: ml_collections.ConfigDict) -> tuple[int, float
     return int(steps), float(seconds)
 
 
+#: A repeated stop signal this soon after the first is the same request: ``timeout`` signals the command and
+#: then its whole process group, and a killed parent's death signal can come once per exiting thread.
+REPEAT_SIGNAL_GRACE_SECONDS = 2.0
+
+
 class _StopSignals:
     """Turns SIGTERM/SIGINT during training into a flag the loop checks after each step (it then saves a
-    checkpoint and stops cleanly); the previous handlers are restored on exit. Only installs itself in the main
-    thread (signal handlers cannot be set elsewhere)."""
+    checkpoint and stops cleanly); a second signal at least :data:`REPEAT_SIGNAL_GRACE_SECONDS` later stops at
+    once (KeyboardInterrupt), earlier repeats are the same request. The previous handlers are restored on exit.
+    Only installs itself in the main thread (signal handlers cannot be set elsewhere)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.received: int | None = None
+        self._received_at = 0.0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopSignals":
@@ -399,9 +406,12 @@ class _StopSignals:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.received is not None:  # a second signal: stop at once
-            raise KeyboardInterrupt
-        self.received = signum
+        now = time.monotonic()
+        if self.received is not None:
+            if now - self._received_at < REPEAT_SIGNAL_GRACE_SECONDS:
+                return  # the same stop request, delivered twice
+            raise KeyboardInterrupt  # a second request: stop at once
+        self.received, self._received_at = signum, now
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():

@@ -8,12 +8,15 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 import time
+import types
 import uuid
 
 import pytest
 
 from experiments import compare
+from seqcsist_jax import train as train_lib
 from seqcsist_jax.train import TrainingInterrupted
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -35,7 +38,8 @@ def test_a_stop_request_during_a_serial_row_stops_the_table(tmp_path, monkeypatc
     assert called == ["srcnn"]  # the next row never started
     err = capsys.readouterr().err
     assert f"interrupted by {signal.Signals(signum).name}" in err and "run the same command again" in err
-    assert signal.getsignal(signal.SIGTERM) is not compare._raise_stopped  # the caller's handler is back
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the caller's handlers are back
+        assert signal.getsignal(sig) is not compare._raise_stopped
 
 
 def test_a_failing_row_still_lets_the_table_go_on(tmp_path, monkeypatch):
@@ -108,30 +112,78 @@ def _checkpoint_steps(row: pathlib.Path) -> list[int]:
     return sorted(int(p.name) for p in latest.glob("*") if p.name.isdigit()) if latest.exists() else []
 
 
+def test_a_repeated_stop_signal_is_one_request_unless_it_comes_later(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(train_lib, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    stop = train_lib._StopSignals()
+    stop._handle(signal.SIGTERM, None)
+    assert stop.received == signal.SIGTERM
+    clock[0] += 0.5 * train_lib.REPEAT_SIGNAL_GRACE_SECONDS
+    stop._handle(signal.SIGTERM, None)  # `timeout` signals the command, then its group: the same request
+    assert stop.received == signal.SIGTERM
+    clock[0] += train_lib.REPEAT_SIGNAL_GRACE_SECONDS
+    with pytest.raises(KeyboardInterrupt):  # asked again later: stop at once
+        stop._handle(signal.SIGINT, None)
+
+
+def test_the_table_counts_a_repeated_stop_signal_once(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(compare, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(compare, "_stop_requested_at", [])
+    with pytest.raises(compare.Stopped) as first:
+        compare._raise_stopped(signal.SIGTERM, None)
+    assert first.value.signum == signal.SIGTERM and isinstance(first.value, KeyboardInterrupt)
+    clock[0] += 0.5 * train_lib.REPEAT_SIGNAL_GRACE_SECONDS
+    compare._raise_stopped(signal.SIGTERM, None)  # the same request: ignored
+    clock[0] += train_lib.REPEAT_SIGNAL_GRACE_SECONDS
+    with pytest.raises(compare.Stopped):  # asked again later: _stop_workers then kills at once
+        compare._raise_stopped(signal.SIGINT, None)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find leftover workers")
-@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+@pytest.mark.parametrize("how", ["sigterm_twice", "sigkill"])
 def test_stopping_a_jobs_table_leaves_checkpoints_and_no_worker(tmp_path, how):
-    """A real ``--jobs=2`` table, stopped while both rows train: by a SIGTERM to the table's process only (as
-    ``kill PID`` sends; the workers are told once and checkpoint) or by a SIGKILL of it (the workers get a
-    SIGTERM from the kernel when their parent dies, and checkpoint too)."""
+    """A real ``--jobs=2`` table, stopped while both rows train: by two SIGTERMs, as ``timeout`` sends one to the
+    command and then one to its process group (one stop: each worker is told once and checkpoints), or by a
+    SIGKILL of the table (the workers learn of it from the kernel, and checkpoint)."""
     marker = f"SEQCSIST_TEST_MARKER={uuid.uuid4().hex}"
     env = dict(os.environ, SEQCSIST_TEST_MARKER=marker.split("=", 1)[1], JAX_PLATFORMS="cpu")
     workdir = tmp_path / "runs"
     command = [sys.executable, "-m", "experiments.compare", "--methods=srcnn,espcn", "--variant=smoke",
                "--budget_steps=100000", "--evals=1", "--jobs=2", f"--workdir={workdir}",
                f"--output={tmp_path / 'table'}", "--config.log_every_steps=1", "--config.progress_bar=False"]
-    table = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    table = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
+    lines: list[str] = []
+    stopping = threading.Event()
+
+    def read_stderr() -> None:  # drained all along, so a full pipe never blocks the table
+        for line in table.stderr:
+            lines.append(line)
+            if line.startswith("stopping 2 running row(s)"):
+                stopping.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     try:
         rows = [workdir / "srcnn", workdir / "espcn"]
         _wait(lambda: all(_training_started(r) for r in rows) or table.poll() is not None, 240,
               "both rows to log a training step")
-        assert table.poll() is None, table.communicate()
-        table.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
-        out, err = table.communicate(timeout=240)
-        if how == "sigterm":
+        assert table.poll() is None, "".join(lines)
+        if how == "sigterm_twice":
+            table.send_signal(signal.SIGTERM)
+            # the repeat lands while the workers are saving their checkpoints, where a second request would kill
+            stopping.wait(60)
+            table.send_signal(signal.SIGTERM)
+        else:
+            table.send_signal(signal.SIGKILL)
+        table.wait(timeout=240)
+        reader.join(timeout=240)
+        err = "".join(lines)
+        if how == "sigterm_twice":
             assert table.returncode == 128 + signal.SIGTERM, err
             assert "interrupted by SIGTERM" in err and "stopping 2 running row(s)" in err
+            assert "Traceback" not in err, err  # a stop is not a failure
         else:
             assert table.returncode == -signal.SIGKILL
         _wait(lambda: not _marked_pids(marker), 240, "the workers to exit")
