@@ -765,8 +765,11 @@ def _stop_workers(workers: Sequence) -> None:
     alive = [w for w in workers if w.is_alive()]
     if not alive:
         return
-    print(f"stopping {len(alive)} running row(s): each saves a checkpoint first (Ctrl-C again to kill them at "
-          "once)", file=sys.stderr, flush=True)
+    from seqcsist_jax.train import REPEAT_SIGNAL_GRACE_SECONDS
+
+    print(f"stopping {len(alive)} running row(s): each saves a checkpoint first (Ctrl-C again, "
+          f"{REPEAT_SIGNAL_GRACE_SECONDS:g} s or more after the first, kills them at once)", file=sys.stderr,
+          flush=True)
     for worker in alive:
         worker.terminate()
     try:

@@ -382,8 +382,10 @@ def _checkpoint_intervals(config: ml_collections.ConfigDict) -> tuple[int, float
 
 
 #: A repeated stop signal this soon after the first is the same request: ``timeout`` signals the command and
-#: then its whole process group, and a killed parent's death signal can come once per exiting thread.
-REPEAT_SIGNAL_GRACE_SECONDS = 2.0
+#: then its whole process group, and a killed parent's death signal can come once per exiting thread. Generous,
+#: so a loaded machine that delivers the repeat late still counts it once; a user who wants a hard stop presses
+#: Ctrl-C again after it.
+REPEAT_SIGNAL_GRACE_SECONDS = 5.0
 
 
 class _StopSignals:
