@@ -398,7 +398,9 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
         test = result["test"]
         steps = int(result["step"])
         flops = learned_flops(methods.build_method(config.model, config.loss), FLOPS_FRAMES)
-        extra = {"best_validation_mAP": (result.get("best") or {}).get("mAP")}
+        extra = {"best_validation_mAP": (result.get("best") or {}).get("mAP"),
+                 "train_seconds": float(result.get("train_seconds") or 0.0)}
+        resumed_seconds = float(result.get("resumed_train_seconds") or 0.0)
     else:
         from seqcsist_jax.data.splits import load_arrays, q_for_workdir
         from seqcsist_jax.predictor import make_predictor
@@ -412,7 +414,9 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
         steps = 0
         flops, mean_iter = classical_flops(predictor, arrays, FLOPS_FRAMES)
         extra = {"mean_iterations": mean_iter, "max_iter": int(config.model.max_iter)}
-    seconds = time.perf_counter() - start
+        resumed_seconds = 0.0
+    # this call's wall time plus the training earlier calls did before it resumed the row
+    seconds = time.perf_counter() - start + resumed_seconds
 
     row = {
         "method": name,
@@ -467,6 +471,26 @@ def failed_row(name: str, error: BaseException) -> dict:
         "method": name, "label": row_label(name), "trainable": None, "params": None,
         "flops_per_trajectory": None, "fps": None, **{k: float("nan") for k in METRICS}, "steps": None,
         "paper": _paper_row(name), "error": f"{type(error).__name__}: {error}",
+    }  # fmt: skip
+
+
+def checkpoint_step(workdir: pathlib.Path) -> int | None:
+    """The newest step under ``workdir/checkpoints/latest`` (None when the row has no checkpoint yet)."""
+    latest = workdir / "checkpoints" / "latest"
+    steps = [int(p.name) for p in latest.glob("*") if p.name.isdigit()] if latest.is_dir() else []
+    return max(steps) if steps else None
+
+
+def unfinished_row(name: str, workdir: pathlib.Path, stopped: bool) -> dict:
+    """The row of a method that a stop request left unfinished (``stopped`` while it ran, or not started): metrics
+    NaN, and in ``unfinished`` what a rerun of the command does with it."""
+    step = checkpoint_step(workdir)
+    status = "stopped" if stopped else "not started"
+    status += f"; resumes from step {step}" if step is not None else ("; starts over" if stopped else "")
+    return {
+        "method": name, "label": row_label(name), "trainable": None, "params": None,
+        "flops_per_trajectory": None, "fps": None, **{k: float("nan") for k in METRICS}, "steps": step,
+        "paper": _paper_row(name), "unfinished": status,
     }  # fmt: skip
 
 
@@ -576,7 +600,7 @@ def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
         f"{machine['cpu_count']} CPU cores, backend {machine['backend']}); FLOPs per "
         f"{'20 images' if is_single_image(settings.get('dataset')) else '20-frame trajectory'} "
         "(XLA cost analysis; ISTA/FISTA analytic from the mean iteration count); min: wall minutes of the row's "
-        "training and evaluation. Rows `method (variant)` run the public code's behaviour where it differs from our "
+        "training (summed over the calls that resumed it) and evaluation. Rows `method (variant)` run the public code's behaviour where it differs from our "
         "default; the paper column repeats the method's published number.",
         "",
         "| method | params | FLOPs / traj | FPS | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | steps | min | paper CSO-mAP |",
@@ -584,6 +608,10 @@ def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
     ]
     for r in rows:
         paper = r.get("paper")
+        if r.get("unfinished"):
+            paper_map = f"{paper['mAP']:.2f}" if paper else "–"
+            lines.append(f"| {r['label']} | {r['unfinished']} (rerun the command) |" + " |" * 10 + f" {paper_map} |")
+            continue
         if r.get("error"):
             message = r["error"].splitlines()[0][:100].replace("|", "/")
             paper_map = f"{paper['mAP']:.2f}" if paper else "–"
@@ -829,9 +857,10 @@ def longest_first(names: Sequence[str], seconds: dict[str, float]) -> list[str]:
 
 
 def _run_rows_in_processes(args: argparse.Namespace, workdir: pathlib.Path, settings: dict,
-                           prefix: pathlib.Path) -> list[dict]:
+                           prefix: pathlib.Path, done: dict[str, dict], running_names: list[str]) -> list[dict]:
     """Runs the rows ``args.jobs`` at a time, each in a fresh (spawned) process, longest first by the previous
-    table at ``prefix`` (:func:`longest_first`); returns them in table order.
+    table at ``prefix`` (:func:`longest_first`); returns them in table order. ``done`` receives each finished
+    row as it ends and ``running_names`` holds the rows running now (the caller's view when it is stopped).
 
     A worker that dies (SIGKILL, out of memory) fails its own row only, with its exit code in the reason; the
     finished rows are cached in their workdirs, so running the command again continues where it stopped.
@@ -840,7 +869,6 @@ def _run_rows_in_processes(args: argparse.Namespace, workdir: pathlib.Path, sett
     from multiprocessing import connection
 
     names = list(args.methods)
-    done: dict[str, dict] = {}
     context = multiprocessing.get_context("spawn")  # JAX's threads do not survive fork
     print(f"{len(names)} rows, {args.jobs} at a time in separate processes", flush=True)
     pending = longest_first(names, previous_row_seconds(prefix))
@@ -855,8 +883,9 @@ def _run_rows_in_processes(args: argparse.Namespace, workdir: pathlib.Path, sett
                                          args=(name, args, str(workdir / name), os.getpid()))
                 worker.start()
                 running[worker.sentinel] = (name, worker)
+                running_names.append(name)
             for sentinel in connection.wait(list(running)):
-                name, worker = running.pop(sentinel)
+                name, worker = running[sentinel]
                 worker.join()
                 result = workdir / name / RESULT_FILE
                 try:
@@ -867,6 +896,8 @@ def _run_rows_in_processes(args: argparse.Namespace, workdir: pathlib.Path, sett
                     done[name] = failed_row(name, RuntimeError(
                         f"its worker process died ({reason}, e.g. killed for memory) before finishing the row; "
                         "rerun the command to try it again"))
+                del running[sentinel]
+                running_names.remove(name)
                 _print_row(names.index(name) + 1, len(names), done[name])
                 write_outputs([done[n] for n in names if n in done], settings, prefix)
     finally:  # an interrupted parent (Ctrl-C, SIGTERM) stops its workers; their runs resume from checkpoints
@@ -906,7 +937,9 @@ def measure_row_fps(name: str, args: argparse.Namespace, workdir: pathlib.Path) 
 
 
 def _logging_in_worker() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # force: a handler installed while the worker unpickled its arguments (a module logging at import) would
+    # otherwise keep the default "INFO:compare:" format, unlike the serial table's lines
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
     for logger in ("compare", "seqcsist_jax"):
         logging.getLogger(logger).setLevel(logging.INFO)
 
@@ -962,6 +995,33 @@ def _fps_pass(rows: list[dict], args: argparse.Namespace, workdir: pathlib.Path)
 # ------------------------------------------------------------------------------------------------ main
 
 
+def _report_stop(signum: int, args: argparse.Namespace, workdir: pathlib.Path, settings: dict,
+                 prefix: pathlib.Path, done: dict[str, dict], running: Sequence[str]) -> None:
+    """After a stop request: writes the table with every row (the unfinished ones say what a rerun does) and
+    prints one line naming the stopped and the not-started rows."""
+    stopped = [n for n in args.methods if n not in done and n in running]
+    waiting = [n for n in args.methods if n not in done and n not in running]
+    rows = [done.get(n) or unfinished_row(n, workdir / n, stopped=n in stopped) for n in args.methods]
+    try:
+        write_outputs(rows, settings, prefix)
+        written = f"; the table so far is in {prefix.with_name(prefix.name + '.md')}"
+    except Exception as e:  # noqa: BLE001 - e.g. a full disk: the stop itself is what must be reported
+        written = f"; the table could not be written ({type(e).__name__}: {e})"
+
+    def steps(n: str) -> str:
+        step = checkpoint_step(workdir / n)
+        return f"{n} (step {step})" if step is not None else n
+
+    parts = [f"{len(done)} of {len(args.methods)} rows finished"]
+    if stopped:
+        parts.append("stopped: " + ", ".join(steps(n) for n in stopped))
+    if waiting:
+        parts.append("not started: " + ", ".join(waiting))
+    print(f"interrupted by {signal.Signals(signum).name} ({'; '.join(parts)}){written}. A training run saves a "
+          "checkpoint before it stops: run the same command again to continue (finished rows are reused, "
+          "stopped ones resume)", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Runs the comparison; returns ``{"rows": [...], "paths": {...}}``."""
     args = parse_args(argv)
@@ -1003,14 +1063,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     _stop_requested_at.clear()
     previous = ({sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
                 if threading.current_thread() is threading.main_thread() else {})
+    done: dict[str, dict] = {}  # finished (or failed) rows by method
+    running: list[str] = []  # the rows running now
     try:
         if args.jobs > 1:
-            rows = _run_rows_in_processes(args, workdir, settings, prefix)
+            rows = _run_rows_in_processes(args, workdir, settings, prefix, done, running)
             _fps_pass(rows, args, workdir)
         else:
-            rows = []
             for i, name in enumerate(args.methods, 1):
                 print(f"[{i}/{len(args.methods)}] {name} ...", flush=True)
+                running[:] = [name]
                 try:
                     row = run_method(name, args, workdir / name)
                 except TrainingInterrupted as e:  # a stop request, not the row's failure: stop the table too
@@ -1018,15 +1080,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 except Exception as e:  # a failing method (e.g. a diverged run) must not lose the other rows
                     log.exception("%s failed", name)
                     row = failed_row(name, e)
-                rows.append(row)
+                done[name] = row
+                running.clear()
                 _print_row(i, len(args.methods), row)
-                write_outputs(rows, settings, prefix)  # partial tables survive an interrupted run
+                # partial tables survive an interrupted run
+                write_outputs([done[n] for n in args.methods if n in done], settings, prefix)
+            rows = [done[n] for n in args.methods]
     except KeyboardInterrupt as e:  # Ctrl-C, or Stopped
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
-        what = ("the running rows were stopped" if args.jobs > 1 else "the running row was stopped")
-        print(f"interrupted by {signal.Signals(signum).name}: {what} (a training run saves a checkpoint first); "
-              "run the same command again to continue: finished rows are reused, stopped ones resume",
-              file=sys.stderr, flush=True)
+        _report_stop(signum, args, workdir, settings, prefix, done, running)
         raise SystemExit(128 + signum) from None
     finally:
         for sig, handler in previous.items():

@@ -1,10 +1,13 @@
 """Publishes a finished run's best checkpoint as ``seqcsist_jax/weights/<name>.{npz,json}`` with its model card.
 
     python -m experiments.export_weights --workdir=/tmp/run --name=derefnet_quick \
-        --command="python -m experiments.train --config=derefnet_quick" --wall_time_s=2700 [--note=...]
+        --command="python -m experiments.train --config=derefnet_quick" [--wall_time_s=2700] \
+        [--hardware="one NVIDIA H200"] [--note=...]
 
 The card records the run config, data config, protocol, seed, commit, validation/test CSO-mAP (from the run's
-``result.json`` and ``metrics.jsonl``), the wall time and the hardware.
+``result.json`` and ``metrics.jsonl``), the wall time (default: the training wall time the run recorded, summed
+over the calls that resumed it) and the hardware it trained on (default: this machine, which is right only when
+the export runs where the training did).
 """
 
 from __future__ import annotations
@@ -25,16 +28,20 @@ def _commit() -> str:
         return "unknown"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> pathlib.Path:
+    """Exports the weights (see the module docstring); returns the ``.npz`` path written."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--command", required=True, help="the command that trained the run")
-    parser.add_argument("--wall_time_s", type=float, required=True)
+    parser.add_argument("--wall_time_s", type=float, default=None,
+                        help="training wall time (default: what the run recorded in result.json)")
+    parser.add_argument("--hardware", default=None, help="where it trained (default: this machine)")
     parser.add_argument("--checkpoint", default="best")
     parser.add_argument("--commit", default=None, help="commit the run was trained at (default: HEAD)")
     parser.add_argument("--note", default="")
-    args = parser.parse_args()
+    parser.add_argument("--weights_dir", default=None, help="where to write (default: seqcsist_jax/weights)")
+    args = parser.parse_args(argv)
 
     import jax
 
@@ -62,13 +69,15 @@ def main() -> None:
         or next((c["mAP"] for c in curve if c["step"] == step), None),
         "test_cso_map": (result.get("test") or {}).get("mAP"),
         "validation_curve": curve,
-        "wall_time_s": args.wall_time_s,
-        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-                    f"{jax.default_backend()} backend (machine shared with other jobs)",
+        "wall_time_s": args.wall_time_s if args.wall_time_s is not None else result.get("train_seconds"),
+        "hardware": args.hardware or (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+                                      f"{jax.default_backend()} backend (machine shared with other jobs)"),
         "note": args.note,
     }
-    path = pretrained.save_pretrained(args.name, jax.device_get(params), config, card, q=predictor.q)
+    path = pretrained.save_pretrained(args.name, jax.device_get(params), config, card, q=predictor.q,
+                                      weights_dir=args.weights_dir)
     print(f"wrote {path} and {path.with_suffix('.json')}")
+    return path
 
 
 if __name__ == "__main__":

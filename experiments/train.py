@@ -35,7 +35,9 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     best = result.get("best") or {}
     test = result.get("test") or {}
     print(f"done: step {result['step']}; best validation CSO-mAP {100 * best.get('mAP', float('nan')):.2f}; "
-          f"test CSO-mAP {100 * test.get('mAP', float('nan')):.2f}; outputs in {result.get('eval_dir', FLAGS.workdir)}")
+          f"test CSO-mAP {100 * test.get('mAP', float('nan')):.2f}; training wall time "
+          f"{result.get('train_seconds', float('nan')) / 60:.1f} min (all calls of this run); outputs in "
+          f"{result.get('eval_dir', FLAGS.workdir)}")
 
 
 def run(argv: list[str] | None = None) -> None:

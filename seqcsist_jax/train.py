@@ -235,6 +235,8 @@ class Trainer:
             sampler=config.get("sampler", "sequential"),
         )
         self.steps_per_epoch = len(self.loader)
+        self.resumed_train_seconds = 0.0  # set by restore_or_init from the checkpoint it resumes
+        self._clock_start: float | None = None
         self.num_steps, self.eval_every = _steps_schedule(config, self.steps_per_epoch)
         # Methods with their own optimiser / step (the GANs) provide them through optional Method hooks.
         self.optimizer = (self.method.make_optimizer or create_optimizer)(config.optimizer, self.num_steps)
@@ -302,19 +304,32 @@ class Trainer:
         return state, train_multistep.split_metrics(stacked, k)
 
     def meta(self) -> dict:
-        return {"config": self.config.to_dict(), "steps_per_epoch": self.steps_per_epoch}
+        return {"config": self.config.to_dict(), "steps_per_epoch": self.steps_per_epoch,
+                "train_seconds": self.train_seconds()}
+
+    def train_seconds(self) -> float:
+        """Wall seconds of training (compilation, steps, validation, checkpoints) that produced the current
+        state, summed over every call that resumed it: the time of the call that restored it (from its
+        checkpoint's meta) plus this call's since :meth:`restore_or_init`. Work lost to a kill between
+        checkpoints is not counted (it is redone, and counted, by the resumed call)."""
+        if self._clock_start is None:
+            return self.resumed_train_seconds
+        return self.resumed_train_seconds + time.monotonic() - self._clock_start
 
     def restore_or_init(self) -> tuple[TrainState, int]:
         """The newest good ``latest`` checkpoint (a damaged one is moved aside with a warning) or a fresh state;
         leftovers of killed saves are removed and the evaluation journal reconciled with the resume step (see
         :mod:`seqcsist_jax.checkpointing`). Call it only while holding the workdir lock."""
+        self._clock_start = time.monotonic()
         state = self.initial_state()
         self.checkpoints.clean_leftovers()
         if self.checkpoints.latest.latest_step() is None:
             self.checkpoints.reconcile(0)
             return state, 0
-        state, loader_state, _, step = self.checkpoints.restore("latest", abstract_like(state))
+        state, loader_state, meta, step = self.checkpoints.restore("latest", abstract_like(state))
         self.loader.set_state(loader_state)
+        # checkpoints written before the time was recorded count from this call on
+        self.resumed_train_seconds = float((meta or {}).get("train_seconds") or 0.0)
         self.checkpoints.reconcile(int(step))
         _say(f"resumed from {self.checkpoints.latest.directory} at step {step}")
         return state, int(step)
@@ -347,8 +362,10 @@ def train_and_evaluate(
       force_config: continue a workdir whose saved ``config.json`` differs from ``config`` (overwrites it).
 
     Returns:
-      dict with ``step``, ``best`` (validation metrics of the best checkpoint), ``test`` (its test metrics) and
-      ``eval_dir`` (where the test outputs were written).
+      dict with ``step``, ``best`` (validation metrics of the best checkpoint), ``test`` (its test metrics),
+      ``eval_dir`` (where the test outputs were written), ``train_seconds`` (wall seconds of the training, summed
+      over every call that resumed the run; the test evaluation is not included) and ``resumed_train_seconds``
+      (the part of it done by earlier calls).
 
     Raises:
       NonFiniteLossError: a step produced a non-finite loss; the latest good checkpoint is kept.
@@ -450,7 +467,9 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
     writer = MetricWriter(workdir)
     state, step = trainer.restore_or_init()
     num_steps = trainer.num_steps
+    resumed_seconds = trainer.resumed_train_seconds
     if step >= num_steps:
+        trainer._clock_start = None  # nothing is trained in this call: the run's time is the checkpoint's
         best = trainer.checkpoints.best_metrics() or {}
         _say(f"this run already finished ({step} of {num_steps} steps, best validation CSO-mAP "
              f"{100 * float(best.get('mAP', float('nan'))):.2f}); re-scoring its best checkpoint on the "
@@ -550,7 +569,10 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
             progress.close()
         writer.close()
 
-    result = {"step": step, "best": trainer.checkpoints.best_metrics()}
+    # train_seconds: the whole run's training wall time across resumed calls; resumed_train_seconds: the part
+    # done by earlier calls (a caller timing this call adds it to get the run's total)
+    result = {"step": step, "best": trainer.checkpoints.best_metrics(), "train_seconds": trainer.train_seconds(),
+              "resumed_train_seconds": resumed_seconds}
     result["test"] = _final_test(trainer, state)
     result["eval_dir"] = str(eval_dir(workdir, config.dataset.test_split, config.eval.get("decode", "grid") or "grid"))
     _write_json(workdir / "result.json", result)

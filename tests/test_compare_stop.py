@@ -3,6 +3,7 @@ training), the stopped rows keep a checkpoint, and no worker process outlives th
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -40,6 +41,47 @@ def test_a_stop_request_during_a_serial_row_stops_the_table(tmp_path, monkeypatc
     assert f"interrupted by {signal.Signals(signum).name}" in err and "run the same command again" in err
     for sig in (signal.SIGTERM, signal.SIGINT):  # the caller's handlers are back
         assert signal.getsignal(sig) is not compare._raise_stopped
+
+
+def test_a_stopped_table_names_its_unfinished_rows(tmp_path, monkeypatch, capsys):
+    def row(name, args, workdir):
+        if name == "srcnn":
+            raise RuntimeError("diverged")  # a finished (failed) row
+        (workdir / "checkpoints" / "latest" / "7").mkdir(parents=True)  # the checkpoint the stopped row saved
+        raise TrainingInterrupted("stopped by SIGTERM at step 7 of 9; checkpoint saved", signum=signal.SIGTERM)
+
+    monkeypatch.setattr(compare, "run_method", row)
+    with pytest.raises(SystemExit):
+        compare.main(["--methods=srcnn,espcn,ista", "--variant=smoke", "--budget_steps=9", f"--workdir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert "(1 of 3 rows finished; stopped: espcn (step 7); not started: ista)" in err
+    table = (tmp_path / "compare.md").read_text()
+    assert "| ESPCN | stopped; resumes from step 7 (rerun the command) |" in table
+    assert "| ISTA | not started (rerun the command) |" in table
+    assert "| SRCNN | failed: RuntimeError: diverged |" in table
+    rows = {r["method"]: r for r in json.loads((tmp_path / "compare.json").read_text())["rows"]}
+    assert rows["espcn"]["unfinished"] == "stopped; resumes from step 7" and rows["espcn"]["steps"] == 7
+    assert rows["ista"]["unfinished"] == "not started" and "unfinished" not in rows["srcnn"]
+
+
+def test_a_resumed_rows_time_counts_the_earlier_calls_training(tmp_path, monkeypatch):
+    from seqcsist_jax import train as train_module
+
+    earlier = 1000.0  # training seconds the checkpoint it resumed from had recorded
+
+    def resumed_run(config, workdir):
+        test = {"params": 5, "fps": 10.0, **{k: 0.5 for k in compare.METRICS}}
+        return {"step": 9, "best": {"mAP": 0.5}, "test": test, "train_seconds": earlier + 2.0,
+                "resumed_train_seconds": earlier}
+
+    monkeypatch.setattr(train_module, "train_and_evaluate", resumed_run)
+    monkeypatch.setattr(compare, "learned_flops", lambda method, frames: 1.0)
+    args = compare.parse_args(["--methods=srcnn", "--variant=smoke", "--budget_steps=9", f"--workdir={tmp_path}"])
+    start = time.perf_counter()
+    row = compare.run_method("srcnn", args, tmp_path / "srcnn")
+    this_call = time.perf_counter() - start
+    assert earlier < row["seconds"] <= earlier + this_call
+    assert row["train_seconds"] == earlier + 2.0
 
 
 def test_a_failing_row_still_lets_the_table_go_on(tmp_path, monkeypatch):

@@ -48,6 +48,7 @@ def test_summarize_run_reads_progress_curve_rate_and_test(tmp_path):
     # at 200 and 400 and are left out, as is 100 (first record: compilation)
     assert s["steps_per_second"] == pytest.approx(64.0)
     assert s["trajectories_per_second"] == pytest.approx(256.0)
+    assert s["train_seconds"] is None  # no checkpoint to read it from
 
 
 def test_report_marks_an_unfinished_run_as_interim(tmp_path):

@@ -110,3 +110,28 @@ def test_evaluate_unknown_pretrained_is_one_clear_line():
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert "not published yet" in lines[0] and "derefnet_quick" in lines[0]
+
+
+def test_export_weights_writes_the_best_checkpoint_and_a_card_with_the_runs_wall_time(tmp_path):
+    """``experiments.export_weights`` on a finished smoke run: the shipped params are the best checkpoint's, the
+    card's wall time defaults to the training time the run recorded, and ``--hardware`` names where it trained
+    (the export may run elsewhere)."""
+    import json
+
+    from experiments import export_weights
+    from seqcsist_jax.predictor import restore_run
+    from seqcsist_jax.train import train_and_evaluate
+
+    run = tmp_path / "run"
+    result = train_and_evaluate(configs.get_config("derefnet:smoke"), run)
+    path = export_weights.main([f"--workdir={run}", "--name=tiny", "--command=train smoke",
+                                "--hardware=one test GPU", f"--weights_dir={tmp_path / 'weights'}"])
+    assert path == tmp_path / "weights" / "tiny.npz"
+    card = pretrained.load_card("tiny", weights_dir=tmp_path / "weights")
+    recorded = json.loads((run / "result.json").read_text())["train_seconds"]
+    assert card["wall_time_s"] == recorded == result["train_seconds"] and recorded > 0
+    assert card["hardware"] == "one test GPU" and card["trained_with"] == "train smoke"
+    assert card["test_cso_map"] == result["test"]["mAP"]
+    _, params = pretrained.load_pretrained("tiny", weights_dir=tmp_path / "weights")
+    _, _, best, _ = restore_run(str(run), "best")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, jax.device_get(best))

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -99,16 +100,35 @@ def test_kill_and_resume_matches_uninterrupted(smoke_run, tmp_path):
             raise Interrupt
 
     run = tmp_path / "run"
+    start = time.monotonic()
     with pytest.raises(Interrupt):
         train_lib.train_and_evaluate(smoke_config(), run, hooks=[interrupt_at_5])
+    first_call = time.monotonic() - start
     ckpt = RunCheckpoints(run)
     assert ckpt.latest.latest_step() == 3
+    at_3 = ckpt.restore_meta("latest")[0]["train_seconds"]
     ckpt.close()
-    train_lib.train_and_evaluate(smoke_config(), run)
+    assert 0 < at_3 <= first_call  # the checkpoint's training time was spent inside the first call
+    start = time.monotonic()
+    result = train_lib.train_and_evaluate(smoke_config(), run)
+    second_call = time.monotonic() - start
     resumed, step = latest_params(run)
     assert step == 6
     # Bitwise on CPU: same data order (loader state restored), same deterministic XLA computation.
     jax.tree_util.tree_map(np.testing.assert_array_equal, resumed, reference)
+    # The run's training time adds the resumed call's to the checkpoint's (the work after step 3 that the
+    # interruption lost is not counted: it was redone)
+    assert result["resumed_train_seconds"] == at_3
+    assert at_3 < result["train_seconds"] <= at_3 + second_call
+    ckpt = RunCheckpoints(run)
+    at_6 = ckpt.restore_meta("latest")[0]["train_seconds"]
+    ckpt.close()
+    assert at_3 < at_6 <= result["train_seconds"]
+    from experiments.benchmarks import paper_run_report  # the report reads the same record
+
+    assert paper_run_report.checkpoint_train_seconds(run) == at_6
+    again = train_lib.train_and_evaluate(smoke_config(), run)  # finished: re-scored, nothing trained
+    assert again["train_seconds"] == again["resumed_train_seconds"] == at_6
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):

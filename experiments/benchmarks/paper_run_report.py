@@ -49,6 +49,26 @@ def _latest_checkpoint_step(workdir: pathlib.Path) -> int:
     return max(steps, default=0)
 
 
+def checkpoint_train_seconds(workdir: str | pathlib.Path) -> float | None:
+    """Training wall seconds that the newest ``latest`` checkpoint records (summed over the calls that resumed
+    the run); None when there is no checkpoint, it cannot be read, or it predates the record."""
+    from seqcsist_jax.checkpointing import RunCheckpoints
+
+    workdir = pathlib.Path(workdir)
+    if not _latest_checkpoint_step(workdir):
+        return None
+    try:
+        checkpoints = RunCheckpoints(workdir)
+        try:
+            meta, _ = checkpoints.restore_meta("latest")
+        finally:
+            checkpoints.close()
+    except Exception:  # noqa: BLE001 - a report of what can be read; the other numbers do not need it
+        return None
+    value = meta.get("train_seconds") if isinstance(meta, dict) else None
+    return float(value) if value is not None else None
+
+
 def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
     """The numbers of a run directory (see the module docstring).
 
@@ -58,7 +78,7 @@ def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
     ``step`` it scored, or None),
     ``steps_per_second`` (median of the logged rates, leaving out the first record and each record that
     follows an evaluation; the median discounts the one slow record after a resume) and
-    ``trajectories_per_second``.
+    ``trajectories_per_second`` and ``train_seconds`` (:func:`checkpoint_train_seconds`).
     """
     workdir = pathlib.Path(workdir)
     if not workdir_lib.config_path(workdir).exists():
@@ -116,6 +136,7 @@ def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
         "test": {"step": test.get("step"), **scaled(test)} if test else None,
         "steps_per_second": sps,
         "trajectories_per_second": sps * global_batch if sps and global_batch > 0 else None,
+        "train_seconds": checkpoint_train_seconds(workdir),
     }
 
 
@@ -189,10 +210,13 @@ def main() -> None:
     parser.add_argument("--output", required=True, help="path prefix of the .md, .json and .png written")
     parser.add_argument("--hardware", required=True, help="where it trained, e.g. 'NVIDIA H200'")
     parser.add_argument("--command", default="bash experiments/benchmarks/run_paper_gpu.sh WORKDIR")
-    parser.add_argument("--wall_s", type=float, default=None, help="wall time of the training so far")
+    parser.add_argument("--wall_s", type=float, default=None,
+                        help="wall time of the training so far (default: what the latest checkpoint records)")
     parser.add_argument("--note", default="", help="closing paragraph of the report")
     args = parser.parse_args()
     summary = summarize_run(args.workdir)
+    if args.wall_s is None:
+        args.wall_s = summary["train_seconds"]
     out = pathlib.Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out.with_suffix(".json"), {**summary, "hardware": args.hardware, "command": args.command,
