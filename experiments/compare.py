@@ -64,6 +64,7 @@ from absl import flags
 from experiments import cli
 from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json
 from seqcsist_jax.methods import CSIST100K_METHODS, METHOD_TABLE  # cheap: the table imports no method module
+from seqcsist_jax.workdir import latest_checkpoint_step
 
 # Every SeqCSIST method (Table 7's 23 rows + FISTA), in the table's order.
 DEFAULT_METHODS = tuple(m for m in METHOD_TABLE if m not in CSIST100K_METHODS)
@@ -474,17 +475,10 @@ def failed_row(name: str, error: BaseException) -> dict:
     }  # fmt: skip
 
 
-def checkpoint_step(workdir: pathlib.Path) -> int | None:
-    """The newest step under ``workdir/checkpoints/latest`` (None when the row has no checkpoint yet)."""
-    latest = workdir / "checkpoints" / "latest"
-    steps = [int(p.name) for p in latest.glob("*") if p.name.isdigit()] if latest.is_dir() else []
-    return max(steps) if steps else None
-
-
 def unfinished_row(name: str, workdir: pathlib.Path, stopped: bool) -> dict:
     """The row of a method that a stop request left unfinished (``stopped`` while it ran, or not started): metrics
     NaN, and in ``unfinished`` what a rerun of the command does with it."""
-    step = checkpoint_step(workdir)
+    step = latest_checkpoint_step(workdir)
     status = "stopped" if stopped else "not started"
     status += f"; resumes from step {step}" if step is not None else ("; starts over" if stopped else "")
     return {
@@ -1009,7 +1003,7 @@ def _report_stop(signum: int, args: argparse.Namespace, workdir: pathlib.Path, s
         written = f"; the table could not be written ({type(e).__name__}: {e})"
 
     def steps(n: str) -> str:
-        step = checkpoint_step(workdir / n)
+        step = latest_checkpoint_step(workdir / n)
         return f"{n} (step {step})" if step is not None else n
 
     parts = [f"{len(done)} of {len(args.methods)} rows finished"]

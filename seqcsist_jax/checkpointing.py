@@ -10,8 +10,9 @@ Layout under ``{workdir}/checkpoints/``::
 
 ``state`` is the train-state pytree (params, optimiser state, step, RNG), ``loader`` the input pipeline's
 position (so a resumed run sees exactly the batches an uninterrupted run would have seen) and ``meta`` a JSON
-dict with the resolved config, SHA-256 checksums of the saved params and optimiser state (verified on restore)
-and, for ``best``, the validation metrics.
+dict with the resolved config, SHA-256 checksums of the saved params and optimiser state (verified on restore),
+the training wall time that produced the state (``train_seconds``, summed over resumed calls) and, for
+``best``, the validation metrics.
 
 Commit order at an evaluation step N (each write is atomic: orbax renames a finished temporary folder, the
 journal is written with :mod:`seqcsist_jax.fileio`)::

@@ -30,6 +30,15 @@ def config_path(workdir: str | pathlib.Path) -> pathlib.Path:
     return pathlib.Path(workdir) / CONFIG_FILE
 
 
+def latest_checkpoint_step(workdir: str | pathlib.Path) -> int | None:
+    """The newest step folder under ``workdir/checkpoints/latest`` (None when there is none), read from the
+    folder names only (no checkpoint is opened: a folder of a killed save is ``<step>.orbax-checkpoint-tmp-*``
+    and does not count)."""
+    latest = pathlib.Path(workdir) / "checkpoints" / "latest"
+    steps = [int(p.name) for p in latest.glob("*") if p.name.isdigit()] if latest.is_dir() else []
+    return max(steps) if steps else None
+
+
 def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     """The resolved config a run saved in its workdir.
 

@@ -89,3 +89,16 @@ def test_run_config_differences_ignores_restart_safe_fields(tmp_path):
     changed.num_train_steps = config.num_train_steps + 1
     assert run_config_differences(tmp_path, changed) == [
         f"num_train_steps: {config.num_train_steps} → {config.num_train_steps + 1}"]
+
+
+def test_latest_checkpoint_step_reads_step_folders_only(tmp_path):
+    from seqcsist_jax.workdir import latest_checkpoint_step
+
+    assert latest_checkpoint_step(tmp_path) is None  # no checkpoints folder
+    latest = tmp_path / "checkpoints" / "latest"
+    latest.mkdir(parents=True)
+    assert latest_checkpoint_step(tmp_path) is None
+    for name in ("300", "1200", "90", "1500.orbax-checkpoint-tmp-1234"):  # the last one: a killed save
+        (latest / name).mkdir()
+    (tmp_path / "checkpoints" / "best" / "5000").mkdir(parents=True)  # not a latest step
+    assert latest_checkpoint_step(tmp_path) == 1200  # numeric, not lexicographic order

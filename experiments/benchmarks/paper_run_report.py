@@ -44,18 +44,13 @@ def protocol_differences(workdir: str | pathlib.Path) -> list[str]:
     return [d for d in diffs if d.split(":")[0] not in CADENCE_FIELDS]
 
 
-def _latest_checkpoint_step(workdir: pathlib.Path) -> int:
-    steps = [int(p.name) for p in (workdir / "checkpoints" / "latest").glob("*") if p.name.isdigit()]
-    return max(steps, default=0)
-
-
 def checkpoint_train_seconds(workdir: str | pathlib.Path) -> float | None:
     """Training wall seconds that the newest ``latest`` checkpoint records (summed over the calls that resumed
     the run); None when there is no checkpoint, it cannot be read, or it predates the record."""
     from seqcsist_jax.checkpointing import RunCheckpoints
 
     workdir = pathlib.Path(workdir)
-    if not _latest_checkpoint_step(workdir):
+    if workdir_lib.latest_checkpoint_step(workdir) is None:
         return None
     try:
         checkpoints = RunCheckpoints(workdir)
@@ -129,7 +124,7 @@ def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
         "global_batch": global_batch,
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
-        "steps_done": max(train[-1]["step"] if train else 0, _latest_checkpoint_step(workdir)),
+        "steps_done": max(train[-1]["step"] if train else 0, workdir_lib.latest_checkpoint_step(workdir) or 0),
         "protocol_differences": protocol_differences(workdir),
         "validation": validation,
         "best_step": best_step,
