@@ -532,7 +532,9 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
-def settings_text(settings: dict) -> str:
+def settings_text(settings: dict, rows: Sequence[dict] = ()) -> str:
+    """The table's settings sentence; ``rows`` give the learning rates the configs used when no
+    ``--learning_rate`` overrides them."""
     if settings.get("paper_scale"):
         budget = "each config's own schedule (paper scale: 100 epochs, SRCNN 200)"
     elif settings.get("budget_steps"):
@@ -540,7 +542,11 @@ def settings_text(settings: dict) -> str:
     else:
         budget = f"{settings['budget_epochs']} epochs for every learned method"
     lr = settings.get("learning_rate")
-    lr_text = f"learning rate {lr:g} for every method" if lr is not None else "each config's learning rate (1e-4)"
+    if lr is not None:
+        lr_text = f"learning rate {lr:g} for every method"
+    else:
+        used = sorted({float(r["learning_rate"]) for r in rows if r.get("learning_rate")})
+        lr_text = "each config's learning rate" + (f" ({', '.join(f'{x:g}' for x in used)})" if used else "")
     evals = settings.get("evals")
     subset = settings.get("max_eval_trajectories")
     eval_text = (
@@ -588,7 +594,7 @@ def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
     lines = [
         "## Comparison on this pipeline",
         "",
-        f"Trained and scored here: {settings_text(settings)}. Test split, {_protocol_text(settings)}. "
+        f"Trained and scored here: {settings_text(settings, rows)}. Test split, {_protocol_text(settings)}. "
         "Classical methods are not trained. "
         f"FPS: predicted frames (output maps) per second of the jitted inference on this machine ({machine['device']}, "
         f"{machine['cpu_count']} CPU cores, backend {machine['backend']}); FLOPs per "

@@ -30,25 +30,36 @@ def _commit() -> str:
 
 def main(argv: list[str] | None = None) -> pathlib.Path:
     """Exports the weights (see the module docstring); returns the ``.npz`` path written."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--name", required=True)
+    parser = argparse.ArgumentParser(prog="python -m experiments.export_weights",
+                                     description=__doc__.split("\n")[0].replace("``", "`"))
+    parser.add_argument("--workdir", required=True, help="a finished training run's directory")
+    parser.add_argument("--name", required=True, help="the weights' name (NAME.npz and NAME.json)")
     parser.add_argument("--command", required=True, help="the command that trained the run")
     parser.add_argument("--wall_time_s", type=float, default=None,
                         help="training wall time (default: what the run recorded in result.json)")
     parser.add_argument("--hardware", default=None, help="where it trained (default: this machine)")
-    parser.add_argument("--checkpoint", default="best")
+    parser.add_argument("--checkpoint", default="best", help="best, latest or a step number (default: best)")
     parser.add_argument("--commit", default=None, help="commit the run was trained at (default: HEAD)")
-    parser.add_argument("--note", default="")
+    parser.add_argument("--note", default="", help="a free-text note for the model card")
     parser.add_argument("--weights_dir", default=None, help="where to write (default: seqcsist_jax/weights)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing weights of the same name")
     args = parser.parse_args(argv)
+    workdir = pathlib.Path(args.workdir)
+    if not (workdir / "config.json").exists():
+        parser.error(f"--workdir={workdir}: no config.json there; expected a training run's directory "
+                     "(python -m experiments.train --workdir=...)")
+    from seqcsist_jax.pretrained import WEIGHTS_DIR
+
+    target = pathlib.Path(args.weights_dir or WEIGHTS_DIR) / f"{args.name}.npz"
+    if target.exists() and not args.overwrite:
+        parser.error(f"--name={args.name}: {target} exists already; pass --overwrite to replace it, or choose "
+                     "another name")
 
     import jax
 
     from seqcsist_jax import pretrained
     from seqcsist_jax.predictor import restore_run
 
-    workdir = pathlib.Path(args.workdir)
     config, predictor, params, step = restore_run(str(workdir), args.checkpoint)
     result = json.loads((workdir / "result.json").read_text()) if (workdir / "result.json").exists() else {}
     evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -71,7 +82,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         "validation_curve": curve,
         "wall_time_s": args.wall_time_s if args.wall_time_s is not None else result.get("train_seconds"),
         "hardware": args.hardware or (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-                                      f"{jax.default_backend()} backend (machine shared with other jobs)"),
+                                      f"{jax.default_backend()} backend (the machine that exported the weights)"),
         "note": args.note,
     }
     path = pretrained.save_pretrained(args.name, jax.device_get(params), config, card, q=predictor.q,

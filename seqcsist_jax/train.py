@@ -305,7 +305,7 @@ class Trainer:
 
     def meta(self) -> dict:
         return {"config": self.config.to_dict(), "steps_per_epoch": self.steps_per_epoch,
-                "train_seconds": self.train_seconds()}
+                "global_batch": self.global_batch, "train_seconds": self.train_seconds()}
 
     def train_seconds(self) -> float:
         """Wall seconds of training (compilation, steps, validation, checkpoints) that produced the current

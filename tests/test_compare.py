@@ -247,3 +247,9 @@ def test_ctrl_c_in_a_jobs_run_is_one_message_and_exit_130(tmp_path, monkeypatch,
     assert "run the same command again to continue" in capsys.readouterr().err
     assert "4 s" in compare.settings_text({"jobs": 2, "seconds_this_call": 4.2, "budget_steps": 1})
     assert "55 min" in compare.settings_text({"jobs": 2, "seconds_this_call": 3323.0, "budget_steps": 1})
+
+
+def test_settings_text_names_the_learning_rates_the_configs_used():
+    rows = [{"learning_rate": 1e-3}, {"learning_rate": None}, {"learning_rate": 1e-3}, {"learning_rate": 1e-4}]
+    assert "each config's learning rate (0.0001, 0.001)" in compare.settings_text({"budget_steps": 1}, rows)
+    assert "learning rate 0.01 for every method" in compare.settings_text({"budget_steps": 1, "learning_rate": 1e-2})

@@ -74,9 +74,10 @@ def test_main_writes_markdown_json_and_figure(tmp_path, monkeypatch):
     run = _write_run(tmp_path / "run")
     out = tmp_path / "out" / "report"
     monkeypatch.setattr(sys, "argv", ["paper_run_report", f"--workdir={run}", f"--output={out}",
-                                      "--hardware=test machine", "--wall_s=5"])
+                                      "--hardware=test machine", "--wall_s=5", "--command=the launch command"])
     paper_run_report.main()
     assert json.loads(out.with_suffix(".json").read_text())["hardware"] == "test machine"
+    assert "Command: `the launch command`" in out.with_suffix(".md").read_text()
     assert "DeRefNet, paper protocol" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 0
 

@@ -112,7 +112,7 @@ def test_evaluate_unknown_pretrained_is_one_clear_line():
     assert "not published yet" in lines[0] and "derefnet_quick" in lines[0]
 
 
-def test_export_weights_writes_the_best_checkpoint_and_a_card_with_the_runs_wall_time(tmp_path):
+def test_export_weights_writes_the_best_checkpoint_and_a_card_with_the_runs_wall_time(tmp_path, capsys):
     """``experiments.export_weights`` on a finished smoke run: the shipped params are the best checkpoint's, the
     card's wall time defaults to the training time the run recorded, and ``--hardware`` names where it trained
     (the export may run elsewhere)."""
@@ -135,3 +135,14 @@ def test_export_weights_writes_the_best_checkpoint_and_a_card_with_the_runs_wall
     _, params = pretrained.load_pretrained("tiny", weights_dir=tmp_path / "weights")
     _, _, best, _ = restore_run(str(run), "best")
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, jax.device_get(best))
+    # an existing name is kept unless asked, and a directory that is no run is one clear line
+    for argv, expected in (([f"--workdir={run}", "--name=tiny"], "exists already; pass --overwrite"),
+                           ([f"--workdir={tmp_path / 'nope'}", "--name=other"], "no config.json there")):
+        with pytest.raises(SystemExit) as stop:
+            export_weights.main([*argv, "--command=x", f"--weights_dir={tmp_path / 'weights'}"])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err
+    assert export_weights.main([f"--workdir={run}", "--name=tiny", "--command=again", "--overwrite",
+                                f"--weights_dir={tmp_path / 'weights'}"]) == path
+    assert pretrained.load_card("tiny", weights_dir=tmp_path / "weights")["trained_with"] == "again"

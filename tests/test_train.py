@@ -127,6 +127,8 @@ def test_kill_and_resume_matches_uninterrupted(smoke_run, tmp_path):
     from experiments.benchmarks import paper_run_report  # the report reads the same record
 
     assert paper_run_report.checkpoint_train_seconds(run) == at_6
+    # global_batch_size -1 (from the devices) is resolved from what the checkpoint recorded: 1 per CPU device
+    assert paper_run_report.summarize_run(run)["global_batch"] == jax.device_count()
     again = train_lib.train_and_evaluate(smoke_config(), run)  # finished: re-scored, nothing trained
     assert again["train_seconds"] == again["resumed_train_seconds"] == at_6
 

@@ -2,8 +2,8 @@
 next to the paper's DeRefNet row, as Markdown + JSON + a figure.
 
     python -m experiments.benchmarks.paper_run_report --workdir=WORKDIR \
-        --output=experiments/benchmarks/results/paper_run_h200 --hardware="NVIDIA H200" [--wall_s=1445] \
-        [--command="how the run was launched"] [--note="the closing paragraph"]
+        --output=experiments/benchmarks/results/paper_run_h200 --hardware="NVIDIA H200" \
+        --command="bash experiments/benchmarks/run_paper_gpu.sh WORKDIR" [--wall_s=1445] [--note="..."]
 
 It reads only the run directory: ``config.json``, ``metrics.jsonl`` (training records with ``steps_per_second``
 and the periodic validation records), ``checkpoints/evals.json`` (the best step) and ``eval/test/metrics.json``
@@ -44,14 +44,13 @@ def protocol_differences(workdir: str | pathlib.Path) -> list[str]:
     return [d for d in diffs if d.split(":")[0] not in CADENCE_FIELDS]
 
 
-def checkpoint_train_seconds(workdir: str | pathlib.Path) -> float | None:
-    """Training wall seconds that the newest ``latest`` checkpoint records (summed over the calls that resumed
-    the run); None when there is no checkpoint, it cannot be read, or it predates the record."""
+def latest_checkpoint_meta(workdir: str | pathlib.Path) -> dict:
+    """The ``meta`` of the newest ``latest`` checkpoint (empty when there is none or it cannot be read)."""
     from seqcsist_jax.checkpointing import RunCheckpoints
 
     workdir = pathlib.Path(workdir)
     if workdir_lib.latest_checkpoint_step(workdir) is None:
-        return None
+        return {}
     try:
         checkpoints = RunCheckpoints(workdir)
         try:
@@ -59,8 +58,14 @@ def checkpoint_train_seconds(workdir: str | pathlib.Path) -> float | None:
         finally:
             checkpoints.close()
     except Exception:  # noqa: BLE001 - a report of what can be read; the other numbers do not need it
-        return None
-    value = meta.get("train_seconds") if isinstance(meta, dict) else None
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def checkpoint_train_seconds(workdir: str | pathlib.Path) -> float | None:
+    """Training wall seconds that the newest ``latest`` checkpoint records (summed over the calls that resumed
+    the run); None when there is no checkpoint, it cannot be read, or it predates the record."""
+    value = latest_checkpoint_meta(workdir).get("train_seconds")
     return float(value) if value is not None else None
 
 
@@ -83,7 +88,10 @@ def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
     records = read_metrics(workdir / "metrics.jsonl")
     train = sorted((r for r in records if r.get("split") == "train"), key=lambda r: r["step"])
     eval_split, test_split = config.dataset.eval_split, config.dataset.test_split
+    meta = latest_checkpoint_meta(workdir)
     global_batch = int(config.global_batch_size)
+    if global_batch <= 0:  # derived from the devices at run time (-1): the checkpoint records what it was
+        global_batch = int(meta.get("global_batch") or -1)
     # logged epochs are step / steps_per_epoch, so any record gives the rate (global_batch_size may be -1)
     steps_per_epoch = next((r["step"] / r["epoch"] for r in train if r.get("epoch")), None)
     if config.num_train_steps > 0:
@@ -131,7 +139,7 @@ def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
         "test": {"step": test.get("step"), **scaled(test)} if test else None,
         "steps_per_second": sps,
         "trajectories_per_second": sps * global_batch if sps and global_batch > 0 else None,
-        "train_seconds": checkpoint_train_seconds(workdir),
+        "train_seconds": float(meta["train_seconds"]) if meta.get("train_seconds") is not None else None,
     }
 
 
@@ -162,7 +170,7 @@ def report_markdown(summary: dict[str, Any], hardware: str, command: str, wall_s
     lines += [f"Hardware: {hardware}. Command: `{command}`. Run {status} ({progress}"
               + (f", {wall_s:.0f} s of wall time" if wall_s else "")
               + f"); {s['num_train'] if s['num_train'] is not None else '?'} training trajectories, "
-              f"global batch {s['global_batch']}.", ""]
+              f"global batch {s['global_batch'] if s['global_batch'] > 0 else '?'}.", ""]
     if s["trajectories_per_second"]:
         rate = s["trajectories_per_second"]
         line = (f"Training throughput (median of the logged rates, compilation and evaluations excluded): "
@@ -204,7 +212,7 @@ def main() -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--output", required=True, help="path prefix of the .md, .json and .png written")
     parser.add_argument("--hardware", required=True, help="where it trained, e.g. 'NVIDIA H200'")
-    parser.add_argument("--command", default="bash experiments/benchmarks/run_paper_gpu.sh WORKDIR")
+    parser.add_argument("--command", required=True, help="how the run was launched, as the report states it")
     parser.add_argument("--wall_s", type=float, default=None,
                         help="wall time of the training so far (default: what the latest checkpoint records)")
     parser.add_argument("--note", default="", help="closing paragraph of the report")
