@@ -600,8 +600,9 @@ def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
         f"{machine['cpu_count']} CPU cores, backend {machine['backend']}); FLOPs per "
         f"{'20 images' if is_single_image(settings.get('dataset')) else '20-frame trajectory'} "
         "(XLA cost analysis; ISTA/FISTA analytic from the mean iteration count); min: wall minutes of the row's "
-        "training (summed over the calls that resumed it) and evaluation. Rows `method (variant)` run the public code's behaviour where it differs from our "
-        "default; the paper column repeats the method's published number.",
+        "training (summed over the calls that resumed it) and evaluation. Rows `method (variant)` run the public "
+        "code's behaviour where it differs from our default; the paper column repeats the method's published "
+        "number.",
         "",
         "| method | params | FLOPs / traj | FPS | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | steps | min | paper CSO-mAP |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
