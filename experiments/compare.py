@@ -1003,19 +1003,16 @@ def _report_stop(signum: int, args: argparse.Namespace, workdir: pathlib.Path, s
     stopped = [n for n in args.methods if n not in done and n in running]
     waiting = [n for n in args.methods if n not in done and n not in running]
     rows = [done.get(n) or unfinished_row(n, workdir / n, stopped=n in stopped) for n in args.methods]
+    step = {r["method"]: r["steps"] for r in rows if r.get("unfinished")}
     try:
         write_outputs(rows, settings, prefix)
         written = f"; the table so far is in {prefix.with_name(prefix.name + '.md')}"
     except Exception as e:  # noqa: BLE001 - e.g. a full disk: the stop itself is what must be reported
         written = f"; the table could not be written ({type(e).__name__}: {e})"
 
-    def steps(n: str) -> str:
-        step = latest_checkpoint_step(workdir / n)
-        return f"{n} (step {step})" if step is not None else n
-
     parts = [f"{len(done)} of {len(args.methods)} rows finished"]
     if stopped:
-        parts.append("stopped: " + ", ".join(steps(n) for n in stopped))
+        parts.append("stopped: " + ", ".join(n if step[n] is None else f"{n} (step {step[n]})" for n in stopped))
     if waiting:
         parts.append("not started: " + ", ".join(waiting))
     print(f"interrupted by {signal.Signals(signum).name} ({'; '.join(parts)}){written}. A training run saves a "

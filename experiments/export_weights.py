@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     parser.add_argument("--overwrite", action="store_true", help="replace existing weights of the same name")
     args = parser.parse_args(argv)
     workdir = pathlib.Path(args.workdir)
-    if not (workdir / "config.json").exists():
+    from seqcsist_jax.workdir import config_path
+
+    if not config_path(workdir).exists():
         parser.error(f"--workdir={workdir}: no config.json there; expected a training run's directory "
                      "(python -m experiments.train --workdir=...)")
     from seqcsist_jax.pretrained import WEIGHTS_DIR

@@ -467,9 +467,8 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
     writer = MetricWriter(workdir)
     state, step = trainer.restore_or_init()
     num_steps = trainer.num_steps
-    resumed_seconds = trainer.resumed_train_seconds
+    start_step, resumed_seconds = step, trainer.resumed_train_seconds
     if step >= num_steps:
-        trainer._clock_start = None  # nothing is trained in this call: the run's time is the checkpoint's
         best = trainer.checkpoints.best_metrics() or {}
         _say(f"this run already finished ({step} of {num_steps} steps, best validation CSO-mAP "
              f"{100 * float(best.get('mAP', float('nan'))):.2f}); re-scoring its best checkpoint on the "
@@ -569,9 +568,10 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
             progress.close()
         writer.close()
 
-    # train_seconds: the whole run's training wall time across resumed calls; resumed_train_seconds: the part
-    # done by earlier calls (a caller timing this call adds it to get the run's total)
-    result = {"step": step, "best": trainer.checkpoints.best_metrics(), "train_seconds": trainer.train_seconds(),
+    # train_seconds: the whole run's training wall time across resumed calls (a call that trained nothing adds
+    # nothing); resumed_train_seconds: the part done by earlier calls (a caller timing this call adds it)
+    result = {"step": step, "best": trainer.checkpoints.best_metrics(),
+              "train_seconds": trainer.train_seconds() if step > start_step else resumed_seconds,
               "resumed_train_seconds": resumed_seconds}
     result["test"] = _final_test(trainer, state)
     result["eval_dir"] = str(eval_dir(workdir, config.dataset.test_split, config.eval.get("decode", "grid") or "grid"))

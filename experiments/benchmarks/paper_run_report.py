@@ -65,7 +65,11 @@ def latest_checkpoint_meta(workdir: str | pathlib.Path) -> dict:
 def checkpoint_train_seconds(workdir: str | pathlib.Path) -> float | None:
     """Training wall seconds that the newest ``latest`` checkpoint records (summed over the calls that resumed
     the run); None when there is no checkpoint, it cannot be read, or it predates the record."""
-    value = latest_checkpoint_meta(workdir).get("train_seconds")
+    return _train_seconds(latest_checkpoint_meta(workdir))
+
+
+def _train_seconds(meta: dict) -> float | None:
+    value = meta.get("train_seconds")
     return float(value) if value is not None else None
 
 
@@ -139,7 +143,7 @@ def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
         "test": {"step": test.get("step"), **scaled(test)} if test else None,
         "steps_per_second": sps,
         "trajectories_per_second": sps * global_batch if sps and global_batch > 0 else None,
-        "train_seconds": float(meta["train_seconds"]) if meta.get("train_seconds") is not None else None,
+        "train_seconds": _train_seconds(meta),
     }
 
 
