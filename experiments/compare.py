@@ -15,7 +15,7 @@ Flags:
   --dataset           dataset override (``seqcsist/mini``, ``seqcsist/default``, ``simulated``; default: config's)
   --budget_steps N    training steps for every learned method (or --budget_epochs E); equal for all
   --paper_scale       use each config's own schedule (100 epochs, SRCNN 200) instead of a budget
-  --learning_rate     override the configs' learning rate (default: keep 1e-4, the paper's)
+  --learning_rate     override the configs' learning rate (default: each config's own; the caption names them)
   --variant           config variant for every method (``smoke`` in tests; default: the paper's architecture)
   --evals             validation evaluations per run (best checkpoint among them; default 2)
   --max_eval_trajectories  validation subset size (default: the config's)
@@ -26,7 +26,8 @@ Flags:
   --jobs N            rows run at once, each in its own process (default 1). XLA runs a convolution on one CPU
                       core, so two jobs cut the 2-core table from 74 to 55 min; the FPS column is re-measured row by
                       row at the end with nothing else running (compilations come from a cache in WORKDIR);
-                      rows start longest first by the times in the previous table at --output
+                      rows start longest first by the times in the previous table at --output; a worker's
+                      progress lines start with its row's name (``[espcn] step 2: validation …``)
 
 Stopping: Ctrl-C or SIGTERM stops the whole table. A row that is training saves a checkpoint first (with
 ``--jobs``, each worker gets exactly one SIGTERM from the table, or from the kernel on Linux if the table is
@@ -62,7 +63,7 @@ import numpy as np
 from absl import flags
 
 from experiments import cli
-from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json
+from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json, without_non_finite
 from seqcsist_jax.methods import CSIST100K_METHODS, METHOD_TABLE  # cheap: the table imports no method module
 from seqcsist_jax.workdir import latest_checkpoint_step
 
@@ -433,6 +434,7 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
         "weight_decay": float(config.optimizer.weight_decay) if trainable else None,
         "seconds": seconds,
         "num_test_trajectories": int(test.get("num_trajectories", 0)),
+        "dataset": str(config.dataset.name),
         # the published table is SeqCSIST's: no paper column for single-image datasets
         "paper": None if is_single_image(config.dataset.name) else _paper_row(name),
         **{k: float(test[k]) for k in ("psnr", "ssim") if test.get(k) is not None},
@@ -555,7 +557,14 @@ def settings_text(settings: dict, rows: Sequence[dict] = ()) -> str:
     )
     if settings.get("lr_schedule"):
         lr_text += f" ({settings['lr_schedule']} schedule)"
-    text = f"dataset `{settings.get('dataset') or 'config default'}`; budget: {budget}; {lr_text}{eval_text}"
+    if settings.get("dataset"):
+        dataset_text = f"dataset `{settings['dataset']}`"
+    else:
+        defaults = sorted({str(r["dataset"]) for r in rows if r.get("dataset")})
+        dataset_text = "each config's own dataset" + (f" ({', '.join(f'`{d}`' for d in defaults)})" if defaults else "")
+    if settings.get("variant"):
+        dataset_text += f"; config variant `{settings['variant']}` for every method"
+    text = f"{dataset_text}; budget: {budget}; {lr_text}{eval_text}"
     if settings.get("overrides"):
         text += "; overrides " + ", ".join(f"`{o}`" for o in settings["overrides"])
     if settings.get("method_steps"):
@@ -572,6 +581,10 @@ def settings_text(settings: dict, rows: Sequence[dict] = ()) -> str:
         text += "; FPS timed row by row after every row had finished, nothing else running"
     elif settings.get("seconds_all_methods"):
         text += f"; wall time of all runs {_fmt_duration(settings['seconds_all_methods'])}"
+        this_call = settings.get("seconds_this_call")
+        if this_call and abs(this_call - settings["seconds_all_methods"]) > max(60.0, 0.1 * this_call):
+            # rows reused or resumed from earlier calls count their earlier time; say what this call took
+            text += f" (counting earlier calls' training and reused rows; this call {_fmt_duration(this_call)})"
     return text
 
 
@@ -700,7 +713,8 @@ def write_outputs(rows: Sequence[dict], settings: dict, prefix: pathlib.Path) ->
     public_rows = [{k: v for k, v in r.items() if k != "config"} for r in rows]
     data = {"settings": settings, "machine": machine, "rows": public_rows,
             "paper_source": "SeqCSIST paper comparison table (SPEC §7), full-scale training on the public data"}
-    atomic_write(paths["json"], json.dumps(data, indent=2, default=float))
+    # Unfinished and failed rows have no metrics: ``null`` there, not ``NaN``, so strict JSON readers load it.
+    atomic_write(paths["json"], json.dumps(without_non_finite(data), indent=2, default=float, allow_nan=False))
     plot_comparison(rows, paths["png"])
     return paths
 
@@ -796,7 +810,7 @@ def _stop_workers(workers: Sequence) -> None:
         return
     from seqcsist_jax.train import REPEAT_SIGNAL_GRACE_SECONDS
 
-    print(f"stopping {len(alive)} running row(s): each saves a checkpoint first (Ctrl-C again, "
+    print(f"stopping {len(alive)} running row(s): a training row saves a checkpoint first (Ctrl-C again, "
           f"{REPEAT_SIGNAL_GRACE_SECONDS:g} s or more after the first, kills them at once)", file=sys.stderr,
           flush=True)
     for worker in alive:
@@ -819,7 +833,10 @@ def _row_in_process(name: str, args: argparse.Namespace, workdir: str, parent_pi
     from seqcsist_jax.checkpointing import fault_point
 
     _worker_setup(parent_pid)
-    _logging_in_worker()
+    _logging_in_worker(name)
+    from seqcsist_jax import train as train_lib
+
+    train_lib.MESSAGE_PREFIX = f"[{name}] "  # this process runs this one row
     path = pathlib.Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
     enable_compile_cache(path.parent)
@@ -937,10 +954,12 @@ def measure_row_fps(name: str, args: argparse.Namespace, workdir: pathlib.Path) 
     return fps
 
 
-def _logging_in_worker() -> None:
+def _logging_in_worker(row: str | None = None) -> None:
     # force: a handler installed while the worker unpickled its arguments (a module logging at import) would
-    # otherwise keep the default "INFO:compare:" format, unlike the serial table's lines
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
+    # otherwise keep the default "INFO:compare:" format, unlike the serial table's lines. The row's name leads
+    # each line: with several workers writing to one terminal, a line must say whose it is.
+    prefix = f"[{row}] " if row else ""
+    logging.basicConfig(level=logging.WARNING, format=prefix.replace("%", "%%") + "%(message)s", force=True)
     for logger in ("compare", "seqcsist_jax"):
         logging.getLogger(logger).setLevel(logging.INFO)
 

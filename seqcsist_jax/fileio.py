@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pathlib
 import threading
@@ -60,3 +61,21 @@ def atomic_write_json(path: PathLike, data: Any, **json_options: Any) -> None:
     """``json.dumps(data, indent=2, default=float)`` written atomically; ``json_options`` override those."""
     options = {"indent": 2, "default": float, **json_options}
     atomic_write(path, json.dumps(data, **options) + "\n")
+
+
+def without_non_finite(data: Any) -> Any:
+    """``data`` with every NaN or infinite float (in nested dicts, lists and tuples) replaced by ``None``.
+
+    Python's ``json`` writes those floats as the bare words ``NaN``/``Infinity``, which are not JSON: strict
+    readers (``jq``, JavaScript, most other languages) reject the whole file. Tables meant for other programs
+    go through here and then ``json.dumps(..., allow_nan=False)``.
+    """
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: without_non_finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [without_non_finite(v) for v in data]
+    if hasattr(data, "dtype") and getattr(data, "shape", None) == ():  # numpy/JAX scalars
+        return without_non_finite(data.item())
+    return data

@@ -485,7 +485,7 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
     if config.progress_bar and jax.process_index() == 0:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=num_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        progress = tqdm(total=num_steps, initial=step, desc=MESSAGE_PREFIX + "train", unit="step", dynamic_ncols=True)
 
     def check_finite(s: TrainState) -> None:
         bad = int(jax.device_get(s.bad_step))
@@ -617,12 +617,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} minutes"
 
 
+# Leads every progress line and the bar's label. Empty for a run of its own; ``experiments.compare --jobs``
+# sets it to ``"[row] "`` in each worker, so lines from several rows sharing one terminal say whose they are.
+MESSAGE_PREFIX = ""
+
+
 def _say(message: str) -> None:
     """A progress message on process 0 that does not break tqdm's bar."""
     if jax.process_index() == 0:
         from tqdm.auto import tqdm
 
-        tqdm.write(message)
+        tqdm.write(MESSAGE_PREFIX + message)
 
 
 def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -247,9 +247,49 @@ def test_ctrl_c_in_a_jobs_run_is_one_message_and_exit_130(tmp_path, monkeypatch,
     assert "run the same command again to continue" in capsys.readouterr().err
     assert "4 s" in compare.settings_text({"jobs": 2, "seconds_this_call": 4.2, "budget_steps": 1})
     assert "55 min" in compare.settings_text({"jobs": 2, "seconds_this_call": 3323.0, "budget_steps": 1})
+    serial = {"budget_steps": 1, "seconds_all_methods": 3600.0}
+    assert compare.settings_text({**serial, "seconds_this_call": 3590.0}).endswith("wall time of all runs 60 min")
+    text = compare.settings_text({**serial, "seconds_this_call": 30.0})  # rows reused from an earlier call
+    assert text.endswith("wall time of all runs 60 min (counting earlier calls' training and reused rows; "
+                         "this call 30 s)")
 
 
 def test_settings_text_names_the_learning_rates_the_configs_used():
     rows = [{"learning_rate": 1e-3}, {"learning_rate": None}, {"learning_rate": 1e-3}, {"learning_rate": 1e-4}]
     assert "each config's learning rate (0.0001, 0.001)" in compare.settings_text({"budget_steps": 1}, rows)
     assert "learning rate 0.01 for every method" in compare.settings_text({"budget_steps": 1, "learning_rate": 1e-2})
+
+
+def test_settings_text_names_the_datasets_and_the_variant():
+    rows = [{"dataset": "seqcsist/mini"}, {"dataset": "seqcsist/mini"}, {}]
+    text = compare.settings_text({"budget_steps": 1, "variant": "smoke"}, rows)
+    assert text.startswith("each config's own dataset (`seqcsist/mini`); config variant `smoke` for every method;")
+    text = compare.settings_text({"budget_steps": 1, "dataset": "csist100k/mini"}, rows)
+    assert text.startswith("dataset `csist100k/mini`; budget") and "variant" not in text
+
+
+def test_a_workers_log_lines_name_its_row(capsys):
+    import logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in ("compare", "seqcsist_jax")})
+    try:
+        compare._logging_in_worker("lista@public_loss")
+        logging.getLogger("seqcsist_jax.train").info("step %d of 9: 100%% done", 5)
+        compare._logging_in_worker()  # the FPS pass names the row in each message instead
+        logging.getLogger("compare").info("FPS pass [1/2] srcnn")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)
+    assert capsys.readouterr().err.splitlines() == ["[lista@public_loss] step 5 of 9: 100% done", "FPS pass [1/2] srcnn"]
+
+
+def test_a_workers_progress_lines_name_its_row(monkeypatch, capsys):
+    from seqcsist_jax import train as train_lib
+
+    train_lib._say("step 2: validation")
+    monkeypatch.setattr(train_lib, "MESSAGE_PREFIX", "[espcn] ")  # what a --jobs worker sets
+    train_lib._say("step 4: validation")
+    assert capsys.readouterr().out.splitlines() == ["step 2: validation", "[espcn] step 4: validation"]

@@ -30,6 +30,15 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
     assert tmp.parent == path.parent and tmp.name.startswith(".") and tmp.suffix == ".npz"
 
 
+def test_without_non_finite_makes_strict_json():
+    data = {"a": float("nan"), "b": [1.5, float("inf"), (np.float32("nan"), np.float64(2.0))], "c": "NaN", "d": None}
+    clean = fileio.without_non_finite(data)
+    assert clean == {"a": None, "b": [1.5, None, [None, 2.0]], "c": "NaN", "d": None}
+    json.dumps(clean, allow_nan=False)  # raises ValueError if any NaN/inf survived
+    with pytest.raises(ValueError):
+        json.dumps(data, allow_nan=False, default=float)
+
+
 def test_scored_frames_follow_the_protocol():
     assert protocol.scored_frame_range(20) == (2, 17)
     np.testing.assert_array_equal(protocol.scored_frames(20), np.arange(2, 18))
