@@ -205,6 +205,11 @@ def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence
               f"{flags.FLAGS.main_module_help()}")
         sys.exit(0)
 
+    try:  # absl would print "FATAL Flags parsing error" and exit 1; say it in this project's style instead
+        flags.FLAGS(rest)
+    except flags.Error as e:
+        fail(f"{e} (--help lists the flags)")
+
     def absl_main(parsed_argv: list[str]) -> None:
         quiet_libraries()
         try:

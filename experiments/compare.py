@@ -285,6 +285,9 @@ def method_config(name: str, args: argparse.Namespace):
             config.num_train_steps = -1
             config.num_epochs = float(args.budget_epochs)
     config.progress_bar = sys.stderr.isatty()
+    from seqcsist_jax.data.splits import check_dataset_name
+
+    check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))  # a mistyped --dataset fails before any row runs
     return config
 
 

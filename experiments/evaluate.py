@@ -40,7 +40,8 @@ flags.adopt_module_key_flags(cli)  # --help lists --config and the config names
 flags.DEFINE_bool("geometry_prior", None, "Continuous decoders on SeqCSIST data: add the generator's star geometry "
                   "(DecodeOptions.geometry='star', a simulator-specific DECISION; default: config.eval.geometry_prior "
                   "or off).")
-flags.DEFINE_bool("export_public", False, "Also write predictions as public-layout COS{N}.xml annotations.")
+flags.DEFINE_bool("export_public", False, "Also write the predictions in the public release's layout: public/annotation/"
+                  "COS{N}.xml (SeqCSIST) or public/Annotations/CSO{N}.xml (CSIST-100K).")
 flags.DEFINE_bool("calibrate", True, "Continuous decoders: fit the imaging model (PSF σ, offset, gain, background, "
                   "noise) to the training split once, store it as WORKDIR/imaging.json and decode with it "
                   "(--nocalibrate: the nominal SPEC model).")
@@ -153,7 +154,8 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     print(evaluation.table_header(result))
     print(result["table_row"])
     print(json.dumps({k: v for k, v in result.items() if k not in ("table_row",)}, indent=1, default=float))
-    print(f"wrote {result['out_dir']}/ (metrics.json, detections.csv, pr_curves.png, samples.png)")
+    public = ", public/ (predictions in the public release's layout)" if FLAGS.export_public else ""
+    print(f"wrote {result['out_dir']}/ (metrics.json, detections.csv, pr_curves.png, samples.png{public})")
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -42,6 +42,8 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
 
 def run(argv: list[str] | None = None) -> None:
     from seqcsist_jax.checkpointing import CheckpointError, CheckpointWriteError
+    from seqcsist_jax.data.public_format import PublicFormatError
+    from seqcsist_jax.data.splits import UnknownDatasetError
     from seqcsist_jax.metric_writers import MetricsFileError, MetricsWriteError
     from seqcsist_jax.run_lock import WorkdirLockedError
     from seqcsist_jax.train import OptimizerConfigError, TrainingInterrupted
@@ -49,7 +51,7 @@ def run(argv: list[str] | None = None) -> None:
 
     cli.run(main, argv, expected=(ConfigMismatchError, FileNotFoundError, WorkdirLockedError, CheckpointError,
                                   CheckpointWriteError, MetricsFileError, MetricsWriteError, TrainingInterrupted,
-                                  OptimizerConfigError))
+                                  OptimizerConfigError, PublicFormatError, UnknownDatasetError))
 
 
 if __name__ == "__main__":

@@ -269,16 +269,19 @@ def export_public_predictions(
     frame_numbers: np.ndarray,
     scored: Sequence[int],
     size: int = 11,
+    layout: Any = None,
 ) -> int:
-    """Writes predictions as public-layout annotations ``{directory}/annotation/COS{N}.xml`` (SPEC §3).
+    """Writes predictions as public-layout annotations ``{directory}/annotation/COS{N}.xml`` (SPEC §3), or with
+    ``layout=CSIST100K_LAYOUT`` as CSIST-100K's ``{directory}/Annotations/CSO{N}.xml`` (SPEC §9).
 
     One file per scored frame, one ``<object>`` per detection with its ``(xc, yc, brightness)``; ``N`` is the
     frame's number in the source data (``frame_numbers (N_traj, T)``), so the files line up with the public
     release's images. Detections outside the image are clipped to its border. Returns the number of files.
     """
-    from seqcsist_jax.data.public_format import annotation_xml
+    from seqcsist_jax.data.public_format import SEQCSIST_LAYOUT, annotation_xml
 
-    out = pathlib.Path(directory) / "annotation"
+    layout = SEQCSIST_LAYOUT if layout is None else layout
+    out = pathlib.Path(directory) / layout.annotation_dir
     out.mkdir(parents=True, exist_ok=True)
     written = 0
     for traj, numbers in zip(detections, np.asarray(frame_numbers)):
@@ -286,7 +289,8 @@ def export_public_predictions(
             dets = np.asarray(traj[k], np.float64).reshape(-1, 4)[:, :3].copy()
             dets[:, :2] = np.clip(dets[:, :2], -0.5, size - 0.5)
             number = int(numbers[frame])
-            atomic_write(out / f"COS{number}.xml", annotation_xml(number, dets, size=size), fsync=False)
+            atomic_write(out / f"{layout.annotation_prefix}{number}.xml",
+                         annotation_xml(number, dets, size=size, layout=layout), fsync=False)
             written += 1
     return written
 
@@ -338,7 +342,8 @@ def evaluate_run(
       name: the method's label in the table row.
       decode: ``grid`` (paper protocol) or a continuous decoder (see :mod:`seqcsist_jax.decode`).
       out_dir: where to write ``metrics.json``, ``detections.csv`` and the figures (None: write nothing).
-      export_public: also write the detections as public-layout ``public/annotation/COS{N}.xml``.
+      export_public: also write the detections as public-layout ``public/annotation/COS{N}.xml`` (CSIST-100K
+        images, i.e. one-frame trajectories: ``public/Annotations/CSO{N}.xml``).
       metrics_log: a run's ``metrics.jsonl`` for the loss-curve figure.
       measure_speed: report inference FPS (default: when writing outputs), timed on this pass's full batches
         after the first (:func:`fps_from_batches`).
@@ -397,8 +402,12 @@ def evaluate_run(
             numbers = arrays.get("frame_numbers")
             if numbers is None:  # generated data: number frames consecutively from 0 like the simulator's CLI
                 numbers = np.asarray(ids)[:, None] * t + np.arange(t)
+            from seqcsist_jax.data.public_format import CSIST100K_LAYOUT, SEQCSIST_LAYOUT
+
+            # one-frame trajectories are CSIST-100K images (splits.load_arrays): that release's layout
+            layout = CSIST100K_LAYOUT if t == 1 else SEQCSIST_LAYOUT
             export_public_predictions(out / "public", detections, numbers, range(first, last + 1),
-                                      size=frames.shape[-1])
+                                      size=frames.shape[-1], layout=layout)
         plots.plot_pr_curves(result, out / "pr_curves.png", title=f"{name} — {split} ({decode} decoding)")
         plots.plot_samples(arrays, maps, index, detections, out / "samples.png",
                            num=int(eval_config.get("num_figure_samples", 4)),

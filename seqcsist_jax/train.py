@@ -34,7 +34,7 @@ import optax
 
 from seqcsist_jax import sharding, train_multistep
 from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like, fault_point
-from seqcsist_jax.data.splits import cached_q, load_arrays, subpixel_c
+from seqcsist_jax.data.splits import cached_q, check_dataset_name, load_arrays, subpixel_c
 from seqcsist_jax.run_lock import WorkdirLock
 from seqcsist_jax.fileio import atomic_write_json
 from seqcsist_jax.evaluate import eval_dir
@@ -370,7 +370,9 @@ def train_and_evaluate(
     Raises:
       NonFiniteLossError: a step produced a non-finite loss; the latest good checkpoint is kept.
       ConfigMismatchError: the workdir holds a run of another config (nothing in it is changed).
+      UnknownDatasetError: ``config.dataset.name`` is no known dataset (raised before the workdir is created).
     """
+    check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))
     if config.get("multihost") and not jax.distributed.is_initialized():
         jax.distributed.initialize()
     workdir = pathlib.Path(workdir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import pathlib
@@ -165,9 +166,38 @@ def test_entry_points_help_and_errors(tmp_path):
     assert "holds a run of another config" in other.stderr and "model.name" in other.stderr
     assert (tmp_path / "run" / "config.json").read_text() == before
 
+    no_workdir = _run(["-m", "experiments.train", "--config=dista:smoke"])  # absl's own "FATAL Flags parsing error"
+    (line,) = _error_lines(no_workdir)  # the wording after "error:" is absl's
+    assert no_workdir.returncode == 2 and line.startswith("error: ") and "--workdir" in line
+    assert line.endswith("(--help lists the flags)")
+    bad_enum = _run(["-m", "experiments.evaluate", f"--workdir={tmp_path / 'w'}", "--decode=refin"])
+    (line,) = _error_lines(bad_enum)
+    assert bad_enum.returncode == 2 and line.startswith("error: ") and "--decode=refin" in line
+
+    typo = _run(["-m", "experiments.train", "--config=dista:smoke", f"--workdir={tmp_path / 'typo'}",
+                 "--config.dataset.name=csist10k/mini"])
+    assert typo.returncode == 2 and len(_error_lines(typo)) == 1  # not TFDS's catalogue of every dataset
+    assert "unknown dataset 'csist10k/mini' (did you mean 'csist100k/mini'?)" in typo.stderr
+    assert not (tmp_path / "typo").exists()  # refused before the workdir is created
+
     no_run = _run(["-m", "experiments.evaluate", f"--workdir={tmp_path / 'empty'}"])
     assert no_run.returncode == 2 and len(_error_lines(no_run)) == 1 and "config.json not found" in no_run.stderr
 
     compare_bad = _run(["-m", "experiments.compare", f"--workdir={tmp_path / 'c'}", "--budget_steps=1",
                         "--methods=srcnn", "--config.nope=1"])
     assert compare_bad.returncode != 0 and "unknown config field nope" in compare_bad.stderr
+
+
+@pytest.mark.slow
+def test_train_on_a_damaged_public_release_is_one_line(tmp_path):
+    from tfds_builders.csist100k import csist100k_dataset_builder as cdb
+
+    manual = tmp_path / "data" / "downloads" / "manual" / "csist100k"
+    shutil.copytree(pathlib.Path(cdb.__file__).parent / "dummy_data", manual)
+    bad = manual / "test" / "Annotations" / "CSO2.xml"
+    bad.write_text(bad.read_text().replace("<xc>", "<xc>abc", 1))
+    proc = _run(["-m", "experiments.train", "--config=dista:smoke", f"--workdir={tmp_path / 'run'}",
+                 "--config.dataset.name=csist100k/public", f"--config.dataset.data_dir={tmp_path / 'data'}"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in _error_lines(proc) if line.startswith("error:")]
+    assert len(errors) == 1 and str(bad) in errors[0] and "xc" in errors[0]

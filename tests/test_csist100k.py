@@ -425,6 +425,22 @@ def test_public_config_refuses_more_than_five_targets(tmp_path):
     assert str(bad) in str(err.value)
 
 
+def test_both_releases_side_by_side_in_the_default_manual_dir(tmp_path):
+    """The README puts both releases under one manual_dir; each builder must find its own by the inner folders."""
+    from tfds_builders.seqcsist import seqcsist_dataset_builder as sdb
+
+    manual = tmp_path / "manual"
+    shutil.copytree(pathlib.Path(cdb.__file__).parent / "dummy_data", manual / "csist100k")
+    shutil.copytree(pathlib.Path(sdb.__file__).parent / "dummy_data", manual / "seqcsist")
+    assert sdb._find_public_root(manual).name == "seqcsist"
+    builder = _build("csist100k/public", tmp_path / "data", manual_dir=manual)
+    want = simulate_csist100k(5, split_seed(7, "val"))  # the CSIST-100K dummy data, not SeqCSIST's
+    np.testing.assert_array_equal(_read_split(builder, "validation")["image"], want["image"])
+    shutil.copytree(manual / "csist100k", manual / "csist100k_copy")  # two of the same release: ambiguous
+    with pytest.raises(PublicFormatError, match="found 2 sub-folders with its layout: csist100k, csist100k_copy"):
+        cdb._seqcsist._find_public_root(manual, "CSIST-100K", "", CSIST100K_LAYOUT)
+
+
 def test_public_config_explains_wrong_layout(tmp_path):
     manual = tmp_path / "manual"
     (manual / "something").mkdir(parents=True)

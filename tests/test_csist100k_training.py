@@ -62,6 +62,27 @@ def test_csist100k_tfds_name_loads_with_image_numbers(tmp_path):
     np.testing.assert_array_equal(got["trajectory_id"], np.arange(4))
 
 
+def test_dataset_names_are_checked_before_anything_is_built(tmp_path):
+    for name in ("seqcsist", "seqcsist/mini:1.0.0", "csist100k/public", "csist100k:1.0.0", "simulated",
+                 "simulated_csist100k", "seqcsist/targets_2_8"):
+        splits.check_dataset_name(name, str(tmp_path))
+    with pytest.raises(splits.UnknownDatasetError, match=r"'csist10k/mini' \(did you mean 'csist100k/mini'\?\)"):
+        splits.check_dataset_name("csist10k/mini", str(tmp_path))
+    with pytest.raises(splits.UnknownDatasetError, match="unknown dataset 'mnist'; known: seqcsist/default"):
+        splits.check_dataset_name("mnist", str(tmp_path))
+    with pytest.raises(splits.UnknownDatasetError, match="or a config prepared in"):
+        splits.check_dataset_name("csist100k/tiny", str(tmp_path))
+    (tmp_path / "csist100k" / "tiny" / "1.0.0").mkdir(parents=True)  # a researcher's own prepared config
+    splits.check_dataset_name("csist100k/tiny", str(tmp_path))
+    with pytest.raises(splits.UnknownDatasetError):  # other families are not read, prepared or not
+        (tmp_path / "mnist" / "default").mkdir(parents=True)
+        splits.check_dataset_name("mnist/default", str(tmp_path))
+    config = configs.get_config("dista:smoke")
+    config.dataset.name = "csist100k/minii"
+    with pytest.raises(splits.UnknownDatasetError, match="did you mean 'csist100k/mini'"):
+        splits.load_arrays(config.dataset, "test")
+
+
 def test_set_dataset_switches_the_scoring_protocol():
     config = configs.get_config("srcnn")
     assert (config.eval.threshold, config.eval.scored_margin, config.dataset.c) == (70.0, 2, 3)
@@ -222,8 +243,25 @@ def test_dista_smoke_trains_and_scores_every_image(tmp_path):
 
     _, predictor, params, _ = restore_run(str(tmp_path))
     again = evaluate.evaluate_run(predictor.predict, params, splits.load_arrays(config.dataset, "test"), config.eval,
-                                  frame_index=predictor.method.frame_index, mesh=predictor.mesh)
+                                  frame_index=predictor.method.frame_index, mesh=predictor.mesh,
+                                  out_dir=tmp_path / "again", export_public=True)
     assert again["mAP"] == pytest.approx(test["mAP"]) and again["psnr"] == pytest.approx(test["psnr"])
+    # --export_public writes CSIST-100K's own layout for its images: Annotations/CSO{N}.xml, N the image number
+    from seqcsist_jax.data.public_format import parse_annotation
+
+    public = tmp_path / "again" / "public"
+    assert sorted(p.name for p in public.iterdir()) == ["Annotations"]
+    files = {int(f.stem[3:]): f for f in (public / "Annotations").glob("CSO*.xml")}
+    assert sorted(files) == list(range(config.dataset.num_test))
+    by_image = {}
+    for row in rows[1:]:
+        image, _, x, y, brightness, _ = row.split(",")
+        by_image.setdefault(int(image), []).append((float(x), float(y), float(brightness)))
+    assert "<filename>CSO3</filename>" in files[3].read_text()
+    for n, f in files.items():  # the same detections as detections.csv (clipped to the image)
+        want = np.clip(np.array(by_image.get(n, []), np.float32).reshape(-1, 3), [-0.5, -0.5, -np.inf],
+                       [10.5, 10.5, np.inf])
+        np.testing.assert_allclose(parse_annotation(f).reshape(-1, 3), want, rtol=1e-6, atol=1e-6)
 
 
 def test_compare_runs_a_single_frame_baseline_on_csist100k_images(tmp_path):

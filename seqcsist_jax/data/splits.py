@@ -34,6 +34,51 @@ def dataset_family(name: str) -> str:
     return name.split("/", 1)[0].split(":", 1)[0]
 
 
+class UnknownDatasetError(ValueError):
+    """``config.dataset.name`` names no dataset this project reads."""
+
+
+def known_dataset_names() -> tuple[str, ...]:
+    """Every ``config.dataset.name`` this project reads: ``seqcsist/<config>``, ``csist100k/<config>`` (the TFDS
+    builders' configs) and the in-memory :data:`SIMULATED` datasets."""
+    from tfds_builders.csist100k import csist100k_dataset_builder as csist100k
+    from tfds_builders.seqcsist import seqcsist_dataset_builder as seqcsist
+
+    names = [f"{family}/{c.name}" for family, module in (("seqcsist", seqcsist), ("csist100k", csist100k))
+             for c in module.BUILDER_CONFIGS]
+    return (*names, *SIMULATED)
+
+
+def check_dataset_name(name: str, data_dir: str | None = None) -> None:
+    """Raises :class:`UnknownDatasetError` (one line, with the nearest known name) unless ``name`` is a known
+    dataset: a TFDS name as :func:`known_dataset_names` lists it (a bare family means its ``default`` config;
+    a ``:version`` suffix is allowed), a simulated dataset, or another config of the ``seqcsist``/``csist100k``
+    builders already prepared in ``data_dir`` (default: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``), e.g. a
+    researcher's own size.
+
+    Checked before anything is built or written: TFDS's own error for an unknown name lists every dataset in its
+    catalogue (hundreds of lines) and would leave an empty workdir behind.
+    """
+    import difflib
+    import os
+
+    known = known_dataset_names()
+    text = str(name)
+    family, _, rest = text.partition("/")
+    config = rest.split(":", 1)[0] if rest else "default"
+    family = family.split(":", 1)[0]
+    if text in SIMULATED or f"{family}/{config}" in known:
+        return
+    families = {n.split("/", 1)[0] for n in known if "/" in n}
+    root = pathlib.Path(os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"))
+    if family in families and (root / family / config).is_dir():  # a prepared custom config of our builders
+        return
+    guess = difflib.get_close_matches(f"{family}/{config}" if rest else text, known, n=1, cutoff=0.5)
+    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    raise UnknownDatasetError(f"config.dataset.name: unknown dataset {text!r}{hint}; known: {', '.join(known)}"
+                              + (f", or a config prepared in {root}/{family}/" if family in families else ""))
+
+
 def is_single_image(name: str) -> bool:
     """Whether dataset ``name`` holds single images (scored without a frame margin, SPEC §9)."""
     return dataset_family(name) in SINGLE_IMAGE
@@ -77,6 +122,7 @@ def check_split(dataset: ml_collections.ConfigDict, split: str) -> None:
 def count_split(dataset: ml_collections.ConfigDict, split: str) -> int:
     """Number of examples (trajectories) in a split, without loading its arrays (builds a missing TFDS dataset)."""
     check_split(dataset, split)
+    check_dataset_name(dataset.name, dataset.get("data_dir"))
     if dataset.name in SIMULATED:
         return int(simulated_split_sizes(dataset)[split])
     from seqcsist_jax.data import tfds_registration
@@ -94,7 +140,11 @@ def load_arrays(dataset: ml_collections.ConfigDict, split: str) -> dict[str, np.
     ``dataset.name == "simulated"`` / ``"simulated_csist100k"`` generates it in memory (per-split seeds, options
     from ``dataset.simulate``); otherwise it is read through ``tfds.data_source`` from ``dataset.data_dir``,
     building the dataset first when missing. Single images come as one-frame trajectories (module docstring).
+
+    Raises:
+      UnknownDatasetError: ``dataset.name`` is no dataset this project reads (:func:`check_dataset_name`).
     """
+    check_dataset_name(dataset.name, dataset.get("data_dir"))
     if dataset.name == "simulated_csist100k":
         from seqcsist_jax.data import csist100k
         from seqcsist_jax.data.simulate import split_seed

@@ -140,9 +140,11 @@ class Builder(_seqcsist.Builder):
         )
 
     def _public_root(self, manual_dir: epath.Path) -> epath.Path:
-        # _split_generators (inherited) is SeqCSIST's; only the release's name and instructions differ (the
-        # split folder names are the same).
-        return _seqcsist._find_public_root(manual_dir, "CSIST-100K", MANUAL_DOWNLOAD_INSTRUCTIONS)
+        # _split_generators (inherited) is SeqCSIST's; the release's name, instructions and inner folders differ
+        # (the split folder names are the same).
+        from seqcsist_jax.data.public_format import CSIST100K_LAYOUT
+
+        return _seqcsist._find_public_root(manual_dir, "CSIST-100K", MANUAL_DOWNLOAD_INSTRUCTIONS, CSIST100K_LAYOUT)
 
     def _generate_examples(
         self, source: str, split: str, num: int = 0, root: epath.Path | None = None

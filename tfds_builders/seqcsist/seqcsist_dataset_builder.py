@@ -185,23 +185,43 @@ per target. Files sort by the first integer in their name and 20 consecutive num
 """
 
 
-def _find_public_root(manual_dir: epath.Path, release: str = "SeqCSIST", instructions: str | None = None
-                      ) -> epath.Path:
-    """The folder of ``manual_dir`` (itself or one sub-folder) that holds the split folders of ``release``."""
+def _find_public_root(manual_dir: epath.Path, release: str = "SeqCSIST", instructions: str | None = None,
+                      layout: Any = None) -> epath.Path:
+    """The folder of ``manual_dir`` (itself or one sub-folder) that holds the split folders of ``release``.
+
+    ``layout`` (a :class:`seqcsist_jax.data.public_format.PublicLayout`; default SeqCSIST's) tells the releases
+    apart: with both releases side by side in the default ``manual_dir`` (``manual/seqcsist/``,
+    ``manual/csist100k/``), each has train/val/test folders, and only the image and annotation folder names inside
+    them say which is which.
+
+    Raises:
+      PublicFormatError: no such folder, or more than one with this release's layout.
+    """
+    from seqcsist_jax.data.public_format import SEQCSIST_LAYOUT, PublicFormatError
+
+    layout = SEQCSIST_LAYOUT if layout is None else layout
     wanted = set(PUBLIC_SPLIT_NAMES.values())
 
     def has_splits(path: epath.Path) -> bool:
         return all((path / s).is_dir() for s in wanted)
 
+    def has_layout(path: epath.Path) -> bool:
+        return all((path / s / folder).is_dir() for s in wanted for folder in (layout.image_dir, layout.annotation_dir))
+
     if has_splits(manual_dir):
         return manual_dir
-    candidates = [p for p in manual_dir.iterdir() if p.is_dir() and has_splits(p)]
+    candidates = sorted(p for p in manual_dir.iterdir() if p.is_dir() and has_splits(p))
+    matching = [p for p in candidates if has_layout(p)]
     if len(candidates) == 1:
         return candidates[0]
-    raise ValueError(
+    if len(matching) == 1:  # e.g. the other release's folder next to this one
+        return matching[0]
+    found = (f"found {len(matching)} sub-folders with its layout: {', '.join(p.name for p in matching)}" if matching
+             else f"found {len(candidates)} candidates")
+    raise PublicFormatError(
         f"manual_dir {manual_dir} does not hold the {release} release: expected folders "
-        f"{sorted(wanted)} in it or in exactly one sub-folder (found {len(candidates)} candidates).\n"
-        + (MANUAL_DOWNLOAD_INSTRUCTIONS if instructions is None else instructions)
+        f"{sorted(wanted)} (each with {layout.image_dir}/ and {layout.annotation_dir}/) in it or in exactly one "
+        f"sub-folder ({found}).\n" + (MANUAL_DOWNLOAD_INSTRUCTIONS if instructions is None else instructions)
     )
 
 
