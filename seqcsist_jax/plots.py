@@ -168,7 +168,8 @@ def samples_figure(
         ax.scatter(gt[:, 1], gt[:, 0], marker="+", c="lime", s=50, linewidths=1, label="ground truth")
         if continuous:
             ax.scatter(d[:, 1], d[:, 0], **{**det_style, "s": 30}, label=det_label)
-        ax.set_title(f"trajectory {i}, frame {f}: input, {len(gt)} targets", fontsize=8)
+        where = f"image {i}" if frames.shape[1] == 1 else f"trajectory {i}, frame {f}"  # CSIST-100K: one frame each
+        ax.set_title(f"{where}: input, {len(gt)} targets", fontsize=8)
         ax = axes[row, 1]
         pred = maps[i, position[f]] if f in position else np.zeros((cells, cells))
         vmax = max(float(pred.max()), threshold)

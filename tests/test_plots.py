@@ -190,3 +190,17 @@ def test_plot_functions_write_pngs_atomically(tmp_path):
 @pytest.mark.parametrize("key, want", [("AP05", "0.05 px"), ("AP25", "0.25 px"), ("mAP", "mAP")])
 def test_threshold_labels(key, want):
     assert plots._threshold_label(key) == want
+
+
+def test_samples_of_single_images_are_titled_by_image():
+    from seqcsist_jax.data import csist100k
+
+    arrays = csist100k.as_trajectories(csist100k.simulate_csist100k(3, 0))
+    real = [t[0][t[0][:, 2] != 0] for t in arrays["targets"]]  # detections at the truth, score 1
+    detections = [[np.concatenate([r, np.ones((len(r), 1), np.float32)], axis=1)] for r in real]
+    fig = plots.samples_figure(arrays, np.zeros((3, 1, 33, 33), np.float32), np.arange(1), detections, num=3,
+                               first_scored=0, threshold=50.0, decode="refine")
+    titles = [ax.get_title() for ax in fig.axes[:6:2]]
+    counts = arrays["num_targets"][:, 0]
+    assert titles == [f"image {i}: input, {counts[i]} targets" for i in range(3)]
+    matplotlib.pyplot.close(fig)
