@@ -287,7 +287,8 @@ def method_config(name: str, args: argparse.Namespace):
     config.progress_bar = sys.stderr.isatty()
     from seqcsist_jax.data.splits import check_dataset_name
 
-    check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))  # a mistyped --dataset fails before any row runs
+    # a mistyped --dataset fails here, before any row runs
+    check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))
     return config
 
 

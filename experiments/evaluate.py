@@ -40,8 +40,8 @@ flags.adopt_module_key_flags(cli)  # --help lists --config and the config names
 flags.DEFINE_bool("geometry_prior", None, "Continuous decoders on SeqCSIST data: add the generator's star geometry "
                   "(DecodeOptions.geometry='star', a simulator-specific DECISION; default: config.eval.geometry_prior "
                   "or off).")
-flags.DEFINE_bool("export_public", False, "Also write the predictions in the public release's layout: public/annotation/"
-                  "COS{N}.xml (SeqCSIST) or public/Annotations/CSO{N}.xml (CSIST-100K).")
+flags.DEFINE_bool("export_public", False, "Also write the predictions in the public release's layout: "
+                  "public/annotation/COS{N}.xml (SeqCSIST) or public/Annotations/CSO{N}.xml (CSIST-100K).")
 flags.DEFINE_bool("calibrate", True, "Continuous decoders: fit the imaging model (PSF σ, offset, gain, background, "
                   "noise) to the training split once, store it as WORKDIR/imaging.json and decode with it "
                   "(--nocalibrate: the nominal SPEC model).")

@@ -283,7 +283,8 @@ def test_a_workers_log_lines_name_its_row(capsys):
         root.setLevel(saved[1])
         for name, level in saved[2].items():
             logging.getLogger(name).setLevel(level)
-    assert capsys.readouterr().err.splitlines() == ["[lista@public_loss] step 5 of 9: 100% done", "FPS pass [1/2] srcnn"]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["[lista@public_loss] step 5 of 9: 100% done", "FPS pass [1/2] srcnn"]
 
 
 def test_a_workers_progress_lines_name_its_row(monkeypatch, capsys):
