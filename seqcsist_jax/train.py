@@ -489,6 +489,8 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
 
         progress = tqdm(total=num_steps, initial=step, desc=MESSAGE_PREFIX + "train", unit="step", dynamic_ncols=True)
 
+    progress_lines = _ProgressLines(num_steps)  # the bar's stand-in in logs (progress_bar off, or no terminal)
+
     def check_finite(s: TrainState) -> None:
         bad = int(jax.device_get(s.bad_step))
         if bad >= 0:
@@ -530,6 +532,8 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
                 writer.write(step, scalars, "train")
                 if progress is not None:
                     progress.set_postfix(loss=f"{scalars['loss']:.4g}", sps=f"{scalars['steps_per_second']:.2f}")
+                else:
+                    progress_lines.maybe_say(step, scalars)
                 pending, window_steps, window_start = [], 0, time.perf_counter()
             if progress is not None:
                 progress.update(len(chunk))
@@ -611,12 +615,35 @@ class _EtaNotice:
                      "use --config=derefnet_quick for a 5-minute CPU run.")
 
 
+class _ProgressLines:
+    """Without a progress bar (``config.progress_bar`` off: ``compare`` workers, batch jobs, logs), a line every
+    :attr:`EVERY_SECONDS` at most, at the logging cadence, so a long stretch between evaluations is not silent."""
+
+    EVERY_SECONDS = 60.0
+
+    def __init__(self, num_steps: int):
+        self.num_steps = num_steps
+        self.last = time.monotonic()
+
+    def maybe_say(self, step: int, scalars: Mapping[str, float]) -> None:
+        now = time.monotonic()
+        if now - self.last < self.EVERY_SECONDS or step >= self.num_steps:
+            return
+        self.last = now
+        rate = scalars.get("steps_per_second", 0.0)
+        eta = f", about {_duration((self.num_steps - step) / rate)} left" if rate > 0 else ""
+        _say(f"step {step} of {self.num_steps} ({100 * step / self.num_steps:.0f}%): loss {scalars['loss']:.4g}, "
+             f"{rate:.2f} steps/s{eta}")
+
+
 def _duration(seconds: float) -> str:
     if seconds >= 2 * 86400:
         return f"{seconds / 86400:.1f} days"
     if seconds >= 2 * 3600:
         return f"{seconds / 3600:.1f} hours"
-    return f"{seconds / 60:.0f} minutes"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds:.0f} s"
 
 
 # Leads every progress line and the bar's label. Empty for a run of its own; ``experiments.compare --jobs``

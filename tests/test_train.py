@@ -428,3 +428,22 @@ def test_evaluation_line_says_when_the_model_outputs_nothing():
     assert "no map cell reached the threshold 70" in note and "--config.seed" in note
     assert train_lib._no_detection_note({"mAP": 0.1, "num_detections": 12.0, "num_gt": 3440.0}, config) == ""
     assert train_lib._no_detection_note({"mAP": 0.0, "num_detections": 0.0, "num_gt": 0.0}, config) == ""
+
+
+def test_without_a_bar_progress_lines_come_at_most_once_a_minute(monkeypatch, capsys):
+    clock = [1000.0]
+    monkeypatch.setattr(train_lib.time, "monotonic", lambda: clock[0])
+    lines = train_lib._ProgressLines(num_steps=1000)
+    lines.maybe_say(10, {"loss": 0.5, "steps_per_second": 2.0})  # 0 s after the start: quiet
+    clock[0] += 61.0
+    lines.maybe_say(130, {"loss": 0.25, "steps_per_second": 2.0})
+    clock[0] += 30.0
+    lines.maybe_say(190, {"loss": 0.2, "steps_per_second": 2.0})  # 30 s after the last line: quiet
+    clock[0] += 31.0
+    lines.maybe_say(998, {"loss": 0.125, "steps_per_second": 1.0})
+    clock[0] += 61.0
+    lines.maybe_say(1000, {"loss": 0.1, "steps_per_second": 1.0})  # the last step: the done line says it
+    assert capsys.readouterr().out.splitlines() == [
+        "step 130 of 1000 (13%): loss 0.25, 2.00 steps/s, about 7 minutes left",
+        "step 998 of 1000 (100%): loss 0.125, 1.00 steps/s, about 2 s left",
+    ]
