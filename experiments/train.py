@@ -46,12 +46,13 @@ def run(argv: list[str] | None = None) -> None:
     from seqcsist_jax.data.splits import UnknownDatasetError
     from seqcsist_jax.metric_writers import MetricsFileError, MetricsWriteError
     from seqcsist_jax.run_lock import WorkdirLockedError
-    from seqcsist_jax.train import OptimizerConfigError, TrainingInterrupted
+    from seqcsist_jax.train import OptimizerConfigError, ScheduleConfigError, TrainingInterrupted
     from seqcsist_jax.workdir import ConfigMismatchError
 
     cli.run(main, argv, expected=(ConfigMismatchError, FileNotFoundError, WorkdirLockedError, CheckpointError,
                                   CheckpointWriteError, MetricsFileError, MetricsWriteError, TrainingInterrupted,
-                                  OptimizerConfigError, PublicFormatError, UnknownDatasetError))
+                                  OptimizerConfigError, PublicFormatError, UnknownDatasetError,
+                                  ScheduleConfigError))
 
 
 if __name__ == "__main__":

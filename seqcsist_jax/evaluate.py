@@ -393,7 +393,7 @@ def evaluate_run(
     if out_dir is not None and jax.process_index() == 0:
         out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "metrics.json", _json_ready(result))
+        atomic_write_json(out / "metrics.json", _json_ready(result), strict=True)  # rmse etc. undefined: null
         first, last = scored_frame_range(frames.shape[1], margin)
         ids = arrays.get("trajectory_id", np.arange(len(frames)))
         export_detections(out / "detections.csv", detections, ids, range(first, last + 1))

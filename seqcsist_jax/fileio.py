@@ -57,9 +57,16 @@ def atomic_write(path: PathLike, data: str | bytes, fsync: bool = True) -> None:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
-def atomic_write_json(path: PathLike, data: Any, **json_options: Any) -> None:
-    """``json.dumps(data, indent=2, default=float)`` written atomically; ``json_options`` override those."""
+def atomic_write_json(path: PathLike, data: Any, strict: bool = False, **json_options: Any) -> None:
+    """``json.dumps(data, indent=2, default=float)`` written atomically; ``json_options`` override those.
+
+    ``strict``: NaN and infinities become ``null`` (:func:`without_non_finite`), so any JSON reader loads the
+    file; for files meant for people and other programs (a run's ``result.json``, ``metrics.json``). Files only
+    this project reads back keep NaN as NaN.
+    """
     options = {"indent": 2, "default": float, **json_options}
+    if strict:
+        data, options["allow_nan"] = without_non_finite(data), False
     atomic_write(path, json.dumps(data, **options) + "\n")
 
 

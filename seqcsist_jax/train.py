@@ -174,6 +174,23 @@ def make_train_step(model, loss_fn, optimizer: optax.GradientTransformation, phi
 # ------------------------------------------------------------------------------------------ the loop
 
 
+class ScheduleConfigError(ValueError):
+    """``num_train_steps``/``num_epochs`` give no training schedule (reported in one line, before the workdir is
+    created)."""
+
+
+def check_schedule(config: ml_collections.ConfigDict) -> None:
+    """Raises :class:`ScheduleConfigError` unless ``num_train_steps`` is positive, or -1 (or 0) with a positive
+    ``num_epochs``: a negative step count is a typo, not a request for the config's epoch schedule."""
+    steps = config.get("num_train_steps", -1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < -1:
+        raise ScheduleConfigError(f"config.num_train_steps must be a positive number of steps, or -1 to train "
+                                  f"config.num_epochs epochs; got {steps!r}")
+    if steps <= 0 and not float(config.get("num_epochs", 0) or 0) > 0:
+        raise ScheduleConfigError(f"config.num_train_steps={steps} trains config.num_epochs epochs, which must be "
+                                  f"positive; got num_epochs={config.get('num_epochs')!r}")
+
+
 def _steps_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int, int]:
     if config.num_train_steps > 0:
         num_steps = int(config.num_train_steps)
@@ -196,7 +213,7 @@ def _subset(arrays: Mapping[str, np.ndarray], limit: int | None) -> dict[str, np
 def _write_json(path: pathlib.Path, data: Any) -> None:
     if jax.process_index() != 0:
         return
-    atomic_write_json(path, data, sort_keys=True)
+    atomic_write_json(path, data, strict=True, sort_keys=True)
 
 
 class Trainer:
@@ -371,8 +388,10 @@ def train_and_evaluate(
       NonFiniteLossError: a step produced a non-finite loss; the latest good checkpoint is kept.
       ConfigMismatchError: the workdir holds a run of another config (nothing in it is changed).
       UnknownDatasetError: ``config.dataset.name`` is no known dataset (raised before the workdir is created).
+      ScheduleConfigError: ``num_train_steps``/``num_epochs`` give no schedule (idem).
     """
     check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))
+    check_schedule(config)
     if config.get("multihost") and not jax.distributed.is_initialized():
         jax.distributed.initialize()
     workdir = pathlib.Path(workdir)

@@ -30,13 +30,18 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
     assert tmp.parent == path.parent and tmp.name.startswith(".") and tmp.suffix == ".npz"
 
 
-def test_without_non_finite_makes_strict_json():
+def test_without_non_finite_makes_strict_json(tmp_path):
     data = {"a": float("nan"), "b": [1.5, float("inf"), (np.float32("nan"), np.float64(2.0))], "c": "NaN", "d": None}
     clean = fileio.without_non_finite(data)
     assert clean == {"a": None, "b": [1.5, None, [None, 2.0]], "c": "NaN", "d": None}
     json.dumps(clean, allow_nan=False)  # raises ValueError if any NaN/inf survived
     with pytest.raises(ValueError):
         json.dumps(data, allow_nan=False, default=float)
+    path = tmp_path / "metrics.json"
+    fileio.atomic_write_json(path, {"rmse": np.float32("nan"), "mAP": 0.5}, strict=True)
+    assert json.loads(path.read_text(), parse_constant=pytest.fail) == {"rmse": None, "mAP": 0.5}
+    fileio.atomic_write_json(path, {"rmse": float("nan")})  # files only this project reads keep NaN
+    assert "NaN" in path.read_text()
 
 
 def test_scored_frames_follow_the_protocol():

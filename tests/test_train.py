@@ -58,7 +58,8 @@ def test_smoke_run_writes_everything(smoke_run):
     assert sorted(p.name for p in (workdir / "checkpoints" / "latest").iterdir() if p.name.isdigit())[-1] == "6"
     assert any(p.name.isdigit() for p in (workdir / "checkpoints" / "best").iterdir())
     out = workdir / "eval" / "test"
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
+    json.loads((workdir / "result.json").read_text(), parse_constant=pytest.fail)
     for key in ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25", "fps", "params", "pr_curves"):
         assert key in metrics
     header = (out / "detections.csv").read_text().splitlines()[0]
@@ -447,3 +448,19 @@ def test_without_a_bar_progress_lines_come_at_most_once_a_minute(monkeypatch, ca
         "step 130 of 1000 (13%): loss 0.25, 2.00 steps/s, about 7 minutes left",
         "step 998 of 1000 (100%): loss 0.125, 1.00 steps/s, about 2 s left",
     ]
+
+
+def test_a_negative_step_count_is_refused_in_one_line_before_the_workdir_exists(tmp_path):
+    bad = _run(["-m", "experiments.train", "--config=derefnet:smoke", f"--workdir={tmp_path / 'w'}",
+                "--config.num_train_steps=-5"])
+    assert bad.returncode == 2 and [line for line in bad.stderr.splitlines() if line.strip()] == [
+        "error: config.num_train_steps must be a positive number of steps, or -1 to train config.num_epochs "
+        "epochs; got -5"]
+    assert not (tmp_path / "w").exists()
+    config = configs.get_config("derefnet:smoke")
+    train_lib.check_schedule(config)
+    config.num_train_steps = -1
+    train_lib.check_schedule(config)  # the configs' "train num_epochs epochs"
+    config.num_epochs = 0.0
+    with pytest.raises(train_lib.ScheduleConfigError, match="num_epochs=0.0"):
+        train_lib.check_schedule(config)
