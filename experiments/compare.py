@@ -12,7 +12,8 @@ published numbers (SPEC §7, clearly labelled: those were trained at full scale 
 
 Flags:
   --methods           comma-separated config names (default: all of :data:`DEFAULT_METHODS`)
-  --dataset           dataset override (``seqcsist/mini``, ``seqcsist/default``, ``simulated``; default: config's)
+  --dataset           dataset override (``seqcsist/mini``, ``seqcsist/default``, ``csist100k/mini``, or the in-memory
+                      ``simulated`` / ``simulated_csist100k`` generators for quick trials; default: each config's)
   --budget_steps N    training steps for every learned method (or --budget_epochs E); equal for all
   --paper_scale       use each config's own schedule (100 epochs, SRCNN 200) instead of a budget
   --learning_rate     override the configs' learning rate (default: each config's own; the caption names them)
@@ -108,7 +109,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)
     flags.DEFINE_string("method_steps", "", "per-row step budgets overriding the common one, e.g. rdn=50,srgan=100 "
                         "(rows marked 'reduced budget' in the table)", flag_values=fv)
-    flags.DEFINE_string("dataset", None, "dataset name override, e.g. seqcsist/mini", flag_values=fv)
+    flags.DEFINE_string("dataset", None, "dataset name override: seqcsist/mini, seqcsist/default, csist100k/mini, ... or the "
+                        "in-memory generators simulated / simulated_csist100k (quick trials)", flag_values=fv)
     flags.DEFINE_integer("budget_steps", None, "training steps per learned method", flag_values=fv)
     flags.DEFINE_float("budget_epochs", None, "training epochs per learned method", flag_values=fv)
     flags.DEFINE_bool("paper_scale", False, "each config's own (paper) schedule", flag_values=fv)
@@ -606,20 +608,31 @@ def _protocol_text(settings: dict) -> str:
     return "paper protocol (grid decoding, threshold 70, frames 2..17, CSO-mAP and AP ×100)"
 
 
+def _test_size_text(rows: Sequence[dict]) -> str:
+    """`` (750 trajectories)`` — how many test examples the scores rest on ('' when the rows do not say)."""
+    sizes = sorted({int(r["num_test_trajectories"]) for r in rows if r.get("num_test_trajectories")})
+    if not sizes:
+        return ""
+    unit = "images" if all(is_single_image(r.get("dataset")) for r in rows if r.get("num_test_trajectories")) \
+        else "trajectories"
+    return f" ({' / '.join(map(str, sizes))} {unit})"
+
+
 def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
     """The comparison as Markdown: this run, then the paper's numbers for the same methods."""
     lines = [
         "## Comparison on this pipeline",
         "",
-        f"Trained and scored here: {settings_text(settings, rows)}. Test split, {_protocol_text(settings)}. "
+        f"Trained and scored here: {settings_text(settings, rows)}. Test split{_test_size_text(rows)}, "
+        f"{_protocol_text(settings)}. "
         "Classical methods are not trained. "
         f"FPS: predicted frames (output maps) per second of the jitted inference on this machine ({machine['device']}, "
         f"{machine['cpu_count']} CPU cores, backend {machine['backend']}); FLOPs per "
         f"{'20 images' if is_single_image(settings.get('dataset')) else '20-frame trajectory'} "
         "(XLA cost analysis; ISTA/FISTA analytic from the mean iteration count); min: wall minutes of the row's "
-        "training (summed over the calls that resumed it) and evaluation. Rows `method (variant)` run the public "
-        "code's behaviour where it differs from our default; the paper column repeats the method's published "
-        "number.",
+        "training (summed over the calls that resumed it) and evaluation."
+        + (" Rows `method (variant)` run the public code's behaviour where it differs from our default; the paper "
+           "column repeats the method's published number." if any("@" in r["method"] for r in rows) else ""),
         "",
         "| method | params | FLOPs / traj | FPS | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | steps | min | paper CSO-mAP |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -1051,9 +1064,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         logging.getLogger(name).setLevel(logging.INFO)
     from experiments import configs
 
-    unknown = [m for m in args.methods if m.partition("@")[0] not in configs.available_configs()]
+    available = configs.available_configs()
+    unknown = [m.partition("@")[0] for m in args.methods if m.partition("@")[0] not in available]
     if unknown:
-        raise SystemExit(f"error: unknown method(s) {unknown}; available configs: {configs.available_configs()}")
+        import difflib
+
+        guesses = {m: difflib.get_close_matches(m, available, n=1) for m in unknown}
+        hints = "; ".join(f"did you mean {g[0]!r} for {m!r}?" for m, g in guesses.items() if g)
+        raise SystemExit(f"error: unknown method(s) {', '.join(map(repr, unknown))}"
+                         + (f" ({hints})" if hints else "") + f"; available configs: {', '.join(available)}")
     for name in args.methods:  # a mistyped override or variant fails now, not after hours of other methods
         try:
             method_config(name, args)

@@ -503,7 +503,7 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
     eta = _EtaNotice(num_steps, step)
 
     progress = None
-    if config.progress_bar and jax.process_index() == 0:
+    if config.progress_bar and jax.process_index() == 0 and step < num_steps:  # a finished run trains nothing
         from tqdm.auto import tqdm
 
         progress = tqdm(total=num_steps, initial=step, desc=MESSAGE_PREFIX + "train", unit="step", dynamic_ncols=True)

@@ -201,3 +201,11 @@ def test_train_on_a_damaged_public_release_is_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in _error_lines(proc) if line.startswith("error:")]
     assert len(errors) == 1 and str(bad) in errors[0] and "xc" in errors[0]
+
+
+def test_continuous_scores_are_attributed_to_the_decoder():
+    from experiments import evaluate
+
+    for decode in ("refine", "trajectory"):
+        assert evaluate.decoder_note(decode).startswith(f"note: the {decode} decoder fits the frames themselves")
+    assert evaluate.decoder_note("grid") == evaluate.decoder_note("peak") == evaluate.decoder_note(None) == ""

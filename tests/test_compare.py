@@ -37,8 +37,24 @@ def test_parse_args_validation():
 
 
 def test_unknown_method_is_reported(tmp_path):
-    with pytest.raises(SystemExit, match="unknown method"):
-        compare.main(["--methods=srcnn,bogus", "--budget_steps=1", f"--workdir={tmp_path}"])
+    with pytest.raises(SystemExit, match="unknown method") as err:
+        compare.main(["--methods=srcnn,bogus,espcnn@public_loss", "--budget_steps=1", f"--workdir={tmp_path}"])
+    assert str(err.value).startswith("error: unknown method(s) 'bogus', 'espcnn' (did you mean 'espcn' for 'espcnn'?)")
+    assert not tmp_path.joinpath("srcnn").exists()  # refused before any row ran
+
+
+def test_caption_names_the_test_size_and_explains_variant_rows_only_when_there_are_some():
+    machine = {"device": "cpu", "cpu_count": 2, "backend": "cpu"}
+    row = {"method": "srcnn", "label": "SRCNN", "num_test_trajectories": 75, "dataset": "seqcsist/mini",
+           "trainable": True, "params": 1, "flops_per_trajectory": 1.0, "fps": 1.0, "steps": 1, "seconds": 1.0,
+           **{k: 0.5 for k in compare.METRICS}, "paper": None}
+    text = compare.markdown_table([row], {"budget_steps": 1}, machine)
+    assert "Test split (75 trajectories), paper protocol" in text and "Rows `method (variant)`" not in text
+    variant = {**row, "method": "lista@public_loss", "label": "LISTA (public loss)"}
+    assert "Rows `method (variant)`" in compare.markdown_table([row, variant], {"budget_steps": 1}, machine)
+    image = {**row, "num_test_trajectories": 1000, "dataset": "csist100k/mini"}
+    assert "Test split (1000 images), CSIST-100K protocol" in compare.markdown_table(
+        [image], {"budget_steps": 1, "dataset": "csist100k/mini"}, machine)
 
 
 def test_method_config_applies_the_equal_budget():

@@ -106,9 +106,10 @@ def summarize_run(workdir: str | pathlib.Path) -> dict[str, Any]:
         total_steps = None
 
     def scaled(r: dict) -> dict:
-        row = {k: 100 * float(r[k]) for k in AP_KEYS if k in r}
+        # metrics.json writes undefined diagnostics (no detection yet) as null
+        row = {k: 100 * float(r[k]) for k in AP_KEYS if r.get(k) is not None}
         for k in ("count_accuracy", "precision", "recall"):
-            if k in r:
+            if r.get(k) is not None:
                 row[k] = 100 * float(r[k])
         return row
 

@@ -259,8 +259,8 @@ def warn_at_cap(at_cap: np.ndarray, max_targets: int, method: str) -> None:
         warnings.warn(
             f"decode ({method}): {num} of {at_cap.size} frames chose the largest count max_targets="
             f"{max_targets} (of all decoded frames, scored or not); if the data can hold more targets than "
-            "that, raise max_targets to the dataset's maximum; if it is that maximum already (CSIST-100K 5, "
-            "targets_2_8 8), this is expected (Decoded.at_cap flags these frames)",
+            "that, raise max_targets to the dataset's maximum; if it is that maximum already (SeqCSIST 4, "
+            "targets_2_8 8, CSIST-100K 5), this is expected (Decoded.at_cap flags these frames)",
             CountCapWarning,
             stacklevel=_caller_stacklevel(),
         )
