@@ -64,7 +64,7 @@ import numpy as np
 from absl import flags
 
 from experiments import cli
-from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json, without_non_finite
+from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json
 from seqcsist_jax.methods import CSIST100K_METHODS, METHOD_TABLE  # cheap: the table imports no method module
 from seqcsist_jax.workdir import latest_checkpoint_step
 
@@ -613,8 +613,8 @@ def _test_size_text(rows: Sequence[dict]) -> str:
     sizes = sorted({int(r["num_test_trajectories"]) for r in rows if r.get("num_test_trajectories")})
     if not sizes:
         return ""
-    unit = "images" if all(is_single_image(r.get("dataset")) for r in rows if r.get("num_test_trajectories")) \
-        else "trajectories"
+    scored = [r for r in rows if r.get("num_test_trajectories")]
+    unit = "images" if all(is_single_image(r.get("dataset")) for r in scored) else "trajectories"
     return f" ({' / '.join(map(str, sizes))} {unit})"
 
 
@@ -731,7 +731,7 @@ def write_outputs(rows: Sequence[dict], settings: dict, prefix: pathlib.Path) ->
     data = {"settings": settings, "machine": machine, "rows": public_rows,
             "paper_source": "SeqCSIST paper comparison table (SPEC §7), full-scale training on the public data"}
     # Unfinished and failed rows have no metrics: ``null`` there, not ``NaN``, so strict JSON readers load it.
-    atomic_write(paths["json"], json.dumps(without_non_finite(data), indent=2, default=float, allow_nan=False))
+    atomic_write_json(paths["json"], data, strict=True)
     plot_comparison(rows, paths["png"])
     return paths
 

@@ -64,9 +64,8 @@ def check_dataset_name(name: str, data_dir: str | None = None) -> None:
 
     known = known_dataset_names()
     text = str(name)
-    family, _, rest = text.partition("/")
+    family, rest = dataset_family(text), text.partition("/")[2]
     config = rest.split(":", 1)[0] if rest else "default"
-    family = family.split(":", 1)[0]
     if text in SIMULATED or f"{family}/{config}" in known:
         return
     families = {n.split("/", 1)[0] for n in known if "/" in n}
