@@ -109,8 +109,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)
     flags.DEFINE_string("method_steps", "", "per-row step budgets overriding the common one, e.g. rdn=50,srgan=100 "
                         "(rows marked 'reduced budget' in the table)", flag_values=fv)
-    flags.DEFINE_string("dataset", None, "dataset name override: seqcsist/mini, seqcsist/default, csist100k/mini, ... or the "
-                        "in-memory generators simulated / simulated_csist100k (quick trials)", flag_values=fv)
+    flags.DEFINE_string("dataset", None, "dataset name override: seqcsist/mini, seqcsist/default, csist100k/mini, "
+                        "... or the in-memory generators simulated / simulated_csist100k (quick trials)", flag_values=fv)
     flags.DEFINE_integer("budget_steps", None, "training steps per learned method", flag_values=fv)
     flags.DEFINE_float("budget_epochs", None, "training epochs per learned method", flag_values=fv)
     flags.DEFINE_bool("paper_scale", False, "each config's own (paper) schedule", flag_values=fv)
