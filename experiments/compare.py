@@ -105,7 +105,9 @@ log = logging.getLogger("compare")
 def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("methods", "all", "comma-separated rows: config names, method@variant (variants: "
                         + ", ".join(ROW_VARIANTS) + "), or a list name: 'all' (every method) or 'table' (every "
-                        "method and the paper-faithful variant rows); available methods: " + ", ".join(DEFAULT_METHODS),
+                        "method and the paper-faithful variant rows), or config file paths "
+                        "(path/to/mynet.py[@variant]); available methods: " + ", ".join(DEFAULT_METHODS)
+                        + "; for CSIST-100K: " + ", ".join(CSIST100K_METHODS),
                         flag_values=fv)
     flags.DEFINE_string("method_steps", "", "per-row step budgets overriding the common one, e.g. rdn=50,srgan=100 "
                         "(rows marked 'reduced budget' in the table)", flag_values=fv)
@@ -188,8 +190,7 @@ def expand_rows(text: str) -> list[str]:
     """The rows of ``--methods``: list names (``all``, ``table``) expanded, each ``method@variant`` checked.
 
     Raises:
-      UsageError: empty list, or an unknown variant (unknown methods are reported by :func:`main` with the
-        available configs).
+      UsageError: empty list, an unknown variant or method (see :func:`check_rows`).
     """
     rows: list[str] = []
     for item in (m.strip() for m in text.split(",")):
@@ -203,7 +204,35 @@ def expand_rows(text: str) -> list[str]:
                 rows.append(row)
     if not rows:
         raise cli.UsageError("--methods is empty")
+    check_rows(rows)
     return rows
+
+
+def check_rows(rows: Sequence[str]) -> None:
+    """Raises UsageError for a row whose method is neither a config name (with did-you-mean) nor a config file
+    path, and for two rows that would share a run directory (config files with the same stem as another row)."""
+    import difflib
+
+    from experiments import configs
+
+    available = configs.available_configs()
+    bases = [r.partition("@")[0] for r in rows]
+    unknown = list(dict.fromkeys(b for b in bases if b not in available and not is_config_file(b)))
+    if unknown:
+        guesses = {m: difflib.get_close_matches(m, available, n=1) for m in unknown}
+        hints = "; ".join(f"did you mean {g[0]!r} for {m!r}?" for m, g in guesses.items() if g)
+        raise cli.UsageError(f"unknown method(s) {', '.join(map(repr, unknown))}" + (f" ({hints})" if hints else "")
+                             + f"; available configs: {', '.join(available)}, or a config file path "
+                             "(path/to/mynet.py)")
+    missing = list(dict.fromkeys(b for b in bases if is_config_file(b) and not pathlib.Path(b).expanduser().is_file()))
+    if missing:
+        raise cli.UsageError(f"config file(s) not found: {', '.join(missing)}")
+    names: dict[str, str] = {}
+    for row in rows:
+        other = names.setdefault(row_name(row), row)
+        if other != row:
+            raise cli.UsageError(f"rows {other!r} and {row!r} would share the run directory {row_name(row)!r}; "
+                                 "rename one config file")
 
 
 def parse_method_steps(text: str, rows: Sequence[str]) -> dict[str, int]:
@@ -213,7 +242,7 @@ def parse_method_steps(text: str, rows: Sequence[str]) -> dict[str, int]:
       UsageError: malformed entry, non-positive steps, or a name that is not one of the selected rows' methods.
     """
     steps: dict[str, int] = {}
-    known = set(rows) | {r.partition("@")[0] for r in rows}
+    known = {n for r in rows for n in (r, r.partition("@")[0], row_name(r), row_name(r).partition("@")[0])}
     for item in (m.strip() for m in (text or "").split(",")):
         if not item:
             continue
@@ -234,14 +263,33 @@ def parse_method_steps(text: str, rows: Sequence[str]) -> dict[str, int]:
 def row_steps(row: str, args: argparse.Namespace) -> int | None:
     """The reduced step budget of one row (``--method_steps``: the row's own entry, else its method's), or None."""
     table = getattr(args, "method_steps", None) or {}
-    return table.get(row, table.get(row.partition("@")[0]))
+    for key in (row, row_name(row), row.partition("@")[0], row_name(row).partition("@")[0]):
+        if key in table:
+            return table[key]
+    return None
+
+
+def is_config_file(base: str) -> bool:
+    """Whether a row's method part is a config file path (``path/to/mynet.py``) rather than a config name."""
+    return base.endswith(".py") or "/" in base
+
+
+def row_name(row: str) -> str:
+    """A row's short name: the config name, or a config file's stem (``path/to/mynet.py@v`` → ``mynet@v``)."""
+    base, sep, variant = row.partition("@")
+    return (pathlib.Path(base).stem if is_config_file(base) else base) + sep + variant
+
+
+def row_dir(root: pathlib.Path, row: str) -> pathlib.Path:
+    """The row's run directory under the comparison's workdir (named by :func:`row_name`)."""
+    return pathlib.Path(root) / row_name(row)
 
 
 def row_label(row: str) -> str:
     """Display name of a row: the method's label, with the variant's label in parentheses."""
     from seqcsist_jax.baselines import published
 
-    base, _, variant = row.partition("@")
+    base, _, variant = row_name(row).partition("@")
     return published.label(base) + (f" ({ROW_VARIANTS[variant][1]})" if variant else "")
 
 
@@ -912,17 +960,17 @@ def _run_rows_in_processes(args: argparse.Namespace, workdir: pathlib.Path, sett
         while pending or running:
             while pending and len(running) < args.jobs:
                 name = pending.pop(0)
-                result = workdir / name / RESULT_FILE
+                result = row_dir(workdir, name) / RESULT_FILE
                 result.unlink(missing_ok=True)  # a stale result of an earlier call must not pass for this one
                 worker = context.Process(target=_row_in_process, name=f"compare-{name}",
-                                         args=(name, args, str(workdir / name), os.getpid()))
+                                         args=(name, args, str(row_dir(workdir, name)), os.getpid()))
                 worker.start()
                 running[worker.sentinel] = (name, worker)
                 running_names.append(name)
             for sentinel in connection.wait(list(running)):
                 name, worker = running[sentinel]
                 worker.join()
-                result = workdir / name / RESULT_FILE
+                result = row_dir(workdir, name) / RESULT_FILE
                 try:
                     done[name] = json.loads(result.read_text())
                 except (OSError, ValueError):
@@ -989,11 +1037,11 @@ def _fps_pass_in_process(names: Sequence[str], args: argparse.Namespace, workdir
     root = pathlib.Path(workdir)
     enable_compile_cache(root)
     for i, name in enumerate(names, 1):
-        path = root / name / ROW_FILE
+        path = row_dir(root, name) / ROW_FILE
         start = time.perf_counter()
         try:
             row = json.loads(path.read_text())
-            fps = measure_row_fps(name, args, root / name)
+            fps = measure_row_fps(name, args, row_dir(root, name))
         except Exception:  # noqa: BLE001 - keep the shared-CPU number, marked as such, rather than lose the table
             log.exception("%s: FPS pass failed; its FPS stays the one measured while other rows ran", name)
             continue
@@ -1022,7 +1070,7 @@ def _fps_pass(rows: list[dict], args: argparse.Namespace, workdir: pathlib.Path)
         _stop_workers([worker])
     for row in todo:
         try:
-            saved = json.loads((workdir / row["method"] / ROW_FILE).read_text())
+            saved = json.loads((row_dir(workdir, row["method"]) / ROW_FILE).read_text())
         except (OSError, ValueError):
             continue
         if saved.get("fps_measured") == "alone":
@@ -1038,7 +1086,7 @@ def _report_stop(signum: int, args: argparse.Namespace, workdir: pathlib.Path, s
     prints one line naming the stopped and the not-started rows."""
     stopped = [n for n in args.methods if n not in done and n in running]
     waiting = [n for n in args.methods if n not in done and n not in running]
-    rows = [done.get(n) or unfinished_row(n, workdir / n, stopped=n in stopped) for n in args.methods]
+    rows = [done.get(n) or unfinished_row(n, row_dir(workdir, n), stopped=n in stopped) for n in args.methods]
     step = {r["method"]: r["steps"] for r in rows if r.get("unfinished")}
     try:
         write_outputs(rows, settings, prefix)
@@ -1062,17 +1110,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # quiet orbax/absl chatter
     for name in ("compare", "seqcsist_jax"):
         logging.getLogger(name).setLevel(logging.INFO)
-    from experiments import configs
-
-    available = configs.available_configs()
-    unknown = [m.partition("@")[0] for m in args.methods if m.partition("@")[0] not in available]
-    if unknown:
-        import difflib
-
-        guesses = {m: difflib.get_close_matches(m, available, n=1) for m in unknown}
-        hints = "; ".join(f"did you mean {g[0]!r} for {m!r}?" for m, g in guesses.items() if g)
-        raise SystemExit(f"error: unknown method(s) {', '.join(map(repr, unknown))}"
-                         + (f" ({hints})" if hints else "") + f"; available configs: {', '.join(available)}")
     for name in args.methods:  # a mistyped override or variant fails now, not after hours of other methods
         try:
             method_config(name, args)
@@ -1114,7 +1151,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 print(f"[{i}/{len(args.methods)}] {name} ...", flush=True)
                 running[:] = [name]
                 try:
-                    row = run_method(name, args, workdir / name)
+                    row = run_method(name, args, row_dir(workdir, name))
                 except TrainingInterrupted as e:  # a stop request, not the row's failure: stop the table too
                     raise Stopped(e.signum) from e
                 except Exception as e:  # a failing method (e.g. a diverged run) must not lose the other rows

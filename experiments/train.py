@@ -46,13 +46,14 @@ def run(argv: list[str] | None = None) -> None:
     from seqcsist_jax.data.splits import UnknownDatasetError
     from seqcsist_jax.metric_writers import MetricsFileError, MetricsWriteError
     from seqcsist_jax.run_lock import WorkdirLockedError
+    from seqcsist_jax.methods import UnknownMethodError
     from seqcsist_jax.train import OptimizerConfigError, ScheduleConfigError, TrainingInterrupted
     from seqcsist_jax.workdir import ConfigMismatchError
 
     cli.run(main, argv, expected=(ConfigMismatchError, FileNotFoundError, WorkdirLockedError, CheckpointError,
                                   CheckpointWriteError, MetricsFileError, MetricsWriteError, TrainingInterrupted,
                                   OptimizerConfigError, PublicFormatError, UnknownDatasetError,
-                                  ScheduleConfigError))
+                                  ScheduleConfigError, UnknownMethodError))
 
 
 if __name__ == "__main__":

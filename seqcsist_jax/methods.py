@@ -8,12 +8,16 @@ Its loss is ``loss_fn(outputs, labels (B, T, 33, 33)) -> (total scalar, dict of 
 :data:`METHOD_TABLE` is the whole list, written out: each entry names the module and the builder function
 ``build(model_config, loss_config) -> Method`` that the module exports. Modules are imported only when their
 method is built, so importing this table costs nothing and no method module imports another's.
+
+A method that is not part of this package needs no entry: ``config.model.name`` may name its builder directly,
+as ``"package.module:build_fn"`` or ``"path/to/file.py:build_fn"`` (README: Adding a method).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -85,16 +89,70 @@ def available_methods() -> list[str]:
     return list(METHOD_TABLE)
 
 
+class UnknownMethodError(ValueError):
+    """``config.model.name`` is not in :data:`METHOD_TABLE` (reported in one line, before a workdir is created)."""
+
+
+def _import_builder(target: str) -> Builder:
+    """``"package.module:function"`` or ``"path/to/file.py:function"`` → that function."""
+    module_name, _, function = target.rpartition(":")
+    if module_name.endswith(".py"):  # a file outside any package, e.g. a researcher's model next to its config
+        import hashlib
+        import pathlib
+        import sys
+
+        path = pathlib.Path(module_name).expanduser().resolve()
+        key = "_seqcsist_method_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+        module = sys.modules.get(key)
+        if module is None:
+            if not path.is_file():
+                raise FileNotFoundError(f"file {path} not found")
+            spec = importlib.util.spec_from_file_location(key, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[key] = module  # before exec: dataclasses and pickling look the module up by name
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[key]
+                raise
+    else:
+        module = importlib.import_module(module_name)
+    if not callable(getattr(module, function, None)):
+        raise AttributeError(f"{module_name} defines no function {function!r}")
+    return getattr(module, function)
+
+
+def check_method_name(name: str) -> None:
+    """Raises :class:`UnknownMethodError` (one line) unless ``name`` is in :data:`METHOD_TABLE` or is an import
+    target ``"package.module:build_fn"`` / ``"path/to/file.py:build_fn"`` whose builder function exists (the
+    module is imported to check)."""
+    import difflib
+
+    if name in METHOD_TABLE:
+        return
+    if isinstance(name, str) and ":" in name:
+        try:
+            _import_builder(name)
+        except Exception as e:  # noqa: BLE001 - any failure to import a user's module is reported in one line
+            raise UnknownMethodError(f"config.model.name: cannot import the builder {name!r}: "
+                                     f"{type(e).__name__}: {e}") from None
+        return
+    guess = difflib.get_close_matches(str(name), list(METHOD_TABLE), n=1, cutoff=0.6)
+    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    raise UnknownMethodError(
+        f"config.model.name: unknown model {name!r}{hint}; available: {', '.join(METHOD_TABLE)}, or a builder "
+        f"given as 'package.module:build_fn' or 'path/to/file.py:build_fn' (README: Adding a method)")
+
+
 def method_builder(name: str) -> Builder:
-    """The builder function of method ``name``.
+    """The builder function of method ``name``: a :data:`METHOD_TABLE` name, or an import target
+    ``"package.module:build_fn"`` / ``"path/to/file.py:build_fn"`` (a method that is not part of this package).
 
     Raises:
-      ValueError: unknown name (the message lists the table).
+      UnknownMethodError: unknown name or a target that cannot be imported (a ``ValueError``; one line).
     """
-    if name not in METHOD_TABLE:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(METHOD_TABLE)}")
-    module, _, function = METHOD_TABLE[name].partition(":")
-    return getattr(importlib.import_module(module), function)
+    check_method_name(name)
+    return _import_builder(METHOD_TABLE.get(name, name))
 
 
 def build_method(model_config: ml_collections.ConfigDict, loss_config: ml_collections.ConfigDict) -> Method:

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from seqcsist_jax import sharding, train_multistep
+from seqcsist_jax.methods import check_method_name
 from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like, fault_point
 from seqcsist_jax.data.splits import cached_q, check_dataset_name, load_arrays, subpixel_c
 from seqcsist_jax.run_lock import WorkdirLock
@@ -388,15 +389,18 @@ def train_and_evaluate(
       NonFiniteLossError: a step produced a non-finite loss; the latest good checkpoint is kept.
       ConfigMismatchError: the workdir holds a run of another config (nothing in it is changed).
       UnknownDatasetError: ``config.dataset.name`` is no known dataset (raised before the workdir is created).
-      ScheduleConfigError: ``num_train_steps``/``num_epochs`` give no schedule (idem).
+      UnknownMethodError: ``config.model.name`` names no method (not in ``methods.METHOD_TABLE``, no importable
+        builder; idem).
+      ScheduleConfigError: ``num_train_steps``/``num_epochs``/``checkpoint_every_*`` give no schedule (idem).
     """
     check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))
+    check_method_name(config.model.name)
     check_schedule(config)
+    save_every_steps, save_every_seconds = _checkpoint_intervals(config)
     if config.get("multihost") and not jax.distributed.is_initialized():
         jax.distributed.initialize()
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    save_every_steps, save_every_seconds = _checkpoint_intervals(config)
     # One trainer per workdir: a second one exits here, naming the holder, before touching anything.
     lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
     try:
@@ -413,9 +417,9 @@ def _checkpoint_intervals(config: ml_collections.ConfigDict) -> tuple[int, float
     seconds = config.get("checkpoint_every_seconds", DEFAULT_CHECKPOINT_EVERY_SECONDS)
     for name, value in (("checkpoint_every_steps", steps), ("checkpoint_every_seconds", seconds)):
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"config.{name} must be >= 0 (0 disables it), got {value!r}")
+            raise ScheduleConfigError(f"config.{name} must be >= 0 (0 disables it), got {value!r}")
     if steps != int(steps):
-        raise ValueError(f"config.checkpoint_every_steps must be a whole number of steps, got {steps!r}")
+        raise ScheduleConfigError(f"config.checkpoint_every_steps must be a whole number of steps, got {steps!r}")
     return int(steps), float(seconds)
 
 

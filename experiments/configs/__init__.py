@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pathlib
+import sys
 
 import ml_collections
 
@@ -58,7 +59,13 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
             raise ValueError(f"config file {path} not found")
         module_spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        # Registered while it runs: a file that also defines its model (a Flax module is a dataclass) needs its
+        # module to be findable by name.
+        sys.modules[module_spec.name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        finally:
+            sys.modules.pop(module_spec.name, None)
         if not hasattr(module, "get_config"):
             raise ValueError(f"{path} defines no get_config()")
     else:
