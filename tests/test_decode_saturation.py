@@ -24,11 +24,19 @@ def test_saturated_frames_flags_any_pixel_at_255():
     assert not api.saturated_frames(_frames(), clip_level=None).any()
 
 
-def test_decode_warns_with_the_count_of_saturated_frames():
-    maps = np.zeros((2, 3, 33, 33), np.float32)
+@pytest.mark.parametrize("method", ["grid", "peak"])
+def test_decode_warns_with_the_count_of_saturated_frames(method):
+    # Without maps, grid/peak decode the physics-only map, which is computed from the (clipped) frames.
     with pytest.warns(RuntimeWarning, match=r"2 of 6 decoded frames have saturated pixels \(stored at the clip level, 255\)"):
-        out = api.decode(_frames(), maps, method="grid")
+        out = api.decode(_frames(), method=method, physics_iterations=2)
     assert len(out) == 2 and len(out[0]) == 3
+
+
+def test_grid_decoding_of_given_maps_does_not_read_the_frames(recwarn):
+    maps = np.zeros((2, 3, 33, 33), np.float32)
+    out = api.decode(_frames(), maps, method="grid")
+    assert len(out) == 2 and len(out[0]) == 3
+    assert not [w for w in recwarn if "saturated" in str(w.message)]
 
 
 def test_decode_arrays_returns_the_per_frame_flag():

@@ -321,7 +321,8 @@ def decode(
         frames, options = imaging_mod.to_fit_space(_check_frames(frames), options, imaging)
     opts = make_options(**options)
     frames = _check_frames(frames)
-    _warn_saturated(saturated_frames(frames, opts.clip_level), opts.clip_level)
+    if maps is None:  # the physics-only map reads the frames; given maps are decoded without them
+        _warn_saturated(saturated_frames(frames, opts.clip_level), opts.clip_level)
     n, t, s, _ = frames.shape
     shift = None
     if maps is None:
