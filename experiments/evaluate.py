@@ -34,7 +34,8 @@ flags.DEFINE_string("split", "test", "Split to score: one of the config's train/
 flags.DEFINE_enum("decode", None, list(DECODERS), "Map decoder (grid = paper protocol; default: config.eval.decode).")
 flags.DEFINE_string("torch_checkpoint", None, "Public PyTorch DeRefNet checkpoint (.pth or .npz) to import.")
 flags.DEFINE_string("pretrained", None, "Score weights shipped with the package (seqcsist_jax/weights/NAME.npz), "
-                    "e.g. derefnet_quick; no training, no workdir needed.")
+                    "e.g. derefnet_quick, or exported ones given by path (DIR/NAME.npz, next to its NAME.json card); "
+                    "no training, no workdir needed.")
 cli.define_config_flag()
 flags.adopt_module_key_flags(cli)  # --help lists --config and the config names
 flags.DEFINE_bool("geometry_prior", None, "Continuous decoders on SeqCSIST data: add the generator's star geometry "
@@ -61,8 +62,9 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     if pretrained:
         from seqcsist_jax import pretrained as shipped
 
-        config, params = shipped.load_pretrained(pretrained, config=config)
-        q = shipped.pretrained_q(pretrained)
+        name, weights_dir = shipped.resolve(pretrained)
+        config, params = shipped.load_pretrained(name, config=config, weights_dir=weights_dir)
+        q = shipped.pretrained_q(name, weights_dir)
         workdir.mkdir(parents=True, exist_ok=True)
         predictor = make_predictor(config, q if q is not None else q_for_workdir(workdir, config.dataset))
         name, step = f"{config.model.name} (shipped weights {pretrained})", None
@@ -140,17 +142,21 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     if FLAGS.pretrained:
         from seqcsist_jax import pretrained as shipped
 
-        if FLAGS.pretrained not in shipped.available():
+        name, weights_dir = shipped.resolve(FLAGS.pretrained)
+        if name not in shipped.available(weights_dir):
+            if weights_dir is not None:
+                raise cli.UsageError(f"--pretrained={FLAGS.pretrained}: no {name}.npz with its card {name}.json in "
+                                     f"{weights_dir} (as experiments.export_weights --weights_dir writes them)")
             pending = (" (the paper-schedule DeRefNet weights are not published yet: they come only from a full "
                        "run of the paper protocol, `python -m experiments.train --config=derefnet`, on a GPU)"
-                       if FLAGS.pretrained == "derefnet" else "")
-            raise cli.UsageError(f"no shipped weights named {FLAGS.pretrained!r}{pending}; available: "
-                                 f"{', '.join(shipped.available()) or 'none'}")
-        workdir = workdir or f"workdirs/pretrained/{FLAGS.pretrained}"
+                       if name == "derefnet" else "")
+            raise cli.UsageError(f"no shipped weights named {name!r}{pending}; available: "
+                                 f"{', '.join(shipped.available()) or 'none'}, or a path to an exported NAME.npz")
+        workdir = workdir or f"workdirs/pretrained/{name}"
         if FLAGS.config:
             config = cli.load_config(FLAGS.config, overrides)
         elif overrides:
-            config = cli.apply_overrides(shipped.load_pretrained(FLAGS.pretrained)[0], overrides)
+            config = cli.apply_overrides(shipped.load_pretrained(name, weights_dir=weights_dir)[0], overrides)
     elif not workdir:
         raise cli.UsageError("--workdir is required (a training run's directory), unless --pretrained=NAME")
     elif FLAGS.config or FLAGS.torch_checkpoint:

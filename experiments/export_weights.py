@@ -20,12 +20,16 @@ import platform
 import subprocess
 
 
-def _commit() -> str:
+def _commit(repo: pathlib.Path = pathlib.Path(__file__).resolve().parents[1]) -> str:
+    """HEAD of ``repo``, with ``-dirty`` when tracked files differ from it (the weights then came from code that
+    no commit holds); ``unknown`` outside a git checkout."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=pathlib.Path(__file__).resolve().parents[1]).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=repo).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], capture_output=True, cwd=repo).returncode
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + ("-dirty" if dirty == 1 else "")
 
 
 def main(argv: list[str] | None = None) -> pathlib.Path:
@@ -39,7 +43,8 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
                         help="training wall time (default: what the run recorded in result.json)")
     parser.add_argument("--hardware", default=None, help="where it trained (default: this machine)")
     parser.add_argument("--checkpoint", default="best", help="best, latest or a step number (default: best)")
-    parser.add_argument("--commit", default=None, help="commit the run was trained at (default: HEAD)")
+    parser.add_argument("--commit", default=None,
+                        help="commit the run was trained at (default: HEAD, with -dirty for uncommitted changes)")
     parser.add_argument("--note", default="", help="a free-text note for the model card")
     parser.add_argument("--weights_dir", default=None, help="where to write (default: seqcsist_jax/weights)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing weights of the same name")

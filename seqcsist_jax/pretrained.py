@@ -46,6 +46,17 @@ def available(weights_dir: str | os.PathLike | None = None) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.npz") if (folder / f"{p.stem}.json").exists())
 
 
+def resolve(spec: str) -> tuple[str, pathlib.Path | None]:
+    """``(name, weights_dir)`` of a weights reference: a shipped name (``"derefnet_quick"`` → its name and
+    ``None``, the package folder) or a path to an exported ``NAME.npz`` (``.npz`` optional), as
+    ``experiments.export_weights --weights_dir=DIR`` writes them (→ ``NAME`` and ``DIR``)."""
+    text = str(spec)
+    if text.endswith(".npz") or "/" in text or os.sep in text:
+        path = pathlib.Path(text).expanduser()
+        return path.name.removesuffix(".npz"), path.parent
+    return text, None
+
+
 def _paths(name: str, weights_dir) -> tuple[pathlib.Path, pathlib.Path]:
     folder = pathlib.Path(weights_dir or WEIGHTS_DIR)
     npz, card = folder / f"{name}.npz", folder / f"{name}.json"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -101,9 +105,6 @@ def test_evaluate_pretrained_reproduces_its_card(tmp_path):
 
 def test_evaluate_unknown_pretrained_is_one_clear_line():
     """``--pretrained=derefnet`` (the paper-schedule weights, not published without a GPU run) says why, in one line."""
-    import subprocess
-    import sys
-
     proc = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--pretrained=derefnet", "--split=test"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
@@ -146,3 +147,39 @@ def test_export_weights_writes_the_best_checkpoint_and_a_card_with_the_runs_wall
     assert export_weights.main([f"--workdir={run}", "--name=tiny", "--command=again", "--overwrite",
                                 f"--weights_dir={tmp_path / 'weights'}"]) == path
     assert pretrained.load_card("tiny", weights_dir=tmp_path / "weights")["trained_with"] == "again"
+    # Exported weights are scored by path like shipped ones, and reproduce the run's own test score exactly
+    # (same params, same Q stored with them, same jitted predictor and data).
+    from experiments.evaluate import evaluate_workdir
+
+    assert pretrained.resolve(str(path)) == ("tiny", tmp_path / "weights")
+    assert pretrained.resolve(str(path.with_suffix(""))) == ("tiny", tmp_path / "weights")
+    assert pretrained.resolve("derefnet_quick") == ("derefnet_quick", None)
+    scored = evaluate_workdir(tmp_path / "scored", split="test", pretrained=str(path))
+    assert scored["mAP"] == result["test"]["mAP"] or (np.isnan(scored["mAP"]) and np.isnan(result["test"]["mAP"]))
+    proc = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--pretrained={tmp_path / 'nothing.npz'}"],
+                          capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "no nothing.npz with its card nothing.json" in lines[0]
+
+
+def test_export_records_a_dirty_checkout(tmp_path):
+    """The card's commit says ``-dirty`` when tracked files differ from HEAD: those weights came from code no
+    commit holds."""
+    from experiments import export_weights
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "model.py").write_text("a = 1\n")
+    git("add", "model.py")
+    git("commit", "-qm", "first")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert export_weights._commit(tmp_path) == head
+    (tmp_path / "model.py").write_text("a = 2\n")
+    assert export_weights._commit(tmp_path) == head + "-dirty"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ".git").write_text("not a repository\n")  # git refuses it, whatever encloses tmp_path
+    assert export_weights._commit(outside) == "unknown"

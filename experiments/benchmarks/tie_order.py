@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import platform
 
 import numpy as np
@@ -48,9 +49,12 @@ def measure(frames: int, orders: int, step: float | None, seed: int = 0) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=2000)
-    parser.add_argument("--orders", type=int, default=20)
+    parser.add_argument("--frames", type=int, default=2000, help="synthetic frames scored (default 2000)")
+    parser.add_argument("--orders", type=int, default=20, help="input orders of the detections tried (default 20)")
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS,
+                        help="folder of tie_order.{json,md} (default: the README's, experiments/benchmarks/results)")
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     rows = [measure(args.frames, args.orders, step) for step in (None, 1.0, 10.0)]
     header = "| score step | distinct scores / detections | mAP min | mAP max | spread | tie-aware (grouped) |"
     lines = [header, "|---|---|---|---|---|---|"]
@@ -61,8 +65,8 @@ def main() -> None:
     print(table)
     meta = {"frames": args.frames, "orders": args.orders, "python": platform.python_version(),
             "numpy": np.__version__}
-    atomic_write_json(RESULTS / "tie_order.json", {"meta": meta, "rows": rows})
-    atomic_write(RESULTS / "tie_order.md", f"# CSO-mAP tie-order sensitivity\n\n{json.dumps(meta)}\n\n{table}\n")
+    atomic_write_json(args.out / "tie_order.json", {"meta": meta, "rows": rows})
+    atomic_write(args.out / "tie_order.md", f"# CSO-mAP tie-order sensitivity\n\n{json.dumps(meta)}\n\n{table}\n")
 
 
 if __name__ == "__main__":
