@@ -186,6 +186,22 @@ def fail(message: str, status: int = 2) -> None:
     sys.exit(status)
 
 
+def os_error_line(error: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file, and what to do."""
+    import errno
+
+    where = f" ({error.filename})" if error.filename else ""
+    text = str(error) if error.errno is None or error.strerror is None else f"{error.strerror}{where}"
+    if error.errno == errno.ENOSPC:
+        return (f"{text}: the disk is full; free space and run the same command again (it resumes from the last "
+                "checkpoint and keeps every finished output)")
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{text}: cannot write there; choose a writable --workdir (or data_dir)"
+    if error.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        return f"{text}: a path that must be a directory is a file (or the reverse); check --workdir"
+    return text
+
+
 def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence[str] | None = None,
         expected: tuple[type[BaseException], ...] = ()) -> None:
     """Runs ``main(argv, overrides)`` under absl with the overrides taken out of ``argv``.
@@ -218,5 +234,7 @@ def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence
             fail(str(e))
         except expected as e:  # noqa: B030 (a tuple of exception types)
             fail(str(e))
+        except OSError as e:  # the machine, not the code: a full disk, a read-only or misplaced --workdir
+            fail(os_error_line(e))
 
     app.run(absl_main, argv=rest)

@@ -441,7 +441,13 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
 
     row_path = workdir / ROW_FILE
     if row_path.exists() and not args.force:
-        cached = json.loads(row_path.read_text())
+        try:
+            cached = json.loads(row_path.read_text())
+            if not isinstance(cached, dict):
+                raise ValueError(f"a {type(cached).__name__}, not a row")
+        except (OSError, ValueError) as e:  # a damaged cache only costs re-scoring the row's run
+            log.warning("%s: ignoring the damaged %s (%s); the row is computed again", name, row_path, e)
+            cached = {}
         if cached.get("config") == key:
             log.info("%s: reusing the finished run in %s", name, workdir)
             return cached

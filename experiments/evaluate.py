@@ -178,7 +178,11 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
 def run(argv: list[str] | None = None) -> None:
     from seqcsist_jax.workdir import ConfigMismatchError
 
-    cli.run(main, argv, expected=(ConfigMismatchError, FileNotFoundError, ValueError))
+    from seqcsist_jax.checkpointing import CheckpointError
+    from seqcsist_jax.run_lock import WorkdirLockedError
+
+    cli.run(main, argv, expected=(ConfigMismatchError, FileNotFoundError, ValueError, CheckpointError,
+                                  WorkdirLockedError))
 
 
 if __name__ == "__main__":

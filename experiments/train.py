@@ -28,6 +28,8 @@ flags.DEFINE_bool("force_config", False, "Continue a workdir whose saved config 
 def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
+    if not FLAGS.workdir.strip():  # an empty value would train into the current directory
+        raise cli.UsageError("--workdir is empty; give the run's directory, e.g. --workdir=workdirs/quick")
     config = cli.load_config(cli.require_config(FLAGS.config), overrides)
     from seqcsist_jax.train import train_and_evaluate
 
@@ -47,13 +49,15 @@ def run(argv: list[str] | None = None) -> None:
     from seqcsist_jax.metric_writers import MetricsFileError, MetricsWriteError
     from seqcsist_jax.run_lock import WorkdirLockedError
     from seqcsist_jax.methods import UnknownMethodError
-    from seqcsist_jax.train import OptimizerConfigError, ScheduleConfigError, TrainingInterrupted
+    from seqcsist_jax.train import (NonFiniteLossError, OptimizerConfigError, ScheduleConfigError,
+                                    TrainingInterrupted)
     from seqcsist_jax.workdir import ConfigMismatchError
 
     cli.run(main, argv, expected=(ConfigMismatchError, FileNotFoundError, WorkdirLockedError, CheckpointError,
                                   CheckpointWriteError, MetricsFileError, MetricsWriteError, TrainingInterrupted,
                                   OptimizerConfigError, PublicFormatError, UnknownDatasetError,
-                                  ScheduleConfigError, UnknownMethodError))
+                                  ScheduleConfigError, UnknownMethodError, NonFiniteLossError,
+                                  ValueError))  # ValueError: a config value the code refuses (it says which)
 
 
 if __name__ == "__main__":

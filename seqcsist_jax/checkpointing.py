@@ -149,19 +149,29 @@ class RunCheckpoints:
         # max_to_keep=None: which best folder survives is decided by the journal, not by orbax.
         self.best = _manager(self.root / "best")
         self.journal_path = self.root / JOURNAL_NAME
+        self._damaged_journal: str | None = None  # the damage found in evals.json, if any (see journal())
 
     # ------------------------------------------------------------------------------ journal
 
     def journal(self) -> dict:
-        """``{"evals": {str(step): metrics}, "best_step": int | None}`` (empty for a new run)."""
+        """``{"evals": {str(step): metrics}, "best_step": int | None}`` (empty for a new run).
+
+        A damaged journal (not JSON, or not of this structure) is rebuilt in memory from the ``best`` folders'
+        saved metrics, with a warning: the best decision survives (the best evaluation is the one with a
+        folder), only the records of lower evaluations are lost. :meth:`reconcile` (the trainer) then moves the
+        damaged file to ``damaged/`` and writes the rebuilt one.
+        """
         if not self.journal_path.exists():
             return {"evals": {}, "best_step": None}
         try:
             data = json.loads(self.journal_path.read_text())
-            if not isinstance(data.get("evals"), dict):
-                raise ValueError("no 'evals' mapping")
-        except ValueError as e:
-            raise CheckpointError(f"{self.journal_path}: not an evaluation journal ({e})") from None
+            _check_journal(data)
+        except (ValueError, OSError) as e:
+            if self._damaged_journal is None:
+                self._damaged_journal = f"{self.journal_path}: not an evaluation journal ({e})"
+                log.warning("%s; rebuilt from the metrics saved with the best checkpoint (records of other "
+                            "evaluations are lost; the best decision is kept)", self._damaged_journal)
+            return self._journal_from_best(write=False)
         return data
 
     @staticmethod
@@ -190,8 +200,15 @@ class RunCheckpoints:
             self._journal_from_best()  # a workdir written before the journal existed
         data = self.journal()
         evals = {k: v for k, v in data["evals"].items() if int(k) <= int(resume_step)}
+        evals = self._repair_best(evals, resume_step)
         best_step = self._best_of(evals)
-        if evals != data["evals"] or best_step != data.get("best_step"):
+        if self._damaged_journal is not None:
+            aside = self.root / "damaged" / JOURNAL_NAME
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.journal_path, aside)
+            self._damaged_journal = None
+            atomic_write_json(self.journal_path, {"evals": evals, "best_step": best_step}, sort_keys=True)
+        elif evals != data["evals"] or best_step != data.get("best_step"):
             dropped = sorted(int(k) for k in data["evals"] if int(k) > int(resume_step))
             if dropped:
                 log.warning("evaluations at steps %s were not committed with a checkpoint; they will be redone",
@@ -204,13 +221,43 @@ class RunCheckpoints:
             if step > int(resume_step):  # newer than the resume point: damaged, moved aside by restore
                 self.latest.delete(step)
 
-    def _journal_from_best(self) -> None:
+    def _journal_from_best(self, write: bool = True) -> dict:
         evals = {}
         for step in self.best.all_steps():
-            metrics = self._read_meta(self.best, step).get("metrics")
-            if metrics:
+            try:
+                metrics = self._read_meta(self.best, step).get("metrics")
+            except Exception:  # noqa: BLE001 (a damaged best folder is reported when it is restored)
+                metrics = None
+            if isinstance(metrics, dict) and "mAP" in metrics:
                 evals[str(step)] = metrics
-        atomic_write_json(self.journal_path, {"evals": evals, "best_step": self._best_of(evals)}, sort_keys=True)
+        data = {"evals": evals, "best_step": self._best_of(evals)}
+        if write:
+            atomic_write_json(self.journal_path, data, sort_keys=True)
+        return data
+
+    def _repair_best(self, evals: dict, resume_step: int) -> dict:
+        """Makes the journal's best evaluation have a ``best/`` folder: copied from ``latest/`` of the same step
+        (the same state) when that exists, else that evaluation is dropped with a warning (its checkpoint is
+        gone) and the next best is considered."""
+        evals = dict(evals)
+        while True:
+            step = self._best_of(evals)
+            if step is None or step in self.best.all_steps():
+                return evals
+            source = pathlib.Path(self.latest.directory) / str(step)
+            if step in self.latest.all_steps() and step <= int(resume_step):
+                target = pathlib.Path(self.best.directory) / str(step)
+                partial = target.with_name(f"{step}.orbax-checkpoint-tmp-copy")  # removed by clean_leftovers
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(source, partial)
+                os.replace(partial, target)
+                self.best.reload()
+                log.warning("the best checkpoint (step %d) was missing; restored it from %s (the same state)",
+                            step, source)
+                return evals
+            log.warning("the best checkpoint (step %d) is missing and no other copy exists; its evaluation is "
+                        "dropped and the best remaining one is used", step)
+            del evals[str(step)]
 
     def clean_leftovers(self) -> list[pathlib.Path]:
         """Removes ``*.orbax-checkpoint-tmp*`` folders left by saves that were killed; returns them. Only the
@@ -357,20 +404,34 @@ class RunCheckpoints:
         manager.reload()
         return target
 
-    def restore(self, which: str | int, abstract_state: Any) -> tuple[Any, dict, dict, int]:
+    def restore(self, which: str | int, abstract_state: Any,
+                check_loader: Any = None) -> tuple[Any, dict, dict, int]:
         """Restores ``(state, loader_state, meta, step)``; ``abstract_state`` gives shapes and shardings.
 
         For ``'latest'`` a damaged newest checkpoint is moved to ``checkpoints/damaged/`` with a warning naming
         it and the previous good step is used; other damage raises :class:`CheckpointError` naming the folder.
+        ``check_loader(loader_state)`` (optional) validates the input pipeline's saved position: a ``ValueError``,
+        ``TypeError`` or ``KeyError`` from it counts as damage of that checkpoint.
         """
         manager, step = self.resolve(which)
-        if which != "latest":
+
+        def restore_checked(step):
             state, loader, meta = self._restore_one(manager, step, abstract_state, params_only=False)
+            if check_loader is not None:
+                try:
+                    check_loader(loader)
+                except (ValueError, TypeError, KeyError) as e:
+                    folder = pathlib.Path(manager.directory) / str(int(step)) / "loader"
+                    raise CheckpointError(f"{folder}: not a valid input-pipeline position ({e})") from None
+            return state, loader, meta
+
+        if which != "latest":
+            state, loader, meta = restore_checked(step)
             return state, loader, meta, step
         failures = []
         for step in sorted(manager.all_steps(), reverse=True):
             try:
-                state, loader, meta = self._restore_one(manager, step, abstract_state, params_only=False)
+                state, loader, meta = restore_checked(step)
             except CheckpointError as e:
                 if "another model or width" in str(e):
                     raise
@@ -395,6 +456,20 @@ class RunCheckpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _check_journal(data: Any) -> None:
+    """Raises ``ValueError`` naming what is wrong unless ``data`` is an evaluation journal."""
+    if not isinstance(data, dict) or not isinstance(data.get("evals"), dict):
+        raise ValueError("no 'evals' mapping")
+    for step, metrics in data["evals"].items():
+        if not str(step).isdigit():
+            raise ValueError(f"evaluation step {step!r} is not a step number")
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("mAP"), (int, float)):
+            raise ValueError(f"evaluation at step {step} has no numeric 'mAP'")
+    best = data.get("best_step")
+    if best is not None and (not isinstance(best, int) or str(best) not in data["evals"]):
+        raise ValueError(f"best_step {best!r} is not one of the journaled steps")
 
 
 def abstract_like(tree: Any) -> Any:

@@ -352,7 +352,28 @@ def evaluate_run(
       The metrics dict (CSO-mAP, AP05…AP25, diagnostics, ``params``, ``fps``, ``table_row``; ``psnr``/``ssim``
       when the method predicts every scored frame and image quality is on) without PR curves (those are in the
       JSON file).
+
+    Raises:
+      WorkdirLockedError: another process is writing ``out_dir`` (checked before anything is computed).
     """
+    lock = None
+    if out_dir is not None and jax.process_index() == 0:
+        from seqcsist_jax.run_lock import WorkdirLock
+
+        # Two evaluations writing one folder would interleave their files; the second is refused at once.
+        lock = WorkdirLock(out_dir, holder="another evaluation writing there",
+                           hint="wait for it to finish (its outputs replace this folder's)").acquire()
+    try:
+        return _evaluate_run(predict, params, arrays, eval_config, frame_index=frame_index, mesh=mesh, name=name,
+                             split=split, decode=decode, decode_options=decode_options, out_dir=out_dir, step=step,
+                             export_public=export_public, metrics_log=metrics_log, measure_speed=measure_speed)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _evaluate_run(predict, params, arrays, eval_config, *, frame_index, mesh, name, split, decode, decode_options,
+                  out_dir, step, export_public, metrics_log, measure_speed) -> dict:
     from seqcsist_jax import plots
     from seqcsist_jax.model_stats import count_params
 
@@ -392,8 +413,9 @@ def evaluate_run(
 
     if out_dir is not None and jax.process_index() == 0:
         out = pathlib.Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "metrics.json", _json_ready(result), strict=True)  # rmse etc. undefined: null
+        # metrics.json is written last and removed first: when it exists, every file next to it is of the
+        # same evaluation (a killed or failed write leaves no metrics.json, and the rerun rewrites them all).
+        (out / "metrics.json").unlink(missing_ok=True)
         first, last = scored_frame_range(frames.shape[1], margin)
         ids = arrays.get("trajectory_id", np.arange(len(frames)))
         export_detections(out / "detections.csv", detections, ids, range(first, last + 1))
@@ -415,6 +437,7 @@ def evaluate_run(
                            decode=decode)
         if metrics_log is not None:
             plots.plot_loss_curves(pathlib.Path(metrics_log), out / "loss_curves.png")
+        atomic_write_json(out / "metrics.json", _json_ready(result), strict=True)  # rmse etc. undefined: null
     return {k: v for k, v in result.items() if k != "pr_curves"}
 
 

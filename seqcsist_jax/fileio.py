@@ -26,6 +26,45 @@ def temporary_sibling(path: PathLike, suffix: str = "") -> pathlib.Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp{suffix}")
 
 
+STALE_SECONDS = 60.0  # a temporary file this old whose writer is gone is left over from a killed write
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: a live process of another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: PathLike) -> list[pathlib.Path]:
+    """Deletes the temporary siblings of ``path`` (:func:`temporary_sibling` names) left by writers that were
+    killed mid-write: their process no longer exists and the file is older than :data:`STALE_SECONDS` (a live
+    writer, or one on another host sharing the folder, keeps its file). Returns what was removed."""
+    import time
+
+    path = pathlib.Path(path)
+    removed = []
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp*"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        try:
+            stale = pid.isdigit() and not _pid_alive(int(pid)) and now - tmp.stat().st_mtime > STALE_SECONDS
+            if stale:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # vanished meanwhile, or not ours to remove
+            continue
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters escaped (``[`` → ``[[]`` and so on)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, suffix: str = "", fsync: bool = True) -> Iterator[pathlib.Path]:
     """Yields a temporary path to write to; on success it is fsynced and renamed to ``path``.
@@ -37,6 +76,7 @@ def atomic_path(path: PathLike, suffix: str = "", fsync: bool = True) -> Iterato
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)  # a killed earlier write must not leave its (possibly large) file forever
     tmp = temporary_sibling(path, suffix)
     try:
         yield tmp

@@ -82,6 +82,8 @@ def _parse(path: pathlib.Path) -> tuple[list[dict], int | None, int]:
                 record = json.loads(raw)
                 if not isinstance(record, dict) or "step" not in record:
                     raise ValueError("not a {\"step\": ...} object")
+                if isinstance(record["step"], bool) or not isinstance(record["step"], int):
+                    raise ValueError(f"step {record['step']!r} is not an integer")
             except (ValueError, UnicodeDecodeError) as e:
                 if is_last:
                     return records, number, offset

@@ -25,9 +25,11 @@ class WorkdirLock:
     """``with WorkdirLock(workdir): ...`` — raises :class:`WorkdirLockedError` at once when another process
     holds it (it never waits)."""
 
-    def __init__(self, workdir: str | os.PathLike):
+    def __init__(self, workdir: str | os.PathLike, holder: str = "another trainer",
+                 hint: str = "wait for it to finish or use another --workdir"):
         self.workdir = pathlib.Path(workdir)
         self.path = self.workdir / LOCK_NAME
+        self.holder, self.hint = holder, hint
         self._fd: int | None = None
 
     def acquire(self) -> "WorkdirLock":
@@ -39,8 +41,8 @@ class WorkdirLock:
             holder = _read_holder(fd)
             os.close(fd)
             raise WorkdirLockedError(
-                f"workdir {self.workdir} is in use by another trainer (PID {holder.get('pid', '?')} on host "
-                f"{holder.get('host', '?')}); wait for it to finish or use another --workdir"
+                f"{'workdir ' if self.holder == 'another trainer' else ''}{self.workdir} is in use by {self.holder} "
+                f"(PID {holder.get('pid', '?')} on host {holder.get('host', '?')}); {self.hint}"
             ) from None
         # We hold the lock: record ourselves (the file may hold a dead holder's record; overwrite it).
         os.ftruncate(fd, 0)

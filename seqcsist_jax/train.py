@@ -40,7 +40,7 @@ from seqcsist_jax.run_lock import WorkdirLock
 from seqcsist_jax.fileio import atomic_write_json
 from seqcsist_jax.evaluate import eval_dir
 from seqcsist_jax.predictor import make_predict_fn, make_predictor  # noqa: F401 (make_predict_fn: public name kept here)
-from seqcsist_jax.workdir import save_or_check_run_config
+from seqcsist_jax.workdir import run_config_differences, save_or_check_run_config
 from seqcsist_jax.metric_writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,10 @@ def make_train_step(model, loss_fn, optimizer: optax.GradientTransformation, phi
 # ------------------------------------------------------------------------------------------ the loop
 
 
+class ModelInitError(ValueError):
+    """The model's ``init`` failed on an example batch (a config value it cannot build); chained to the cause."""
+
+
 class ScheduleConfigError(ValueError):
     """``num_train_steps``/``num_epochs`` give no training schedule (reported in one line, before the workdir is
     created)."""
@@ -290,7 +294,13 @@ class Trainer:
         return _subset(self._split_cache[split], max_trajectories)
 
     def initial_state(self) -> TrainState:
-        return self._init(jax.random.PRNGKey(self.config.seed))
+        try:
+            return self._init(jax.random.PRNGKey(self.config.seed))
+        except (ArithmeticError, ValueError, TypeError) as e:  # e.g. --config.model.channels=0
+            raise ModelInitError(
+                f"config.model ({self.config.model.name}): the model cannot be initialised with these settings "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the config.model values "
+                "(train_and_evaluate in Python shows the full traceback)") from e
 
     def shard(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         """Per-process batch → global arrays sharded over the ``('data',)`` mesh."""
@@ -344,7 +354,9 @@ class Trainer:
         if self.checkpoints.latest.latest_step() is None:
             self.checkpoints.reconcile(0)
             return state, 0
-        state, loader_state, meta, step = self.checkpoints.restore("latest", abstract_like(state))
+        # a malformed saved position is a damaged checkpoint: it falls back to the previous one
+        state, loader_state, meta, step = self.checkpoints.restore(
+            "latest", abstract_like(state), check_loader=self.loader.check_state_format)
         self.loader.set_state(loader_state)
         # checkpoints written before the time was recorded count from this call on
         self.resumed_train_seconds = float((meta or {}).get("train_seconds") or 0.0)
@@ -482,8 +494,21 @@ def _no_detection_note(metrics: dict, config: ml_collections.ConfigDict) -> str:
             " --config.seed or a lower --config.optimizer.learning_rate)")
 
 
+def _has_trained(workdir: pathlib.Path) -> bool:
+    """Whether a run in ``workdir`` got as far as a logged step or a committed checkpoint (latest or best)."""
+    metrics = workdir / "metrics.jsonl"
+    if metrics.exists() and metrics.stat().st_size > 0:
+        return True
+    return any(p.name.isdigit() for kind in ("latest", "best") for p in (workdir / "checkpoints" / kind).glob("*"))
+
+
 def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_every_seconds) -> dict:
     # Checked before anything is written: a mistyped --config must never overwrite another run's config.json.
+    # A saved config whose run never wrote a checkpoint (e.g. a value that failed at initialisation) holds
+    # nothing to protect: the corrected command replaces it instead of being refused.
+    if not force_config and not _has_trained(workdir) and run_config_differences(workdir, config):
+        _say(f"{workdir}/config.json belongs to a run that never trained a step; replacing it with this config")
+        force_config = True
     save_or_check_run_config(workdir, config, force=force_config, write=False)
     # Built (and the optimiser config validated) before config.json is written, so an invalid value leaves no
     # saved config that would refuse the corrected command.
@@ -694,7 +719,12 @@ def _final_test(trainer: Trainer, state: TrainState) -> dict:
     """Scores the best checkpoint (by validation CSO-mAP) on the test split, as the paper does, and writes the
     evaluation outputs under ``eval/<test split>/``."""
 
-    best_state, _, _, step = trainer.checkpoints.restore("best", abstract_like(state))
+    try:
+        best_state, _, _, step = trainer.checkpoints.restore("best", abstract_like(state))
+    except FileNotFoundError as e:  # both the best folder and the journal were lost: nothing better to score
+        best_state, _, _, step = trainer.checkpoints.restore("latest", abstract_like(state))
+        _say(f"warning: {e} (the records of this run's evaluations were lost); scoring the latest checkpoint, "
+             f"step {step}, instead")
     config = trainer.config
     decode = config.eval.get("decode", "grid") or "grid"
     decode_options = {}

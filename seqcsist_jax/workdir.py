@@ -76,6 +76,10 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 ADDED_FIELD_DEFAULTS: dict[str, Any] = {"optimizer.warmup_steps": 0}
 
 
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and value != value
+
+
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``["key: old → new", ...]`` for every leaf that differs (dotted keys, sorted); a field of
     :data:`ADDED_FIELD_DEFAULTS` missing on one side counts as holding its default."""
@@ -88,7 +92,7 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     lines = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key, missing), b.get(key, missing)
-        if va != vb:
+        if va != vb and not (_is_nan(va) and _is_nan(vb)):  # NaN != NaN, but two NaNs are the same setting
             show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
             lines.append(f"{key}: {show(va)} → {show(vb)}")
     return lines

@@ -180,11 +180,13 @@ def test_journal_reconcile_forgets_uncommitted_evaluations(tmp_path):
     assert ckpt.best_metrics() == {"mAP": 0.2}
 
 
-def test_journal_garbage_is_an_error_naming_it(tmp_path):
+def test_journal_garbage_is_a_warning_naming_it(tmp_path, caplog):
     ckpt = RunCheckpoints(tmp_path)
+    ckpt.journal_path.parent.mkdir(parents=True, exist_ok=True)
     ckpt.journal_path.write_text("{not json")
-    with pytest.raises(CheckpointError, match=r"evals.json: not an evaluation journal"):
-        ckpt.journal()
+    # no best folder to rebuild it from: an empty journal (tests/test_fault_repairs.py covers the rebuild)
+    assert ckpt.journal() == {"evals": {}, "best_step": None}
+    assert "evals.json: not an evaluation journal" in caplog.text
 
 
 def test_enospc_during_save_is_one_clear_error(tmp_path, monkeypatch):

@@ -160,6 +160,8 @@ def test_entry_points_help_and_errors(tmp_path):
     # a workdir of another run is refused before anything in it changes
     (tmp_path / "run").mkdir()
     workdir_lib.save_or_check_run_config(tmp_path / "run", configs.get_config("derefnet:smoke"))
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')  # it trained (a config that
+    # never trained a step is replaced instead: tests/test_fault_repairs.py)
     before = (tmp_path / "run" / "config.json").read_text()
     other = _run(["-m", "experiments.train", "--config=srcnn:smoke", f"--workdir={tmp_path / 'run'}"])
     assert other.returncode == 2 and len(_error_lines(other)) == 1

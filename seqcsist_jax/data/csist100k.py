@@ -347,16 +347,14 @@ def load_csist100k_arrays(
     """
     if not isinstance(name, str) or name.split("/", 1)[0].split(":", 1)[0] != DATASET_NAME:
         raise ValueError(f"load_csist100k_arrays reads the {DATASET_NAME!r} dataset, got name {name!r}")
-    import tensorflow_datasets as tfds
+    from seqcsist_jax.data.tfds_open import read_tfds_split
 
-    from seqcsist_jax.data import tfds_registration
-
-    tfds_registration.register()
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=build_if_missing)
-    n = len(source)
+    # under the dataset's lock; damaged prepared files are rebuilt (seqcsist_jax.data.tfds_open)
+    examples = read_tfds_split(name, split, data_dir, build_if_missing,
+                               lambda source: source.__getitems__(list(range(len(source)))) if len(source) else [])
+    n = len(examples)
     if n == 0:
         raise ValueError(f"{name} split {split!r} is empty")
-    examples = source.__getitems__(list(range(n)))
     return {
         "image": np.stack([np.asarray(e["image"]) for e in examples]),
         "targets": np.stack([np.asarray(e["targets"], dtype=np.float32) for e in examples]),

@@ -168,6 +168,15 @@ def make_source(
         from seqcsist_jax.data import tfds_registration
 
         tfds_registration.register()
+    if _dataset_name(name_or_arrays) in ("seqcsist", "csist100k"):
+        from seqcsist_jax.data.tfds_open import read_tfds_split
+
+        def checked(source):  # reading every record once finds damaged files now, not mid-training
+            for start in range(0, len(source), 4096):
+                source.__getitems__(list(range(start, min(len(source), start + 4096))))
+            return source
+
+        return read_tfds_split(name_or_arrays, split, data_dir, build_if_missing, checked, **data_source_kwargs)
     return tfds.data_source(
         name_or_arrays, split=split, data_dir=data_dir, download=build_if_missing, **data_source_kwargs
     )
@@ -202,9 +211,17 @@ def load_split_arrays(
       ``frames (N, T, 11, 11)`` (uint8, or float32 for float configs), ``targets (N, T, MAXT, 3)`` float32,
       ``num_targets (N, T)`` int32, ``trajectory_id (N,)`` int64 and, when stored, ``frame_numbers (N, T)``.
     """
-    source = make_source(name, split=split, data_dir=data_dir, build_if_missing=build_if_missing)
-    n = len(source)
-    examples = source.__getitems__(list(range(n))) if n else []
+    from seqcsist_jax.data.tfds_open import read_tfds_split
+
+    def read_all(source):
+        return source.__getitems__(list(range(len(source)))) if len(source) else []
+
+    if _dataset_name(name) == "seqcsist":
+        # Read through under the dataset's lock: damaged prepared files are rebuilt (seqcsist_jax.data.tfds_open).
+        examples = read_tfds_split(name, split, data_dir, build_if_missing, read_all)
+    else:
+        examples = read_all(make_source(name, split=split, data_dir=data_dir, build_if_missing=build_if_missing))
+    n = len(examples)
     if not examples:
         raise ValueError(f"{name} split {split!r} is empty")
     out = {key: np.stack([np.asarray(e[key]) for e in examples]) for key in examples[0]}
@@ -414,6 +431,26 @@ class TrajectoryLoader:
             "sampler": self.sampler,
         }
 
+    def check_state_format(self, state: Any) -> None:
+        """Raises ``ValueError`` unless ``state`` is a well-formed saved position of a loader of this split size
+        (a mapping with integer ``epoch`` ≥ 0 and ``position`` in ``0..steps_per_epoch``, this state version):
+        what a damaged checkpoint breaks. Whether it comes from a loader with the same order is
+        :meth:`set_state`'s check."""
+        if not isinstance(state, Mapping):
+            raise ValueError(f"loader state is a {type(state).__name__}, not a mapping")
+        missing = [k for k in ("epoch", "position") if k not in state]
+        if missing:
+            raise ValueError(f"loader state lacks {missing}: {dict(state)!r}")
+        if state.get("version", _STATE_VERSION) != _STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')!r} is not {_STATE_VERSION}")
+        try:
+            epoch, position = int(state["epoch"]), int(state["position"])
+        except (TypeError, ValueError):
+            raise ValueError(f"loader state epoch/position are not integers: {dict(state)!r}") from None
+        if epoch < 0 or not 0 <= position <= self.steps_per_epoch:
+            raise ValueError(f"loader state epoch={epoch}, position={position} out of range "
+                             f"(steps_per_epoch={self.steps_per_epoch})")
+
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Continues from ``state`` (from :meth:`get_state`, possibly of a run with another process count).
 
@@ -421,11 +458,7 @@ class TrajectoryLoader:
           ValueError: when the state comes from a loader with a different order (seed, shuffle, batch size,
             drop_remainder or split size) or is malformed.
         """
-        missing = [k for k in ("epoch", "position") if k not in state]
-        if missing:
-            raise ValueError(f"loader state lacks {missing}: {dict(state)!r}")
-        if state.get("version", _STATE_VERSION) != _STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')!r} is not {_STATE_VERSION}")
+        self.check_state_format(state)
         mine = self.get_state()
         state = {"sampler": "sequential", **state}  # states saved before the sampler option existed
         for key in ("seed", "shuffle", "batch_size", "drop_remainder", "num_examples", "sampler"):

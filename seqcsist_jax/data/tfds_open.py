@@ -1,0 +1,111 @@
+"""Opening a prepared TFDS dataset safely: one builder per dataset at a time, and damaged files rebuilt.
+
+``tfds.data_source(..., download=True)`` prepares a missing dataset, but two processes doing so at once (two
+trainers, ``compare --jobs 2``) race: the loser fails renaming its ``incomplete.*`` folder onto the winner's. And a
+damaged prepared file (a truncated Parquet file, a garbled ``dataset_info.json``) fails with pyarrow's or
+protobuf's own error, at every later call. :func:`read_tfds_split` holds an advisory lock per dataset config in
+the data directory while it opens (and, if needed, prepares) a split and reads it through; when the prepared files
+cannot be read it moves that version folder aside (``<version>.damaged-<time>``, never deleted) and prepares it
+again: generated configs rebuild byte-identically, ``public`` ones from their manual folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import pathlib
+import time
+from typing import Any, Callable, Iterator, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class DamagedDatasetError(ValueError):
+    """A prepared dataset cannot be read even after rebuilding it (the message names the folder and the cause)."""
+
+
+def data_root(data_dir: str | os.PathLike | None) -> pathlib.Path:
+    """The TFDS data directory: ``data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``."""
+    return pathlib.Path(os.path.expanduser(str(data_dir or os.environ.get("TFDS_DATA_DIR")
+                                               or "~/tensorflow_datasets")))
+
+
+def _family_config(name: str) -> tuple[str, str]:
+    family, _, rest = name.partition("/")
+    family = family.split(":", 1)[0]
+    config = rest.split(":", 1)[0] if rest else "default"
+    return family, config
+
+
+@contextlib.contextmanager
+def build_lock(name: str, data_dir: str | os.PathLike | None) -> Iterator[None]:
+    """Holds ``<data_dir>/.<family>-<config>.lock`` (``flock``; released by the kernel if the holder dies): a
+    second process preparing or reading the same config through :func:`read_tfds_split` waits, and then finds
+    the data prepared."""
+    family, config = _family_config(name)
+    root = data_root(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / f".{family}-{config}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for another process preparing or reading %s/%s in %s", family, config, root)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def prepared_dir(name: str, data_dir: str | os.PathLike | None) -> pathlib.Path | None:
+    """The folder of the prepared version of ``name`` (``<data_dir>/<family>/<config>/<version>``), or None when
+    it has not been prepared."""
+    import tensorflow_datasets as tfds
+
+    family, config = _family_config(name)
+    version = name.split(":", 1)[1] if ":" in name else str(tfds.builder_cls(family).VERSION)
+    folder = data_root(data_dir) / family / config / version
+    return folder if folder.is_dir() else None
+
+
+def read_tfds_split(name: str, split: str, data_dir: str | os.PathLike | None, build_if_missing: bool,
+                    read: Callable[[Any], T], **data_source_kwargs: Any) -> T:
+    """``read(tfds.data_source(name, split=split, ...))`` under :func:`build_lock`; when the prepared files are
+    damaged (any error while opening or reading a folder that exists), the folder is moved aside and the dataset
+    prepared again once (``build_if_missing``), with a warning naming both folders.
+
+    Raises:
+      DamagedDatasetError: the dataset still cannot be read after rebuilding (or may not be rebuilt).
+    """
+    import tensorflow_datasets as tfds
+
+    from seqcsist_jax.data import tfds_registration
+
+    tfds_registration.register()
+    for attempt in (0, 1):
+        with build_lock(name, data_dir):
+            try:
+                return read(tfds.data_source(name, split=split, data_dir=data_dir, download=build_if_missing,
+                                             **data_source_kwargs))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:  # noqa: BLE001 (pyarrow, protobuf, OSError, KeyError: whatever the damage)
+                if isinstance(e, ValueError) and str(e).startswith("Unknown split"):
+                    raise  # a wrong split name, not damage
+                folder = prepared_dir(name, data_dir)
+                if folder is None:
+                    raise  # nothing prepared: a build error (e.g. a bad manual folder) says what it is itself
+                cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                if attempt or not build_if_missing:
+                    raise DamagedDatasetError(
+                        f"the prepared dataset {folder} cannot be read ({cause})"
+                        + ("" if build_if_missing else "; delete that folder or allow building it to rebuild")
+                    ) from e
+                aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(folder, aside)
+                log.warning("the prepared dataset %s cannot be read (%s); moved it to %s and preparing it again",
+                            folder, cause, aside)
+    raise AssertionError("unreachable")
