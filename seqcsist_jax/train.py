@@ -33,12 +33,12 @@ import numpy as np
 import optax
 
 from seqcsist_jax import sharding, train_multistep
-from seqcsist_jax.methods import check_method_name
 from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like, fault_point
 from seqcsist_jax.data.splits import cached_q, check_dataset_name, load_arrays, subpixel_c
 from seqcsist_jax.run_lock import WorkdirLock
 from seqcsist_jax.fileio import atomic_write_json
 from seqcsist_jax.evaluate import eval_dir
+from seqcsist_jax.methods import check_method_name
 from seqcsist_jax.predictor import make_predict_fn, make_predictor  # noqa: F401 (make_predict_fn: public name kept here)
 from seqcsist_jax.workdir import run_config_differences, save_or_check_run_config
 from seqcsist_jax.metric_writers import MetricWriter
@@ -504,7 +504,7 @@ def _has_trained(workdir: pathlib.Path) -> bool:
 
 def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_every_seconds) -> dict:
     # Checked before anything is written: a mistyped --config must never overwrite another run's config.json.
-    # A saved config whose run never wrote a checkpoint (e.g. a value that failed at initialisation) holds
+    # A saved config whose run never trained a step (e.g. a value that failed at initialisation) holds
     # nothing to protect: the corrected command replaces it instead of being refused.
     if not force_config and not _has_trained(workdir) and run_config_differences(workdir, config):
         _say(f"{workdir}/config.json belongs to a run that never trained a step; replacing it with this config")

@@ -128,6 +128,10 @@ def _dataset_name(name: str) -> str:
     return name.split("/", 1)[0].split(":", 1)[0]
 
 
+# The TFDS datasets this project builds: opened through seqcsist_jax.data.tfds_open (build lock, damage repair).
+PROJECT_DATASETS = ("seqcsist", "csist100k")
+
+
 def make_source(
     name_or_arrays: str | Mapping[str, Any],
     split: str | None = None,
@@ -168,7 +172,7 @@ def make_source(
         from seqcsist_jax.data import tfds_registration
 
         tfds_registration.register()
-    if _dataset_name(name_or_arrays) in ("seqcsist", "csist100k"):
+    if _dataset_name(name_or_arrays) in PROJECT_DATASETS:
         from seqcsist_jax.data.tfds_open import read_tfds_split
 
         def checked(source):  # reading every record once finds damaged files now, not mid-training
@@ -216,8 +220,9 @@ def load_split_arrays(
     def read_all(source):
         return source.__getitems__(list(range(len(source)))) if len(source) else []
 
-    if _dataset_name(name) == "seqcsist":
-        # Read through under the dataset's lock: damaged prepared files are rebuilt (seqcsist_jax.data.tfds_open).
+    if _dataset_name(name) in PROJECT_DATASETS:
+        # One pass under the dataset's lock (make_source would read it twice: its damage check, then here);
+        # damaged prepared files are rebuilt (seqcsist_jax.data.tfds_open).
         examples = read_tfds_split(name, split, data_dir, build_if_missing, read_all)
     else:
         examples = read_all(make_source(name, split=split, data_dir=data_dir, build_if_missing=build_if_missing))
