@@ -1138,6 +1138,25 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "overrides": args.overrides,
         "jobs": args.jobs,
     }
+    from seqcsist_jax.run_lock import WorkdirLock, WorkdirLockedError
+
+    # Two comparisons in one workdir would each find the other's running rows locked and mark them FAILED,
+    # and overwrite each other's tables: the second is refused at once, in one line.
+    try:
+        lock = WorkdirLock(workdir, holder="another compare",
+                           hint="wait for it to finish (a rerun reuses its finished rows) or use another --workdir")
+        lock.acquire()
+    except WorkdirLockedError as e:
+        raise SystemExit(f"error: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"error: {cli.os_error_line(e)}") from None
+    try:
+        return _compare_locked(args, workdir, prefix, settings)
+    finally:
+        lock.release()
+
+
+def _compare_locked(args: argparse.Namespace, workdir: pathlib.Path, prefix: pathlib.Path, settings: dict) -> dict:
     total = time.perf_counter()
     from seqcsist_jax.train import TrainingInterrupted
 

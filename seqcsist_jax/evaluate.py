@@ -307,6 +307,42 @@ def _json_ready(metrics: Mapping[str, Any]) -> dict:
     return out
 
 
+class EvalConfigError(ValueError):
+    """A ``config.eval`` value the evaluation cannot use (one line naming the key; raised before anything runs)."""
+
+
+def check_eval_config(eval_config: Mapping[str, Any]) -> None:
+    """Raises :class:`EvalConfigError` for a ``config.eval`` value that would score silently wrong or crash late.
+
+    ``threshold`` must be a finite number (a NaN threshold drops every detection: CSO-mAP 0 with no error),
+    ``batch_size`` a positive whole number, ``num_figure_samples`` and ``scored_margin`` whole numbers >= 0,
+    ``decode`` one of :data:`~seqcsist_jax.protocol.DECODERS` and ``ties`` ``input_order`` or ``grouped``.
+    Missing keys take their defaults and are not checked.
+    """
+    def number(key: str) -> Any:
+        value = eval_config.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise EvalConfigError(f"config.eval.{key} must be a number, got {value!r}")
+        return value
+
+    def whole(key: str, minimum: int) -> None:
+        value = number(key)
+        if not np.isfinite(value) or value != int(value) or value < minimum:
+            raise EvalConfigError(f"config.eval.{key} must be a whole number >= {minimum}, got {value!r}")
+
+    if "threshold" in eval_config and not np.isfinite(number("threshold")):
+        raise EvalConfigError(f"config.eval.threshold must be a finite brightness (SPEC §4.1: 70 for SeqCSIST, "
+                              f"50 for CSIST-100K), got {eval_config.get('threshold')!r}")
+    for key, minimum in (("batch_size", 1), ("num_figure_samples", 0), ("scored_margin", 0)):
+        if key in eval_config:
+            whole(key, minimum)
+    decode = eval_config.get("decode", "grid")
+    if decode not in (None, "", *DECODERS):
+        raise EvalConfigError(f"config.eval.decode must be one of {', '.join(DECODERS)}, got {decode!r}")
+    if eval_config.get("ties", "input_order") not in ("input_order", "grouped"):
+        raise EvalConfigError(f"config.eval.ties must be 'input_order' or 'grouped', got {eval_config.get('ties')!r}")
+
+
 def evaluate_run(
     predict: Callable,
     params: Any,
@@ -354,8 +390,10 @@ def evaluate_run(
       JSON file).
 
     Raises:
+      EvalConfigError: an unusable ``eval_config`` value (:func:`check_eval_config`; before anything runs).
       WorkdirLockedError: another process is writing ``out_dir`` (checked before anything is computed).
     """
+    check_eval_config(eval_config)
     lock = None
     if out_dir is not None and jax.process_index() == 0:
         from seqcsist_jax.run_lock import WorkdirLock

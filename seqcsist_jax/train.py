@@ -37,7 +37,7 @@ from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like, fault_poin
 from seqcsist_jax.data.splits import cached_q, check_dataset_name, load_arrays, subpixel_c
 from seqcsist_jax.run_lock import WorkdirLock
 from seqcsist_jax.fileio import atomic_write_json
-from seqcsist_jax.evaluate import eval_dir
+from seqcsist_jax.evaluate import check_eval_config, eval_dir
 from seqcsist_jax.methods import check_method_name
 from seqcsist_jax.predictor import make_predict_fn, make_predictor  # noqa: F401 (make_predict_fn: public name kept here)
 from seqcsist_jax.workdir import run_config_differences, save_or_check_run_config
@@ -404,10 +404,12 @@ def train_and_evaluate(
       UnknownMethodError: ``config.model.name`` names no method (not in ``methods.METHOD_TABLE``, no importable
         builder; idem).
       ScheduleConfigError: ``num_train_steps``/``num_epochs``/``checkpoint_every_*`` give no schedule (idem).
+      EvalConfigError: a ``config.eval`` value the evaluations cannot use (idem).
     """
     check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))
     check_method_name(config.model.name)
     check_schedule(config)
+    check_eval_config(config.eval)
     save_every_steps, save_every_seconds = _checkpoint_intervals(config)
     if config.get("multihost") and not jax.distributed.is_initialized():
         jax.distributed.initialize()

@@ -310,3 +310,17 @@ def test_a_workers_progress_lines_name_its_row(monkeypatch, capsys):
     monkeypatch.setattr(train_lib, "MESSAGE_PREFIX", "[espcn] ")  # what a --jobs worker sets
     train_lib._say("step 4: validation")
     assert capsys.readouterr().out.splitlines() == ["step 2: validation", "[espcn] step 4: validation"]
+
+
+def test_a_second_compare_on_the_same_workdir_is_refused_in_one_line(tmp_path):
+    from seqcsist_jax.run_lock import WorkdirLock
+
+    workdir = tmp_path / "runs"
+    argv = ["--methods=ista", "--variant=smoke", "--budget_steps=1", f"--workdir={workdir}", "--evals=1"]
+    with WorkdirLock(workdir, holder="another compare"):  # a first comparison running there
+        with pytest.raises(SystemExit) as err:
+            compare.main(argv)
+    message = str(err.value)
+    assert message.startswith(f"error: {workdir} is in use by another compare (PID ") and "\n" not in message
+    assert not (workdir / "ista").exists()  # no row was started
+    assert compare.main(argv)["rows"][0]["method"] == "ista"  # free again: the comparison runs

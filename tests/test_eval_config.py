@@ -1,0 +1,56 @@
+"""config.eval values are checked before anything runs (evaluate.check_eval_config)."""
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import configs
+from seqcsist_jax import evaluate as evaluation
+from seqcsist_jax import protocol
+
+
+@pytest.mark.parametrize("name", configs.available_configs())
+def test_every_shipped_config_passes(name):
+    evaluation.check_eval_config(configs.get_config(name).eval)
+
+
+def test_missing_keys_take_defaults_and_pass():
+    evaluation.check_eval_config({})
+    evaluation.check_eval_config({"threshold": 50, "batch_size": np.int64(4), "scored_margin": 0,
+                                  "decode": None, "ties": "grouped"})
+    for decode in protocol.DECODERS:
+        evaluation.check_eval_config({"decode": decode})
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("threshold", math.nan, "finite brightness"),
+    ("threshold", math.inf, "finite brightness"),
+    ("threshold", "70", "must be a number"),
+    ("threshold", True, "must be a number"),
+    ("batch_size", 0, "whole number >= 1"),
+    ("batch_size", -2, "whole number >= 1"),
+    ("batch_size", 2.5, "whole number >= 1"),
+    ("batch_size", None, "must be a number"),
+    ("num_figure_samples", -1, "whole number >= 0"),
+    ("scored_margin", -1, "whole number >= 0"),
+    ("scored_margin", math.nan, "whole number >= 0"),
+    ("decode", "grdi", "must be one of grid"),
+    ("ties", "stable", "'input_order' or 'grouped'"),
+])
+def test_bad_values_name_the_key(key, value, words):
+    with pytest.raises(evaluation.EvalConfigError, match=f"config.eval.{key} ") as info:
+        evaluation.check_eval_config({key: value})
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_train_refuses_a_nan_threshold_in_one_line_before_the_workdir_exists(tmp_path):
+    workdir = tmp_path / "w"
+    bad = subprocess.run([sys.executable, "-m", "experiments.train", "--config=derefnet:smoke", f"--workdir={workdir}",
+                          "--config.eval.threshold=nan"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2, bad.stderr
+    assert [line for line in bad.stderr.splitlines() if line.strip()] == [
+        "error: config.eval.threshold must be a finite brightness (SPEC §4.1: 70 for SeqCSIST, 50 for CSIST-100K), "
+        "got nan"]
+    assert not workdir.exists()
