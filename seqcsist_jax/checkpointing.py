@@ -124,6 +124,49 @@ def _is_enospc(error: BaseException) -> bool:
     return False
 
 
+class _FailedWriteEchoFilter(logging.Filter):
+    """Drops the echoes of a failed Orbax write that our saves report themselves.
+
+    Saves are synchronous, so the exception a writer thread raises reaches :meth:`RunCheckpoints._save`, which
+    reports it in one line; a full disk otherwise also prints it once per writer thread (Orbax's "raised an
+    exception" log, with traceback) and once per abandoned asyncio task ("Task exception was never retrieved",
+    logged when the task is collected): ~100 lines for one event.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        message = record.getMessage()
+        if record.name == "absl":
+            return not ("orbax" in record.pathname and "raised an exception" in message)
+        return not (record.name == "asyncio" and "Task exception was never retrieved" in message
+                    and "orbax" in message)
+
+
+def _quiet_failed_write_echoes() -> None:
+    """Installs, once per process, :class:`_FailedWriteEchoFilter` on the ``absl`` and ``asyncio`` loggers and an
+    unraisable-exception hook that drops ``RuntimeError: Event loop is closed``: after a failed write tensorstore's
+    completion callbacks keep calling into Orbax's finished asyncio loop, each printing that traceback (~70 on a
+    full disk, interleaved). Every other record and unraisable exception passes through unchanged."""
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_seqcsist_closed_loop_filter", False):
+        return
+    echo_filter = _FailedWriteEchoFilter()
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(echo_filter)
+
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._seqcsist_closed_loop_filter = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def _manager(directory: pathlib.Path, **options: Any) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         directory.resolve(),
@@ -281,6 +324,7 @@ class RunCheckpoints:
 
     def _save(self, manager, step, state, loader_state, meta) -> None:
         meta = {**meta, **state_checksums(state)}
+        _quiet_failed_write_echoes()
         try:
             manager.save(
                 int(step),

@@ -84,9 +84,12 @@ def atomic_path(path: PathLike, suffix: str = "", fsync: bool = True) -> Iterato
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            # A writer that got a file object (np.savez, zipfile) raises without a name: say which file it was.
+            e.filename = str(path)
         raise
 
 

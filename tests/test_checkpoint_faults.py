@@ -250,6 +250,76 @@ def test_enospc_on_a_real_small_disk_then_resume_bitwise(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
+def test_a_full_disk_during_a_real_training_save_prints_one_error_line(tmp_path):
+    """Without the echo filters this prints ~100-1,000 lines (Orbax's per-thread logs, "Event loop is closed")."""
+    disk = tmp_path / "disk"
+    reason = _mount_tmpfs(disk, "3m")  # the smoke run's Q cache (1 MB) fits, its first checkpoint (~13 MB) not
+    if reason:
+        pytest.skip(reason)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "experiments.train", "--config=derefnet:smoke",
+                               f"--workdir={disk / 'w'}"], capture_output=True, text=True, timeout=600,
+                              cwd=pathlib.Path(__file__).resolve().parents[1], env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("train:")]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert lines[-1].startswith("error: [Errno 28] no space left on device while saving checkpoint "), lines[-5:]
+    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) <= 4, lines  # the error, and at most the smoke data's ill-conditioned-Q warning (2 lines)
+
+
+def test_failed_write_echo_filters_drop_only_orbax_echoes(monkeypatch):
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    for name in ("absl", "asyncio"):
+        monkeypatch.setattr(logging.getLogger(name), "filters", [])
+    checkpointing._quiet_failed_write_echoes()
+    checkpointing._quiet_failed_write_echoes()  # idempotent: one hook, one filter per logger
+    assert len(logging.getLogger("absl").filters) == 1 and len(logging.getLogger("asyncio").filters) == 1
+
+    class Unraisable:
+        def __init__(self, value):
+            self.exc_value = value
+
+    closed, other = Unraisable(RuntimeError("Event loop is closed")), Unraisable(RuntimeError("something else"))
+    sys.unraisablehook(closed)
+    sys.unraisablehook(other)
+    assert seen == [other]
+
+    def record(name, path, level, message):
+        return logging.LogRecord(name, level, path, 1, message, None, None)
+
+    orbax_path = "/site-packages/orbax/checkpoint/_src/futures/future.py"
+    keep = [record("absl", orbax_path, logging.WARNING, "_SignalingThread.run() raised an exception: X"),
+            record("absl", "/mine/train.py", logging.ERROR, "worker raised an exception: X"),
+            record("absl", orbax_path, logging.ERROR, "Checkpoint folder is missing"),
+            record("asyncio", "/asyncio/base_events.py", logging.ERROR, "Task exception was never retrieved\n"
+                   "future: <Task finished coro=<my_job()>>")]
+    drop = [record("absl", orbax_path, logging.ERROR, "[thread=array_type_handler] _SignalingThread.run() raised an "
+                   "exception: RESOURCE_EXHAUSTED"),
+            record("asyncio", "/asyncio/base_events.py", logging.ERROR, "Task exception was never retrieved\n"
+                   "future: <Task finished coro=<async_serialize_from_host() defined at /x/orbax/checkpoint/s.py>>")]
+    for r in keep:
+        assert logging.getLogger(r.name).filter(r), r.getMessage()
+    for r in drop:
+        assert not logging.getLogger(r.name).filter(r), r.getMessage()
+
+
+def test_atomic_writes_name_the_file_of_a_nameless_os_error(tmp_path):
+    from seqcsist_jax.fileio import atomic_path
+
+    target = tmp_path / "qinit.npz"
+    with pytest.raises(OSError) as info:
+        with atomic_path(target, suffix=".npz"):
+            raise OSError(errno.ENOSPC, "No space left on device")  # as zipfile.close() raises it
+    assert info.value.filename == str(target) and not list(tmp_path.iterdir())
+    with pytest.raises(OSError) as info:
+        with atomic_path(target):
+            raise FileNotFoundError(errno.ENOENT, "No such file", "/elsewhere")
+    assert info.value.filename == "/elsewhere"  # a named error keeps its own name
+
+
 # ---------------------------------------------------------------------------------------------- lock
 
 

@@ -161,14 +161,27 @@ def markdown(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--trajectories", type=int, default=40)
-    p.add_argument("--calib-trajectories", type=int, default=40)
-    p.add_argument("--default-trajectories", type=int, default=500)
+    p.add_argument("--trajectories", type=int, default=40,
+                   help="test-split trajectories decoded per case (the first N; 16 scored frames each; "
+                        "default %(default)s)")
+    p.add_argument("--calib-trajectories", type=int, default=40,
+                   help="train-split trajectories (20 frames each) that calibrate() fits the imaging "
+                        "parameters on (the first N; default %(default)s)")
+    p.add_argument("--default-trajectories", type=int, default=500,
+                   help="train-split trajectories of seqcsist/default for the check that calibration "
+                        "recovers the default model (default %(default)s)")
     p.add_argument("--methods", nargs="+", default=["trajectory"],
-                   choices=["grid", "peak", "refine", "trajectory"])
-    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    p.add_argument("--base-seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS)
+                   choices=["grid", "peak", "refine", "trajectory"],
+                   help="decoders run on every case, space-separated (default: trajectory; the mAP checks "
+                        "need trajectory)")
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES),
+                   help="imaging mismatches to run, space-separated, from: %(choices)s (default: all)")
+    p.add_argument("--base-seed", type=int, default=0,
+                   help="the TFDS builder's base seed: tracks come from split_seed(base_seed, 'test' / "
+                        "'train') (default %(default)s)")
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help="folder (created if missing) for bench_calibrate.json and bench_calibrate.md "
+                        "(default: experiments/benchmarks/results)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     test = simulate_seqcsist(args.trajectories, split_seed(args.base_seed, "test"))

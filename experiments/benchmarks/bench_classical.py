@@ -63,8 +63,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loop_frames", type=int, default=8, help="frames solved by the per-frame loops")
     parser.add_argument("--frames", type=int, default=1500, help="frames solved by the batched solver")
-    parser.add_argument("--max_iter", type=int, default=3000)
-    parser.add_argument("--out", default=str(RESULTS / "compare_ista_speed"))
+    parser.add_argument("--max_iter", type=int, default=3000,
+                        help="most ISTA iterations per frame in every variant (tol 1e-4 may stop earlier; "
+                             "default %(default)s)")
+    parser.add_argument("--out", default=str(RESULTS / "compare_ista_speed"),
+                        help="path prefix of the results: .json and .md replace its suffix, if any "
+                             "(default: experiments/benchmarks/results/compare_ista_speed)")
     args = parser.parse_args(argv)
 
     phi = imaging.measurement_matrix()

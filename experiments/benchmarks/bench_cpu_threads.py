@@ -64,8 +64,12 @@ def _run(cases: list[tuple[str, list[int] | None]], repeats: int) -> list[float]
 
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--output", default=str(RESULTS / "bench_cpu_threads"))
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="timed calls per case after one compile call; the fastest is reported "
+                             "(default %(default)s)")
+    parser.add_argument("--output", default=str(RESULTS / "bench_cpu_threads"),
+                        help="path prefix of the results: .md and .json replace its suffix, if any "
+                             "(default: experiments/benchmarks/results/bench_cpu_threads)")
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     rows = []

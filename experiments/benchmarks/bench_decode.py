@@ -331,7 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--trajectories", type=int, default=750, help="test trajectories (the split has 750)")
     p.add_argument("--base-seed", type=int, default=0, help="the TFDS builder's base seed")
     p.add_argument("--methods", nargs="+", default=["grid", "peak", "refine", "trajectory", "trajectory+star"],
-                   choices=["grid", "peak", "refine", "trajectory", "trajectory+star"])
+                   choices=["grid", "peak", "refine", "trajectory", "trajectory+star"],
+                   help="decoders run for every map source, space-separated (grid and peak are skipped for "
+                        "the oracle-map seeds)")
     p.add_argument("--warm-trajectories", type=int, default=206,
                    help="trajectories of the warm-up call (>= one chunk so it compiles every shape)")
     p.add_argument("--no-diagnostics", action="store_true",

@@ -216,17 +216,26 @@ def to_markdown(result: dict, note: str = "") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--size", type=int, default=33)
-    parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--features", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--methods", nargs="+", default=["gather", "matmul"])
+    parser.add_argument("--batch", type=int, default=64,
+                        help="batch size N of the input (DeRefNet: 64 centre/neighbour pairs; "
+                             "default %(default)s)")
+    parser.add_argument("--size", type=int, default=33,
+                        help="height = width of the input and output maps, in pixels (default %(default)s)")
+    parser.add_argument("--channels", type=int, default=32, help="input channels C (default %(default)s)")
+    parser.add_argument("--features", type=int, default=32, help="output channels O (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="interleaved timed rounds after one warm-up; median and minimum are reported "
+                             "(default %(default)s)")
+    parser.add_argument("--methods", nargs="+", default=["gather", "matmul"], choices=["gather", "matmul", "auto"],
+                        help="JAX formulations of deform_conv2d to time, space-separated: gather, matmul or "
+                             "auto (= gather) (default: gather matmul)")
     parser.add_argument("--offset-scale", type=float, default=1.0, help="offset std in pixels")
     parser.add_argument("--no-torch", action="store_true", help="skip the torchvision baseline")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     parser.add_argument(
-        "--out", type=Path, default=RESULTS / "bench_deform_conv", help="path stem for .json/.md"
+        "--out", type=Path, default=RESULTS / "bench_deform_conv",
+        help="path prefix of the results: .json and .md replace its suffix, if any "
+             "(default: experiments/benchmarks/results/bench_deform_conv)",
     )
     args = parser.parse_args(argv)
     result = run(

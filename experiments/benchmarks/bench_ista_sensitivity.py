@@ -59,9 +59,15 @@ def render_frames(targets: np.ndarray, shift: tuple[float, float], sigma: float)
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trajectories", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(RESULTS / NAME))
+    parser.add_argument("--trajectories", type=int, default=16,
+                        help="simulated trajectories; each contributes its 16 scored frames 2..17 "
+                             "(default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed given as is to simulate_seqcsist (not a split_seed base seed; "
+                             "default %(default)s)")
+    parser.add_argument("--out", default=str(RESULTS / NAME),
+                        help="path prefix of the results: .json and .md replace its suffix, if any "
+                             "(default: experiments/benchmarks/results/bench_ista_sensitivity)")
     args = parser.parse_args(argv)
 
     data = simulate_seqcsist(args.trajectories, args.seed)

@@ -330,11 +330,15 @@ def to_markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed calls per measurement after one warm-up call, median kept; the faster "
+                             "measurements use 2× or 3× as many (default %(default)s)")
     parser.add_argument("--batch", type=int, default=8, help="trajectories per call for batched inference")
     parser.add_argument("--skip-loop", action="store_true", help="skip the slow public-loop PyTorch mode")
     parser.add_argument("--torch-device", default="cpu", help="PyTorch device ('cuda' on a GPU machine)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="folder (created if missing) for <name>.json and <name>.md, see --name "
+                             "(default: experiments/benchmarks/results)")
     parser.add_argument("--name", default="bench_model", help="results file stem")
     args = parser.parse_args(argv)
 

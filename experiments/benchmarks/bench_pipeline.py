@@ -107,7 +107,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir (default: a fresh temporary folder)")
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per throughput entry")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32],
+                        help="loader batch sizes to measure, in trajectories of 20 frames, space-separated "
+                             "(default: 1 8 32)")
     parser.add_argument("--no-tf", action="store_true", help="skip the tfds.load comparison")
     args = parser.parse_args(argv)
 

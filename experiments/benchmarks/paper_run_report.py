@@ -213,8 +213,10 @@ def report_markdown(summary: dict[str, Any], hardware: str, command: str, wall_s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", required=True,
+                        help="run directory of experiments.train (reads config.json, metrics.jsonl, "
+                             "checkpoints/evals.json and eval/test/metrics.json)")
     parser.add_argument("--output", required=True, help="path prefix of the .md, .json and .png written")
     parser.add_argument("--hardware", required=True, help="where it trained, e.g. 'NVIDIA H200'")
     parser.add_argument("--command", required=True, help="how the run was launched, as the report states it")

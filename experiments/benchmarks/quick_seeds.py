@@ -125,7 +125,9 @@ def to_markdown(rows: list[dict[str, Any]], summary: dict[str, dict[str, float]]
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="training seeds, space-separated: seed s runs with --config.seed=s in "
+                             "<prefix>s (default: 0 1 2)")
     parser.add_argument("--workdir-prefix", default="workdirs/quick_seed",
                         help="workdir of seed s is <prefix><s> (relative to the repository root)")
     parser.add_argument("--collect-only", action="store_true", help="do not train; only collect finished runs")

@@ -40,10 +40,17 @@ VARIANTS: list[tuple[str, dict]] = [
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="targets_2_8", choices=list(CONFIGS))
-    p.add_argument("--trajectories", type=int, default=150)
-    p.add_argument("--base-seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--config", default="targets_2_8", choices=list(CONFIGS),
+                   help="SeqCSIST builder config whose test split is regenerated and whose decoder "
+                        "options are used (default %(default)s)")
+    p.add_argument("--trajectories", type=int, default=150,
+                   help="test-split trajectories decoded (the first N; default %(default)s)")
+    p.add_argument("--base-seed", type=int, default=0,
+                   help="the TFDS builder's base seed: the split is split_seed(base_seed, 'test') "
+                        "(default %(default)s)")
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help="folder (created if missing) for star_ablation_<config>.json and .md "
+                        "(default: experiments/benchmarks/results)")
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
     data = load_split(args.config, args.trajectories, args.base_seed)
