@@ -20,7 +20,8 @@ Flags:
   --variant           config variant for every method (``smoke`` in tests; default: the paper's architecture)
   --evals             validation evaluations per run (best checkpoint among them; default 2)
   --max_eval_trajectories  validation subset size (default: the config's)
-  --workdir           one subdirectory per method; finished runs with the same config are reused
+  --workdir           one subdirectory per method; finished runs with the same config (and, for a method defined
+                      in a user's file, the same source of that file) are reused
   --output            path prefix of the table files (default ``WORKDIR/compare`` → .md, .json, .png)
   --force             recompute even when a finished run with the same config exists
   --restart_changed   a row whose workdir holds an unfinished run of another config is set aside and restarted
@@ -29,6 +30,18 @@ Flags:
                       row at the end with nothing else running (compilations come from a cache in WORKDIR);
                       rows start longest first by the times in the previous table at --output; a worker's
                       progress lines start with its row's name (``[espcn] step 2: validation …``)
+
+Reuse: a row is reused when its ``WORKDIR/<row>/compare_row.json`` holds the same config and, for a method that is
+not part of the package (``config.model.name = "path/to/file.py:build_fn"`` or a config-file row), the same SHA-256
+of the file defining its builder and of the row's config file. When that source changed (or a run made before it
+was recorded holds the folder), the old row folder is moved aside to ``WORKDIR/<row>.stale-<UTC time>`` (kept, and
+said in one line) and the row is trained afresh: its old checkpoints never meet the new code. Only those files are
+fingerprinted, not the modules they import.
+
+Exit status: 0 when every row finished; 1 when a row failed (the table is still written, marking it failed, and
+the last line names the failed rows; ``main()`` returns the table then, only the command exits 1); 2 for a usage,
+config or file-system error (one ``error: ...`` line on stderr; a mistyped row or config and an unwritable --workdir
+or --output are refused before anything is trained); 128 + N when signal N stopped it.
 
 Stopping: Ctrl-C or SIGTERM stops the whole table. A row that is training saves a checkpoint first (with
 ``--jobs``, each worker gets exactly one SIGTERM from the table, or from the kernel on Linux if the table is
@@ -92,6 +105,7 @@ TABLE_ROWS = DEFAULT_METHODS + (
 ROW_LISTS = {"all": DEFAULT_METHODS, "table": TABLE_ROWS}
 METRICS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
 ROW_FILE = "compare_row.json"
+SOURCE_FILE = "compare_source.json"  # a user method's source fingerprints, written as its row's run starts
 FLOPS_FRAMES = 20  # FLOPs are reported per 20-frame trajectory (the paper's), whatever the dataset's length
 FPS_PASS_SECONDS = 3.0  # FPS pass of a --jobs > 1 run: test batches are timed (after a warm-up) for this long
 COMPILE_CACHE = ".jax_cache"  # under --workdir: the FPS pass reuses the workers' compilations
@@ -120,7 +134,9 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("variant", "", "config variant for every method ('' = paper architecture)", flag_values=fv)
     flags.DEFINE_integer("evals", 2, "validation evaluations per training run", flag_values=fv)
     flags.DEFINE_integer("max_eval_trajectories", None, "validation subset size", flag_values=fv)
-    flags.DEFINE_string("workdir", None, "output directory (one subdirectory per method)", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "output directory (one subdirectory per method); a finished row is reused "
+                        "when its config and, for a method in a user's file, that file are unchanged (a changed "
+                        "file's row is moved aside to <row>.stale-<time> and trained afresh)", flag_values=fv)
     flags.DEFINE_string("output", None, "path prefix of compare.{md,json,png} (default WORKDIR/compare)",
                         flag_values=fv)
     flags.DEFINE_bool("force", False, "recompute finished runs", flag_values=fv)
@@ -144,7 +160,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parses the command line (absl flags; ``--config.a.b=value`` overrides apply to every method's config).
 
     Raises:
-      SystemExit: a usage error, with one ``error: ...`` line.
+      CommandError: a usage error (a ``SystemExit`` with status 2), its ``error: ...`` line printed to stderr.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -152,7 +168,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         fv = flags.FlagValues()
         _define_flags(fv)
         if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in rest):
-            print(f"{__doc__.split(chr(10) + chr(10))[0]}\n\nflags (--config.a.b=value overrides every method's "
+            paragraphs = __doc__.split(chr(10) + chr(10))
+            status = next(p for p in paragraphs if p.startswith("Exit status"))
+            print(f"{paragraphs[0]}\n\n{status}\n\nflags (--config.a.b=value overrides every method's "
                   f"config):\n{fv.get_help()}")
             raise SystemExit(0)
         try:
@@ -182,8 +200,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.method_steps and args.paper_scale:
             raise cli.UsageError("--method_steps reduces a budget; --paper_scale runs each config's own schedule")
     except cli.UsageError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise fail(str(e)) from None
     return args
+
+
+class CommandError(SystemExit):
+    """A usage, config or file-system error of the command: ``str()`` is its ``error: ...`` line and ``code`` the
+    exit status (2, like ``experiments.train`` and ``experiments.evaluate``)."""
+
+    def __init__(self, line: str, status: int = 2):
+        super().__init__(line)
+        self.code = status
+
+
+def fail(message: str) -> CommandError:
+    """Prints ``error: message`` (one line) to stderr and returns the :class:`CommandError` to raise."""
+    line = f"error: {message}"
+    print(line, file=sys.stderr, flush=True)
+    return CommandError(line)
 
 
 def expand_rows(text: str) -> list[str]:
@@ -438,6 +472,9 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
     if trainable:
         _schedule(config, args.evals)
     key = json.loads(json.dumps(config.to_dict(), default=str))
+    source = row_source(name, config)
+    if source is not None:  # a user's method: a row of other code is neither reused nor resumed
+        _set_aside_changed_source(name, workdir, config, source)
 
     row_path = workdir / ROW_FILE
     if row_path.exists() and not args.force:
@@ -448,12 +485,14 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
         except (OSError, ValueError) as e:  # a damaged cache only costs re-scoring the row's run
             log.warning("%s: ignoring the damaged %s (%s); the row is computed again", name, row_path, e)
             cached = {}
-        if cached.get("config") == key:
+        if cached.get("config") == key and cached.get("source") == source:
             log.info("%s: reusing the finished run in %s", name, workdir)
             return cached
 
     if trainable:
         _set_aside_stale_run(workdir, config, force=args.force or getattr(args, "restart_changed", False))
+    if source is not None:  # before the run starts: an interrupted run of this code is resumed, of other code not
+        atomic_write_json(workdir / SOURCE_FILE, {"source": source})
     start = time.perf_counter()
     if trainable:
         result = train_lib.train_and_evaluate(config, workdir)
@@ -499,10 +538,82 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
         "paper": None if is_single_image(config.dataset.name) else _paper_row(name),
         **{k: float(test[k]) for k in ("psnr", "ssim") if test.get(k) is not None},
         "config": key,
+        "source": source,
         **extra,
     }
     atomic_write_json(row_path, row)
     return row
+
+
+def row_source(row: str, config) -> dict | None:
+    """Fingerprints of the user code a row runs (:func:`seqcsist_jax.methods.method_source_fingerprint`):
+    ``{"builder": sha256}`` of the file defining ``config.model.name``'s builder, and for a config-file row
+    ``{"config_file": sha256}`` of that file; None for a row of the package's own code."""
+    import hashlib
+
+    from seqcsist_jax import methods
+
+    source = {}
+    builder = methods.method_source_fingerprint(str(config.model.name))
+    if builder:
+        source["builder"] = builder
+    base = row.partition("@")[0]
+    if is_config_file(base):
+        try:
+            source["config_file"] = hashlib.sha256(pathlib.Path(base).expanduser().read_bytes()).hexdigest()
+        except OSError:
+            pass
+    return source or None
+
+
+def _recorded_source(workdir: pathlib.Path) -> tuple[bool, dict | None]:
+    """``(holds_a_run, source)``: whether the row's workdir holds anything of an earlier run, and the source
+    fingerprints recorded when that run started (:data:`SOURCE_FILE`) or finished (the row file); None when
+    neither records them (a run made before they were recorded, or a damaged record)."""
+    ignored = {RESULT_FILE, ".lock"}
+    if not workdir.is_dir() or not any(p.name not in ignored for p in workdir.iterdir()):
+        return False, None
+    for path in (workdir / SOURCE_FILE, workdir / ROW_FILE):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("source"), dict):
+            return True, record["source"]
+    return True, None
+
+
+def _set_aside_changed_source(name: str, workdir: pathlib.Path, config, source: dict) -> None:
+    """A row whose workdir holds a run of other source code of its method (or of unrecorded source) is moved to
+    ``<workdir>.stale-<UTC time>`` (kept, said in one line) and starts afresh: reusing its row or resuming its
+    checkpoints would put the old model in the table under the new code's name."""
+    holds, recorded = _recorded_source(workdir)
+    if not holds or recorded == source:
+        return
+    files = {"builder": str(config.model.name).rpartition(":")[0], "config_file": name.partition("@")[0]}
+    keys = [k for k in source if recorded is None or recorded.get(k) != source[k]] or list(source)
+    what = " and ".join(dict.fromkeys(files[k] for k in keys))
+    aside = _aside_path(workdir, "stale")
+    workdir.rename(aside)
+    workdir.mkdir(parents=True)
+    again = "training it afresh" if is_trainable(config) else "evaluating it afresh"
+    if recorded is None:
+        log.warning("%s: the run in %s does not record its method's source (%s), so it may be of other code; "
+                    "moved it to %s (kept) and %s", name, workdir, what, aside, again)
+    else:
+        log.warning("%s: the method's source (%s) changed since the row in %s was trained; moved that row to %s "
+                    "(kept) and %s", name, what, workdir, aside, again)
+
+
+def _aside_path(workdir: pathlib.Path, tag: str) -> pathlib.Path:
+    """``<workdir>.<tag>-<UTC time>``, numbered when that exists (two set-asides within a second)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    aside = workdir.with_name(f"{workdir.name}.{tag}-{stamp}")
+    number = 1
+    while aside.exists():
+        aside = workdir.with_name(f"{workdir.name}.{tag}-{stamp}-{number}")
+        number += 1
+    return aside
 
 
 def _set_aside_stale_run(workdir: pathlib.Path, config, force: bool) -> None:
@@ -522,7 +633,7 @@ def _set_aside_stale_run(workdir: pathlib.Path, config, force: bool) -> None:
     if not force:
         raise cli.UsageError(f"{workdir} holds an unfinished run of another config ({shown}); rerun with "
                              "--restart_changed to set it aside and start this row over, or use another --workdir")
-    aside = workdir.with_name(f"{workdir.name}.replaced-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+    aside = _aside_path(workdir, "replaced")
     workdir.rename(aside)
     workdir.mkdir(parents=True)
     log.warning("%s held a run of another config (%s); moved it to %s and starting over", workdir, shown, aside)
@@ -988,7 +1099,7 @@ def _run_rows_in_processes(args: argparse.Namespace, workdir: pathlib.Path, sett
                 del running[sentinel]
                 running_names.remove(name)
                 _print_row(names.index(name) + 1, len(names), done[name])
-                write_outputs([done[n] for n in names if n in done], settings, prefix)
+                _write_table([done[n] for n in names if n in done], settings, prefix)
     finally:  # an interrupted parent (Ctrl-C, SIGTERM) stops its workers; their runs resume from checkpoints
         _stop_workers([worker for _, worker in running.values()])
     return [done[n] for n in names]
@@ -1110,8 +1221,78 @@ def _report_stop(signum: int, args: argparse.Namespace, workdir: pathlib.Path, s
           "stopped ones resume)", file=sys.stderr, flush=True)
 
 
+def config_error_line(row: str, error: BaseException) -> str:
+    """One line for a row whose config cannot be made: the row (a config file's path) named once, and for an
+    error raised while running a user's config file, its type and the file's line (a SyntaxError says it)."""
+    base = row.partition("@")[0]
+    text = str(error)
+    if not isinstance(error, (cli.UsageError, ValueError, SyntaxError)):
+        import traceback
+
+        text = f"{type(error).__name__}: {text}"
+        try:
+            target = pathlib.Path(base).expanduser().resolve()
+            lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+                     if pathlib.Path(f.filename).resolve() == target]
+        except (OSError, ValueError):
+            lines = []
+        if lines:
+            text += f" ({target.name}, line {lines[-1]})"
+    if is_config_file(base) and (base in text or str(pathlib.Path(base).expanduser()) in text):
+        return text  # the message names the file already
+    return f"{row}: {text}"
+
+
+def _check_output(prefix: pathlib.Path) -> None:
+    """Fails in one line, before any row runs, when the table cannot be written at ``prefix`` (a read-only place,
+    a path under a file)."""
+    import tempfile
+
+    try:
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=prefix.parent, prefix=f".{prefix.name}.probe-"):
+            pass
+    except OSError as e:
+        raise fail(output_error_line(e, prefix)) from None
+
+
+def output_error_line(error: OSError, prefix: pathlib.Path) -> str:
+    """One line for a failure to write the table at ``prefix`` (the rows' runs stay in their workdirs)."""
+    import errno
+
+    where = f"cannot write the table {prefix}.{{md,json,png}}"
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        text = f"{error.strerror} ({error.filename})" if error.strerror and error.filename else str(error)
+        return f"{where}: {text}; choose a writable --output (finished rows are kept in their workdirs)"
+    return f"{where}: {cli.os_error_line(error)}"
+
+
+def _write_table(rows: Sequence[dict], settings: dict, prefix: pathlib.Path) -> dict[str, pathlib.Path]:
+    """:func:`write_outputs`, with a failure to write (e.g. a full disk) one ``error:`` line (exit status 2)."""
+    try:
+        return write_outputs(rows, settings, prefix)
+    except OSError as e:
+        raise fail(output_error_line(e, prefix)) from None
+
+
+def failed_rows_line(rows: Sequence[dict]) -> str | None:
+    """``1 of 3 rows failed: espcn (FloatingPointError: …); …`` — None when no row failed."""
+    failed = [r for r in rows if r.get("error")]
+    if not failed:
+        return None
+    reasons = ", ".join(f"{r['method']} ({str(r['error']).splitlines()[0][:100]})" for r in failed)
+    return (f"{len(failed)} of {len(rows)} rows failed: {reasons}; the table marks them failed; run the same "
+            "command again to retry them (finished rows are reused)")
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Runs the comparison; returns ``{"rows": [...], "paths": {...}}``."""
+    """Runs the comparison; returns ``{"rows": [...], "paths": {...}, "failed": [row names]}``, also when rows
+    failed (the command then exits 1 after its last line names them).
+
+    Raises:
+      CommandError: a usage, config or file-system error (exit status 2; its one line is on stderr).
+      SystemExit: 128 + N after signal N stopped the table.
+    """
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # quiet orbax/absl chatter
     for name in ("compare", "seqcsist_jax"):
@@ -1120,7 +1301,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         try:
             method_config(name, args)
         except (cli.UsageError, ValueError) as e:
-            raise SystemExit(f"error: {name}: {e}") from None
+            raise fail(config_error_line(name, e)) from None
+        except Exception as e:  # noqa: BLE001 - a user's config file that does not run (SyntaxError, ImportError)
+            if not is_config_file(name.partition("@")[0]):
+                raise
+            raise fail(config_error_line(name, e)) from None
     workdir = pathlib.Path(args.workdir)
     prefix = pathlib.Path(args.output) if args.output else workdir / "compare"
     settings = {
@@ -1147,11 +1332,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                            hint="wait for it to finish (a rerun reuses its finished rows) or use another --workdir")
         lock.acquire()
     except WorkdirLockedError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise fail(str(e)) from None
     except OSError as e:
-        raise SystemExit(f"error: {cli.os_error_line(e)}") from None
+        raise fail(cli.os_error_line(e)) from None
     try:
+        _check_output(prefix)
         return _compare_locked(args, workdir, prefix, settings)
+    except OSError as e:  # the machine, not a row: e.g. a full disk while a worker's row is read back
+        raise fail(cli.os_error_line(e)) from None
     finally:
         lock.release()
 
@@ -1186,7 +1374,7 @@ def _compare_locked(args: argparse.Namespace, workdir: pathlib.Path, prefix: pat
                 running.clear()
                 _print_row(i, len(args.methods), row)
                 # partial tables survive an interrupted run
-                write_outputs([done[n] for n in args.methods if n in done], settings, prefix)
+                _write_table([done[n] for n in args.methods if n in done], settings, prefix)
             rows = [done[n] for n in args.methods]
     except KeyboardInterrupt as e:  # Ctrl-C, or Stopped
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
@@ -1198,10 +1386,13 @@ def _compare_locked(args: argparse.Namespace, workdir: pathlib.Path, prefix: pat
     settings["seconds_this_call"] = time.perf_counter() - total
     # wall time of every method's train + evaluation, including runs reused from earlier calls
     settings["seconds_all_methods"] = float(sum(r.get("seconds") or 0.0 for r in rows))
-    paths = write_outputs(rows, settings, prefix)
-    print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return {"rows": rows, "paths": paths}
+    paths = _write_table(rows, settings, prefix)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}", flush=True)
+    failed = failed_rows_line(rows)
+    if failed:
+        print(failed, file=sys.stderr, flush=True)
+    return {"rows": rows, "paths": paths, "failed": [r["method"] for r in rows if r.get("error")]}
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["failed"] else 0)

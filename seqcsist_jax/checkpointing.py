@@ -104,12 +104,14 @@ def check_params_match(expected: Any, restored: Any, where: str) -> None:
     exp, got = shapes(expected), shapes(restored)
     for key in sorted(set(exp) | set(got)):
         if exp.get(key) != got.get(key):
-            e = "missing" if key not in exp else f"shape {exp[key]}"
-            g = "missing" if key not in got else f"shape {got[key]}"
-            raise CheckpointError(
-                f"{where} holds another model or width: parameter {key} is {g} in the checkpoint but the model "
-                f"expects {e}"
-            )
+            if key not in exp:
+                detail = f"parameter {key} (shape {got[key]}) is in the checkpoint but not in the model"
+            elif key not in got:
+                detail = f"the model's parameter {key} (shape {exp[key]}) is not in the checkpoint"
+            else:
+                detail = f"parameter {key} is shape {got[key]} in the checkpoint but the model expects {exp[key]}"
+            raise CheckpointError(f"{where} holds another model or width: {detail} ({len(exp)} model parameters, "
+                                  f"{len(got)} in the checkpoint)")
 
 
 def _is_enospc(error: BaseException) -> bool:
@@ -484,7 +486,34 @@ class RunCheckpoints:
                 log.warning("%s; moved it to %s and falling back to the previous checkpoint", e, moved)
                 continue
             return state, loader, meta, step
-        raise CheckpointError("no readable 'latest' checkpoint: " + "; ".join(failures))
+        raise CheckpointError("no readable 'latest' checkpoint: " + "; ".join(failures) + f". They were moved to "
+                              f"{self.root / 'damaged'} (kept); running the same command again starts this run "
+                              f"from step 0")
+
+    def restore_best(self, abstract_state: Any) -> tuple[Any, dict, dict, int]:
+        """``restore('best', ...)`` that repairs a damaged best folder instead of stopping: the folder is moved to
+        ``checkpoints/damaged/best-N`` with a warning and the journal reconciled as for a lost folder, i.e. it is
+        copied back from ``latest/N`` (the same state) when that exists, else that evaluation is dropped and the
+        next best with a checkpoint is used.
+
+        Raises:
+          FileNotFoundError: no evaluation with a readable checkpoint is left (the caller may score the latest).
+          CheckpointError: another model or width, or a copy restored from ``latest/N`` that is damaged too.
+        """
+        tried: set[int] = set()
+        while True:
+            try:
+                return self.restore("best", abstract_state)
+            except CheckpointError as e:
+                if "another model or width" in str(e):
+                    raise
+                _, step = self.resolve("best")
+                if step in tried:
+                    raise CheckpointError(f"{e} (its copy from {self.latest.directory}/{step} too)") from None
+                tried.add(step)
+                moved = self._move_aside(self.best, step, "best")
+                log.warning("%s; moved it to %s", e, moved)
+                self.reconcile(max(self.latest.all_steps(), default=step))
 
     def restore_params(self, which: str | int) -> tuple[Any, int]:
         """Restores only the model parameters ``(params, step)`` as host arrays, without knowing the optimiser

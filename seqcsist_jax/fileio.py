@@ -87,7 +87,7 @@ def atomic_path(path: PathLike, suffix: str = "", fsync: bool = True) -> Iterato
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None and e.strerror is not None:
             # A writer that got a file object (np.savez, zipfile) raises without a name: say which file it was.
             e.filename = str(path)
         raise

@@ -18,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -155,6 +157,114 @@ def method_builder(name: str) -> Builder:
     return _import_builder(METHOD_TABLE.get(name, name))
 
 
+class MethodContractError(ValueError):
+    """A user's builder or model breaks the method contract (README: Adding a method); one line naming what."""
+
+
+_CONTRACT = "README: Adding a method; experiments/examples/tiny_method.py is a whole method"
+
+
 def build_method(model_config: ml_collections.ConfigDict, loss_config: ml_collections.ConfigDict) -> Method:
-    """Instantiates the method named ``model_config.name``."""
-    return method_builder(model_config.name)(model_config, loss_config)
+    """Instantiates the method named ``model_config.name``.
+
+    Raises:
+      UnknownMethodError: see :func:`method_builder`.
+      MethodContractError: a builder outside :data:`METHOD_TABLE` that cannot take ``(model_config, loss_config)``
+        or returns something other than a :class:`Method` (one line; errors raised inside the builder's own code
+        propagate unchanged, with their traceback).
+    """
+    name = model_config.name
+    builder = method_builder(name)
+    if name not in METHOD_TABLE:
+        import inspect
+
+        try:
+            inspect.signature(builder).bind(model_config, loss_config)
+        except TypeError:
+            raise MethodContractError(
+                f"config.model.name: the builder {name!r} must take (model_config, loss_config); its signature is "
+                f"{builder.__name__}{inspect.signature(builder)} ({_CONTRACT})") from None
+        except ValueError:  # no signature to inspect (a builtin or C callable): let the call itself decide
+            pass
+    method = builder(model_config, loss_config)
+    if not isinstance(method, Method):
+        raise MethodContractError(
+            f"config.model.name: the builder {name!r} returned {type(method).__name__}; expected "
+            f"seqcsist_jax.methods.Method(name, model, loss_fn) ({_CONTRACT})")
+    return method
+
+
+def check_method_contract(method: Method, params: Any, frames_shape: tuple[int, ...], phi: Any, q: Any) -> None:
+    """Abstractly evaluates (no FLOPs) ``method.model.apply`` on ``frames_shape (B, T, 11, 11)`` and
+    ``method.loss_fn`` on its outputs; raises :class:`MethodContractError` in one line unless the model returns a
+    mapping whose ``"output"`` is ``(B, T', 11c, 11c)`` with ``T' = len(method.frame_index(T))`` and the loss
+    returns ``(scalar, dict of scalars)`` for labels ``(B, T, 11c, 11c)`` (c from Q's ``((11c)², 121)`` shape).
+    The loss is not checked for methods with their own ``make_train_step`` (they define their own losses)."""
+    b, t = int(frames_shape[0]), int(frames_shape[1])
+    side = int(round(np.sqrt(np.shape(q)[0])))
+    frames = jax.ShapeDtypeStruct(tuple(frames_shape), jnp.float32)
+    phi_, q_ = jnp.asarray(phi, jnp.float32), jnp.asarray(q, jnp.float32)
+    outputs = jax.eval_shape(lambda p, f: method.model.apply({"params": p}, f, phi_, q_), params, frames)
+    where = f"method {method.name!r}"
+    if not isinstance(outputs, Mapping) or "output" not in outputs:
+        got = f"a mapping with keys {sorted(outputs)}" if isinstance(outputs, Mapping) else _describe(outputs)
+        raise MethodContractError(f"{where}: the model returned {got}; expected a dict with 'output' "
+                                  f"(B, T', {side}, {side}) maps ({_CONTRACT})")
+    want = (b, len(np.asarray(method.frame_index(t))), side, side)
+    got_shape = tuple(getattr(outputs["output"], "shape", ()))
+    if got_shape != want:
+        raise MethodContractError(
+            f"{where}: the model's 'output' has shape {got_shape}; expected {want} = (batch, "
+            f"len(frame_index({t})), {side}, {side}) for frames {tuple(frames_shape)} ({_CONTRACT})")
+    if method.make_train_step is not None:
+        return
+    labels = jax.ShapeDtypeStruct((b, t, side, side), jnp.float32)
+    result = jax.eval_shape(method.loss_fn, outputs, labels)
+    ok = (isinstance(result, tuple) and len(result) == 2 and getattr(result[0], "shape", None) == ()
+          and isinstance(result[1], Mapping) and all(getattr(v, "shape", None) == () for v in result[1].values()))
+    if not ok:
+        raise MethodContractError(
+            f"{where}: the loss returned {_describe(result)}; expected (total, {{name: value}}) with scalar "
+            f"total and values ({_CONTRACT})")
+
+
+def _describe(tree: Any) -> str:
+    """A short account of an abstract value: ``float32[3]``, ``tuple of 2``, ``dict``."""
+    if hasattr(tree, "shape") and hasattr(tree, "dtype"):
+        return f"an array {tree.dtype}{list(tree.shape)}"
+    if isinstance(tree, tuple):
+        return f"a tuple of {len(tree)} ({', '.join(_describe(x) for x in tree[:3])})"
+    return type(tree).__name__
+
+
+def method_source_fingerprint(name: str) -> str | None:
+    """SHA-256 (hex) of the file that defines the builder of method ``name`` when the method is not part of this
+    package: the file of a ``"path/to/file.py:build_fn"`` target, or the module file of ``"package.module:build_fn"``.
+
+    None for the methods of :data:`METHOD_TABLE` and builders in this package (their code is versioned with the
+    package), and for a target whose file cannot be found or read (building the method then fails with its own
+    message). Only that one file is hashed, not the modules it imports. ``experiments.compare`` records it with a
+    row, so that a row whose method's code changed is trained again instead of reused.
+    """
+    import hashlib
+    import pathlib
+
+    if not isinstance(name, str) or name in METHOD_TABLE or ":" not in name:
+        return None
+    module_name = name.rpartition(":")[0]
+    if module_name.endswith(".py"):
+        path = pathlib.Path(module_name).expanduser()
+    else:
+        if module_name.partition(".")[0] == __name__.partition(".")[0]:
+            return None
+        try:
+            spec = importlib.util.find_spec(module_name)  # imports the parent packages, not the module itself
+        except Exception:  # noqa: BLE001 - an unimportable target: building the method reports it
+            return None
+        if spec is None or not spec.has_location or not spec.origin:
+            return None
+        path = pathlib.Path(spec.origin)
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None

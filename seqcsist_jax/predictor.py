@@ -104,4 +104,18 @@ def restore_run(
     finally:
         checkpoints.close()
     predictor = make_predictor(config, q_for_workdir(workdir, config.dataset))
+    check_params_fit(predictor, params, f"{workdir / 'checkpoints'} ({checkpoint!r}, step {int(step)})")
     return config, predictor, params, int(step)
+
+
+def check_params_fit(predictor: Predictor, params: Any, where: str) -> None:
+    """Raises :class:`~seqcsist_jax.checkpointing.CheckpointError` in one line naming the first parameter whose
+    shape differs between ``params`` and the predictor's model (an abstract init: no FLOPs), e.g. a checkpoint
+    scored with ``--config`` of another model or width, or a user's method edited after training."""
+    from seqcsist_jax.checkpointing import check_params_match
+
+    frames = jax.ShapeDtypeStruct((1, 20, 11, 11), jnp.float32)  # parameter shapes do not depend on B or T
+    phi, q = jnp.asarray(predictor.phi, jnp.float32), jnp.asarray(predictor.q, jnp.float32)
+    expected = jax.eval_shape(lambda f: predictor.method.model.init(jax.random.PRNGKey(0), f, phi, q)["params"],
+                              frames)
+    check_params_match(expected, params, where)

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from seqcsist_jax import sharding, train_multistep
+from seqcsist_jax import methods, sharding, train_multistep
 from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like, fault_point
 from seqcsist_jax.data.splits import cached_q, check_dataset_name, load_arrays, subpixel_c
 from seqcsist_jax.run_lock import WorkdirLock
@@ -74,6 +74,15 @@ class OptimizerConfigError(ValueError):
     written to the workdir)."""
 
 
+def check_learning_rate(config: ml_collections.ConfigDict) -> None:
+    """Raises :class:`OptimizerConfigError` unless ``config.learning_rate`` (``config``: ``config.optimizer``) is a
+    finite number > 0: 0 trains nothing and a negative rate climbs the loss, and both would run to the end
+    without a word."""
+    rate = config.get("learning_rate")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not np.isfinite(rate) or rate <= 0:
+        raise OptimizerConfigError(f"optimizer.learning_rate must be a finite number > 0, got {rate!r}")
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int | None = None) -> optax.Schedule | float:
     """``constant`` (the paper) or ``cosine`` decay to 0 over ``num_steps`` (used by the short CPU configs).
 
@@ -81,8 +90,10 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int | N
     ``cosine`` the decay then covers the remaining ``num_steps - warmup_steps``); it must be below ``num_steps``.
 
     Raises:
-      OptimizerConfigError: unknown schedule, negative or too long warmup, cosine without ``num_steps``.
+      OptimizerConfigError: a learning rate that is not a finite number > 0, unknown schedule, negative or too
+        long warmup, cosine without ``num_steps``.
     """
+    check_learning_rate(config)
     kind = config.get("schedule", "constant")
     warmup = int(config.get("warmup_steps") or 0)
     if warmup < 0:
@@ -185,12 +196,13 @@ class ScheduleConfigError(ValueError):
 
 
 def check_schedule(config: ml_collections.ConfigDict) -> None:
-    """Raises :class:`ScheduleConfigError` unless ``num_train_steps`` is positive, or -1 (or 0) with a positive
-    ``num_epochs``: a negative step count is a typo, not a request for the config's epoch schedule."""
+    """Raises :class:`ScheduleConfigError` unless ``num_train_steps`` is positive, or -1 with a positive
+    ``num_epochs``: 0 or another negative step count is a typo, not a request for the config's (possibly
+    100-epoch) schedule."""
     steps = config.get("num_train_steps", -1)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < -1:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < -1 or steps == 0:
         raise ScheduleConfigError(f"config.num_train_steps must be a positive number of steps, or -1 to train "
-                                  f"config.num_epochs epochs; got {steps!r}")
+                                  f"config.num_epochs epochs ({config.get('num_epochs')!r}); got {steps!r}")
     if steps <= 0 and not float(config.get("num_epochs", 0) or 0) > 0:
         raise ScheduleConfigError(f"config.num_train_steps={steps} trains config.num_epochs epochs, which must be "
                                   f"positive; got num_epochs={config.get('num_epochs')!r}")
@@ -264,6 +276,7 @@ class Trainer:
         self.optimizer = (self.method.make_optimizer or create_optimizer)(config.optimizer, self.num_steps)
 
         frames_shape = (self.global_batch,) + self.train_arrays["frames"].shape[1:]
+        self._frames_shape, self._contract_checked = frames_shape, False
         model, opt, init_params = self.method.model, self.optimizer, self.method.init_params
         init = lambda rng: create_train_state(
             rng, model, opt, jnp.zeros(frames_shape, jnp.float32), self.phi, self.q, init_params
@@ -295,12 +308,17 @@ class Trainer:
 
     def initial_state(self) -> TrainState:
         try:
-            return self._init(jax.random.PRNGKey(self.config.seed))
+            state = self._init(jax.random.PRNGKey(self.config.seed))
         except (ArithmeticError, ValueError, TypeError) as e:  # e.g. --config.model.channels=0
             raise ModelInitError(
                 f"config.model ({self.config.model.name}): the model cannot be initialised with these settings "
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the config.model values "
                 "(train_and_evaluate in Python shows the full traceback)") from e
+        if self.config.model.name not in methods.METHOD_TABLE and not self._contract_checked:
+            # A user's method: a wrong output or loss shape is one line now, not a JAX error inside the step.
+            methods.check_method_contract(self.method, state.params, self._frames_shape, self.phi, self.q)
+            self._contract_checked = True
+        return state
 
     def shard(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         """Per-process batch → global arrays sharded over the ``('data',)`` mesh."""
@@ -405,11 +423,20 @@ def train_and_evaluate(
         builder; idem).
       ScheduleConfigError: ``num_train_steps``/``num_epochs``/``checkpoint_every_*`` give no schedule (idem).
       EvalConfigError: a ``config.eval`` value the evaluations cannot use (idem).
+      OptimizerConfigError: ``optimizer.learning_rate`` is not a finite number > 0 (idem).
+      ValueError: ``config.seed`` is not a whole number in [0, 2**32) (idem).
     """
     check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))
     check_method_name(config.model.name)
+    if config.model.name not in methods.METHOD_TABLE:  # a user's builder: its return value is checked now
+        methods.build_method(config.model, config.loss)
     check_schedule(config)
     check_eval_config(config.eval)
+    if "optimizer" in config:
+        check_learning_rate(config.optimizer)
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"config.seed must be a whole number in [0, 2**32), got {seed!r}")
     save_every_steps, save_every_seconds = _checkpoint_intervals(config)
     if config.get("multihost") and not jax.distributed.is_initialized():
         jax.distributed.initialize()
@@ -722,7 +749,7 @@ def _final_test(trainer: Trainer, state: TrainState) -> dict:
     evaluation outputs under ``eval/<test split>/``."""
 
     try:
-        best_state, _, _, step = trainer.checkpoints.restore("best", abstract_like(state))
+        best_state, _, _, step = trainer.checkpoints.restore_best(abstract_like(state))
     except FileNotFoundError as e:  # both the best folder and the journal were lost: nothing better to score
         best_state, _, _, step = trainer.checkpoints.restore("latest", abstract_like(state))
         _say(f"warning: {e} (the records of this run's evaluations were lost); scoring the latest checkpoint, "

@@ -318,6 +318,9 @@ def test_atomic_writes_name_the_file_of_a_nameless_os_error(tmp_path):
         with atomic_path(target):
             raise FileNotFoundError(errno.ENOENT, "No such file", "/elsewhere")
     assert info.value.filename == "/elsewhere"  # a named error keeps its own name
+    with pytest.raises(OSError, match=r"^disk full \(simulated\)$"):  # no errno: the message is kept as it is
+        with atomic_path(target):
+            raise OSError("disk full (simulated)")
 
 
 # ---------------------------------------------------------------------------------------------- lock

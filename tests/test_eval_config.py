@@ -54,3 +54,17 @@ def test_train_refuses_a_nan_threshold_in_one_line_before_the_workdir_exists(tmp
         "error: config.eval.threshold must be a finite brightness (SPEC §4.1: 70 for SeqCSIST, 50 for CSIST-100K), "
         "got nan"]
     assert not workdir.exists()
+
+
+def test_optimizer_and_seed_values_are_checked(tmp_path):
+    from seqcsist_jax import train as train_lib
+
+    train_lib.check_learning_rate(configs.get_config("derefnet:smoke").optimizer)
+    for bad in (0.0, -1e-3, math.nan, math.inf, "1e-3", True, None):
+        with pytest.raises(train_lib.OptimizerConfigError, match="optimizer.learning_rate must be a finite number"):
+            train_lib.check_learning_rate({"learning_rate": bad})
+    config = configs.get_config("derefnet:smoke")
+    config.seed = -1
+    with pytest.raises(ValueError, match=r"config.seed must be a whole number in \[0, 2\*\*32\), got -1"):
+        train_lib.train_and_evaluate(config, tmp_path / "w")
+    assert not (tmp_path / "w").exists()

@@ -81,6 +81,21 @@ def test_a_deleted_best_folder_is_restored_from_latest_of_the_same_step(finished
     _params_equal(best, latest)
 
 
+def test_a_damaged_best_folder_is_moved_aside_and_restored_from_latest(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    meta_file = run / "checkpoints" / "best" / "6" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["params_sha256"] = "0" * 64  # as if the saved arrays had changed on disk
+    meta_file.write_text(json.dumps(meta))
+    result = train_lib.train_and_evaluate(_smoke(), run)  # the finished run only scores its best again
+    assert (run / "checkpoints" / "damaged" / "best-6").is_dir()
+    assert result["step"] == 6 and RunCheckpoints(run).best_step() == 6
+    np.testing.assert_equal(result["test"]["mAP"], finished[1]["test"]["mAP"])
+    best, _ = RunCheckpoints(run).restore_params("best")  # the repaired folder passes its checksum
+    reference, _ = RunCheckpoints(finished[0]).restore_params("best")
+    _params_equal(best, reference)
+
+
 def test_without_best_folder_and_journal_the_latest_checkpoint_is_scored(finished, tmp_path):
     run = _copy(finished, tmp_path)
     shutil.rmtree(run / "checkpoints" / "best" / "6")

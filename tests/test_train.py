@@ -453,12 +453,16 @@ def test_without_a_bar_progress_lines_come_at_most_once_a_minute(monkeypatch, ca
 def test_a_negative_step_count_is_refused_in_one_line_before_the_workdir_exists(tmp_path):
     bad = _run(["-m", "experiments.train", "--config=derefnet:smoke", f"--workdir={tmp_path / 'w'}",
                 "--config.num_train_steps=-5"])
+    epochs = configs.get_config("derefnet:smoke").num_epochs
     assert bad.returncode == 2 and [line for line in bad.stderr.splitlines() if line.strip()] == [
         "error: config.num_train_steps must be a positive number of steps, or -1 to train config.num_epochs "
-        "epochs; got -5"]
+        f"epochs ({epochs!r}); got -5"]
     assert not (tmp_path / "w").exists()
     config = configs.get_config("derefnet:smoke")
     train_lib.check_schedule(config)
+    config.num_train_steps = 0  # not "train the config's epochs": that may be 100 epochs
+    with pytest.raises(train_lib.ScheduleConfigError, match="got 0$"):
+        train_lib.check_schedule(config)
     config.num_train_steps = -1
     train_lib.check_schedule(config)  # the configs' "train num_epochs epochs"
     config.num_epochs = 0.0

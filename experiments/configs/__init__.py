@@ -50,7 +50,8 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
     """Loads a config by ``name[:arg]`` or ``path/to/file.py[:arg]`` without flags (for notebooks and tests).
 
     Raises:
-      ValueError: unknown name or variant, or a path that is not a config file (the message says which).
+      ValueError: unknown name or variant, a path that is not a config file, or a config file with a syntax error
+        or a failing import (the message says which; errors raised by the file's own code propagate unchanged).
     """
     name, _, arg = spec.partition(":")
     if name.endswith(".py") or "/" in name:
@@ -64,6 +65,10 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
         sys.modules[module_spec.name] = module
         try:
             module_spec.loader.exec_module(module)
+        except SyntaxError as e:  # the file as written: one line naming where, not a traceback
+            raise ValueError(f"config file {path}: {e.msg} (line {e.lineno})") from None
+        except ImportError as e:  # e.g. a module it imports is not installed (ModuleNotFoundError)
+            raise ValueError(f"config file {path}: {type(e).__name__}: {e}") from None
         finally:
             sys.modules.pop(module_spec.name, None)
         if not hasattr(module, "get_config"):

@@ -1,0 +1,142 @@
+"""A user's method that breaks the contract (README: Adding a method) is one line naming what, not a JAX error
+inside the train step; a checkpoint scored with another model is one line naming the first parameter."""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import configs
+from experiments.examples import tiny_method
+from seqcsist_jax import imaging, methods
+from seqcsist_jax.checkpointing import CheckpointError, check_params_match
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+class _Small(nn.Module):  # 11×11 maps instead of 33×33
+    @nn.compact
+    def __call__(self, frames, phi, q):
+        return {"output": nn.Conv(1, (3, 3))(frames[..., None])[..., 0]}
+
+
+class _Bare(nn.Module):  # an array instead of {"output": ...}
+    @nn.compact
+    def __call__(self, frames, phi, q):
+        return tiny_method.TinyRefiner()(frames, phi, q)["output"]
+
+
+class _Missing(nn.Module):  # a dict without "output"
+    @nn.compact
+    def __call__(self, frames, phi, q):
+        return {"maps": tiny_method.TinyRefiner()(frames, phi, q)["output"]}
+
+
+def _scalar_loss(outputs, labels):
+    return jnp.mean((outputs["output"] - labels) ** 2)
+
+
+def _vector_total(outputs, labels):
+    per = jnp.mean((outputs["output"] - labels) ** 2, axis=(1, 2, 3))
+    return per, {"mse": per.mean()}
+
+
+def _check(method, frames_shape=(2, 8, 11, 11)):
+    phi = imaging.measurement_matrix()
+    q = np.zeros(phi.T.shape, np.float32)
+    params = jax.eval_shape(lambda f: method.model.init(jax.random.PRNGKey(0), f, phi, q)["params"],
+                            jax.ShapeDtypeStruct(frames_shape, jnp.float32))
+    methods.check_method_contract(method, params, frames_shape, phi, q)
+
+
+def test_the_example_method_and_the_built_in_ones_keep_the_contract():
+    _check(methods.Method("tiny", tiny_method.TinyRefiner(4), tiny_method.mse_loss))
+    for name in ("srcnn", "derefnet"):
+        config = configs.get_config(f"{name}:smoke")
+        _check(methods.build_method(config.model, config.loss))
+
+
+@pytest.mark.parametrize("method,words", [
+    (methods.Method("small", _Small(), tiny_method.mse_loss), "'output' has shape (2, 8, 11, 11); expected "
+                                                               "(2, 8, 33, 33)"),
+    (methods.Method("bare", _Bare(), tiny_method.mse_loss), "the model returned an array float32[2, 8, 33, 33]"),
+    (methods.Method("missing", _Missing(), tiny_method.mse_loss), "a mapping with keys ['maps']"),
+    (methods.Method("scalar", tiny_method.TinyRefiner(4), _scalar_loss), "the loss returned an array float32[]"),
+    (methods.Method("vector", tiny_method.TinyRefiner(4), _vector_total), "the loss returned a tuple of 2"),
+    (methods.Method("index", tiny_method.TinyRefiner(4), tiny_method.mse_loss,
+                    frame_index=lambda t: np.arange(2, t - 2)), "expected (2, 4, 33, 33)"),
+])
+def test_contract_breaks_are_one_line_naming_what(method, words):
+    with pytest.raises(methods.MethodContractError) as info:
+        _check(method)
+    message = str(info.value)
+    assert words in message and f"method {method.name!r}" in message and "\n" not in message
+
+
+def _builders(tmp_path) -> pathlib.Path:
+    path = tmp_path / "builders.py"
+    path.write_text(
+        "from experiments.examples import tiny_method as tiny\n"
+        "def build_tuple(model_config, loss_config):\n"
+        "    return tiny.TinyRefiner(), tiny.mse_loss\n"
+        "def build_noargs():\n"
+        "    return None\n")
+    return path
+
+
+def test_a_builder_that_returns_no_method_or_takes_no_configs_is_one_line(tmp_path):
+    path = _builders(tmp_path)
+    config = configs.get_config("srcnn:smoke")
+    config.model.name = f"{path}:build_tuple"
+    with pytest.raises(methods.MethodContractError, match=r"returned tuple; expected seqcsist_jax.methods.Method"):
+        methods.build_method(config.model, config.loss)
+    config.model.name = f"{path}:build_noargs"
+    with pytest.raises(methods.MethodContractError, match=r"must take \(model_config, loss_config\); its signature "
+                                                          r"is build_noargs\(\)"):
+        methods.build_method(config.model, config.loss)
+
+
+def test_train_with_a_broken_builder_is_one_line_before_the_workdir_exists(tmp_path):
+    path = _builders(tmp_path)
+    workdir = tmp_path / "w"
+    proc = subprocess.run([sys.executable, "-m", "experiments.train", "--config=srcnn:smoke",
+                           f"--config.model.name={path}:build_tuple", f"--workdir={workdir}"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: config.model.name: the builder")
+    assert not workdir.exists()
+
+
+def test_params_mismatch_names_missing_extra_and_reshaped_parameters():
+    model = {"conv": {"kernel": np.zeros((3, 3, 1, 4)), "bias": np.zeros(4)}}
+    with pytest.raises(CheckpointError, match=r"W holds another model or width: parameter \['conv'\]\['bias'\] is "
+                                              r"shape \(8,\) in the checkpoint but the model expects \(4,\)"):
+        check_params_match(model, {"conv": {"kernel": np.zeros((3, 3, 1, 4)), "bias": np.zeros(8)}}, "W")
+    with pytest.raises(CheckpointError, match=r"the model's parameter \['conv'\]\['bias'\] \(shape \(4,\)\) is not "
+                                              r"in the checkpoint \(2 model parameters, 1 in the checkpoint\)"):
+        check_params_match(model, {"conv": {"kernel": np.zeros((3, 3, 1, 4))}}, "W")
+    with pytest.raises(CheckpointError, match=r"parameter \['lambda'\] \(shape \(\)\) is in the checkpoint but not "
+                                              r"in the model"):
+        check_params_match(model, {**model, "lambda": np.zeros(())}, "W")
+    check_params_match(model, model, "W")
+
+
+def test_evaluate_with_the_config_of_another_model_is_one_line(tmp_path):
+    from seqcsist_jax import train as train_lib
+
+    workdir = tmp_path / "srcnn"
+    train_lib.train_and_evaluate(configs.get_config("srcnn:smoke"), workdir)
+    proc = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}",
+                           "--config=derefnet:smoke"], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and " holds another model or width: " in lines[0] and "('best', step " in lines[0]
