@@ -9,7 +9,9 @@ The first form reads the run's ``config.json`` from the workdir (``--config.a.b=
 e.g. ``--config.dataset.data_dir``); the second converts a checkpoint trained with the public PyTorch code
 (``.pth`` state_dict, or an ``.npz`` of the same keys) and scores it with ``--config``. Scoring needs no
 optimiser and never loads the training split when the run cached its Q. Metrics JSON, detections CSV and
-figures go to ``{workdir}/eval/{split}[-{decode}]/``; the paper's table row is printed. ``--decode=grid`` is
+figures go to ``{workdir}/eval/{split}[-{decode}]/`` (``…-step{N}/`` for ``--checkpoint`` other than ``best``, so
+the run's own result is never replaced); the paper's table row is printed. Imported or shipped weights are refused
+in a workdir that holds a training run. ``--decode=grid`` is
 the paper protocol (the default unless the config's ``eval.decode`` says otherwise); the others are this
 project's continuous decoders, which first calibrate the imaging model on the training split (once per workdir,
 stored as ``imaging.json`` and printed; ``--nocalibrate`` uses the nominal model).
@@ -59,6 +61,12 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     from seqcsist_jax.predictor import make_predictor, restore_run
 
     workdir = pathlib.Path(workdir)
+    if (pretrained or torch_checkpoint) and ((workdir / "config.json").exists() or (workdir / "checkpoints").is_dir()):
+        # Its eval/ holds the run's own test results: scoring other weights there would replace them silently.
+        flag = f"--pretrained={pretrained}" if pretrained else f"--torch_checkpoint={torch_checkpoint}"
+        raise cli.UsageError(f"--workdir={workdir} holds a training run (config.json, checkpoints/); {flag} would "
+                             "replace its eval/ results with another model's: give a new or empty --workdir"
+                             + (" (or leave it out: workdirs/pretrained/NAME)" if pretrained else ""))
     if pretrained:
         from seqcsist_jax import pretrained as shipped
 
@@ -82,7 +90,14 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         params = load_public_checkpoint(torch_checkpoint, **options)
         name, step = f"{config.model.name} (imported {pathlib.Path(torch_checkpoint).name})", None
     else:
-        config, predictor, params, step = restore_run(workdir, checkpoint, config)
+        try:
+            config, predictor, params, step = restore_run(workdir, checkpoint, config)
+        except FileNotFoundError as e:
+            latest = sorted(int(p.name) for p in (workdir / "checkpoints" / "latest").glob("*") if p.name.isdigit())
+            if str(checkpoint) != "best" or not latest:
+                raise
+            raise FileNotFoundError(f"{e} (an unfinished run: no validation has finished yet); pass "
+                                    f"--checkpoint=latest to score its newest checkpoint (step {latest[-1]})") from None
         name = config.model.name
     try:
         check_split(config.dataset, split)
@@ -111,6 +126,10 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         decode_options["imaging"] = imaging
     arrays = load_arrays(config.dataset, split)
     out_dir = evaluation.eval_dir(workdir, split, decode)
+    if step is not None and str(checkpoint) != "best":
+        # eval/<split>[-<decode>]/ is the run's result (its best checkpoint, as the trainer's final test writes it);
+        # another checkpoint's outputs go next to it, named by its step, and never replace it.
+        out_dir = out_dir.with_name(f"{out_dir.name}-step{step}")
     result = evaluation.evaluate_run(
         predictor.predict, params, arrays, config.eval, frame_index=predictor.method.frame_index,
         mesh=predictor.mesh, name=name, split=split, decode=decode, step=step, out_dir=out_dir,

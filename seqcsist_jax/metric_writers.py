@@ -16,6 +16,8 @@ from typing import Mapping
 
 import jax
 
+from seqcsist_jax.fileio import atomic_write
+
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +65,18 @@ class MetricWriter:
             for name, value in scalars.items():
                 self._tb.add_scalar(f"{split}/{name}", _to_float(value), int(step))
             self._tb.flush()
+
+    def forget_after(self, step: int) -> int:
+        """Removes the records of steps after ``step`` (a resumed run's last checkpoint: those steps are redone and
+        logged again, so the file keeps one record per step and split). Atomic; returns the number removed."""
+        if not self.active or not self.path.exists():
+            return 0
+        records, _, _ = _parse(self.path)  # a torn last line was already cut in __init__
+        keep = [r for r in records if r["step"] <= int(step)]
+        if len(keep) == len(records):
+            return 0
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+        return len(records) - len(keep)
 
     def close(self) -> None:
         if self._tb is not None:

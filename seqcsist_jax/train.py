@@ -545,6 +545,7 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
     save_or_check_run_config(workdir, config, force=True, write=jax.process_index() == 0)  # checked above
     writer = MetricWriter(workdir)
     state, step = trainer.restore_or_init()
+    writer.forget_after(step)  # records of steps after the checkpoint are redone: one record per step and split
     num_steps = trainer.num_steps
     start_step, resumed_seconds = step, trainer.resumed_train_seconds
     if step >= num_steps:

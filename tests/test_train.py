@@ -121,6 +121,11 @@ def test_kill_and_resume_matches_uninterrupted(smoke_run, tmp_path):
     # interruption lost is not counted: it was redone)
     assert result["resumed_train_seconds"] == at_3
     assert at_3 < result["train_seconds"] <= at_3 + second_call
+    # The steps redone after the step-3 checkpoint are logged once: the same records as the uninterrupted run.
+    from seqcsist_jax.metric_writers import _parse
+
+    logged = lambda w: [(r["step"], r["split"]) for r in _parse(w / "metrics.jsonl")[0]]  # noqa: E731
+    assert logged(run) == logged(workdir) and any(s > 3 for s, _ in logged(run))
     ckpt = RunCheckpoints(run)
     at_6 = ckpt.restore_meta("latest")[0]["train_seconds"]
     ckpt.close()

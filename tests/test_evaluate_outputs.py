@@ -1,0 +1,46 @@
+"""experiments.evaluate never replaces a run's own result: other checkpoints go to eval/<split>-step<N>/, and
+imported or shipped weights are refused in a workdir that holds a training run."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from experiments import cli, configs
+from experiments.evaluate import evaluate_workdir
+from seqcsist_jax import train as train_lib
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("srcnn")
+    result = train_lib.train_and_evaluate(configs.get_config("srcnn:smoke"), workdir)
+    return workdir, result
+
+
+def test_another_checkpoint_is_written_next_to_the_runs_result(run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(run[0], workdir)
+    own = (workdir / "eval" / "test" / "metrics.json").read_bytes()
+    result = evaluate_workdir(workdir, checkpoint="3", split="test")
+    assert result["out_dir"] == str(workdir / "eval" / "test-step3") and result["step"] == 3
+    assert (workdir / "eval" / "test-step3" / "metrics.json").exists()
+    assert (workdir / "eval" / "test" / "metrics.json").read_bytes() == own  # untouched
+    again = evaluate_workdir(workdir, checkpoint="best", split="test")
+    assert again["out_dir"] == str(workdir / "eval" / "test") and again["mAP"] == pytest.approx(run[1]["test"]["mAP"])
+
+
+def test_shipped_weights_are_refused_in_a_training_run(run):
+    with pytest.raises(cli.UsageError, match=r"holds a training run \(config.json, checkpoints/\); "
+                                             r"--pretrained=derefnet_quick would replace its eval/ results"):
+        evaluate_workdir(run[0], pretrained="derefnet_quick")
+
+
+def test_an_unfinished_run_suggests_the_latest_checkpoint(run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(run[0], workdir)
+    shutil.rmtree(workdir / "checkpoints" / "best")
+    (workdir / "checkpoints" / "evals.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no 'best' checkpoint in .*; pass --checkpoint=latest to score its "
+                                                r"newest checkpoint \(step 6\)"):
+        evaluate_workdir(workdir)
