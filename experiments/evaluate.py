@@ -75,7 +75,8 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         q = shipped.pretrained_q(name, weights_dir)
         workdir.mkdir(parents=True, exist_ok=True)
         predictor = make_predictor(config, q if q is not None else q_for_workdir(workdir, config.dataset))
-        name, step = f"{config.model.name} (shipped weights {pretrained})", None
+        kind = "shipped weights" if weights_dir is None else "exported weights"
+        name, step = f"{config.model.name} ({kind} {pretrained})", None
     elif torch_checkpoint:
         from experiments import configs
         from seqcsist_jax.interop import load_public_checkpoint
@@ -188,6 +189,9 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     print(evaluation.table_header(result))
     print(result["table_row"])
     print(json.dumps({k: v for k, v in result.items() if k not in ("table_row",)}, indent=1, default=float))
+    note = evaluation.no_detection_note(result, result["threshold"])
+    if note:
+        print(f"note: this evaluation found no detection: {note}")
     if decoder_note(result.get("decode")):
         print(decoder_note(result.get("decode")))
     public = ", public/ (predictions in the public release's layout)" if FLAGS.export_public else ""

@@ -8,16 +8,25 @@ The card records the run config, data config, protocol, seed, commit, validation
 ``result.json`` and ``metrics.jsonl``), the wall time (default: the training wall time the run recorded, summed
 over the calls that resumed it) and the hardware it trained on (default: this machine, which is right only when
 the export runs where the training did).
+
+Mistyped flags print the usage; anything wrong with the run or the files (no best checkpoint yet, a name that
+is not a plain file stem, an existing name without --overwrite, a read-only or full --weights_dir) is one
+``error: ...`` line on stderr and exit status 2. The ``.npz`` and its card are each written atomically, the card
+last and with the ``.npz``'s checksum, so an interrupted export never leaves a torn or silently mismatched pair.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
 import pathlib
 import platform
 import subprocess
+import sys
+from typing import Any, NoReturn
 
 
 def _commit(repo: pathlib.Path = pathlib.Path(__file__).resolve().parents[1]) -> str:
@@ -32,44 +41,165 @@ def _commit(repo: pathlib.Path = pathlib.Path(__file__).resolve().parents[1]) ->
     return head + ("-dirty" if dirty == 1 else "")
 
 
+class ExportError(Exception):
+    """A problem with the run or the files (not with the command line): printed as one ``error:`` line."""
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _checkpoint_arg(value: str) -> str:
+    if value in ("best", "latest") or value.isdigit():
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: expected best, latest or a step number")
+
+
+def _wall_time_arg(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number of seconds >= 0")
+    return seconds
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m experiments.export_weights",
+                                description=__doc__.split("\n")[0].replace("``", "`"))
+    p.add_argument("--workdir", required=True, help="a finished training run's directory")
+    p.add_argument("--name", required=True,
+                   help="the weights' name, a plain file stem (NAME.npz and NAME.json are written)")
+    p.add_argument("--command", required=True, help="the command that trained the run")
+    p.add_argument("--wall_time_s", type=_wall_time_arg, default=None,
+                   help="training wall time (default: what the run recorded in result.json)")
+    p.add_argument("--hardware", default=None, help="where it trained (default: this machine)")
+    p.add_argument("--checkpoint", type=_checkpoint_arg, default="best",
+                   help="best, latest or a step number (default: best)")
+    p.add_argument("--commit", default=None,
+                   help="commit the run was trained at (default: HEAD, with -dirty for uncommitted changes)")
+    p.add_argument("--note", default="", help="a free-text note for the model card")
+    p.add_argument("--weights_dir", default=None, help="where to write (default: seqcsist_jax/weights)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing weights of the same name")
+    return p
+
+
 def main(argv: list[str] | None = None) -> pathlib.Path:
-    """Exports the weights (see the module docstring); returns the ``.npz`` path written."""
-    parser = argparse.ArgumentParser(prog="python -m experiments.export_weights",
-                                     description=__doc__.split("\n")[0].replace("``", "`"))
-    parser.add_argument("--workdir", required=True, help="a finished training run's directory")
-    parser.add_argument("--name", required=True, help="the weights' name (NAME.npz and NAME.json)")
-    parser.add_argument("--command", required=True, help="the command that trained the run")
-    parser.add_argument("--wall_time_s", type=float, default=None,
-                        help="training wall time (default: what the run recorded in result.json)")
-    parser.add_argument("--hardware", default=None, help="where it trained (default: this machine)")
-    parser.add_argument("--checkpoint", default="best", help="best, latest or a step number (default: best)")
-    parser.add_argument("--commit", default=None,
-                        help="commit the run was trained at (default: HEAD, with -dirty for uncommitted changes)")
-    parser.add_argument("--note", default="", help="a free-text note for the model card")
-    parser.add_argument("--weights_dir", default=None, help="where to write (default: seqcsist_jax/weights)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing weights of the same name")
-    args = parser.parse_args(argv)
-    workdir = pathlib.Path(args.workdir)
+    """Exports the weights (see the module docstring); returns the ``.npz`` path written.
+
+    Raises:
+      SystemExit: status 2 after the usage and an argparse message (a mistyped command line), or after one
+        ``error: ...`` line on stderr (a problem with the run or the files).
+    """
+    args = parser().parse_args(argv)
+    try:
+        return export(args)
+    except ExportError as e:
+        _fail(str(e))
+
+
+def _read_json(path: pathlib.Path) -> Any:
+    """``path`` parsed as one JSON object; ExportError naming the file and line otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ExportError(f"{path} is not UTF-8 text (byte {e.start}); expected the JSON the training run "
+                          "writes") from None
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{path}: not valid JSON at line {e.lineno} ({e.msg}); expected the summary the "
+                          "training run writes") from None
+    if not isinstance(data, dict):
+        raise ExportError(f"{path} holds {type(data).__name__}; expected a JSON object")
+    return data
+
+
+def _no_best_line(workdir: pathlib.Path, error: Exception) -> str:
+    """The one line for a run without a best checkpoint: what there is, and the flag that exports it."""
+    from seqcsist_jax.workdir import latest_checkpoint_step
+
+    newest = latest_checkpoint_step(workdir)
+    if newest is None:
+        return (f"--checkpoint=best: {error}, and no other checkpoint either (the run has not saved one yet); "
+                f"train it first: python -m experiments.train --workdir={workdir}")
+    return (f"--checkpoint=best: {error} (an unfinished run: no validation has finished yet); pass "
+            f"--checkpoint=latest to export its newest checkpoint (step {newest})")
+
+
+def _write_error_line(error: OSError, weights_dir: pathlib.Path) -> str:
+    from experiments.cli import os_error_line
+
+    where = f" ({error.filename})" if error.filename else f" (in {weights_dir})"
+    text = f"{error.strerror}{where}" if error.strerror else str(error)
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{text}: cannot write the weights there; choose a writable --weights_dir"
+    if error.errno == errno.ENOSPC:
+        return (f"{text}: the disk is full; free space and export again (files are replaced atomically: no torn "
+                "file is left)")
+    if error.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        return f"{text}: --weights_dir={weights_dir} must be a folder (or a path where one can be made)"
+    return os_error_line(error)
+
+
+def export(args: argparse.Namespace) -> pathlib.Path:
+    """The export itself, from parsed arguments; returns the ``.npz`` path.
+
+    Raises:
+      ExportError: the run or the files are not what an export needs (one line naming the file or flag).
+    """
+    from seqcsist_jax import pretrained
     from seqcsist_jax.workdir import config_path
 
+    try:
+        pretrained.check_name(args.name)
+    except ValueError as e:
+        raise ExportError(f"--name={args.name}: {e}") from None
+    workdir = pathlib.Path(args.workdir)
     if not config_path(workdir).exists():
-        parser.error(f"--workdir={workdir}: no config.json there; expected a training run's directory "
-                     "(python -m experiments.train --workdir=...)")
-    from seqcsist_jax.pretrained import WEIGHTS_DIR
-
-    target = pathlib.Path(args.weights_dir or WEIGHTS_DIR) / f"{args.name}.npz"
-    if target.exists() and not args.overwrite:
-        parser.error(f"--name={args.name}: {target} exists already; pass --overwrite to replace it, or choose "
-                     "another name")
+        raise ExportError(f"--workdir={workdir}: no config.json there; expected a training run's directory "
+                          "(python -m experiments.train --workdir=...)")
+    weights_dir = pathlib.Path(args.weights_dir or pretrained.WEIGHTS_DIR)
+    target, card_path = weights_dir / f"{args.name}.npz", weights_dir / f"{args.name}.json"
+    if (target.exists() or card_path.exists()) and not args.overwrite:
+        alone = ("" if target.exists() and card_path.exists() else
+                 f" (without its {'card ' + card_path.name if target.exists() else target.name}: left by an "
+                 "interrupted export or copy?)")
+        shown = target if target.exists() else card_path
+        raise ExportError(f"--name={args.name}: {shown} exists already{alone}; pass --overwrite to replace it, or "
+                          "choose another name")
 
     import jax
 
-    from seqcsist_jax import pretrained
+    from seqcsist_jax.checkpointing import CheckpointError
     from seqcsist_jax.predictor import restore_run
 
-    config, predictor, params, step = restore_run(str(workdir), args.checkpoint)
-    result = json.loads((workdir / "result.json").read_text()) if (workdir / "result.json").exists() else {}
-    evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    try:
+        try:
+            config, predictor, params, step = restore_run(str(workdir), args.checkpoint)
+        except FileNotFoundError as e:
+            if args.checkpoint == "best" and "'best' checkpoint" in str(e):
+                raise ExportError(_no_best_line(workdir, e)) from None
+            raise ExportError(f"--checkpoint={args.checkpoint}: {e}") from None
+        except (ValueError, CheckpointError) as e:
+            raise ExportError(str(e)) from None
+        except OSError as e:
+            from experiments.cli import os_error_line
+
+            raise ExportError(os_error_line(e)) from None
+        result_path, metrics_path = workdir / "result.json", workdir / "metrics.jsonl"
+        result = _read_json(result_path) if result_path.exists() else {}
+        from seqcsist_jax.metric_writers import MetricsFileError, read_metrics
+
+        try:  # the training run's own reader: a torn last line (a killed write) is skipped with a warning
+            evals = read_metrics(metrics_path)
+        except MetricsFileError as e:
+            raise ExportError(str(e)) from None
+    except OSError as e:  # reading result.json or metrics.jsonl
+        from experiments.cli import os_error_line
+
+        raise ExportError(os_error_line(e)) from None
     curve = [{"step": e.get("step"), "mAP": e.get("mAP")} for e in evals
              if e.get("split") == config.dataset.eval_split and "mAP" in e]
     card = {
@@ -92,8 +222,13 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
                                       f"{jax.default_backend()} backend (the machine that exported the weights)"),
         "note": args.note,
     }
-    path = pretrained.save_pretrained(args.name, jax.device_get(params), config, card, q=predictor.q,
-                                      weights_dir=args.weights_dir)
+    try:
+        path = pretrained.save_pretrained(args.name, jax.device_get(params), config, card, q=predictor.q,
+                                          weights_dir=weights_dir)
+    except OSError as e:
+        raise ExportError(_write_error_line(e, weights_dir)) from None
+    except ValueError as e:  # the checkpoint does not fit the run's own model (a config edited after training)
+        raise ExportError(f"{workdir}: {e}") from None
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return path
 

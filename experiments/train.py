@@ -40,6 +40,11 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
           f"test CSO-mAP {100 * test.get('mAP', float('nan')):.2f}; training wall time "
           f"{result.get('train_seconds', float('nan')) / 60:.1f} min (all calls of this run); outputs in "
           f"{result.get('eval_dir', FLAGS.workdir)}")
+    from seqcsist_jax.evaluate import no_detection_note
+
+    note = no_detection_note(test, config.eval.get("threshold", 70.0))
+    if note:
+        print(f"note: the test evaluation found no detection: {note}")
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -435,6 +435,7 @@ def _evaluate_run(predict, params, arrays, eval_config, *, frame_index, mesh, na
                                     decode=decode, decode_options=decode_options, margin=margin,
                                     ties=str(eval_config.get("ties", "input_order")))
     result["decode_seconds"] = time.perf_counter() - start
+    result["threshold"] = float(eval_config.get("threshold", 70.0))
     quality = eval_config.get("image_quality", None)
     if quality is None:
         quality = margin == 0  # the single-image benchmarks report PSNR/SSIM (GrokCSO's toolkit)
@@ -477,6 +478,16 @@ def _evaluate_run(predict, params, arrays, eval_config, *, frame_index, mesh, na
             plots.plot_loss_curves(pathlib.Path(metrics_log), out / "loss_curves.png")
         atomic_write_json(out / "metrics.json", _json_ready(result), strict=True)  # rmse etc. undefined: null
     return {k: v for k, v in result.items() if k != "pr_curves"}
+
+
+def no_detection_note(metrics: Mapping[str, Any], threshold: float) -> str:
+    """The hint for an evaluation that found no detection at all although the split has targets ('' otherwise):
+    no map cell reached ``threshold``, i.e. the model outputs nothing yet, or its run collapsed."""
+    if metrics.get("num_detections", 1) or not metrics.get("num_gt", 0):
+        return ""
+    return (f"no map cell reached the threshold {threshold:g}: the model outputs nothing yet; if this persists the "
+            "run has collapsed (the short CPU recipes do for some seeds, see README 'Quickstart'; try another "
+            "--config.seed or a lower --config.optimizer.learning_rate)")
 
 
 def eval_dir(workdir: str | pathlib.Path, split: str, decode: str = "grid") -> pathlib.Path:

@@ -12,10 +12,13 @@ paper's schedule). Paper-schedule weights (``derefnet``) are added only from a r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
 import platform
+import zipfile
+import zlib
 from typing import Any, Mapping
 
 import jax
@@ -26,18 +29,54 @@ from seqcsist_jax.fileio import atomic_path, atomic_write_json
 
 __all__ = [
     "WEIGHTS_DIR",
+    "WeightsFileError",
     "available",
+    "check_name",
     "check_params",
     "export_state_dict",
     "load_card",
     "load_pretrained",
     "pretrained_q",
+    "resolve",
     "save_pretrained",
 ]
 
 #: Where the shipped weight files and model cards live (inside the package).
 WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent / "weights"
 _Q_KEY = "__q__"
+_SHA_KEY = "npz_sha256"  # the card's checksum of its .npz (cards written before it existed have none)
+_WRITER = "experiments.export_weights"
+
+
+class WeightsFileError(ValueError):
+    """A weight file (``NAME.npz``) or its model card (``NAME.json``) that cannot be used as it is.
+
+    The message is one line naming the file, the member or field, and what was expected, so a command-line tool
+    prints it as is (``experiments.evaluate`` turns any ``ValueError`` into one ``error:`` line).
+    """
+
+
+def check_name(name: str) -> str:
+    """Returns ``name`` if it is a plain file stem (``NAME`` of ``NAME.npz``/``NAME.json``); raises ValueError.
+
+    Refused: empty names, path separators, ``.``/``..``, a leading dot (hidden files; the atomic writers'
+    temporaries start with one), and a ``.npz``/``.json`` ending (the extension is added here).
+    """
+    text = str(name)
+    seps = {"/", "\\", os.sep, *([os.altsep] if os.altsep else [])}
+    if not text.strip():
+        raise ValueError("an empty name; expected a plain file stem such as derefnet_quick")
+    if any(c in text for c in seps) or "\0" in text:
+        raise ValueError(f"{text!r} contains a path separator; expected a plain file stem such as derefnet_quick "
+                         "(choose the folder with --weights_dir)")
+    if text.startswith("."):
+        raise ValueError(f"{text!r} starts with a dot (., .. and hidden names are refused); expected a plain file "
+                         "stem such as derefnet_quick")
+    for ext in (".npz", ".json"):
+        if text.endswith(ext):
+            raise ValueError(f"{text!r} ends with {ext}; give the stem only ({text[:-len(ext)]}): NAME.npz and its "
+                             "card NAME.json are both written")
+    return text
 
 
 def available(weights_dir: str | os.PathLike | None = None) -> list[str]:
@@ -49,27 +88,148 @@ def available(weights_dir: str | os.PathLike | None = None) -> list[str]:
 def resolve(spec: str) -> tuple[str, pathlib.Path | None]:
     """``(name, weights_dir)`` of a weights reference: a shipped name (``"derefnet_quick"`` → its name and
     ``None``, the package folder) or a path to an exported ``NAME.npz`` (``.npz`` optional), as
-    ``experiments.export_weights --weights_dir=DIR`` writes them (→ ``NAME`` and ``DIR``)."""
+    ``experiments.export_weights --weights_dir=DIR`` writes them (→ ``NAME`` and ``DIR``).
+
+    Raises:
+      FileNotFoundError: a path whose ``.npz`` exists without its card ``NAME.json``, or the reverse (names the
+        missing file). A path where neither exists is returned as is: the caller says what is available.
+      WeightsFileError: the path is a folder.
+    """
     text = str(spec)
     if text.endswith(".npz") or "/" in text or os.sep in text:
         path = pathlib.Path(text).expanduser()
-        return path.name.removesuffix(".npz"), path.parent
+        name, folder = path.name.removesuffix(".npz"), path.parent
+        npz, card = folder / f"{name}.npz", folder / f"{name}.json"
+        if path.is_dir() and not npz.exists():
+            inside = ", ".join(f"{n}.npz" for n in available(path)) or "no weights"
+            raise WeightsFileError(f"{path} is a folder ({inside}); expected the path of an exported weights file, "
+                                   "DIR/NAME.npz")
+        if npz.exists() or card.exists():
+            _paths(name, folder)  # half a pair: say which file is missing (FileNotFoundError)
+        return name, folder
     return text, None
 
 
 def _paths(name: str, weights_dir) -> tuple[pathlib.Path, pathlib.Path]:
     folder = pathlib.Path(weights_dir or WEIGHTS_DIR)
     npz, card = folder / f"{name}.npz", folder / f"{name}.json"
-    for path in (npz, card):
-        if not path.exists():
-            names = ", ".join(available(folder)) or "none"
-            raise FileNotFoundError(f"no pretrained weights {name!r}: {path} does not exist (available: {names})")
+    if npz.exists() and not card.exists():
+        raise FileNotFoundError(
+            f"the model card {card} of {npz} is missing: it is the JSON (run config, metrics, provenance) that "
+            f"{_WRITER} writes next to the .npz; copy it along with the weights, or export them again")
+    if card.exists() and not npz.exists():
+        raise FileNotFoundError(f"{npz} does not exist, though its model card {card.name} does (an interrupted "
+                                "export or copy?); copy the .npz along with its card, or export them again")
+    if not npz.exists():
+        names = ", ".join(available(folder)) or "none"
+        raise FileNotFoundError(f"no pretrained weights {name!r}: {npz} does not exist (available: {names})")
     return npz, card
 
 
 def load_card(name: str, weights_dir: str | os.PathLike | None = None) -> dict:
-    """The model card (JSON) of weight file ``name``."""
-    return json.loads(_paths(name, weights_dir)[1].read_text())
+    """The model card (JSON) of weight file ``name``.
+
+    Raises:
+      FileNotFoundError: the weights or their card do not exist (names the missing file).
+      WeightsFileError: the card is not JSON, or lacks a field the loader needs or holds it with the wrong type
+        (names the card, the field and what was expected).
+    """
+    path = _paths(name, weights_dir)[1]
+    return _check_card(_read_json(path), path)
+
+
+def _read_json(path: pathlib.Path) -> Any:
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise WeightsFileError(f"model card {path} is empty ({len(raw)} bytes; an interrupted download or copy?); "
+                               f"expected the JSON {_WRITER} writes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise WeightsFileError(f"model card {path} is not UTF-8 text (byte {e.start}); expected the JSON "
+                               f"{_WRITER} writes") from None
+    except json.JSONDecodeError as e:
+        raise WeightsFileError(f"model card {path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); "
+                               f"expected the JSON {_WRITER} writes") from None
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+# (dotted field, type, what it is) that loading needs from a card; checked in order.
+_CARD_FIELDS = (
+    ("config", dict, "the run config"),
+    ("config.model", dict, "the model section of the run config"),
+    ("config.model.name", str, "the model name, e.g. 'derefnet'"),
+    ("config.loss", dict, "the loss section of the run config"),
+    ("config.dataset", dict, "the dataset section of the run config"),
+    ("config.eval", dict, "the eval section of the run config"),
+)
+
+
+def _check_card(card: Any, path: pathlib.Path) -> dict:
+    if not isinstance(card, dict):
+        raise WeightsFileError(f"model card {path}: the file holds {_json_type(card)}; expected a JSON object (the "
+                               f"model card {_WRITER} writes)")
+    for field, kind, what in _CARD_FIELDS:
+        node: Any = card
+        for part in field.split("."):
+            if part not in node:
+                raise WeightsFileError(f"model card {path}: field {field!r} is missing; expected {what} "
+                                       f"({_json_type(kind())}), as {_WRITER} writes it")
+            node = node[part]
+        if not isinstance(node, kind):
+            raise WeightsFileError(f"model card {path}: field {field!r} is {_json_type(node)} ({node!r:.40}); "
+                                   f"expected {_json_type(kind())}: {what}")
+    sha = card.get(_SHA_KEY)
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64
+                                and all(c in "0123456789abcdef" for c in sha)):
+        raise WeightsFileError(f"model card {path}: field {_SHA_KEY!r} is {sha!r:.40}; expected the .npz's "
+                               "SHA-256 as 64 lowercase hex digits")
+    return card
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_npz(npz: pathlib.Path) -> dict[str, np.ndarray]:
+    """Every array of weight file ``npz``, or WeightsFileError naming the file (and the member) and the fault."""
+    expected = f"expected the .npz {_WRITER} writes"
+    size = npz.stat().st_size
+    if size == 0:
+        raise WeightsFileError(f"{npz} is empty (0 bytes); an interrupted download or copy? ({expected})")
+    if not zipfile.is_zipfile(npz):
+        with open(npz, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+        what = ("a truncated zip archive: its directory at the end is missing; an interrupted download or copy?"
+                if zipped else f"not a zip archive, {size} bytes")
+        raise WeightsFileError(f"{npz} is not a readable weights archive ({what}); {expected}")
+    arrays = {}
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            for key in data.files:
+                try:
+                    arrays[key] = data[key]
+                except ValueError as e:
+                    reason = ("holds Python objects, not numbers" if "allow_pickle" in str(e)
+                              else f"{type(e).__name__}: {e}")
+                    raise WeightsFileError(f"{npz}: member {key!r} is not a readable array ({reason}); "
+                                           f"{expected}") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, NotImplementedError) as e:
+        if isinstance(e, WeightsFileError):
+            raise
+        raise WeightsFileError(f"{npz} is not a readable weights archive ({type(e).__name__}: {e}); "
+                               f"{expected}") from None
+    if not arrays:
+        raise WeightsFileError(f"{npz} holds no arrays; {expected}")
+    return arrays
 
 
 def _flatten(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -77,19 +237,35 @@ def _flatten(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {"/".join(k.key for k in path): np.asarray(leaf) for path, leaf in flat}
 
 
-def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+def _unflatten(flat: Mapping[str, np.ndarray], source: str = "params") -> dict:
     tree: dict = {}
     for key, value in flat.items():
         node = tree
         *parents, leaf = key.split("/")
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise WeightsFileError(f"{source}: parameter {key!r} lies under {p!r}, which is an array itself; "
+                                       "expected keys that name leaves of one tree (stage_0/lambda_step ...)")
+        if isinstance(node.get(leaf), dict):
+            raise WeightsFileError(f"{source}: parameter {key!r} is also a group of parameters; expected keys that "
+                                   "name leaves of one tree (stage_0/lambda_step ...)")
         node[leaf] = value
     return tree
 
 
+_SHAPES_CACHE: dict[str, dict[str, tuple[int, ...]]] = {}
+
+
 def _expected_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
-    """Parameter shapes of ``config.model`` (abstract init: no FLOPs, no memory)."""
+    """Parameter shapes of ``config.model`` (abstract init: no FLOPs, no memory; cached per model and loss)."""
+    key = json.dumps([config.model.to_dict(), config.loss.to_dict()], sort_keys=True, default=repr)
+    if key not in _SHAPES_CACHE:
+        _SHAPES_CACHE[key] = _model_shapes(config)
+    return dict(_SHAPES_CACHE[key])
+
+
+def _model_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
     from seqcsist_jax import imaging, methods
 
     method = methods.build_method(config.model, config.loss)
@@ -142,25 +318,70 @@ def load_pretrained(
       the config (the card's run config, or ``config``) and the float32 params tree.
 
     Raises:
-      FileNotFoundError: no such weights (the message lists the available names).
+      FileNotFoundError: no such weights (the message lists the available names), or the ``.npz`` without its
+        card (or the reverse).
+      WeightsFileError: an unreadable, empty or truncated ``.npz``; an ``.npz`` that is not the one its card was
+        written for; a card that is not JSON or lacks a field; non-numeric or non-finite (NaN/inf) parameters.
+        One line naming the file and the first bad member or field.
       ValueError: the file does not fit the model (names the missing/unexpected keys and shape mismatches).
     """
-    npz, _ = _paths(name, weights_dir)
+    npz, card_path = _paths(name, weights_dir)
     card = load_card(name, weights_dir)
+    sha = card.get(_SHA_KEY)
+    if sha is not None and _sha256(npz) != sha:
+        raise WeightsFileError(
+            f"{npz} is not the file its model card {card_path.name} was written for (its SHA-256 differs from the "
+            f"card's {_SHA_KEY}): one of the pair was replaced or damaged after the export (an interrupted "
+            "export or copy?); export the run again (--overwrite) or copy both files together")
+    source = str(npz)
     if config is None:
         config = ml_collections.ConfigDict(card["config"])
-    with np.load(npz, allow_pickle=False) as data:
-        flat = {k: np.asarray(data[k], np.float32) for k in data.files if k != _Q_KEY}
-    params = _unflatten(flat)
-    check_params(params, config, source=str(npz))
+        source = f"{npz} (model from its card {card_path.name})"
+        try:
+            _expected_shapes(config)
+        except Exception as e:  # noqa: BLE001 (a card's model fields reach model code: any error is the card's)
+            model = ", ".join(f"{k}={v!r}" for k, v in card["config"]["model"].items())
+            first = (str(e).splitlines() or [""])[0]
+            raise WeightsFileError(f"model card {card_path}: field 'config.model' ({model}) does not describe a "
+                                   f"model this code builds ({type(e).__name__}: {first}); expected the run config "
+                                   f"{_WRITER} writes") from None
+    arrays = {k: v for k, v in _read_npz(npz).items() if k != _Q_KEY}
+    for key in sorted(arrays):
+        if arrays[key].dtype.kind not in "fiub":
+            raise WeightsFileError(f"{npz}: parameter {key!r} has dtype {arrays[key].dtype}; expected float32 "
+                                   "weights")
+    params = _unflatten({k: np.asarray(v, np.float32) for k, v in arrays.items()}, source=str(npz))
+    check_params(params, config, source=source)
+    for key, value in sorted(_flatten(params).items()):
+        bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+        if bad:
+            raise WeightsFileError(f"{npz}: parameter {key!r} has NaN or inf in {bad} of its {np.size(value)} "
+                                   "values; expected finite weights (the run diverged, or the file is damaged)")
     return config, params
 
 
 def pretrained_q(name: str, weights_dir: str | os.PathLike | None = None) -> np.ndarray | None:
-    """Q ``(1089, 121)`` stored with the weights (``None`` if the file has none: compute it from the data)."""
+    """Q ``(1089, 121)`` stored with the weights (``None`` if the file has none: compute it from the data).
+
+    Raises:
+      FileNotFoundError: no such weights.
+      WeightsFileError: an unreadable ``.npz``, or a Q of the wrong shape, type or with NaN/inf (names the file).
+    """
+    from seqcsist_jax import imaging
+
     npz, _ = _paths(name, weights_dir)
-    with np.load(npz, allow_pickle=False) as data:
-        return np.asarray(data[_Q_KEY]) if _Q_KEY in data.files else None
+    arrays = _read_npz(npz)
+    if _Q_KEY not in arrays:
+        return None
+    q = arrays[_Q_KEY]
+    want = imaging.measurement_matrix().T.shape
+    if q.dtype.kind not in "fiu" or q.shape != want:
+        raise WeightsFileError(f"{npz}: member {_Q_KEY!r} (the run's Q) is {q.dtype} {q.shape}; expected a float "
+                               f"array of shape {want}")
+    if not np.all(np.isfinite(q)):
+        raise WeightsFileError(f"{npz}: member {_Q_KEY!r} (the run's Q) has NaN or inf values; expected finite "
+                               "numbers (the file is damaged)")
+    return np.asarray(q)
 
 
 def save_pretrained(
@@ -174,8 +395,16 @@ def save_pretrained(
     """Writes ``<name>.npz`` (float32 params, and Q) and its model card ``<name>.json`` atomically.
 
     ``card`` holds the facts of the run (protocol, seed, commit, metrics, wall time, hardware); the config,
-    parameter count and file name are added here. Returns the ``.npz`` path.
+    parameter count, file name and the ``.npz``'s SHA-256 are added here. Returns the ``.npz`` path.
+
+    The card is written last and records the checksum of the ``.npz`` it describes, so a writer killed between
+    the two files leaves either an ``.npz`` without a card (not listed by :func:`available`) or, replacing
+    weights of the same name, a pair that :func:`load_pretrained` refuses as mismatched; never a torn file.
+
+    Raises:
+      ValueError: ``name`` is not a plain file stem (:func:`check_name`), or ``params`` do not fit the model.
     """
+    check_name(name)
     check_params(params, config)
     folder = pathlib.Path(weights_dir or WEIGHTS_DIR)
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,8 +414,9 @@ def save_pretrained(
     npz = folder / f"{name}.npz"
     with atomic_path(npz, suffix=".npz") as tmp:
         np.savez_compressed(tmp, **flat)
+        sha = _sha256(tmp)
     full = {"name": name, "file": npz.name, **dict(card), "config": config.to_dict(),
-            "num_params": int(sum(v.size for k, v in flat.items() if k != _Q_KEY))}
+            "num_params": int(sum(v.size for k, v in flat.items() if k != _Q_KEY)), _SHA_KEY: sha}
     full.setdefault("hardware", f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     atomic_write_json(folder / f"{name}.json", full, indent=2, sort_keys=True)
     return npz

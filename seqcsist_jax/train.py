@@ -515,12 +515,10 @@ class TrainingInterrupted(Exception):
 
 def _no_detection_note(metrics: dict, config: ml_collections.ConfigDict) -> str:
     """A hint appended to an evaluation line that found no detection at all (a collapsed map output)."""
-    if metrics.get("num_detections", 1) or not metrics.get("num_gt", 0):
-        return ""
-    threshold = config.eval.get("threshold", 70.0)
-    return (f" — no map cell reached the threshold {threshold:g}: the model outputs nothing yet; if this persists"
-            " the run has collapsed (the short CPU recipes do for some seeds, see README 'Quickstart'; try another"
-            " --config.seed or a lower --config.optimizer.learning_rate)")
+    from seqcsist_jax.evaluate import no_detection_note
+
+    note = no_detection_note(metrics, config.eval.get("threshold", 70.0))
+    return f" — {note}" if note else ""
 
 
 def _has_trained(workdir: pathlib.Path) -> bool:

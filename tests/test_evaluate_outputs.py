@@ -44,3 +44,30 @@ def test_an_unfinished_run_suggests_the_latest_checkpoint(run, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no 'best' checkpoint in .*; pass --checkpoint=latest to score its "
                                                 r"newest checkpoint \(step 6\)"):
         evaluate_workdir(workdir)
+
+
+def test_an_evaluation_without_detection_says_so():
+    from seqcsist_jax.evaluate import no_detection_note
+
+    assert "no map cell reached the threshold 70:" in no_detection_note({"num_detections": 0, "num_gt": 5}, 70.0)
+    assert no_detection_note({"num_detections": 3, "num_gt": 5}, 70.0) == ""
+    assert no_detection_note({"num_detections": 0, "num_gt": 0}, 70.0) == ""  # nothing to find: nothing missed
+
+
+def test_train_and_evaluate_commands_print_the_no_detection_note(tmp_path):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    workdir = tmp_path / "w"
+    trained = subprocess.run([sys.executable, "-m", "experiments.train", "--config=srcnn:smoke", f"--workdir={workdir}",
+                              "--config.eval.threshold=1e9"], capture_output=True, text=True, timeout=300, cwd=repo,
+                             env=env)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "note: the test evaluation found no detection: no map cell reached the threshold 1e+09" in trained.stdout
+    scored = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}"],
+                            capture_output=True, text=True, timeout=300, cwd=repo, env=env)
+    assert scored.returncode == 0 and "note: this evaluation found no detection" in scored.stdout

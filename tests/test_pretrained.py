@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -183,3 +185,225 @@ def test_export_records_a_dirty_checkout(tmp_path):
     outside.mkdir()
     (outside / ".git").write_text("not a repository\n")  # git refuses it, whatever encloses tmp_path
     assert export_weights._commit(outside) == "unknown"
+
+
+# ---------------------------------------------------------------------------------------- damaged weight files
+# Every fault of a weight file or its card is one line naming the file (and the member or field) and what was
+# expected; experiments.evaluate prints it as `error: ...` (it turns FileNotFoundError/ValueError into one line).
+
+
+@pytest.fixture(scope="module")
+def smoke_model():
+    """The smoke config and random params of its model's shapes (no slow model.init)."""
+    config = configs.get_config("derefnet:smoke")
+    rng = np.random.default_rng(0)
+    return config, pretrained._unflatten({k: rng.normal(size=shape).astype(np.float32)
+                                          for k, shape in pretrained._expected_shapes(config).items()})
+
+
+@pytest.fixture()
+def pair(tmp_path, smoke_model):
+    """A freshly saved ``tiny.npz`` + ``tiny.json`` in ``tmp_path``; returns ``(npz, card)``."""
+    config, params = smoke_model
+    q = np.random.default_rng(0).normal(size=(1089, 121))
+    npz = pretrained.save_pretrained("tiny", params, config, {"seed": 0}, q=q, weights_dir=tmp_path)
+    return npz, npz.with_suffix(".json")
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error)
+    assert "\n" not in text and "Traceback" not in text and "allow_pickle" not in text, text
+    return text
+
+
+def test_half_a_pair_names_the_missing_file(pair):
+    """Item 1: an .npz without its card says the card is missing (and what a card is), not 'no such weights'."""
+    npz, card = pair
+    card.unlink()
+    for call in (lambda: pretrained.resolve(str(npz)), lambda: pretrained.load_pretrained("tiny", None, npz.parent)):
+        with pytest.raises(FileNotFoundError) as info:
+            call()
+        assert _one_line(info.value).startswith(f"the model card {card} of {npz} is missing")
+        assert "the JSON" in str(info.value) and "experiments.export_weights writes next to the .npz" in str(info.value)
+    card.write_text("{}")
+    npz.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"^{npz} does not exist, though its model card tiny.json does"):
+        pretrained.resolve(str(npz))
+    card.unlink()  # neither file: resolve returns, the caller lists what is available
+    assert pretrained.resolve(str(npz)) == ("tiny", npz.parent)
+    with pytest.raises(pretrained.WeightsFileError, match=r"is a folder .*expected the path of an exported"):
+        pretrained.resolve(str(npz.parent))
+
+
+def _truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda data: b"\x93NUMPY garbage that is no zip" * 10, "is not a readable weights archive (not a zip archive"),
+    (_truncated, "is not a readable weights archive (a truncated zip archive"),
+    (lambda data: b"", "is empty (0 bytes); an interrupted download or copy?"),
+], ids=["garbage", "truncated", "empty"])
+def test_unreadable_npz_is_one_line_naming_the_file(pair, damage, expected):
+    """Items 2 and 3: garbage, truncated and empty archives name the file (no pickle hint, no BadZipFile)."""
+    npz, _ = pair
+    npz.write_bytes(damage(npz.read_bytes()))
+    pair[1].write_text(json.dumps({k: v for k, v in json.loads(pair[1].read_text()).items() if k != "npz_sha256"}))
+    for call in (lambda: pretrained.load_pretrained("tiny", weights_dir=npz.parent),
+                 lambda: pretrained.pretrained_q("tiny", npz.parent)):
+        with pytest.raises(pretrained.WeightsFileError) as info:
+            call()
+        assert _one_line(info.value).startswith(str(npz)) and expected in str(info.value)
+
+
+def test_object_arrays_and_non_numbers_name_the_member(pair):
+    npz, card = pair
+    card.write_text(json.dumps({k: v for k, v in json.loads(card.read_text()).items() if k != "npz_sha256"}))
+    np.savez(npz, **{"stage_0/lambda_step": np.array([{"x": 1}], dtype=object)})
+    with pytest.raises(pretrained.WeightsFileError, match=r"member 'stage_0/lambda_step' is not a readable array "
+                                                          r"\(holds Python objects, not numbers\)") as info:
+        pretrained.load_pretrained("tiny", weights_dir=npz.parent)
+    _one_line(info.value)
+    np.savez(npz, **{"stage_0/lambda_step": np.array(["a"])})
+    with pytest.raises(pretrained.WeightsFileError, match=r"parameter 'stage_0/lambda_step' has dtype <U1"):
+        pretrained.load_pretrained("tiny", weights_dir=npz.parent)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda card: "{bad", r"not valid JSON at line 1, column 2 \(Expecting property name"),
+    (lambda card: "[1, 2]", r"the file holds a list; expected a JSON object"),
+    (lambda card: json.dumps({k: v for k, v in card.items() if k != "config"}), r"field 'config' is missing"),
+    (lambda card: json.dumps({**card, "config": {**card["config"], "model": [1]}}),
+     r"field 'config.model' is a list \(\[1\]\); expected an object"),
+    (lambda card: json.dumps({**card, "config": {**card["config"], "model": {**card["config"]["model"], "name": 3}}}),
+     r"field 'config.model.name' is a number \(3\); expected a string"),
+    (lambda card: json.dumps({**card, "config": {k: v for k, v in card["config"].items() if k != "loss"}}),
+     r"field 'config.loss' is missing"),
+    (lambda card: json.dumps({**card, "config": {**card["config"], "model": {**card["config"]["model"], "bogus": 1}}}),
+     r"field 'config.model' \(.*bogus=1\) does not describe a model this code builds \(TypeError: .*'bogus'"),
+    (lambda card: json.dumps({**card, "config": {**card["config"], "model": {**card["config"]["model"],
+                                                                            "name": "no_such_model"}}}),
+     r"field 'config.model' \(.*name='no_such_model'.*\) does not describe a model this code builds "
+     r"\(UnknownMethodError: config.model.name: unknown model 'no_such_model'"),
+    (lambda card: json.dumps({**card, "npz_sha256": "abc"}), r"field 'npz_sha256' is 'abc'; expected the .npz's SHA"),
+], ids=["not-json", "not-object", "no-config", "model-list", "name-int", "no-loss", "bad-field", "unknown-model", "sha"])
+def test_bad_card_names_the_card_and_field(pair, edit, expected):
+    """Item 4: a card that is not JSON, or lacks a field or holds it with the wrong type, names the card file."""
+    npz, card = pair
+    card.write_text(edit(json.loads(card.read_text())))
+    with pytest.raises(pretrained.WeightsFileError) as info:
+        pretrained.load_pretrained("tiny", weights_dir=npz.parent)
+    assert _one_line(info.value).startswith(f"model card {card}"), str(info.value)
+    assert re.search(expected, str(info.value)), str(info.value)
+
+
+def test_non_finite_or_misshapen_weights_name_the_file_and_parameter(pair, smoke_model):
+    npz, card = pair
+    arrays = dict(np.load(npz))
+    first = sorted(k for k in arrays if k != "__q__")[2]
+    arrays[first] = arrays[first].copy()
+    arrays[first].flat[-1] = np.inf
+    arrays[sorted(arrays)[-2]] = arrays[sorted(arrays)[-2]] * np.nan  # a later one is bad too: the first is named
+    np.savez(npz, **arrays)
+    card.write_text(json.dumps({k: v for k, v in json.loads(card.read_text()).items() if k != "npz_sha256"}))
+    with pytest.raises(pretrained.WeightsFileError) as info:
+        pretrained.load_pretrained("tiny", weights_dir=npz.parent)
+    assert _one_line(info.value) == (f"{npz}: parameter {first!r} has NaN or inf in 1 of its {arrays[first].size} "
+                                     "values; expected finite weights (the run diverged, or the file is damaged)")
+    arrays = dict(np.load(pair[0].with_name("tiny.npz")))
+    arrays["stage_0/conv1_forward"] = np.zeros((2, 2), np.float32)
+    np.savez(npz, **arrays)
+    with pytest.raises(ValueError) as info:
+        pretrained.load_pretrained("tiny", weights_dir=npz.parent)
+    assert _one_line(info.value).startswith(f"{npz} (model from its card tiny.json) does not fit the model")
+    assert "shape mismatches [stage_0/conv1_forward: file (2, 2) vs model" in str(info.value)
+    for q, expected in ((np.zeros((3, 3)), r"'__q__' \(the run's Q\) is float64 \(3, 3\); expected a float array "
+                                           r"of shape \(1089, 121\)"),
+                        (np.full((1089, 121), np.nan), r"'__q__' \(the run's Q\) has NaN or inf values")):
+        np.savez(npz, **{**arrays, "__q__": q})
+        with pytest.raises(pretrained.WeightsFileError, match=rf"^{npz}: member {expected}"):
+            pretrained.pretrained_q("tiny", npz.parent)
+
+
+def test_a_pair_whose_npz_was_replaced_is_refused(pair, smoke_model):
+    """The card records the SHA-256 of its .npz: weights swapped under an old card are not scored as that run."""
+    npz, card = pair
+    config, params = smoke_model
+    other = pretrained.save_pretrained("other", jax.tree_util.tree_map(lambda x: x + 1, params), config, {},
+                                       weights_dir=npz.parent)
+    npz.write_bytes(other.read_bytes())
+    with pytest.raises(pretrained.WeightsFileError, match=rf"^{npz} is not the file its model card tiny.json was "
+                                                          r"written for \(its SHA-256 differs"):
+        pretrained.load_pretrained("tiny", weights_dir=npz.parent)
+
+
+def test_save_refuses_names_that_are_not_a_plain_stem(tmp_path, smoke_model):
+    config, params = smoke_model
+    folder = tmp_path / "weights"
+    for name in ("../evil", "a/b", ".", "..", ".hidden", "", "x.npz", "x.json"):
+        with pytest.raises(ValueError) as info:
+            pretrained.save_pretrained(name, params, config, {}, weights_dir=folder)
+        assert "expected a plain file stem" in _one_line(info.value) or "give the stem only" in str(info.value)
+    assert not folder.exists() and not (tmp_path / "evil.npz").exists()
+    assert pretrained.check_name("derefnet_quick-2") == "derefnet_quick-2"
+
+
+def test_an_interrupted_save_never_leaves_a_torn_or_silently_mismatched_pair(pair, smoke_model, monkeypatch):
+    """The .npz and the card are each replaced atomically and the card last: a write that fails mid-.npz keeps
+    the old pair, one killed between the two files leaves a pair that is refused as mismatched."""
+    import errno
+
+    npz, card = pair
+    config, params = smoke_model
+    before = npz.read_bytes(), card.read_text()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        pretrained.save_pretrained("tiny", params, config, {"seed": 1}, weights_dir=npz.parent)
+    monkeypatch.undo()
+    assert (npz.read_bytes(), card.read_text()) == before
+    assert sorted(p.name for p in npz.parent.iterdir()) == ["tiny.json", "tiny.npz"]  # no temporaries
+    pretrained.load_pretrained("tiny", weights_dir=npz.parent)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrained, "atomic_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pretrained.save_pretrained("tiny", jax.tree_util.tree_map(lambda x: x * 2, params), config, {},
+                                   weights_dir=npz.parent)
+    assert card.read_text() == before[1] and npz.read_bytes() != before[0]
+    with pytest.raises(pretrained.WeightsFileError, match=r"is not the file its model card tiny.json was written"):
+        pretrained.load_pretrained("tiny", weights_dir=npz.parent)
+
+
+@pytest.mark.parametrize("case", ["no-card", "garbage", "truncated", "empty", "bad-json", "nan"])
+def test_evaluate_pretrained_damaged_files_are_one_error_line(tmp_path, pair, case):
+    """``experiments.evaluate --pretrained=DIR/NAME.npz`` on damaged weights: exit 2, one ``error:`` line naming
+    the damaged file, no traceback."""
+    npz, card = pair
+    named = npz
+    if case == "no-card":
+        card.unlink()
+        named = card
+    elif case == "bad-json":
+        card.write_text('{"config": ')
+        named = card
+    else:
+        card.write_text(json.dumps({k: v for k, v in json.loads(card.read_text()).items() if k != "npz_sha256"}))
+        data = npz.read_bytes()
+        if case == "nan":
+            arrays = dict(np.load(npz))
+            arrays["stage_0/lambda_step"] = arrays["stage_0/lambda_step"] * np.nan
+            np.savez(npz, **arrays)
+        else:
+            npz.write_bytes({"garbage": os.urandom(300), "truncated": data[:2000], "empty": b""}[case])
+    proc = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--pretrained={npz}",
+                           f"--workdir={tmp_path / 'eval'}"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and str(named) in lines[0] and "allow_pickle" not in lines[0], lines[0]
