@@ -178,6 +178,19 @@ def quiet_libraries() -> None:
     """Orbax/absl INFO chatter hides the progress bar; keep warnings unless --verbosity was given."""
     if not flags.FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)
+    one_line_warnings()
+
+
+def one_line_warnings() -> None:
+    """Python warnings as one ``warning: <Category>: <message>`` line each: the default adds the file, line and
+    the source line that raised it, which tells a user of the command nothing (our warnings say what to do)."""
+    import warnings
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ARG001 (warnings' API)
+        text = " ".join(str(message).split())
+        return f"warning: {category.__name__}: {text}\n"
+
+    warnings.formatwarning = format_warning
 
 
 def fail(message: str, status: int = 2) -> None:

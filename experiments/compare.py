@@ -1395,4 +1395,5 @@ def _compare_locked(args: argparse.Namespace, workdir: pathlib.Path, prefix: pat
 
 
 if __name__ == "__main__":
+    cli.one_line_warnings()
     sys.exit(1 if main()["failed"] else 0)

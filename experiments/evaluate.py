@@ -188,7 +188,11 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
                               FLAGS.geometry_prior)
     print(evaluation.table_header(result))
     print(result["table_row"])
-    print(json.dumps({k: v for k, v in result.items() if k not in ("table_row",)}, indent=1, default=float))
+    from seqcsist_jax.fileio import without_non_finite
+
+    # Strict JSON, as metrics.json: undefined values (e.g. the RMSE without a single match) print as null.
+    shown = {k: v for k, v in result.items() if k not in ("table_row",)}
+    print(json.dumps(without_non_finite(json.loads(json.dumps(shown, default=float))), indent=1, allow_nan=False))
     note = evaluation.no_detection_note(result, result["threshold"])
     if note:
         print(f"note: this evaluation found no detection: {note}")

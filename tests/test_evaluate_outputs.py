@@ -71,3 +71,7 @@ def test_train_and_evaluate_commands_print_the_no_detection_note(tmp_path):
     scored = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}"],
                             capture_output=True, text=True, timeout=300, cwd=repo, env=env)
     assert scored.returncode == 0 and "note: this evaluation found no detection" in scored.stdout
+    assert '"rmse": null' in scored.stdout and "NaN" not in scored.stdout  # strict JSON, as metrics.json
+    # Python warnings are one line each, without the file, line and source line that raised them
+    assert "\nwarning: RuntimeWarning: Y Yᵀ is ill-conditioned" in "\n" + trained.stderr
+    assert "splits.py:" not in trained.stderr, trained.stderr[-2000:]
