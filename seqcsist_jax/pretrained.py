@@ -321,7 +321,9 @@ def load_pretrained(
       FileNotFoundError: no such weights (the message lists the available names), or the ``.npz`` without its
         card (or the reverse).
       WeightsFileError: an unreadable, empty or truncated ``.npz``; an ``.npz`` that is not the one its card was
-        written for; a card that is not JSON or lacks a field; non-numeric or non-finite (NaN/inf) parameters.
+        written for; a card that is not JSON or lacks a field; a card naming a builder outside
+        :data:`~seqcsist_jax.methods.METHOD_TABLE` while ``config`` is None (loading weights never imports code);
+        non-numeric or non-finite (NaN/inf) parameters.
         One line naming the file and the first bad member or field.
       ValueError: the file does not fit the model (names the missing/unexpected keys and shape mismatches).
     """
@@ -335,6 +337,15 @@ def load_pretrained(
             "export or copy?); export the run again (--overwrite) or copy both files together")
     source = str(npz)
     if config is None:
+        from seqcsist_jax.methods import METHOD_TABLE
+
+        builder = card["config"]["model"]["name"]
+        if builder not in METHOD_TABLE and ":" in builder:
+            # A weights file must never run code: an outside builder is imported only from a config the user gives.
+            raise WeightsFileError(
+                f"model card {card_path}: field 'config.model.name' names the builder {builder!r}, outside this "
+                "package; loading weights never imports code that a card names: pass the method's config "
+                "(evaluate --config=path/to/method.py, or load_pretrained(..., config=...)) to build it yourself")
         config = ml_collections.ConfigDict(card["config"])
         source = f"{npz} (model from its card {card_path.name})"
         try:

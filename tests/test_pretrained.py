@@ -286,7 +286,12 @@ def test_object_arrays_and_non_numbers_name_the_member(pair):
      r"field 'config.model' \(.*name='no_such_model'.*\) does not describe a model this code builds "
      r"\(UnknownMethodError: config.model.name: unknown model 'no_such_model'"),
     (lambda card: json.dumps({**card, "npz_sha256": "abc"}), r"field 'npz_sha256' is 'abc'; expected the .npz's SHA"),
-], ids=["not-json", "not-object", "no-config", "model-list", "name-int", "no-loss", "bad-field", "unknown-model", "sha"])
+    (lambda card: json.dumps({**card, "config": {**card["config"], "model": {**card["config"]["model"],
+                                                                            "name": "/tmp/evil.py:build"}}}),
+     r"field 'config.model.name' names the builder '/tmp/evil.py:build', outside this package; loading weights "
+     r"never imports code that a card names: pass the method's config"),
+], ids=["not-json", "not-object", "no-config", "model-list", "name-int", "no-loss", "bad-field", "unknown-model", "sha",
+        "outside-builder"])
 def test_bad_card_names_the_card_and_field(pair, edit, expected):
     """Item 4: a card that is not JSON, or lacks a field or holds it with the wrong type, names the card file."""
     npz, card = pair
