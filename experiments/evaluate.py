@@ -58,6 +58,7 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     ``eval.geometry_prior``, else off) adds the SeqCSIST star geometry to the continuous decoders."""
     from seqcsist_jax import evaluate as evaluation
     from seqcsist_jax.data.splits import check_split, load_arrays, q_for_workdir
+    from seqcsist_jax.methods import display_name
     from seqcsist_jax.predictor import make_predictor, restore_run
 
     workdir = pathlib.Path(workdir)
@@ -76,7 +77,7 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         workdir.mkdir(parents=True, exist_ok=True)
         predictor = make_predictor(config, q if q is not None else q_for_workdir(workdir, config.dataset))
         kind = "shipped weights" if weights_dir is None else "exported weights"
-        name, step = f"{config.model.name} ({kind} {pretrained})", None
+        name, step = f"{display_name(config.model.name, predictor.method)} ({kind} {pretrained})", None
     elif torch_checkpoint:
         from experiments import configs
         from seqcsist_jax.interop import load_public_checkpoint
@@ -99,7 +100,7 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
                 raise
             raise FileNotFoundError(f"{e} (an unfinished run: no validation has finished yet); pass "
                                     f"--checkpoint=latest to score its newest checkpoint (step {latest[-1]})") from None
-        name = config.model.name
+        name = display_name(config.model.name, predictor.method)
     try:
         check_split(config.dataset, split)
     except ValueError as e:

@@ -157,6 +157,12 @@ def method_builder(name: str) -> Builder:
     return _import_builder(METHOD_TABLE.get(name, name))
 
 
+def display_name(name: str, method: Method) -> str:
+    """The method's label in tables: ``name`` for a :data:`METHOD_TABLE` method, the builder's ``Method.name``
+    for a builder given as an import target (``"/abs/path/file.py:build"`` would fill the table's first column)."""
+    return name if name in METHOD_TABLE or ":" not in str(name) else f"{method.name} ({str(name).rpartition(':')[2]})"
+
+
 class MethodContractError(ValueError):
     """A user's builder or model breaks the method contract (README: Adding a method); one line naming what."""
 

@@ -390,7 +390,8 @@ class Trainer:
 
         options.setdefault("decode", "grid")
         return evaluate_run(self.predict, params, self.split_arrays(split, max_trajectories), self.config.eval,
-                            frame_index=self.method.frame_index, mesh=self.mesh, name=self.config.model.name,
+                            frame_index=self.method.frame_index, mesh=self.mesh,
+                            name=methods.display_name(self.config.model.name, self.method),
                             split=split, **options)
 
 

@@ -140,3 +140,10 @@ def test_evaluate_with_the_config_of_another_model_is_one_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(lines) == 1 and " holds another model or width: " in lines[0] and "('best', step " in lines[0]
+
+
+def test_display_names_of_builders_given_by_path_are_short():
+    method = methods.Method("tiny", tiny_method.TinyRefiner(4), tiny_method.mse_loss)
+    assert methods.display_name("/abs/path/tiny_method.py:build_tiny", method) == "tiny (build_tiny)"
+    assert methods.display_name("mypkg.models:build_tiny", method) == "tiny (build_tiny)"
+    assert methods.display_name("srcnn", method) == "srcnn"  # table methods keep their table name
