@@ -221,19 +221,28 @@ def test_a_read_only_output_directory_is_one_line(tmp_path, capsys):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
+    mounted = False
     try:
         try:
             (locked / "probe").write_text("x")
         except OSError:
             pass
-        else:
-            pytest.skip("this user (root) writes through a read-only mode; the path-under-a-file test covers it")
+        else:  # root writes through a read-only mode: a read-only file system stops everyone
+            (locked / "probe").unlink()
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(locked)],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"root here and no read-only mount possible ({done.stderr.strip()}); the "
+                            "path-under-a-file test covers an unwritable --output")
+            mounted = True
         with pytest.raises(SystemExit) as err:
             compare.main(["--methods=ista", "--budget_steps=1", f"--workdir={tmp_path / 'w'}",
                           f"--output={locked / 'table'}"])
         assert err.value.code == 2 and "choose a writable --output" in str(err.value)
         assert _error_lines(capsys.readouterr().err) == [str(err.value)]
     finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(locked)], capture_output=True)
         locked.chmod(0o755)
 
 
