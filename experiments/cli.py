@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import logging
 import sys
 from typing import Any, Callable, Sequence
 
@@ -178,6 +179,34 @@ def quiet_libraries() -> None:
     """Orbax/absl INFO chatter hides the progress bar; keep warnings unless --verbosity was given."""
     if not flags.FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)
+    one_line_logs()
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log records as the commands' own lines: ``[prefix]warning: <message>`` / ``error: …`` for WARNING and
+    above, ``[prefix]<message>`` below (absl's default adds a level letter, time, thread id and ``file:line]``)."""
+
+    def __init__(self, prefix: str = ""):
+        super().__init__("%(message)s")
+        self.prefix = prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        return f"{self.prefix}{level}{text}"
+
+
+def stream_handler(prefix: str = "") -> logging.Handler:
+    """A stderr handler with :class:`OneLineFormatter` (for ``logging.basicConfig(handlers=[...])``)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter(prefix))
+    return handler
+
+
+def one_line_logs() -> None:
+    """Formats absl's log handler (train, evaluate) with :class:`OneLineFormatter`, and Python warnings with
+    :func:`one_line_warnings`."""
+    absl_logging.get_absl_handler().setFormatter(OneLineFormatter())
     one_line_warnings()
 
 

@@ -639,6 +639,19 @@ def _set_aside_stale_run(workdir: pathlib.Path, config, force: bool) -> None:
     log.warning("%s held a run of another config (%s); moved it to %s and starting over", workdir, shown, aside)
 
 
+def log_row_failure(name: str, error: BaseException) -> None:
+    """Logs a failed row: one line for errors whose message is the whole story (a config value, a user's method
+    that breaks the contract, a diverged run, a damaged checkpoint, the machine), a traceback for anything else
+    (a bug, which needs one)."""
+    from seqcsist_jax.checkpointing import CheckpointError
+    from seqcsist_jax.run_lock import WorkdirLockedError
+
+    if isinstance(error, (ValueError, FloatingPointError, CheckpointError, WorkdirLockedError, OSError)):
+        log.error("%s failed: %s: %s", name, type(error).__name__, " ".join(str(error).split()))
+    else:
+        log.error("%s failed", name, exc_info=error)
+
+
 def failed_row(name: str, error: BaseException) -> dict:
     """A table row for a method whose run raised (metrics NaN, the error kept)."""
     return {
@@ -1031,7 +1044,7 @@ def _row_in_process(name: str, args: argparse.Namespace, workdir: str, parent_pi
         log.info("%s: %s", name, e)
         row = failed_row(name, e)  # read only if the table is still running: the row is then not finished
     except Exception as e:  # noqa: BLE001 - reported as the row's failure, like the serial loop
-        log.exception("%s failed", name)
+        log_row_failure(name, e)
         row = failed_row(name, e)
     if row.get("fps_measured") != "alone" and not row.get("error"):  # a reused row may already be re-measured
         row["fps_measured"] = "shared"
@@ -1141,7 +1154,8 @@ def _logging_in_worker(row: str | None = None) -> None:
     # otherwise keep the default "INFO:compare:" format, unlike the serial table's lines. The row's name leads
     # each line: with several workers writing to one terminal, a line must say whose it is.
     prefix = f"[{row}] " if row else ""
-    logging.basicConfig(level=logging.WARNING, format=prefix.replace("%", "%%") + "%(message)s", force=True)
+    logging.basicConfig(level=logging.WARNING, handlers=[cli.stream_handler(prefix)], force=True)
+    cli.one_line_warnings()
     for logger in ("compare", "seqcsist_jax"):
         logging.getLogger(logger).setLevel(logging.INFO)
 
@@ -1280,7 +1294,7 @@ def failed_rows_line(rows: Sequence[dict]) -> str | None:
     failed = [r for r in rows if r.get("error")]
     if not failed:
         return None
-    reasons = ", ".join(f"{r['method']} ({str(r['error']).splitlines()[0][:100]})" for r in failed)
+    reasons = ", ".join(f"{r['method']} ({str(r['error']).splitlines()[0]})" for r in failed)
     return (f"{len(failed)} of {len(rows)} rows failed: {reasons}; the table marks them failed; run the same "
             "command again to retry them (finished rows are reused)")
 
@@ -1294,12 +1308,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
       SystemExit: 128 + N after signal N stopped the table.
     """
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # quiet orbax/absl chatter
+    logging.basicConfig(level=logging.WARNING, handlers=[cli.stream_handler()])  # quiet orbax/absl chatter
     for name in ("compare", "seqcsist_jax"):
         logging.getLogger(name).setLevel(logging.INFO)
+    from seqcsist_jax.train import check_config
+
     for name in args.methods:  # a mistyped override or variant fails now, not after hours of other methods
         try:
-            method_config(name, args)
+            # the checks train runs before creating a workdir: bad values and a user's broken builder, per row
+            check_config(method_config(name, args))
         except (cli.UsageError, ValueError) as e:
             raise fail(config_error_line(name, e)) from None
         except Exception as e:  # noqa: BLE001 - a user's config file that does not run (SyntaxError, ImportError)
@@ -1368,7 +1385,7 @@ def _compare_locked(args: argparse.Namespace, workdir: pathlib.Path, prefix: pat
                 except TrainingInterrupted as e:  # a stop request, not the row's failure: stop the table too
                     raise Stopped(e.signum) from e
                 except Exception as e:  # a failing method (e.g. a diverged run) must not lose the other rows
-                    log.exception("%s failed", name)
+                    log_row_failure(name, e)
                     row = failed_row(name, e)
                 done[name] = row
                 running.clear()

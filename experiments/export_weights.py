@@ -234,4 +234,10 @@ def export(args: argparse.Namespace) -> pathlib.Path:
 
 
 if __name__ == "__main__":
+    import logging
+
+    from experiments import cli
+
+    logging.basicConfig(level=logging.WARNING, handlers=[cli.stream_handler()])
+    cli.one_line_warnings()
     main()

@@ -141,8 +141,20 @@ class _FailedWriteEchoFilter(logging.Filter):
         message = record.getMessage()
         if record.name == "absl":
             return not ("orbax" in record.pathname and "raised an exception" in message)
-        return not (record.name == "asyncio" and "Task exception was never retrieved" in message
-                    and "orbax" in message)
+        if record.name != "asyncio" or "exception was never retrieved" not in message:  # Task, Future, gathering
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            message += f" {record.exc_info[1]!r} {_traceback_files(record.exc_info[2])}"
+        return not ("orbax" in message or "RESOURCE_EXHAUSTED" in message)
+
+
+def _traceback_files(tb: Any) -> str:
+    """The file names of a traceback's frames, space-separated (to tell whose exception a record carries)."""
+    files = []
+    while tb is not None:
+        files.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    return " ".join(files)
 
 
 def _quiet_failed_write_echoes() -> None:
@@ -158,6 +170,11 @@ def _quiet_failed_write_echoes() -> None:
     echo_filter = _FailedWriteEchoFilter()
     for name in ("absl", "asyncio"):
         logging.getLogger(name).addFilter(echo_filter)
+    import warnings
+
+    # the write coroutines a failed gather abandoned, collected later
+    warnings.filterwarnings("ignore", message=r"coroutine '.*(serializ|write_fragment).*' was never awaited",
+                            category=RuntimeWarning)
 
     def hook(unraisable: Any) -> None:
         value = unraisable.exc_value
@@ -340,6 +357,10 @@ class RunCheckpoints:
             manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 (orbax wraps OS errors in several exception types)
             folder = pathlib.Path(manager.directory) / str(int(step))
+            # The failed save's temporary folder holds nothing committed: removing it now frees the space it took
+            # (on a full disk, all there was) instead of leaving it to the next start's clean-up.
+            for partial in folder.parent.glob(f"{int(step)}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)
             if _is_enospc(e):
                 raise CheckpointWriteError(
                     errno.ENOSPC,

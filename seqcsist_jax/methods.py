@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import pathlib
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -104,11 +105,14 @@ def _import_builder(target: str) -> Builder:
         import sys
 
         path = pathlib.Path(module_name).expanduser().resolve()
-        key = "_seqcsist_method_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+        if not path.is_file():
+            raise FileNotFoundError(f"file {path} not found")
+        # Keyed by path and content: a file edited in a long-lived process (a notebook, compare called twice) is
+        # imported again, never served from the first import.
+        key = (f"_seqcsist_method_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}_"
+               f"{hashlib.sha1(path.read_bytes()).hexdigest()[:12]}")
         module = sys.modules.get(key)
         if module is None:
-            if not path.is_file():
-                raise FileNotFoundError(f"file {path} not found")
             spec = importlib.util.spec_from_file_location(key, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[key] = module  # before exec: dataclasses and pickling look the module up by name
@@ -243,34 +247,57 @@ def _describe(tree: Any) -> str:
     return type(tree).__name__
 
 
-def method_source_fingerprint(name: str) -> str | None:
-    """SHA-256 (hex) of the file that defines the builder of method ``name`` when the method is not part of this
-    package: the file of a ``"path/to/file.py:build_fn"`` target, or the module file of ``"package.module:build_fn"``.
-
-    None for the methods of :data:`METHOD_TABLE` and builders in this package (their code is versioned with the
-    package), and for a target whose file cannot be found or read (building the method then fails with its own
-    message). Only that one file is hashed, not the modules it imports. ``experiments.compare`` records it with a
-    row, so that a row whose method's code changed is trained again instead of reused.
-    """
-    import hashlib
-    import pathlib
-
+def builder_file(name: str) -> pathlib.Path | None:
+    """The file that defines the builder of method ``name`` when the method is not part of this package: the file
+    of a ``"path/to/file.py:build_fn"`` target, or the module file of ``"package.module:build_fn"``; None for the
+    methods of :data:`METHOD_TABLE`, builders in this package and targets whose file cannot be found."""
     if not isinstance(name, str) or name in METHOD_TABLE or ":" not in name:
         return None
     module_name = name.rpartition(":")[0]
     if module_name.endswith(".py"):
-        path = pathlib.Path(module_name).expanduser()
-    else:
-        if module_name.partition(".")[0] == __name__.partition(".")[0]:
-            return None
-        try:
-            spec = importlib.util.find_spec(module_name)  # imports the parent packages, not the module itself
-        except Exception:  # noqa: BLE001 - an unimportable target: building the method reports it
-            return None
-        if spec is None or not spec.has_location or not spec.origin:
-            return None
-        path = pathlib.Path(spec.origin)
+        return pathlib.Path(module_name).expanduser()
+    if module_name.partition(".")[0] == __name__.partition(".")[0]:
+        return None
+    try:
+        spec = importlib.util.find_spec(module_name)  # imports the parent packages, not the module itself
+    except Exception:  # noqa: BLE001 - an unimportable target: building the method reports it
+        return None
+    if spec is None or not spec.has_location or not spec.origin:
+        return None
+    return pathlib.Path(spec.origin)
+
+
+def method_source_fingerprint(name: str) -> str | None:
+    """SHA-256 (hex) of :func:`builder_file` of method ``name`` (None where that is None or unreadable).
+
+    Only that one file is hashed, not the modules it imports. ``experiments.compare`` records it with a row, so
+    that a row whose method's code changed is trained again instead of reused.
+    """
+    import hashlib
+
+    path = builder_file(name)
+    if path is None:
+        return None
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return None
+
+
+def user_code_line(name: str, error: BaseException) -> str:
+    """`` at FILE, line N`` for the innermost frame of ``error``'s traceback in :func:`builder_file` of ``name``
+    ('' when the error did not pass through that file): where in a user's method a failure happened."""
+    path = builder_file(name)
+    if path is None:
+        return ""
+    target, tb, found = str(path.resolve()), error.__traceback__, ""
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        try:
+            same = str(pathlib.Path(filename).resolve()) == target
+        except OSError:
+            same = False
+        if same:
+            found = f" at {path}, line {tb.tb_lineno}"
+        tb = tb.tb_next
+    return found

@@ -92,7 +92,7 @@ def restore_run(
     """
     import pathlib
 
-    from seqcsist_jax.checkpointing import RunCheckpoints
+    from seqcsist_jax.checkpointing import CheckpointError, RunCheckpoints
     from seqcsist_jax.data.splits import q_for_workdir
     from seqcsist_jax.workdir import load_run_config
 
@@ -104,7 +104,14 @@ def restore_run(
     finally:
         checkpoints.close()
     predictor = make_predictor(config, q_for_workdir(workdir, config.dataset))
-    check_params_fit(predictor, params, f"{workdir / 'checkpoints'} ({checkpoint!r}, step {int(step)})")
+    try:
+        check_params_fit(predictor, params, f"{workdir / 'checkpoints'} ({checkpoint!r}, step {int(step)})")
+    except CheckpointError as e:
+        source = methods.builder_file(config.model.name)
+        if source is None:
+            raise
+        raise CheckpointError(f"{e}; the model is defined in {source}: if that file changed since this run was "
+                              "trained, restore the version it was trained with, or train again") from None
     return config, predictor, params, int(step)
 
 

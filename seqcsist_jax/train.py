@@ -80,7 +80,7 @@ def check_learning_rate(config: ml_collections.ConfigDict) -> None:
     without a word."""
     rate = config.get("learning_rate")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not np.isfinite(rate) or rate <= 0:
-        raise OptimizerConfigError(f"optimizer.learning_rate must be a finite number > 0, got {rate!r}")
+        raise OptimizerConfigError(f"config.optimizer.learning_rate must be a finite number > 0, got {rate!r}")
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int | None = None) -> optax.Schedule | float:
@@ -310,9 +310,16 @@ class Trainer:
         try:
             state = self._init(jax.random.PRNGKey(self.config.seed))
         except (ArithmeticError, ValueError, TypeError) as e:  # e.g. --config.model.channels=0
+            first = str(e).splitlines()[0] if str(e) else ""
+            where = methods.user_code_line(self.config.model.name, e)
+            if where:  # a user's method failed in its own code: say where, not "check the config values"
+                raise ModelInitError(
+                    f"config.model ({self.config.model.name}): the model failed at initialisation{where} "
+                    f"({type(e).__name__}: {first}); check that code or its config.model values "
+                    "(train_and_evaluate in Python shows the full traceback)") from e
             raise ModelInitError(
                 f"config.model ({self.config.model.name}): the model cannot be initialised with these settings "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the config.model values "
+                f"({type(e).__name__}: {first}); check the config.model values "
                 "(train_and_evaluate in Python shows the full traceback)") from e
         if self.config.model.name not in methods.METHOD_TABLE and not self._contract_checked:
             # A user's method: a wrong output or loss shape is one line now, not a JAX error inside the step.
@@ -395,6 +402,26 @@ class Trainer:
                             split=split, **options)
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Every check that needs no data and no workdir, in one call (``train_and_evaluate`` and
+    ``experiments.compare`` run it before anything is created): the dataset and method names, a user's builder
+    (built once: it must return a ``Method``), the schedule, ``config.eval``, the learning rate, the seed and the
+    checkpoint intervals. Each failure is one line naming the key (the exceptions listed in
+    :func:`train_and_evaluate`)."""
+    check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))
+    check_method_name(config.model.name)
+    if config.model.name not in methods.METHOD_TABLE:  # a user's builder: its return value is checked now
+        methods.build_method(config.model, config.loss)
+    check_schedule(config)
+    check_eval_config(config.eval)
+    if "optimizer" in config:
+        check_learning_rate(config.optimizer)
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"config.seed must be a whole number in [0, 2**32), got {seed!r}")
+    _checkpoint_intervals(config)
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
@@ -427,17 +454,7 @@ def train_and_evaluate(
       OptimizerConfigError: ``optimizer.learning_rate`` is not a finite number > 0 (idem).
       ValueError: ``config.seed`` is not a whole number in [0, 2**32) (idem).
     """
-    check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))
-    check_method_name(config.model.name)
-    if config.model.name not in methods.METHOD_TABLE:  # a user's builder: its return value is checked now
-        methods.build_method(config.model, config.loss)
-    check_schedule(config)
-    check_eval_config(config.eval)
-    if "optimizer" in config:
-        check_learning_rate(config.optimizer)
-    seed = config.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ValueError(f"config.seed must be a whole number in [0, 2**32), got {seed!r}")
+    check_config(config)
     save_every_steps, save_every_seconds = _checkpoint_intervals(config)
     if config.get("multihost") and not jax.distributed.is_initialized():
         jax.distributed.initialize()

@@ -211,3 +211,21 @@ def test_continuous_scores_are_attributed_to_the_decoder():
     for decode in ("refine", "trajectory"):
         assert evaluate.decoder_note(decode).startswith(f"note: the {decode} decoder fits the frames themselves")
     assert evaluate.decoder_note("grid") == evaluate.decoder_note("peak") == evaluate.decoder_note(None) == ""
+
+
+def test_log_records_and_warnings_are_one_line_each():
+    import logging
+    import warnings
+
+    formatter = cli.OneLineFormatter("[row] ")
+    record = lambda level, msg: logging.LogRecord("x", level, "/a/b.py", 3, msg, None, None)  # noqa: E731
+    assert formatter.format(record(logging.WARNING, "a torn last line")) == "[row] warning: a torn last line"
+    assert formatter.format(record(logging.ERROR, "espcn failed")) == "[row] error: espcn failed"
+    assert formatter.format(record(logging.INFO, "[1/3] srcnn ...")) == "[row] [1/3] srcnn ..."
+    previous = warnings.formatwarning
+    try:
+        cli.one_line_warnings()
+        text = warnings.formatwarning("Y Yᵀ is\n ill-conditioned", RuntimeWarning, "/x/splits.py", 184, "source()")
+    finally:
+        warnings.formatwarning = previous
+    assert text == "warning: RuntimeWarning: Y Yᵀ is ill-conditioned\n"

@@ -324,3 +324,36 @@ def test_a_second_compare_on_the_same_workdir_is_refused_in_one_line(tmp_path):
     assert message.startswith(f"error: {workdir} is in use by another compare (PID ") and "\n" not in message
     assert not (workdir / "ista").exists()  # no row was started
     assert compare.main(argv)["rows"][0]["method"] == "ista"  # free again: the comparison runs
+
+
+def test_config_values_and_broken_builders_are_refused_before_any_row(tmp_path, capsys):
+    workdir = tmp_path / "runs"
+    for extra, words in ((["--config.seed=-1"], "config.seed must be a whole number"),
+                         (["--config.eval.threshold=nan"], "config.eval.threshold must be a finite brightness"),
+                         (["--learning_rate=-1"], "config.optimizer.learning_rate must be a finite number > 0")):
+        with pytest.raises(SystemExit) as err:
+            compare.main(["--methods=srcnn", "--variant=smoke", "--budget_steps=1", f"--workdir={workdir}", *extra])
+        assert err.value.code == 2 and words in str(err.value)
+    builder = tmp_path / "tuple_builder.py"
+    builder.write_text("from experiments.examples import tiny_method as tiny\n"
+                       "def build(model_config, loss_config):\n"
+                       "    return tiny.TinyRefiner(), tiny.mse_loss\n")
+    with pytest.raises(SystemExit) as err:
+        compare.main(["--methods=srcnn", "--variant=smoke", "--budget_steps=1", f"--workdir={workdir}",
+                      f"--config.model.name={builder}:build"])
+    assert err.value.code == 2 and "returned tuple; expected seqcsist_jax.methods.Method" in str(err.value)
+    assert not workdir.exists()  # nothing was trained or created
+
+
+def test_a_row_failing_with_a_config_error_is_logged_in_one_line(caplog):
+    import logging
+
+    from seqcsist_jax.methods import MethodContractError
+
+    with caplog.at_level(logging.ERROR, logger="compare"):
+        compare.log_row_failure("mine", MethodContractError("method 'mine': the model returned an array\nsecond"))
+        compare.log_row_failure("bug", KeyError("x"))
+    one, bug = caplog.records
+    assert one.getMessage() == ("mine failed: MethodContractError: method 'mine': the model returned an array "
+                                "second") and one.exc_info is None
+    assert bug.getMessage() == "bug failed" and isinstance(bug.exc_info[1], KeyError)  # a bug keeps its traceback

@@ -136,7 +136,8 @@ def test_a_users_method_edited_between_two_compares_is_trained_again(tmp_path):
     assert edited.returncode == 0, edited.stderr[-3000:]
     (aside,) = [p for p in workdir.iterdir() if p.name.startswith("twoconv.stale-")]
     notes = [line for line in edited.stderr.splitlines() if "source" in line]
-    assert notes == [f"{path}: the method's source ({path}) changed since the row in {workdir / 'twoconv'} was "
+    assert notes == [f"warning: {path}: the method's source ({path}) changed since the row in "
+                     f"{workdir / 'twoconv'} was "
                      f"trained; moved that row to {aside} (kept) and training it afresh"], edited.stderr[-3000:]
     assert "reusing the finished run" not in edited.stderr
     new = json.loads((workdir / "twoconv" / compare.ROW_FILE).read_text())
@@ -284,8 +285,9 @@ def test_failed_rows_are_named_in_the_last_line(tmp_path, monkeypatch, capsys):
 
 def test_the_command_exits_1_when_a_row_failed(tmp_path):
     path = tmp_path / "boom.py"
-    path.write_text(EXAMPLE.read_text().replace(
-        '    del loss_config\n', '    del loss_config\n    raise RuntimeError("boom")\n'))
+    source = EXAMPLE.read_text()
+    assert "        del phi  #" in source
+    path.write_text(source.replace("        del phi  #", '        raise RuntimeError("boom")  #'))  # fails in its run
     proc = _compare([f"--methods={path}", "--variant=smoke", "--budget_steps=1", "--evals=1",
                      f"--workdir={tmp_path / 'w'}"])
     assert proc.returncode == 1, proc.stderr[-3000:]

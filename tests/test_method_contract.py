@@ -147,3 +147,43 @@ def test_display_names_of_builders_given_by_path_are_short():
     assert methods.display_name("/abs/path/tiny_method.py:build_tiny", method) == "tiny (build_tiny)"
     assert methods.display_name("mypkg.models:build_tiny", method) == "tiny (build_tiny)"
     assert methods.display_name("srcnn", method) == "srcnn"  # table methods keep their table name
+
+
+def test_a_bug_in_a_users_model_names_its_file_and_line(tmp_path):
+    from seqcsist_jax import train as train_lib
+
+    path = tmp_path / "buggy.py"
+    path.write_text(
+        "import flax.linen as nn\n"
+        "import jax.numpy as jnp\n"
+        "from experiments.examples import tiny_method as tiny\n"
+        "from seqcsist_jax import methods\n"
+        "class Buggy(nn.Module):\n"
+        "    @nn.compact\n"
+        "    def __call__(self, frames, phi, q):\n"
+        "        out = tiny.TinyRefiner()(frames, phi, q)['output']\n"
+        "        return {'output': out @ jnp.ones((5, 5))}\n"
+        "def build(model_config, loss_config):\n"
+        "    return methods.Method('buggy', Buggy(), tiny.mse_loss)\n")
+    config = configs.get_config("srcnn:smoke")
+    config.model.name = f"{path}:build"
+    with pytest.raises(train_lib.ModelInitError) as info:
+        train_lib.train_and_evaluate(config, tmp_path / "w")
+    message = str(info.value)
+    assert f"failed at initialisation at {path}, line 9 (TypeError: dot_general" in message and "\n" not in message
+    assert methods.user_code_line("srcnn", info.value.__cause__) == ""  # a table method: no user file to point at
+
+
+def test_evaluate_after_the_methods_file_changed_names_the_file(tmp_path):
+    from seqcsist_jax import train as train_lib
+    from seqcsist_jax.predictor import restore_run
+
+    source = (REPO / "experiments" / "examples" / "tiny_method.py").read_text()
+    path = tmp_path / "mine.py"
+    path.write_text(source)
+    config = configs.get_config(f"{path}:smoke")
+    train_lib.train_and_evaluate(config, tmp_path / "w")
+    path.write_text(source.replace("nn.Conv(self.channels, (3, 3)", "nn.Conv(self.channels + 1, (3, 3)"))
+    with pytest.raises(CheckpointError, match=rf"holds another model or width: .*; the model is defined in {path}: "
+                                              r"if that file changed since this run was trained"):
+        restore_run(str(tmp_path / "w"))
