@@ -335,9 +335,34 @@ class RunCheckpoints:
         if removed:
             log.warning("removed %d unfinished checkpoint folder(s) of an interrupted save: %s", len(removed),
                         ", ".join(str(r) for r in removed))
+        partial = self._move_partly_deleted()
+        if removed or partial:
             self.latest.reload()
             self.best.reload()
         return removed
+
+    def _move_partly_deleted(self) -> list[pathlib.Path]:
+        """Moves aside (to ``damaged/<kind>-N-partial``, kept) an older step folder that lacks one of this
+        project's items (``state``, ``loader``, ``meta``): Orbax deletes an old checkpoint file by file, so a kill
+        during that leaves such a folder, unusable, and Orbax warned about it on every later start. The newest
+        step is never touched (a damaged newest checkpoint is the restore's to report and move aside)."""
+        moved = []
+        for kind in CHECKPOINT_KINDS:
+            folder = self.root / kind
+            steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+            for step in steps[:-1]:
+                source = folder / str(step)
+                if source.is_dir() and not all((source / item).is_dir() for item in ("state", "loader", "meta")):
+                    target = self.root / "damaged" / f"{kind}-{step}-partial"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if target.exists():
+                        shutil.rmtree(target)
+                    os.replace(source, target)
+                    moved.append(target)
+        if moved:
+            log.warning("moved %d partly deleted old checkpoint folder(s) (a kill while an old checkpoint was being "
+                        "deleted) to %s: %s", len(moved), self.root / "damaged", ", ".join(p.name for p in moved))
+        return moved
 
     # ------------------------------------------------------------------------------ saving
 

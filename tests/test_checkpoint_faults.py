@@ -147,6 +147,26 @@ def test_other_model_width_names_first_mismatching_parameter(tmp_path):
     assert ckpt.latest.all_steps() == [1]  # a mismatch is not damage: nothing moved aside
 
 
+def test_a_partly_deleted_old_checkpoint_is_moved_aside_and_the_newest_kept(tmp_path, caplog):
+    ckpt = RunCheckpoints(tmp_path, keep=3)
+    for step in (1, 2, 3):
+        state = save(ckpt, step)
+    ckpt.close()
+    latest = tmp_path / "checkpoints" / "latest"
+    shutil.rmtree(latest / "1" / "meta")  # killed while Orbax deleted step 1 file by file
+    shutil.rmtree(latest / "3" / "loader")  # the newest is not touched here: restore reports its damage
+    ckpt = RunCheckpoints(tmp_path, keep=3)
+    with caplog.at_level(logging.WARNING):
+        ckpt.clean_leftovers()
+    assert (tmp_path / "checkpoints" / "damaged" / "latest-1-partial" / "state").is_dir()
+    assert sorted(p.name for p in latest.iterdir() if p.name.isdigit()) == ["2", "3"]
+    assert "moved 1 partly deleted old checkpoint folder(s)" in caplog.text
+    ckpt.clean_leftovers()  # once: a second start finds nothing to move
+    restored, _, _, step = ckpt.restore("latest", abstract_like(state))
+    assert step == 2  # the damaged newest falls back to the intact step 2
+    ckpt.close()
+
+
 def test_leftover_tmp_folders_are_removed_and_committed_kept(tmp_path):
     ckpt = RunCheckpoints(tmp_path)
     state = save(ckpt, 2)
