@@ -655,8 +655,7 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
             if stop.received is not None:
                 save_latest(state, step)  # a no-op when this step was just saved
                 name = signal.Signals(stop.received).name
-                _say(f"{name} received: saved a checkpoint at step {step} in {workdir / 'checkpoints'}; "
-                     "run the same command again to resume")
+                # One line says it all (the entry points print it as their error line; compare logs it per row).
                 raise TrainingInterrupted(
                     f"stopped by {name} at step {step} of {num_steps}; checkpoint saved in "
                     f"{workdir / 'checkpoints' / 'latest'}; run the same command again to resume",

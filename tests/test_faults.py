@@ -144,7 +144,7 @@ def reference(tmp_path_factory):
     return workdir, result
 
 
-def test_fault_chain_ends_exactly_as_uninterrupted(reference, tmp_path, monkeypatch, faults, caplog):
+def test_fault_chain_ends_exactly_as_uninterrupted(reference, tmp_path, monkeypatch, faults, caplog, capsys):
     ref_dir, ref = reference
     assert ref["best"]["mAP"] == VAL_MAP[BEST_STEP]
     pin_validation_map(monkeypatch)
@@ -161,6 +161,7 @@ def test_fault_chain_ends_exactly_as_uninterrupted(reference, tmp_path, monkeypa
         train_lib.train_and_evaluate(fault_config(), run, hooks=[sigterm_at_2])
     assert signal.getsignal(signal.SIGTERM) == previous_handler  # the run's handler is removed again
     assert RunCheckpoints(run).latest.all_steps() == [2]
+    assert "SIGTERM" not in capsys.readouterr().out  # the stop is said once, by the exception (the error line)
 
     # 2. Killed after best/3 is saved, before latest/3: the evaluation at 3 is journaled but not committed.
     faults("after_best_save", 3)
