@@ -369,11 +369,7 @@ def method_config(name: str, args: argparse.Namespace):
             config.num_train_steps = -1
             config.num_epochs = float(args.budget_epochs)
     config.progress_bar = sys.stderr.isatty()
-    from seqcsist_jax.data.splits import check_dataset_name
-
-    # a mistyped --dataset fails here, before any row runs
-    check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))
-    return config
+    return config  # main() checks it (train.check_config: a mistyped --dataset too) before any row runs
 
 
 def is_trainable(config) -> bool:
@@ -1241,17 +1237,12 @@ def config_error_line(row: str, error: BaseException) -> str:
     base = row.partition("@")[0]
     text = str(error)
     if not isinstance(error, (cli.UsageError, ValueError, SyntaxError)):
-        import traceback
+        from seqcsist_jax.methods import line_in_file
 
         text = f"{type(error).__name__}: {text}"
-        try:
-            target = pathlib.Path(base).expanduser().resolve()
-            lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
-                     if pathlib.Path(f.filename).resolve() == target]
-        except (OSError, ValueError):
-            lines = []
-        if lines:
-            text += f" ({target.name}, line {lines[-1]})"
+        line = line_in_file(error, base)
+        if line is not None:
+            text += f" ({pathlib.Path(base).name}, line {line})"
     if is_config_file(base) and (base in text or str(pathlib.Path(base).expanduser()) in text):
         return text  # the message names the file already
     return f"{row}: {text}"

@@ -95,11 +95,13 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         try:
             config, predictor, params, step = restore_run(workdir, checkpoint, config)
         except FileNotFoundError as e:
-            latest = sorted(int(p.name) for p in (workdir / "checkpoints" / "latest").glob("*") if p.name.isdigit())
-            if str(checkpoint) != "best" or not latest:
+            from seqcsist_jax.workdir import latest_checkpoint_step
+
+            newest = latest_checkpoint_step(workdir)
+            if str(checkpoint) != "best" or newest is None:
                 raise
             raise FileNotFoundError(f"{e} (an unfinished run: no validation has finished yet); pass "
-                                    f"--checkpoint=latest to score its newest checkpoint (step {latest[-1]})") from None
+                                    f"--checkpoint=latest to score its newest checkpoint (step {newest})") from None
         name = display_name(config.model.name, predictor.method)
     try:
         check_split(config.dataset, split)

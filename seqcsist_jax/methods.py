@@ -101,7 +101,6 @@ def _import_builder(target: str) -> Builder:
     module_name, _, function = target.rpartition(":")
     if module_name.endswith(".py"):  # a file outside any package, e.g. a researcher's model next to its config
         import hashlib
-        import pathlib
         import sys
 
         path = pathlib.Path(module_name).expanduser().resolve()
@@ -284,20 +283,22 @@ def method_source_fingerprint(name: str) -> str | None:
         return None
 
 
+def line_in_file(error: BaseException, path: str | pathlib.Path) -> int | None:
+    """The line of the innermost frame of ``error``'s traceback that runs in file ``path`` (None if none does)."""
+    import traceback
+
+    try:
+        target = pathlib.Path(path).expanduser().resolve()
+        lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+                 if pathlib.Path(f.filename).resolve() == target]
+    except (OSError, ValueError):
+        return None
+    return lines[-1] if lines else None
+
+
 def user_code_line(name: str, error: BaseException) -> str:
     """`` at FILE, line N`` for the innermost frame of ``error``'s traceback in :func:`builder_file` of ``name``
     ('' when the error did not pass through that file): where in a user's method a failure happened."""
     path = builder_file(name)
-    if path is None:
-        return ""
-    target, tb, found = str(path.resolve()), error.__traceback__, ""
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        try:
-            same = str(pathlib.Path(filename).resolve()) == target
-        except OSError:
-            same = False
-        if same:
-            found = f" at {path}, line {tb.tb_lineno}"
-        tb = tb.tb_next
-    return found
+    line = None if path is None else line_in_file(error, path)
+    return "" if line is None else f" at {path}, line {line}"
