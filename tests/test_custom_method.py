@@ -118,7 +118,7 @@ def test_compare_rows_from_files_are_checked_before_anything_runs(tmp_path):
         compare.parse_args([f"--methods=srcnn,{other}", *base])
     with pytest.raises(SystemExit, match="unknown method\\(s\\) 'srcnnn'"):  # named before the missing budget
         compare.parse_args(["--methods=srcnnn", f"--workdir={tmp_path}"])
-    args = compare.parse_args([f"--methods={other}@public_loss", *base, f"--method_steps=srcnn=1"])
+    args = compare.parse_args([f"--methods={other}@public_loss", *base, "--method_steps=srcnn=1"])
     assert compare.row_name(args.methods[0]) == "srcnn@public_loss"
     assert compare.row_dir(tmp_path, args.methods[0]) == tmp_path / "srcnn@public_loss"
     assert compare.row_steps(args.methods[0], args) == 1

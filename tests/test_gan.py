@@ -177,9 +177,11 @@ def test_each_update_changes_only_its_own_network(smoke_data):
     check(new_state.params["generator"], p["generator"], grads_g)
 
     # an optimiser update with only D's gradients leaves the generator's optimiser state untouched
+    # (on a small two-player tree: the property is the per-player split, not the networks' size)
     adam = gan.make_gan_optimizer(config.optimizer)
-    adam_state = adam.init(p)
-    upd, st = adam.update({"discriminator": grads_d}, adam_state, p)
+    small = {k: {"w": jnp.arange(3.0) + i} for i, k in enumerate(gan.PLAYERS)}
+    adam_state = adam.init(small)
+    upd, st = adam.update({"discriminator": {"w": jnp.ones(3)}}, adam_state, small)
     assert set(upd) == {"discriminator"} and st["generator"] is adam_state["generator"]
 
     new2, _ = make("d_then_g")(state, batch)
