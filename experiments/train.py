@@ -19,7 +19,8 @@ from absl import flags
 from experiments import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and evaluation outputs.", required=True)
+# Not absl-required: its message ("Flag --workdir must have a value other than None") says less than ours below.
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and evaluation outputs (required).")
 cli.define_config_flag()
 flags.adopt_module_key_flags(cli)  # --help lists --config and the config names
 flags.DEFINE_bool("force_config", False, "Continue a workdir whose saved config differs (overwrites config.json).")
@@ -28,6 +29,9 @@ flags.DEFINE_bool("force_config", False, "Continue a workdir whose saved config 
 def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
+    if FLAGS.workdir is None:
+        raise cli.UsageError("--workdir is required: the run's directory (checkpoints, logs, results), e.g. "
+                             "--workdir=workdirs/quick")
     if not FLAGS.workdir.strip():  # an empty value would train into the current directory
         raise cli.UsageError("--workdir is empty; give the run's directory, e.g. --workdir=workdirs/quick")
     config = cli.load_config(cli.require_config(FLAGS.config), overrides)

@@ -314,7 +314,8 @@ class EvalConfigError(ValueError):
 def check_eval_config(eval_config: Mapping[str, Any]) -> None:
     """Raises :class:`EvalConfigError` for a ``config.eval`` value that would score silently wrong or crash late.
 
-    ``threshold`` must be a finite number (a NaN threshold drops every detection: CSO-mAP 0 with no error),
+    ``threshold`` must be a finite number >= 0 (a NaN threshold drops every detection: CSO-mAP 0 with no error;
+    a negative one scores negative map cells as targets),
     ``batch_size`` a positive whole number, ``num_figure_samples`` and ``scored_margin`` whole numbers >= 0,
     ``decode`` one of :data:`~seqcsist_jax.protocol.DECODERS` and ``ties`` ``input_order`` or ``grouped``.
     Missing keys take their defaults and are not checked.
@@ -330,8 +331,9 @@ def check_eval_config(eval_config: Mapping[str, Any]) -> None:
         if not np.isfinite(value) or value != int(value) or value < minimum:
             raise EvalConfigError(f"config.eval.{key} must be a whole number >= {minimum}, got {value!r}")
 
-    if "threshold" in eval_config and not np.isfinite(number("threshold")):
-        raise EvalConfigError(f"config.eval.threshold must be a finite brightness (SPEC §4.1: 70 for SeqCSIST, "
+    if "threshold" in eval_config and not (np.isfinite(number("threshold")) and number("threshold") >= 0):
+        # A negative threshold is no brightness: it would score the maps' negative cells as targets.
+        raise EvalConfigError(f"config.eval.threshold must be a finite brightness >= 0 (SPEC §4.1: 70 for SeqCSIST, "
                               f"50 for CSIST-100K), got {eval_config.get('threshold')!r}")
     for key, minimum in (("batch_size", 1), ("num_figure_samples", 0), ("scored_margin", 0)):
         if key in eval_config:

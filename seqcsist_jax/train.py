@@ -459,14 +459,53 @@ def train_and_evaluate(
     if config.get("multihost") and not jax.distributed.is_initialized():
         jax.distributed.initialize()
     workdir = pathlib.Path(workdir)
+    created = not workdir.exists()
+    was_empty = created or (workdir.is_dir() and not any(workdir.iterdir()))
     workdir.mkdir(parents=True, exist_ok=True)
     # One trainer per workdir: a second one exits here, naming the holder, before touching anything.
     lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
     try:
         return _train_locked(config, workdir, hooks, force_config, save_every_steps, save_every_seconds)
+    except (methods.MethodContractError, ModelInitError):
+        # Refused before the first step (a user's method that breaks the contract, a model that cannot be built):
+        # leave the workdir as it was, not a run that evaluate would then report as having no checkpoint.
+        if lock is not None and was_empty:
+            _remove_unstarted_run(workdir, remove_dir=created, lock=lock)
+            lock = None
+        raise
     finally:
         if lock is not None:
             lock.release()
+
+
+#: What a run writes before its first step: the saved config, the Q cache, the (empty) checkpoint folders and the
+#: TensorBoard writer's opened event file (a step adds ``metrics.jsonl``, which keeps everything).
+_UNSTARTED_RUN_FILES = frozenset({"config.json", "qinit.npz", "checkpoints", "tensorboard"})
+
+
+def _remove_unstarted_run(workdir: pathlib.Path, *, remove_dir: bool, lock: WorkdirLock) -> None:
+    """Removes what a run refused before its first step wrote into a workdir that was empty (``remove_dir``: that
+    did not exist), then releases ``lock``. Anything else found there (another file, a checkpoint) keeps it all."""
+    import shutil
+
+    from seqcsist_jax.run_lock import LOCK_NAME
+
+    try:
+        names = {p.name for p in workdir.iterdir()} - {LOCK_NAME}
+        checkpoints = workdir / "checkpoints"
+        started = checkpoints.is_dir() and any(p for p in checkpoints.rglob("*") if p.is_file())
+        if names <= _UNSTARTED_RUN_FILES and not started:
+            for name in names:
+                target = workdir / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            lock.release()
+            (workdir / LOCK_NAME).unlink(missing_ok=True)
+            if remove_dir:
+                workdir.rmdir()
+            return
+    except OSError as e:  # best effort: the refusal itself is the error to report
+        log.debug("could not tidy the unstarted run in %s: %s", workdir, e)
+    lock.release()
 
 
 def _checkpoint_intervals(config: ml_collections.ConfigDict) -> tuple[int, float]:

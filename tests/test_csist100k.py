@@ -231,8 +231,17 @@ def test_cli_writes_the_public_layout_and_reads_back_exactly(tmp_path):
     np.testing.assert_array_equal(got["targets"][:, 0], want["targets"])  # float32 bits survive the XML text
     np.testing.assert_array_equal(got["num_targets"][:, 0], want["num_targets"])
     np.testing.assert_array_equal(got["frame_numbers"][:, 0], np.arange(1, 13))
-    # Writing again without --overwrite is refused with exit status 2.
+    # Writing again without --overwrite is refused with exit status 2; "validation" (the TFDS/evaluate name) is the
+    # same public folder, val/.
     assert csist100k.main(["--out", str(tmp_path), "--split", "val", "--num_images", "2", "--noprogress"]) == 2
+    assert csist100k.main(["--out", str(tmp_path), "--split", "validation", "--num_images", "2",
+                           "--noprogress"]) == 2
+    assert csist100k.main(["--out", str(tmp_path), "--split", "validation", "--num_images", "12", "--seed", "4",
+                           "--start_index", "1", "--noprogress", "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["val"]
+    again = read_public_split(tmp_path, "val", frames_per_trajectory=1, max_targets=5, progress=False,
+                              layout=CSIST100K_LAYOUT)
+    np.testing.assert_array_equal(again["frames"][:, 0], want["image"])
 
 
 def test_public_layout_errors_name_the_file(tmp_path):

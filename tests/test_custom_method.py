@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,15 @@ def _run(args, cwd=REPO, timeout=300):
 def test_unknown_model_names_get_one_line_with_the_nearest_name():
     with pytest.raises(methods.UnknownMethodError, match=r"unknown model 'srcnnn' \(did you mean 'srcnn'\?\)"):
         methods.check_method_name("srcnnn")
+    # papers' spellings find their table names (edit distance alone sends "distanet" to "istanet")
+    for spelt, name in (("distanet", "dista"), ("DISTA-Net", "dista"), ("ISTA-Net+", "istanet_plus"),
+                        ("ISTA-Net++", "istanet_pp"), ("DeRefNet", "derefnet"), ("FISTA-Net", "fistanet")):
+        with pytest.raises(methods.UnknownMethodError, match=rf"unknown model '{re.escape(spelt)}' "
+                                                             rf"\(did you mean '{name}'\?\)"):
+            methods.check_method_name(spelt)
+    with pytest.raises(methods.UnknownMethodError) as info:
+        methods.check_method_name("zzz")
+    assert "did you mean" not in str(info.value)
     with pytest.raises(methods.UnknownMethodError, match="cannot import the builder 'no_such_pkg.mod:build'"):
         methods.method_builder("no_such_pkg.mod:build")
     with pytest.raises(methods.UnknownMethodError, match="defines no function 'build_nothing'"):

@@ -18,6 +18,7 @@ def test_every_shipped_config_passes(name):
 
 def test_missing_keys_take_defaults_and_pass():
     evaluation.check_eval_config({})
+    evaluation.check_eval_config({"threshold": 0.0})  # zero is a brightness (zero cells are never detections)
     evaluation.check_eval_config({"threshold": 50, "batch_size": np.int64(4), "scored_margin": 0,
                                   "decode": None, "ties": "grouped"})
     for decode in protocol.DECODERS:
@@ -27,6 +28,7 @@ def test_missing_keys_take_defaults_and_pass():
 @pytest.mark.parametrize("key,value,words", [
     ("threshold", math.nan, "finite brightness"),
     ("threshold", math.inf, "finite brightness"),
+    ("threshold", -5.0, "finite brightness >= 0"),
     ("threshold", "70", "must be a number"),
     ("threshold", True, "must be a number"),
     ("batch_size", 0, "whole number >= 1"),
@@ -51,7 +53,7 @@ def test_train_refuses_a_nan_threshold_in_one_line_before_the_workdir_exists(tmp
                           "--config.eval.threshold=nan"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2, bad.stderr
     assert [line for line in bad.stderr.splitlines() if line.strip()] == [
-        "error: config.eval.threshold must be a finite brightness (SPEC §4.1: 70 for SeqCSIST, 50 for CSIST-100K), "
+        "error: config.eval.threshold must be a finite brightness >= 0 (SPEC §4.1: 70 for SeqCSIST, 50 for CSIST-100K), "
         "got nan"]
     assert not workdir.exists()
 

@@ -124,6 +124,12 @@ def test_a_metrics_record_with_a_non_integer_step_names_file_and_line(tmp_path):
 
 
 def test_a_config_value_that_fails_at_initialisation_leaves_the_workdir_usable(tmp_path):
+    fresh = tmp_path / "fresh"
+    with pytest.raises(train_lib.ModelInitError, match=r"config.model \(derefnet\): the model cannot be init"):
+        train_lib.train_and_evaluate(_bad_channels(), fresh)
+    assert not fresh.exists()  # a new workdir is left as it was: not there
+    # a workdir that held something else keeps what the refused run wrote (nothing of it is ours alone to delete)
+    (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(train_lib.ModelInitError, match=r"config.model \(derefnet\): the model cannot be init"):
         train_lib.train_and_evaluate(_bad_channels(), tmp_path)
     assert (tmp_path / "config.json").exists() and not (tmp_path / "checkpoints" / "latest" / "3").exists()
@@ -131,6 +137,7 @@ def test_a_config_value_that_fails_at_initialisation_leaves_the_workdir_usable(t
     result = train_lib.train_and_evaluate(_smoke(), tmp_path)
     assert result["step"] == 6
     assert workdir_lib.load_run_config(tmp_path).model.channels == _smoke().model.channels
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def _bad_channels():
@@ -228,6 +235,10 @@ def test_misplaced_workdirs_are_one_line(tmp_path):
     assert proc.returncode == 2 and lines == [
         "error: --workdir is empty; give the run's directory, e.g. --workdir=workdirs/quick"]
     assert list(tmp_path.iterdir()) == []  # nothing trained into the current directory
+    proc, lines = _train_cli(cwd=tmp_path)  # no --workdir at all
+    assert proc.returncode == 2 and lines == [
+        "error: --workdir is required: the run's directory (checkpoints, logs, results), e.g. --workdir=workdirs/quick"]
+    assert list(tmp_path.iterdir()) == []
     (tmp_path / "file").write_text("x")
     proc, lines = _train_cli(f"--workdir={tmp_path / 'file'}")
     assert proc.returncode == 2 and len(lines) == 1 and "a path that must be a directory is a file" in lines[0]

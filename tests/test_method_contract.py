@@ -171,6 +171,7 @@ def test_a_bug_in_a_users_model_names_its_file_and_line(tmp_path):
         train_lib.train_and_evaluate(config, tmp_path / "w")
     message = str(info.value)
     assert f"failed at initialisation at {path}, line 9 (TypeError: dot_general" in message and "\n" not in message
+    assert not (tmp_path / "w").exists()  # the refused run leaves no workdir behind
     assert methods.user_code_line("srcnn", info.value.__cause__) == ""  # a table method: no user file to point at
 
 
@@ -187,3 +188,33 @@ def test_evaluate_after_the_methods_file_changed_names_the_file(tmp_path):
     with pytest.raises(CheckpointError, match=rf"holds another model or width: .*; the model is defined in {path}: "
                                               r"if that file changed since this run was trained"):
         restore_run(str(tmp_path / "w"))
+
+
+def test_a_contract_break_at_train_time_leaves_the_workdir_as_it_was(tmp_path):
+    """The abstract check runs before the first step, after the run wrote its config and Q cache: those go again,
+    so evaluate does not find a run without checkpoints. A workdir that held something else is left alone."""
+    from seqcsist_jax import train as train_lib
+
+    path = tmp_path / "small.py"
+    path.write_text(
+        "import flax.linen as nn\n"
+        "from experiments.examples import tiny_method as tiny\n"
+        "from seqcsist_jax import methods\n"
+        "class Small(nn.Module):\n"
+        "    @nn.compact\n"
+        "    def __call__(self, frames, phi, q):\n"
+        "        return {'output': nn.Conv(1, (3, 3))(frames[..., None])[..., 0]}\n"
+        "def build(model_config, loss_config):\n"
+        "    return methods.Method('small', Small(), tiny.mse_loss)\n")
+    config = configs.get_config("srcnn:smoke")
+    config.model.name = f"{path}:build"
+    new, empty, other = tmp_path / "new" / "w", tmp_path / "empty", tmp_path / "other"
+    empty.mkdir()
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    for workdir in (new, empty, other):
+        with pytest.raises(methods.MethodContractError, match="'output' has shape"):
+            train_lib.train_and_evaluate(config, workdir)
+    assert not new.exists() and (tmp_path / "new").is_dir()  # only the folder the run created goes
+    assert list(empty.iterdir()) == []
+    assert {p.name for p in other.iterdir()} >= {"notes.txt", "config.json"}  # not ours alone: kept as it was

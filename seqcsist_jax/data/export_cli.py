@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 from absl import flags
 
 SPLITS = ("train", "val", "test")
+#: Split names the rest of the project uses (TFDS, ``--split`` of evaluate) → the public layout's folder names.
+SPLIT_ALIASES = {"validation": "val"}
 
 
 def parse(argv: Sequence[str] | None, prog: str, description: str, count_flag: str, count_help: str,
@@ -23,8 +25,9 @@ def parse(argv: Sequence[str] | None, prog: str, description: str, count_flag: s
     argv = list(sys.argv[1:] if argv is None else argv)
     fv = flags.FlagValues()
     flags.DEFINE_string("out", None, "root directory; each split goes to OUT/{split}/", flag_values=fv)
-    flags.DEFINE_multi_enum("split", [], list(SPLITS) + ["all"],
-                            "split to write (repeatable; 'all' = train, val and test)", flag_values=fv)
+    flags.DEFINE_multi_enum("split", [], list(SPLITS) + list(SPLIT_ALIASES) + ["all"],
+                            "split to write (repeatable; 'all' = train, val and test; 'validation' = val, the "
+                            "public folder name)", flag_values=fv)
     flags.DEFINE_integer(count_flag, None, count_help, flag_values=fv)
     flags.DEFINE_integer("seed", 0, "base seed; each split uses split_seed(seed, split)", flag_values=fv)
     flags.DEFINE_integer("start_index", 0, "number N of the first file of each split", flag_values=fv)
@@ -50,5 +53,6 @@ def parse(argv: Sequence[str] | None, prog: str, description: str, count_flag: s
         print(f"error: {e}", file=sys.stderr)
         return 2
     args = argparse.Namespace(**{name: fv[name].value for name in fv})
-    args.split = list(SPLITS) if "all" in args.split else list(dict.fromkeys(args.split))
+    args.split = list(SPLITS) if "all" in args.split else list(
+        dict.fromkeys(SPLIT_ALIASES.get(s, s) for s in args.split))
     return args
