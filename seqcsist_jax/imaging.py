@@ -256,7 +256,8 @@ def least_squares_init_from_gram(phi: Array, gram: Array, ridge: float | None = 
 
             warnings.warn(
                 f"Y Yᵀ is ill-conditioned (cond={cond:.3g}); adding ridge {ridge:.3g} to compute Q (expected: "
-                "the training targets never come near some pixels, e.g. the border, so Y has near-empty rows; "
+                "with few training trajectories, e.g. a :smoke config, the targets never come near some pixels, so Y "
+                "has near-empty rows; "
                 "Q is still the least-squares initialisation of SPEC §2)",
                 RuntimeWarning,
                 stacklevel=2,

@@ -196,6 +196,15 @@ def test_two_builds_are_byte_identical(mini, tmp_path):
             np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_preparing_says_nothing_is_downloaded(tmp_path, capsys):
+    """TFDS's own line ("Downloading and preparing dataset Unknown size (download: Unknown size ...)") reads as a
+    download; ours says where the data comes from."""
+    _build("seqcsist/mini", tmp_path)
+    out = capsys.readouterr().out
+    assert f"Preparing seqcsist/mini {sdb.Builder.VERSION} in {tmp_path}" in out
+    assert "generating it here; nothing is downloaded" in out and "Downloading" not in out
+
+
 def test_parquet_shards_hold_every_example(mini):
     # Regression test for the TFDS 4.9.10 Parquet writer, which kept 1 of 5 batches of 100 from an iterator.
     import pyarrow.parquet as pq

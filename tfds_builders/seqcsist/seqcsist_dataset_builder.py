@@ -283,6 +283,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     #: Format written when none is requested: readable by both `tfds.data_source` and `tfds.load`.
     DEFAULT_FILE_FORMAT = _FORMAT.PARQUET
 
+    def _log_download_bytes(self) -> None:
+        # Replaces TFDS's "Downloading and preparing dataset Unknown size (download: Unknown size, ...)" line, which
+        # reads as if something were fetched: every config is generated here or read from the manual folder.
+        # (A private TFDS hook: a TFDS without it prints its own line instead, nothing breaks.)
+        source = "reading the manual folder" if self.builder_config.source == "public" else "generating it here"
+        print(f"Preparing {self.name}/{self.builder_config.name} {self.version} in {self.data_dir} ({source}; "
+              "nothing is downloaded)...", flush=True)
+
     def __init__(self, *, file_format: str | Any | None = None, **kwargs: Any):
         requested = None if file_format is None else _FORMAT.from_value(file_format)
         # Random-access requests (tfds.data_source asks for array_record by default) are resolved below:
