@@ -150,9 +150,8 @@ def decoder_note(decode: str | None) -> str:
     if decode not in ("refine", "trajectory"):  # these fit the imaging model to the frames
         return ""
     return (f"note: the {decode} decoder fits the frames themselves; the model's maps only seed it, so this score "
-            "measures the decoder more than the model (a frames-only decode, maps=None, scores about the same on "
-            "SeqCSIST and CSIST-100K: "
-            "README 'Beyond the grid: continuous decoding')")
+            "measures the decoder more than the model (decoding the frames alone, without the model, scores about "
+            "the same: README 'Beyond the grid: continuous decoding')")
 
 
 def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:

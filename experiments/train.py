@@ -14,6 +14,8 @@ config is refused (the differing keys are printed) unless ``--force_config``. ``
 
 from __future__ import annotations
 
+import os
+
 from absl import flags
 
 from experiments import cli
@@ -34,6 +36,8 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
                              "--workdir=workdirs/quick")
     if not FLAGS.workdir.strip():  # an empty value would train into the current directory
         raise cli.UsageError("--workdir is empty; give the run's directory, e.g. --workdir=workdirs/quick")
+    if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+        raise cli.UsageError(f"--workdir={FLAGS.workdir} is a file, not a directory; give the run's directory")
     config = cli.load_config(cli.require_config(FLAGS.config), overrides)
     from seqcsist_jax.train import train_and_evaluate
 

@@ -241,6 +241,9 @@ def test_misplaced_workdirs_are_one_line(tmp_path):
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "file").write_text("x")
     proc, lines = _train_cli(f"--workdir={tmp_path / 'file'}")
+    assert proc.returncode == 2 and lines == [
+        f"error: --workdir={tmp_path / 'file'} is a file, not a directory; give the run's directory"]
+    proc, lines = _train_cli(f"--workdir={tmp_path / 'file' / 'run'}")  # below a file: the OS says it
     assert proc.returncode == 2 and len(lines) == 1 and "a path that must be a directory is a file" in lines[0]
 
 

@@ -202,7 +202,8 @@ def test_preparing_says_nothing_is_downloaded(tmp_path, capsys):
     _build("seqcsist/mini", tmp_path)
     out = capsys.readouterr().out
     assert f"Preparing seqcsist/mini {sdb.Builder.VERSION} in {tmp_path}" in out
-    assert "generating it here; nothing is downloaded" in out and "Downloading" not in out
+    assert "generating it here; nothing is downloaded" in out and "ownloading" not in out
+    assert f"Prepared seqcsist/mini {sdb.Builder.VERSION} in {tmp_path}" in out and "downloaded and" not in out
 
 
 def test_parquet_shards_hold_every_example(mini):

@@ -291,6 +291,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         print(f"Preparing {self.name}/{self.builder_config.name} {self.version} in {self.data_dir} ({source}; "
               "nothing is downloaded)...", flush=True)
 
+    def _log_download_done(self) -> None:
+        # Replaces TFDS's "Dataset seqcsist downloaded and prepared to ..." (no config name, and nothing downloaded).
+        print(f"Prepared {self.name}/{self.builder_config.name} {self.version} in {self.data_dir}; later calls "
+              "reuse it.", flush=True)
+
     def __init__(self, *, file_format: str | Any | None = None, **kwargs: Any):
         requested = None if file_format is None else _FORMAT.from_value(file_format)
         # Random-access requests (tfds.data_source asks for array_record by default) are resolved below:
