@@ -405,13 +405,14 @@ class Trainer:
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Every check that needs no data and no workdir, in one call (``train_and_evaluate`` and
     ``experiments.compare`` run it before anything is created): the dataset and method names, a user's builder
-    (built once: it must return a ``Method``), the schedule, ``config.eval``, the learning rate, the seed and the
+    (built once: it must return a ``Method``), the sub-pixel division ``c``, the schedule, ``config.eval``, the learning rate, the seed and the
     checkpoint intervals. Each failure is one line naming the key (the exceptions listed in
     :func:`train_and_evaluate`)."""
     check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))
     check_method_name(config.model.name)
     if config.model.name not in methods.METHOD_TABLE:  # a user's builder: its return value is checked now
         methods.build_method(config.model, config.loss)
+    subpixel_c(config)
     check_schedule(config)
     check_eval_config(config.eval)
     if "optimizer" in config:
@@ -452,7 +453,8 @@ def train_and_evaluate(
       ScheduleConfigError: ``num_train_steps``/``num_epochs``/``checkpoint_every_*`` give no schedule (idem).
       EvalConfigError: a ``config.eval`` value the evaluations cannot use (idem).
       OptimizerConfigError: ``optimizer.learning_rate`` is not a finite number > 0 (idem).
-      ValueError: ``config.seed`` is not a whole number in [0, 2**32) (idem).
+      ValueError: ``config.seed`` is not a whole number in [0, 2**32), or ``config.dataset.c`` is not a positive odd
+        integer (idem).
     """
     check_config(config)
     save_every_steps, save_every_seconds = _checkpoint_intervals(config)

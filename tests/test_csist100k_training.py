@@ -14,6 +14,7 @@ import pytest
 from experiments import compare, configs
 from experiments.configs import common
 from seqcsist_jax import evaluate, image_quality, imaging, metrics, methods, protocol
+from seqcsist_jax import train as train_lib
 from seqcsist_jax.data import csist100k, splits
 from seqcsist_jax.data.simulate import split_seed
 from seqcsist_jax.predictor import make_predictor
@@ -106,9 +107,12 @@ def test_subpixel_c_mismatch_and_bad_values_are_one_line_errors():
     with pytest.raises(ValueError, match=r"config.model.c=5 but config.dataset.c=3"):
         splits.subpixel_c(config)
     config = configs.get_config("srcnn")
-    config.dataset.c = 0
-    with pytest.raises(ValueError, match="config.dataset.c must be a positive integer"):
-        splits.subpixel_c(config)
+    for bad in (0, 4, -3):  # (ConfigDict itself refuses a float or bool in this int field)
+        config.dataset.c = bad
+        with pytest.raises(ValueError, match="config.dataset.c must be a positive odd integer"):
+            splits.subpixel_c(config)
+        with pytest.raises(ValueError, match="config.dataset.c must be a positive odd integer"):
+            train_lib.check_config(config)  # refused before any workdir is created
 
 
 # --------------------------------------------------------------------------------------- c = 5, 7: Φ, Q, labels

@@ -87,11 +87,14 @@ def subpixel_c(config: ml_collections.ConfigDict) -> int:
     """Sub-pixel division ``c`` of a run (``config.dataset.c``, default 3): label grids, Φ and Q are ``11c``-sided.
 
     Raises:
-      ValueError: ``config.model.c`` is set and differs from ``config.dataset.c``, or c is not a positive integer.
+      ValueError: ``config.model.c`` is set and differs from ``config.dataset.c``, or c is not a positive odd
+        integer.
     """
     c = config.dataset.get("c", 3)
-    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-        raise ValueError(f"config.dataset.c must be a positive integer, got {c!r}")
+    if isinstance(c, bool) or not isinstance(c, int) or c < 1 or c % 2 == 0:
+        # Odd only: the pixel centre must be a cell centre (the toolkit's label rule round(c·x + (c-1)//2) and our
+        # grid coordinates (i - (c-1)/2)/c agree only then); an even c would put it on a cell border.
+        raise ValueError(f"config.dataset.c must be a positive odd integer (the toolkit uses 3, 5, 7), got {c!r}")
     model_c = config.get("model", {}).get("c", None)
     if model_c is not None and int(model_c) != c:
         raise ValueError(f"config.model.c={model_c} but config.dataset.c={c}; they must agree (set config.dataset.c)")
