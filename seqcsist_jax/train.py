@@ -572,11 +572,14 @@ class TrainingInterrupted(Exception):
         self.signum = int(signum)
 
 
-def _no_detection_note(metrics: dict, config: ml_collections.ConfigDict) -> str:
-    """A hint appended to an evaluation line that found no detection at all (a collapsed map output)."""
+def _no_detection_note(metrics: dict, config: ml_collections.ConfigDict, said_before: bool = False) -> str:
+    """A hint appended to an evaluation line that found no detection at all (a collapsed map output); after the
+    first such line of a run (``said_before``) only a short reminder, so early evaluations do not repeat it."""
     from seqcsist_jax.evaluate import no_detection_note
 
     note = no_detection_note(metrics, config.eval.get("threshold", 70.0))
+    if note and said_before:
+        return " — still no detection (see the first such line)"
     return f" — {note}" if note else ""
 
 
@@ -636,6 +639,7 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
             )
 
     last_save = [time.monotonic()]
+    said_no_detection = False  # the long no-detection hint is said once per call, then a short reminder
 
     def save_latest(s: TrainState, at: int) -> None:
         check_finite(s)
@@ -685,8 +689,10 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
                 )
                 save_latest(state, step)
                 trainer.checkpoints.drop_old_best()
+                note = _no_detection_note(metrics_eval, config, said_before=said_no_detection)
+                said_no_detection = said_no_detection or bool(note)
                 _say(f"step {step}: {config.dataset.eval_split} CSO-mAP {100 * metrics_eval['mAP']:.2f}"
-                     + (" (new best)" if best else "") + _no_detection_note(metrics_eval, config))
+                     + (" (new best)" if best else "") + note)
             elif (last or (save_every_steps and step % save_every_steps == 0)
                   or (save_every_seconds and time.monotonic() - last_save[0] >= save_every_seconds)):
                 save_latest(state, step)

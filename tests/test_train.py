@@ -434,6 +434,8 @@ def test_evaluation_line_says_when_the_model_outputs_nothing():
     assert "no map cell reached the threshold 70" in note and "--config.seed" in note
     assert train_lib._no_detection_note({"mAP": 0.1, "num_detections": 12.0, "num_gt": 3440.0}, config) == ""
     assert train_lib._no_detection_note({"mAP": 0.0, "num_detections": 0.0, "num_gt": 0.0}, config) == ""
+    again = train_lib._no_detection_note({"mAP": 0.0, "num_detections": 0.0, "num_gt": 3440.0}, config, True)
+    assert again == " — still no detection (see the first such line)"
 
 
 def test_without_a_bar_progress_lines_come_at_most_once_a_minute(monkeypatch, capsys):
