@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import math
 import os
 import pathlib
 import platform
 import subprocess
 import sys
-from typing import Any, NoReturn
+from typing import NoReturn
 
 
 def _commit(repo: pathlib.Path = pathlib.Path(__file__).resolve().parents[1]) -> str:
@@ -101,21 +100,6 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         _fail(str(e))
 
 
-def _read_json(path: pathlib.Path) -> Any:
-    """``path`` parsed as one JSON object; ExportError naming the file and line otherwise."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ExportError(f"{path} is not UTF-8 text (byte {e.start}); expected the JSON the training run "
-                          "writes") from None
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{path}: not valid JSON at line {e.lineno} ({e.msg}); expected the summary the "
-                          "training run writes") from None
-    if not isinstance(data, dict):
-        raise ExportError(f"{path} holds {type(data).__name__}; expected a JSON object")
-    return data
-
-
 def _no_best_line(workdir: pathlib.Path, error: Exception) -> str:
     """The one line for a run without a best checkpoint: what there is, and the flag that exports it."""
     from seqcsist_jax.workdir import latest_checkpoint_step
@@ -175,6 +159,10 @@ def export(args: argparse.Namespace) -> pathlib.Path:
     from seqcsist_jax.checkpointing import CheckpointError
     from seqcsist_jax.predictor import restore_run
 
+    from experiments.cli import os_error_line
+    from seqcsist_jax.fileio import read_json_object
+    from seqcsist_jax.metric_writers import read_metrics
+
     try:
         try:
             config, predictor, params, step = restore_run(str(workdir), args.checkpoint)
@@ -182,23 +170,14 @@ def export(args: argparse.Namespace) -> pathlib.Path:
             if args.checkpoint == "best" and "'best' checkpoint" in str(e):
                 raise ExportError(_no_best_line(workdir, e)) from None
             raise ExportError(f"--checkpoint={args.checkpoint}: {e}") from None
-        except (ValueError, CheckpointError) as e:
-            raise ExportError(str(e)) from None
-        except OSError as e:
-            from experiments.cli import os_error_line
-
-            raise ExportError(os_error_line(e)) from None
         result_path, metrics_path = workdir / "result.json", workdir / "metrics.jsonl"
-        result = _read_json(result_path) if result_path.exists() else {}
-        from seqcsist_jax.metric_writers import MetricsFileError, read_metrics
-
-        try:  # the training run's own reader: a torn last line (a killed write) is skipped with a warning
-            evals = read_metrics(metrics_path)
-        except MetricsFileError as e:
-            raise ExportError(str(e)) from None
-    except OSError as e:  # reading result.json or metrics.jsonl
-        from experiments.cli import os_error_line
-
+        result = (read_json_object(result_path, "the summary the training run writes", error=ExportError)
+                  if result_path.exists() else {})
+        # the training run's own reader: a torn last line (a killed write) is skipped with a warning
+        evals = read_metrics(metrics_path)
+    except (ValueError, CheckpointError) as e:  # MetricsFileError is a ValueError
+        raise ExportError(str(e)) from None
+    except OSError as e:  # restoring the checkpoint, reading result.json or metrics.jsonl
         raise ExportError(os_error_line(e)) from None
     curve = [{"step": e.get("step"), "mAP": e.get("mAP")} for e in evals
              if e.get("split") == config.dataset.eval_split and "mAP" in e]

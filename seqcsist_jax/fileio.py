@@ -3,7 +3,8 @@
 A reader (or a restarted run) therefore sees either the old file or the complete new one, never a torn one,
 whatever kills the writer (SIGKILL, a full disk). The temporary name is unique per process and thread, so
 concurrent writers never share one, and starts with a dot, so directory scans that skip hidden names never
-mistake it for data. Every module that writes a result file goes through here.
+mistake it for data. Every module that writes a result file goes through here; :func:`read_json_object` is
+the matching reader (one-line errors naming the file).
 """
 
 from __future__ import annotations
@@ -128,4 +129,32 @@ def without_non_finite(data: Any) -> Any:
         return [without_non_finite(v) for v in data]
     if hasattr(data, "dtype") and getattr(data, "shape", None) == ():  # numpy/JAX scalars
         return without_non_finite(data.item())
+    return data
+
+
+def json_type(value: Any) -> str:
+    """How JSON names ``value``'s type, for messages: ``an object``, ``a list``, ``a string``, ``a number`` ..."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def read_json_object(path: PathLike, expected: str, *, label: str | None = None,
+                     error: type[Exception] = ValueError) -> dict:
+    """The JSON object in file ``path``; ``error`` (one line) if the file is empty, not UTF-8, not JSON or not an
+    object. Messages start with ``label`` (default: the path) and end with ``expected`` (what the file should
+    be, e.g. "the JSON experiments.export_weights writes"). OSErrors (a missing file) pass through."""
+    path = pathlib.Path(path)
+    label = str(path) if label is None else label
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise error(f"{label} is empty ({len(raw)} bytes; an interrupted write or copy?); expected {expected}")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{label} is not UTF-8 text (byte {e.start}); expected {expected}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{label}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); expected "
+                    f"{expected}") from None
+    if not isinstance(data, dict):
+        raise error(f"{label}: the file holds {json_type(data)}; expected a JSON object ({expected})")
     return data

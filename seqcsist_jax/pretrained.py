@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from seqcsist_jax.fileio import atomic_path, atomic_write_json
+from seqcsist_jax.fileio import atomic_path, atomic_write_json, json_type, read_json_object
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -135,27 +135,8 @@ def load_card(name: str, weights_dir: str | os.PathLike | None = None) -> dict:
         (names the card, the field and what was expected).
     """
     path = _paths(name, weights_dir)[1]
-    return _check_card(_read_json(path), path)
-
-
-def _read_json(path: pathlib.Path) -> Any:
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise WeightsFileError(f"model card {path} is empty ({len(raw)} bytes; an interrupted download or copy?); "
-                               f"expected the JSON {_WRITER} writes")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise WeightsFileError(f"model card {path} is not UTF-8 text (byte {e.start}); expected the JSON "
-                               f"{_WRITER} writes") from None
-    except json.JSONDecodeError as e:
-        raise WeightsFileError(f"model card {path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); "
-                               f"expected the JSON {_WRITER} writes") from None
-
-
-def _json_type(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+    return _check_card(read_json_object(path, f"the JSON {_WRITER} writes", label=f"model card {path}",
+                                        error=WeightsFileError), path)
 
 
 # (dotted field, type, what it is) that loading needs from a card; checked in order.
@@ -169,20 +150,17 @@ _CARD_FIELDS = (
 )
 
 
-def _check_card(card: Any, path: pathlib.Path) -> dict:
-    if not isinstance(card, dict):
-        raise WeightsFileError(f"model card {path}: the file holds {_json_type(card)}; expected a JSON object (the "
-                               f"model card {_WRITER} writes)")
+def _check_card(card: dict, path: pathlib.Path) -> dict:
     for field, kind, what in _CARD_FIELDS:
         node: Any = card
         for part in field.split("."):
             if part not in node:
                 raise WeightsFileError(f"model card {path}: field {field!r} is missing; expected {what} "
-                                       f"({_json_type(kind())}), as {_WRITER} writes it")
+                                       f"({json_type(kind())}), as {_WRITER} writes it")
             node = node[part]
         if not isinstance(node, kind):
-            raise WeightsFileError(f"model card {path}: field {field!r} is {_json_type(node)} ({node!r:.40}); "
-                                   f"expected {_json_type(kind())}: {what}")
+            raise WeightsFileError(f"model card {path}: field {field!r} is {json_type(node)} ({node!r:.40}); "
+                                   f"expected {json_type(kind())}: {what}")
     sha = card.get(_SHA_KEY)
     if sha is not None and not (isinstance(sha, str) and len(sha) == 64
                                 and all(c in "0123456789abcdef" for c in sha)):

@@ -11,13 +11,12 @@ Layout (see also :mod:`seqcsist_jax.train`)::
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any, Mapping
 
 import ml_collections
 
-from seqcsist_jax.fileio import atomic_write_json
+from seqcsist_jax.fileio import atomic_write_json, read_json_object
 
 CONFIG_FILE = "config.json"
 
@@ -44,20 +43,14 @@ def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
 
     Raises:
       FileNotFoundError: no ``config.json`` (the message says what the directory should be).
-      ValueError: ``config.json`` is not valid JSON (names the file, line and column).
+      ValueError: ``config.json`` is empty, not valid JSON or not an object (names the file, line and column).
     """
     path = config_path(workdir)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {pathlib.Path(workdir)} a training workdir? "
                                 "(to score weights that were not trained here pass --pretrained or "
                                 "--torch_checkpoint with --config)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object (the run's config), got {type(data).__name__}")
-    return ml_collections.ConfigDict(data)
+    return ml_collections.ConfigDict(read_json_object(path, "the run's config, as experiments.train saves it"))
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

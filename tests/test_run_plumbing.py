@@ -44,6 +44,38 @@ def test_without_non_finite_makes_strict_json(tmp_path):
     assert "NaN" in path.read_text()
 
 
+class _Refused(Exception):
+    pass
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "is empty (0 bytes; an interrupted write or copy?); expected the test's JSON"),
+    (b"  \n", "is empty (3 bytes"),
+    (b"\xff{}", "is not UTF-8 text (byte 0); expected the test's JSON"),
+    (b'{"a": ', "not valid JSON at line 1, column 7 (Expecting value); expected the test's JSON"),
+    (b"[1, 2]", "the file holds a list; expected a JSON object (the test's JSON)"),
+    (b'"text"', "the file holds a string; expected a JSON object"),
+])
+def test_read_json_object_refuses_in_one_line_naming_the_file(tmp_path, content, words):
+    path = tmp_path / "card.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        fileio.read_json_object(path, "the test's JSON")
+    assert str(info.value).startswith(str(path)) and words in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(_Refused, match=r"^my card\b"):  # the caller's label and error type
+        fileio.read_json_object(path, "x", label="my card", error=_Refused)
+
+
+def test_read_json_object_returns_the_object_and_passes_os_errors(tmp_path):
+    path = tmp_path / "ok.json"
+    path.write_text('{"a": [1, 2.5], "b": {"c": null}}', encoding="utf-8")
+    assert fileio.read_json_object(path, "x") == {"a": [1, 2.5], "b": {"c": None}}
+    with pytest.raises(FileNotFoundError):
+        fileio.read_json_object(tmp_path / "missing.json", "x")
+    assert [fileio.json_type(v) for v in ({}, [], "", True, None, 1, 1.5)] == [
+        "an object", "a list", "a string", "a boolean", "null", "a number", "a number"]
+
+
 def test_scored_frames_follow_the_protocol():
     assert protocol.scored_frame_range(20) == (2, 17)
     np.testing.assert_array_equal(protocol.scored_frames(20), np.arange(2, 18))
