@@ -55,6 +55,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used (damaged, of another model, failed checksum); the message names its folder."""
 
 
+class ModelMismatchError(CheckpointError):
+    """A readable checkpoint of another model or width than the config builds (:func:`check_params_match`): the
+    run's config or code changed, not the files, so nothing is moved aside or repaired."""
+
+
 class CheckpointWriteError(OSError):
     """Saving a checkpoint failed (e.g. the disk is full); the message says what to do. Nothing committed
     before it is lost."""
@@ -110,7 +115,7 @@ def check_params_match(expected: Any, restored: Any, where: str) -> None:
                 detail = f"the model's parameter {key} (shape {exp[key]}) is not in the checkpoint"
             else:
                 detail = f"parameter {key} is shape {got[key]} in the checkpoint but the model expects {exp[key]}"
-            raise CheckpointError(f"{where} holds another model or width: {detail} ({len(exp)} model parameters, "
+            raise ModelMismatchError(f"{where} holds another model or width: {detail} ({len(exp)} model parameters, "
                                   f"{len(got)} in the checkpoint)")
 
 
@@ -524,9 +529,9 @@ class RunCheckpoints:
         for step in sorted(manager.all_steps(), reverse=True):
             try:
                 state, loader, meta = restore_checked(step)
+            except ModelMismatchError:
+                raise
             except CheckpointError as e:
-                if "another model or width" in str(e):
-                    raise
                 failures.append(str(e))
                 moved = self._move_aside(manager, step, "latest")
                 log.warning("%s; moved it to %s and falling back to the previous checkpoint", e, moved)
@@ -550,9 +555,9 @@ class RunCheckpoints:
         while True:
             try:
                 return self.restore("best", abstract_state)
+            except ModelMismatchError:
+                raise
             except CheckpointError as e:
-                if "another model or width" in str(e):
-                    raise
                 _, step = self.resolve("best")
                 if step in tried:
                     raise CheckpointError(f"{e} (its copy from {self.latest.directory}/{step} too)") from None

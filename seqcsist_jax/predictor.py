@@ -92,7 +92,7 @@ def restore_run(
     """
     import pathlib
 
-    from seqcsist_jax.checkpointing import CheckpointError, RunCheckpoints
+    from seqcsist_jax.checkpointing import ModelMismatchError, RunCheckpoints
     from seqcsist_jax.data.splits import q_for_workdir
     from seqcsist_jax.workdir import load_run_config
 
@@ -106,19 +106,20 @@ def restore_run(
     predictor = make_predictor(config, q_for_workdir(workdir, config.dataset))
     try:
         check_params_fit(predictor, params, f"{workdir / 'checkpoints'} ({checkpoint!r}, step {int(step)})")
-    except CheckpointError as e:
+    except ModelMismatchError as e:
         source = methods.builder_file(config.model.name)
         if source is None:
             raise
-        raise CheckpointError(f"{e}; the model is defined in {source}: if that file changed since this run was "
+        raise ModelMismatchError(f"{e}; the model is defined in {source}: if that file changed since this run was "
                               "trained, restore the version it was trained with, or train again") from None
     return config, predictor, params, int(step)
 
 
 def check_params_fit(predictor: Predictor, params: Any, where: str) -> None:
-    """Raises :class:`~seqcsist_jax.checkpointing.CheckpointError` in one line naming the first parameter whose
-    shape differs between ``params`` and the predictor's model (an abstract init: no FLOPs), e.g. a checkpoint
-    scored with ``--config`` of another model or width, or a user's method edited after training."""
+    """Raises :class:`~seqcsist_jax.checkpointing.ModelMismatchError` (a ``CheckpointError``) in one line naming
+    the first parameter whose shape differs between ``params`` and the predictor's model (an abstract init: no
+    FLOPs), e.g. a checkpoint scored with ``--config`` of another model or width, or a user's method edited after
+    training."""
     from seqcsist_jax.checkpointing import check_params_match
 
     frames = jax.ShapeDtypeStruct((1, 20, 11, 11), jnp.float32)  # parameter shapes do not depend on B or T

@@ -16,7 +16,7 @@ import pytest
 from experiments import configs
 from experiments.examples import tiny_method
 from seqcsist_jax import imaging, methods
-from seqcsist_jax.checkpointing import CheckpointError, check_params_match
+from seqcsist_jax.checkpointing import CheckpointError, ModelMismatchError, check_params_match
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -127,6 +127,9 @@ def test_params_mismatch_names_missing_extra_and_reshaped_parameters():
                                               r"in the model"):
         check_params_match(model, {**model, "lambda": np.zeros(())}, "W")
     check_params_match(model, model, "W")
+    # its own type: restores re-raise it instead of moving a readable checkpoint aside as damaged
+    with pytest.raises(ModelMismatchError):
+        check_params_match(model, {"conv": {"kernel": np.zeros((3, 3, 1, 4))}}, "W")
 
 
 def test_evaluate_with_the_config_of_another_model_is_one_line(tmp_path):
