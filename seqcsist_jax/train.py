@@ -405,9 +405,9 @@ class Trainer:
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Every check that needs no data and no workdir, in one call (``train_and_evaluate`` and
     ``experiments.compare`` run it before anything is created): the dataset and method names, a user's builder
-    (built once: it must return a ``Method``), the sub-pixel division ``c``, the schedule, ``config.eval``, the learning rate, the seed and the
-    checkpoint intervals. Each failure is one line naming the key (the exceptions listed in
-    :func:`train_and_evaluate`)."""
+    (built once: it must return a ``Method``), the sub-pixel division ``c``, the schedule, ``config.eval``, the
+    learning rate, the seed and the checkpoint intervals. Each failure is one line naming the key (the exceptions
+    listed in :func:`train_and_evaluate`)."""
     check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))
     check_method_name(config.model.name)
     if config.model.name not in methods.METHOD_TABLE:  # a user's builder: its return value is checked now
