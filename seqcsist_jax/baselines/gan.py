@@ -317,14 +317,12 @@ def _build(name: str, generator: nn.Module, discriminator: nn.Module, relativist
             model, loss_fn, optimizer, phi, q, relativistic=relativistic, gan_weight=gan_weight, update_order=order
         )
 
-    init_params = None
     pretrained = model_config.get("pretrained_generator", None)
-    if pretrained:
-        if not os.path.exists(pretrained):
-            raise FileNotFoundError(f"model.pretrained_generator: no file {pretrained!r}")
+    if pretrained and not os.path.exists(pretrained):
+        raise FileNotFoundError(f"model.pretrained_generator: no file {pretrained!r}")
 
-        def init_params(params):
-            return {**params, "generator": load_pretrained_generator(params["generator"], pretrained)}
+    def with_pretrained_generator(params):
+        return {**params, "generator": load_pretrained_generator(params["generator"], pretrained)}
 
     return methods.Method(
         name,
@@ -332,7 +330,7 @@ def _build(name: str, generator: nn.Module, discriminator: nn.Module, relativist
         content,
         make_optimizer=make_gan_optimizer,
         make_train_step=make_step,
-        init_params=init_params,
+        init_params=with_pretrained_generator if pretrained else None,
     )
 
 
