@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import logging
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -175,6 +176,19 @@ def load_config(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_coll
     return apply_overrides(config, overrides)
 
 
+def saved_run_config(workdir: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+    """The config a run saved in ``workdir`` (``python -m experiments.train --workdir=DIR`` without ``--config``
+    resumes it), with the command line's overrides applied. Raises UsageError (one line) for a damaged file."""
+    from seqcsist_jax.workdir import load_run_config
+
+    try:
+        config = load_run_config(workdir)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{e}; pass --config to choose the run's config") from None
+    print(f"resuming the run saved in {os.path.join(workdir, 'config.json')} (no --config given)")
+    return apply_overrides(config, overrides)
+
+
 def quiet_libraries() -> None:
     """Orbax/absl INFO chatter hides the progress bar; keep warnings unless --verbosity was given."""
     if not flags.FLAGS["verbosity"].present:
@@ -249,7 +263,9 @@ def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence
     """Runs ``main(argv, overrides)`` under absl with the overrides taken out of ``argv``.
 
     Usage errors, and the exception types in ``expected`` (errors whose message is the whole story: a bad
-    file, a mismatched workdir), end with one ``error:`` line and exit status 2 instead of a traceback.
+    file, a mismatched workdir), end with one ``error:`` line and exit status 2 instead of a traceback; an
+    expected exception with a ``signum`` (a run stopped by a signal, checkpoint saved) ends with its message and
+    status 128 + signum, as a shell reports a stopped command.
     """
     argv = list(sys.argv if argv is None else argv)
     try:
@@ -275,6 +291,10 @@ def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence
         except UsageError as e:
             fail(str(e))
         except expected as e:  # noqa: B030 (a tuple of exception types)
+            signum = getattr(e, "signum", None)
+            if isinstance(signum, int) and signum > 0:  # a stop asked for (Ctrl-C, SIGTERM): not an error
+                print(str(e), file=sys.stderr)
+                sys.exit(128 + signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
             fail(str(e))
         except OSError as e:  # the machine, not the code: a full disk, a read-only or misplaced --workdir
             fail(os_error_line(e))

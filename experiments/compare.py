@@ -808,7 +808,8 @@ def markdown_table(rows: Sequence[dict], settings: dict, machine: dict) -> str:
         + (" Rows `method (variant)` run the public code's behaviour where it differs from our default; the paper "
            "column repeats the method's published number." if any("@" in r["method"] for r in rows) else ""),
         "",
-        "| method | params | FLOPs / traj | FPS | CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | steps | min | paper CSO-mAP |",
+        f"| method | params | FLOPs / {'20 images' if is_single_image(settings.get('dataset')) else 'traj'} | FPS | "
+        "CSO-mAP | AP05 | AP10 | AP15 | AP20 | AP25 | steps | min | paper CSO-mAP |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

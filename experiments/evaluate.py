@@ -98,8 +98,11 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
             from seqcsist_jax.workdir import latest_checkpoint_step
 
             newest = latest_checkpoint_step(workdir)
-            if str(checkpoint) != "best" or newest is None:
+            if str(checkpoint) != "best" or not (pathlib.Path(workdir) / "config.json").exists():
                 raise
+            if newest is None:
+                raise FileNotFoundError(f"{e}, and no other checkpoint either (the run has not saved one yet); train "
+                                        f"it first: python -m experiments.train --workdir={workdir}") from None
             raise FileNotFoundError(f"{e} (an unfinished run: no validation has finished yet); pass "
                                     f"--checkpoint=latest to score its newest checkpoint (step {newest})") from None
         name = display_name(config.model.name, predictor.method)

@@ -8,8 +8,8 @@
     python -m experiments.train --config=derefnet:smoke --workdir=/tmp/smoke --config.num_train_steps=10
 
 An existing run in ``--workdir`` is resumed from its latest checkpoint; a workdir that holds a run of another
-config is refused (the differing keys are printed) unless ``--force_config``. ``python -m experiments.train
---help`` lists the config names.
+config is refused (the differing keys are printed) unless ``--force_config``; without ``--config`` the run saved
+in ``--workdir`` is resumed with its own config. ``python -m experiments.train --help`` lists the config names.
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
         raise cli.UsageError("--workdir is empty; give the run's directory, e.g. --workdir=workdirs/quick")
     if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
         raise cli.UsageError(f"--workdir={FLAGS.workdir} is a file, not a directory; give the run's directory")
-    config = cli.load_config(cli.require_config(FLAGS.config), overrides)
+    if not FLAGS.config and os.path.isfile(os.path.join(FLAGS.workdir, "config.json")):
+        config = cli.saved_run_config(FLAGS.workdir, overrides)  # resuming: the run's own config, as it was saved
+    else:
+        config = cli.load_config(cli.require_config(FLAGS.config), overrides)
     from seqcsist_jax.train import train_and_evaluate
 
     result = train_and_evaluate(config, FLAGS.workdir, force_config=FLAGS.force_config)

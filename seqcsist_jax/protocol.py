@@ -19,6 +19,21 @@ METRIC_KEYS: tuple[str, ...] = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
 DECODERS: tuple[str, ...] = ("grid", "peak", "refine", "trajectory")
 
 
+def protocol_difference(single_image: bool, threshold: float, scored_margin: int) -> str:
+    """A note when ``(threshold, scored_margin)`` are not the dataset's benchmark protocol (SeqCSIST: 70 and frames
+    2..T-3; CSIST-100K: 50 and every image), e.g. a single-image method pointed at SeqCSIST by an override of
+    ``config.dataset.name`` alone; ``""`` when they are. A note, not an error: other settings are legitimate
+    studies, but their scores do not compare with the published ones."""
+    want = (CSIST100K_THRESHOLD, 0) if single_image else (SEQCSIST_THRESHOLD, SCORED_MARGIN)
+    if (float(threshold), int(scored_margin)) == want:
+        return ""
+    benchmark = "CSIST-100K" if single_image else "SeqCSIST"
+    return (f"scoring at threshold {float(threshold):g} with eval.scored_margin {int(scored_margin)}, not {benchmark}'s "
+            f"protocol (threshold {want[0]:g}, scored_margin {want[1]}), so the scores do not compare with the "
+            f"published ones; --config.eval.threshold={want[0]:g} --config.eval.scored_margin={want[1]} scores "
+            "as the paper does")
+
+
 def scored_frame_range(num_frames: int, margin: int = SCORED_MARGIN) -> tuple[int, int]:
     """Inclusive range of scored frames: ``(margin, T-1-margin)``, i.e. 2..17 for T = 20.
 

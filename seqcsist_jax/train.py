@@ -32,15 +32,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from seqcsist_jax import methods, sharding, train_multistep
+from seqcsist_jax import methods, protocol, sharding, train_multistep
 from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like, fault_point
-from seqcsist_jax.data.splits import cached_q, check_dataset_name, load_arrays, subpixel_c
+from seqcsist_jax.data.splits import cached_q, check_dataset_name, is_single_image, load_arrays, subpixel_c
 from seqcsist_jax.run_lock import WorkdirLock
 from seqcsist_jax.fileio import atomic_write_json
 from seqcsist_jax.evaluate import check_eval_config, eval_dir
 from seqcsist_jax.methods import check_method_name
 from seqcsist_jax.predictor import make_predict_fn, make_predictor  # noqa: F401 (make_predict_fn: public name kept here)
-from seqcsist_jax.workdir import run_config_differences, save_or_check_run_config
+from seqcsist_jax.workdir import inherit_saved_data_dir, run_config_differences, save_or_check_run_config
 from seqcsist_jax.metric_writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -456,6 +456,10 @@ def train_and_evaluate(
       ValueError: ``config.seed`` is not a whole number in [0, 2**32), or ``config.dataset.c`` is not a positive odd
         integer (idem).
     """
+    # Before the checks: the dataset name is checked against the data_dir the run will read.
+    config, inherited = inherit_saved_data_dir(workdir, config)
+    if inherited:
+        _say(f"dataset.data_dir not given: using this run's saved {inherited}")
     check_config(config)
     save_every_steps, save_every_seconds = _checkpoint_intervals(config)
     if config.get("multihost") and not jax.distributed.is_initialized():
@@ -619,6 +623,10 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
             f"per epoch), global batch {trainer.global_batch} on {trainer.mesh.size} {jax.default_backend()} "
             f"device(s); workdir {workdir}"
         )
+    note = protocol.protocol_difference(is_single_image(config.dataset.name), config.eval.get("threshold", 70.0),
+                                        config.eval.get("scored_margin", protocol.SCORED_MARGIN))
+    if note:
+        _say(f"note: {note}")
     eta = _EtaNotice(num_steps, step)
 
     progress = None

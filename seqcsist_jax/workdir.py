@@ -11,6 +11,7 @@ Layout (see also :mod:`seqcsist_jax.train`)::
 
 from __future__ import annotations
 
+import copy
 import pathlib
 from typing import Any, Mapping
 
@@ -103,6 +104,29 @@ def run_config_differences(workdir: str | pathlib.Path, config: ml_collections.C
         return []
     old = load_run_config(workdir).to_dict()
     return [d for d in config_differences(old, config.to_dict()) if d.split(":")[0] not in RESTART_SAFE_FIELDS]
+
+
+def inherit_saved_data_dir(workdir: str | pathlib.Path,
+                           config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, str | None]:
+    """``config`` with the saved run's ``dataset.data_dir`` when a restart of the same run leaves it unset.
+
+    ``dataset.data_dir`` may change between restarts (the data moved), but a restart that simply omits it must not
+    move the run to TFDS's default directory: that would rebuild the data elsewhere, or, for a release read from a
+    manual dir, fail or score other data. Returns ``(config, inherited)``: a copy with the saved value and that
+    value, or ``config`` itself and ``None`` when the workdir holds no run, another config, or ``config`` sets a
+    data_dir.
+    """
+    if config.dataset.get("data_dir") is not None or not config_path(workdir).exists():
+        return config, None
+    try:
+        saved = load_run_config(workdir).get("dataset", {}).get("data_dir")
+        if saved is None or run_config_differences(workdir, config):
+            return config, None
+    except (OSError, ValueError):  # a damaged config.json: the run's own checks report it
+        return config, None
+    config = copy.deepcopy(config)  # the caller's config stays as it was
+    config.dataset.data_dir = str(saved)
+    return config, str(saved)
 
 
 def save_or_check_run_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, *,

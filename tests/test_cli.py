@@ -111,6 +111,14 @@ def test_workdir_refuses_another_config_and_leaves_it_untouched(tmp_path):
     assert workdir_lib.load_run_config(tmp_path).model.name == "srcnn"
 
 
+def test_train_without_config_resumes_the_saved_config_with_overrides(tmp_path):
+    config = configs.get_config("dista:smoke")
+    workdir_lib.save_or_check_run_config(tmp_path, config)
+    resumed = cli.saved_run_config(str(tmp_path), [("progress_bar", "true"), ("dataset.data_dir", "/data")])
+    assert resumed.progress_bar is True and resumed.dataset.data_dir == "/data"
+    assert workdir_lib.run_config_differences(tmp_path, resumed) == []  # the same run
+
+
 def test_load_run_config_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json not found"):
         workdir_lib.load_run_config(tmp_path)
@@ -167,6 +175,17 @@ def test_entry_points_help_and_errors(tmp_path):
     assert other.returncode == 2 and len(_error_lines(other)) == 1
     assert "holds a run of another config" in other.stderr and "model.name" in other.stderr
     assert (tmp_path / "run" / "config.json").read_text() == before
+    # without --config the saved run is resumed with its own config; overrides apply to it
+    resume = _run(["-m", "experiments.train", f"--workdir={tmp_path / 'run'}", "--config.nope=1"])
+    assert "resuming the run saved in" in resume.stdout
+    assert resume.returncode == 2 and _error_lines(resume) == ["error: unknown config field nope"]
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.json").write_text("{")
+    resume = _run(["-m", "experiments.train", f"--workdir={damaged}"])
+    (line,) = _error_lines(resume)
+    assert resume.returncode == 2 and str(damaged / "config.json") in line and line.endswith(
+        "pass --config to choose the run's config")
 
     # absl's own "FATAL Flags parsing error" (a value its parser refuses) is one line too
     bad_flag = _run(["-m", "experiments.train", "--config=dista:smoke", f"--workdir={tmp_path / 'w'}",
@@ -231,3 +250,23 @@ def test_log_records_and_warnings_are_one_line_each():
     finally:
         warnings.formatwarning = previous
     assert text == "warning: RuntimeWarning: Y Yᵀ is ill-conditioned\n"
+
+
+def test_a_stopped_run_exits_as_the_signal_would_and_errors_exit_2(capsys):
+    import signal
+
+    from seqcsist_jax.train import TrainingInterrupted
+
+    def stopped(argv, overrides):
+        raise TrainingInterrupted("stopped by SIGINT at step 3 of 9; checkpoint saved", signum=signal.SIGINT)
+
+    def refused(argv, overrides):
+        raise ValueError("config.seed must be a whole number")
+
+    with pytest.raises(SystemExit) as stop:
+        cli.run(stopped, ["prog"], expected=(TrainingInterrupted, ValueError))
+    assert stop.value.code == 128 + signal.SIGINT
+    assert capsys.readouterr().err.strip() == "stopped by SIGINT at step 3 of 9; checkpoint saved"  # not "error:"
+    with pytest.raises(SystemExit) as error:
+        cli.run(refused, ["prog"], expected=(TrainingInterrupted, ValueError))
+    assert error.value.code == 2 and capsys.readouterr().err.strip() == "error: config.seed must be a whole number"

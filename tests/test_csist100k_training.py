@@ -268,6 +268,30 @@ def test_dista_smoke_trains_and_scores_every_image(tmp_path):
         np.testing.assert_allclose(parse_annotation(f).reshape(-1, 3), want, rtol=1e-6, atol=1e-6)
 
 
+def test_restart_without_data_dir_reads_the_runs_own_data(tmp_path):
+    from seqcsist_jax.train import train_and_evaluate
+    from tfds_builders.csist100k import csist100k_dataset_builder as cdb
+
+    # A release that exists only in the run's data_dir (not a registered config, nothing else can build it): a
+    # restart that dropped --config.dataset.data_dir and looked in TFDS's default directory could not score it.
+    base = next(c for c in cdb.BUILDER_CONFIGS if c.name == "default")
+    builder_config = dataclasses.replace(base, name="tiny", split_sizes=(("train", 8), ("validation", 4), ("test", 4)))
+    cdb.Builder(config=builder_config, data_dir=os.fspath(tmp_path / "tfds")).download_and_prepare()
+
+    def config(data_dir):
+        c = configs.get_config("dista:smoke")
+        c.dataset.update({"name": "csist100k/tiny", "data_dir": data_dir, "build_if_missing": False})
+        c.num_train_steps = 2
+        return c
+
+    first = train_and_evaluate(config(str(tmp_path / "tfds")), tmp_path / "run")
+    again = train_and_evaluate(config(None), tmp_path / "run")  # "already finished": re-scores on the run's data
+    assert again["test"]["mAP"] == pytest.approx(first["test"]["mAP"])
+    assert again["test"]["num_frames_scored"] == 4
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["dataset"]["data_dir"] == str(tmp_path / "tfds")
+
+
 def test_compare_runs_a_single_frame_baseline_on_csist100k_images(tmp_path):
     workdir = tmp_path / "runs"
     result = compare.main(["--methods=espcn", "--variant=smoke", "--dataset=simulated_csist100k",
@@ -281,6 +305,7 @@ def test_compare_runs_a_single_frame_baseline_on_csist100k_images(tmp_path):
     assert config["loss"]["scored_margin"] == 0
     table = (tmp_path / "table.md").read_text()
     assert "threshold 50, every image scored" in table and "Published numbers" not in table  # SeqCSIST's table
+    assert "| FLOPs / 20 images |" in table and "FLOPs / traj" not in table  # images, not trajectories
 
 
 def test_make_predictor_uses_the_dataset_c():

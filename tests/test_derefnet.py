@@ -168,6 +168,20 @@ def test_predict_edges_keeps_centre_frames(tiny_setup):
     np.testing.assert_allclose(out_e["aligned"][:, 0, 0], out_e["aligned"][:, 0, 1], rtol=1e-6, atol=1e-6)
 
 
+def test_a_window_longer_than_the_sequence_names_the_way_out():
+    from seqcsist_jax.models.tdfa import pair_indices
+
+    with pytest.raises(ValueError, match=r"a 5-frame window needs at least 5 frames per sequence, got 1 \(a "
+                                         r"single-image dataset such as CSIST-100K needs a single-frame method; "
+                                         r"or set model.predict_edges=True"):
+        pair_indices(1, 5, predict_edges=False)
+    with pytest.raises(ValueError, match=r"got 3 \(or set model.predict_edges=True, which repeats the edge"):
+        pair_indices(3, 5, predict_edges=False)
+    centres, neighbours = pair_indices(1, 5, predict_edges=True)
+    np.testing.assert_array_equal(centres, [0])
+    np.testing.assert_array_equal(neighbours, np.zeros((1, 4)))
+
+
 def test_flops_per_trajectory_counts_the_convolutions():
     model = DeRefNet(**TINY, time_encoding=False)
     params, _ = _abstract(model, 1, 5)

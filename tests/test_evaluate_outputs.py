@@ -44,6 +44,11 @@ def test_an_unfinished_run_suggests_the_latest_checkpoint(run, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no 'best' checkpoint in .*; pass --checkpoint=latest to score its "
                                                 r"newest checkpoint \(step 6\)"):
         evaluate_workdir(workdir)
+    shutil.rmtree(workdir / "checkpoints")  # a run killed before its first checkpoint
+    with pytest.raises(FileNotFoundError, match=r"no 'best' checkpoint in .*, and no other checkpoint either \(the "
+                                                r"run has not saved one yet\); train it first: python -m "
+                                                r"experiments.train --workdir="):
+        evaluate_workdir(workdir)
 
 
 def test_an_evaluation_without_detection_says_so():

@@ -163,3 +163,25 @@ def test_one_and_four_devices_train_the_same_batches_and_losses(tmp_path):
     for run in (four["host"], four["device"]):
         rel = np.abs(np.asarray(run["losses"]) - base) / np.abs(base)
         assert rel[0] < 1e-5 and np.all(rel < 2e-3), (rel, base)
+
+
+@pytest.mark.parametrize("name", ["derefnet", "derefnet_quick", "dista", "dista:quick", "srcnn", "istanet"])
+def test_every_shipped_config_scores_by_its_benchmarks_protocol(name):
+    from seqcsist_jax import protocol
+    from seqcsist_jax.data.splits import is_single_image
+
+    config = configs.get_config(name)
+    assert protocol.protocol_difference(is_single_image(config.dataset.name), config.eval.threshold,
+                                        config.eval.scored_margin) == ""
+
+
+def test_a_dataset_override_alone_is_told_it_left_the_protocol():
+    from seqcsist_jax import protocol
+
+    note = protocol.protocol_difference(False, 50.0, 0)  # dista's protocol on a SeqCSIST dataset
+    assert note.startswith("scoring at threshold 50 with eval.scored_margin 0, not SeqCSIST's protocol (threshold "
+                           "70, scored_margin 2)")
+    assert note.endswith("--config.eval.threshold=70 --config.eval.scored_margin=2 scores as the paper does")
+    assert "CSIST-100K's protocol (threshold 50, scored_margin 0)" in protocol.protocol_difference(True, 70.0, 2)
+    assert "CSIST-100K's" in protocol.protocol_difference(True, 50.0, 2)  # one of the two differs
+    assert protocol.protocol_difference(True, 50, 0) == protocol.protocol_difference(False, 70, 2) == ""

@@ -137,6 +137,27 @@ def test_run_config_differences_ignores_restart_safe_fields(tmp_path):
         f"num_train_steps: {config.num_train_steps} → {config.num_train_steps + 1}"]
 
 
+def test_restart_without_data_dir_keeps_the_saved_one(tmp_path):
+    from seqcsist_jax.workdir import inherit_saved_data_dir, save_or_check_run_config
+
+    saved = configs.get_config("dista:smoke")
+    saved.dataset.data_dir = str(tmp_path / "tfds")
+    save_or_check_run_config(tmp_path / "run", saved)
+    restart = configs.get_config("dista:smoke")  # the same command without --config.dataset.data_dir
+    inherited_config, inherited = inherit_saved_data_dir(tmp_path / "run", restart)
+    assert inherited == str(tmp_path / "tfds") and inherited_config.dataset.data_dir == inherited
+    assert restart.dataset.data_dir is None  # the caller's config is not changed
+    assert inherited_config.model.c == saved.model.c and inherited_config.to_dict() == saved.to_dict()
+    # an explicit data_dir (the data moved), another config, or no saved run: nothing is inherited
+    moved = configs.get_config("dista:smoke")
+    moved.dataset.data_dir = str(tmp_path / "elsewhere")
+    assert inherit_saved_data_dir(tmp_path / "run", moved) == (moved, None)
+    other = configs.get_config("dista:smoke")
+    other.num_train_steps += 1
+    assert inherit_saved_data_dir(tmp_path / "run", other) == (other, None)
+    assert inherit_saved_data_dir(tmp_path / "new", restart) == (restart, None)
+
+
 def test_latest_checkpoint_step_reads_step_folders_only(tmp_path):
     from seqcsist_jax.workdir import latest_checkpoint_step
 

@@ -50,7 +50,8 @@ def pair_indices(num_frames: int, window: int, predict_edges: bool) -> tuple[np.
         if num_frames < window:
             raise ValueError(
                 f"a {window}-frame window needs at least {window} frames per sequence, got {num_frames} "
-                "(or set predict_edges=True)"
+                + ("(a single-image dataset such as CSIST-100K needs a single-frame method; " if num_frames == 1
+                   else "(") + "or set model.predict_edges=True, which repeats the edge frames)"
             )
         centres = np.arange(half, num_frames - half, dtype=np.int32)
     neighbours = np.clip(centres[:, None] + offsets[None, :], 0, num_frames - 1).astype(np.int32)
