@@ -249,8 +249,8 @@ def os_error_line(error: OSError) -> str:
     where = f" ({error.filename})" if error.filename else ""
     text = str(error) if error.errno is None or error.strerror is None else f"{error.strerror}{where}"
     if error.errno == errno.ENOSPC:
-        return (f"{text}: the disk is full; free space and run the same command again (it resumes from the last "
-                "checkpoint and keeps every finished output)")
+        return (f"{text}: the disk is full; free space and run the same command again (finished outputs are "
+                "kept; a training run resumes from its last checkpoint)")
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"{text}: cannot write there; choose a writable --workdir (or data_dir)"
     if error.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):

@@ -60,6 +60,7 @@ done, so no row is timed while another runs: the same batches, until :data:`FPS_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -1018,6 +1019,9 @@ def _stop_workers(workers: Sequence) -> None:
         raise
 
 
+_WORKER_WRITE_FAILED = 3  # exit status of a row worker that could not write its result file (e.g. a full disk)
+
+
 def _row_in_process(name: str, args: argparse.Namespace, workdir: str, parent_pid: int) -> None:
     """One row in its own process (``--jobs`` > 1): trains and scores it and writes the row (or the failed row)
     to ``workdir/RESULT_FILE``. Its FPS is marked as measured while other rows ran, for :func:`_fps_pass` to
@@ -1030,8 +1034,9 @@ def _row_in_process(name: str, args: argparse.Namespace, workdir: str, parent_pi
 
     train_lib.MESSAGE_PREFIX = f"[{name}] "  # this process runs this one row
     path = pathlib.Path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    enable_compile_cache(path.parent)
+    with _worker_os_errors(name):
+        path.mkdir(parents=True, exist_ok=True)
+        enable_compile_cache(path.parent)
     fault_point(f"compare_row/{name}", 0)  # test hook: SEQCSIST_FAULT=compare_row/<row>:step=0 kills this worker
     from seqcsist_jax.train import TrainingInterrupted
 
@@ -1043,10 +1048,36 @@ def _row_in_process(name: str, args: argparse.Namespace, workdir: str, parent_pi
     except Exception as e:  # noqa: BLE001 - reported as the row's failure, like the serial loop
         log_row_failure(name, e)
         row = failed_row(name, e)
-    if row.get("fps_measured") != "alone" and not row.get("error"):  # a reused row may already be re-measured
-        row["fps_measured"] = "shared"
-        atomic_write_json(path / ROW_FILE, row)
-    atomic_write_json(path / RESULT_FILE, row)
+    _write_worker_result(name, path, row)
+
+
+def _write_worker_result(name: str, path: pathlib.Path, row: dict) -> None:
+    """Writes a worker's row for the parent (``RESULT_FILE``; ``ROW_FILE`` too for a finished row)."""
+    with _worker_os_errors(name):
+        if row.get("fps_measured") != "alone" and not row.get("error"):  # a reused row may be re-measured already
+            row["fps_measured"] = "shared"
+            atomic_write_json(path / ROW_FILE, row)
+        atomic_write_json(path / RESULT_FILE, row)
+
+
+@contextlib.contextmanager
+def _worker_os_errors(name: str):
+    """A row worker's own file writes failing (e.g. a full disk): one line, and exit status
+    ``_WORKER_WRITE_FAILED``, which the parent reports as the row's failure (not a traceback)."""
+    try:
+        yield
+    except OSError as e:
+        log.error("%s: %s", name, cli.os_error_line(e))
+        raise SystemExit(_WORKER_WRITE_FAILED) from None
+
+
+def worker_failure_reason(exitcode: int | None) -> str:
+    """Why a ``--jobs`` row worker left no result: its exit status ``exitcode`` in words, for the failed row."""
+    if exitcode == _WORKER_WRITE_FAILED:
+        return "its worker could not write in the row's folder (its error line says why, e.g. a full disk)"
+    if (exitcode or 0) < 0:
+        return f"its worker process died (killed by signal {-exitcode}, e.g. for memory) before finishing the row"
+    return f"its worker process died (exit code {exitcode}) before finishing the row"
 
 
 def previous_row_seconds(prefix: pathlib.Path) -> dict[str, float]:
@@ -1101,11 +1132,8 @@ def _run_rows_in_processes(args: argparse.Namespace, workdir: pathlib.Path, sett
                 try:
                     done[name] = json.loads(result.read_text())
                 except (OSError, ValueError):
-                    reason = (f"killed by signal {-worker.exitcode}" if (worker.exitcode or 0) < 0
-                              else f"exit code {worker.exitcode}")
                     done[name] = failed_row(name, RuntimeError(
-                        f"its worker process died ({reason}, e.g. killed for memory) before finishing the row; "
-                        "rerun the command to try it again"))
+                        f"{worker_failure_reason(worker.exitcode)}; rerun the command to try it again"))
                 del running[sentinel]
                 running_names.remove(name)
                 _print_row(names.index(name) + 1, len(names), done[name])

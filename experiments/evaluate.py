@@ -92,14 +92,25 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         params = load_public_checkpoint(torch_checkpoint, **options)
         name, step = f"{config.model.name} (imported {pathlib.Path(torch_checkpoint).name})", None
     else:
+        from seqcsist_jax.checkpointing import CheckpointError, ModelMismatchError
+
         try:
             config, predictor, params, step = restore_run(workdir, checkpoint, config)
+        except ModelMismatchError:
+            raise
+        except CheckpointError as e:  # damaged on disk: the trainer repairs it from the newest good checkpoint
+            raise CheckpointError(f"{e}; python -m experiments.train --workdir={workdir} repairs the run (it moves "
+                                  "a damaged checkpoint aside and restores from the newest good one), or score "
+                                  "another with --checkpoint=latest or a step number") from None
         except FileNotFoundError as e:
             from seqcsist_jax.workdir import latest_checkpoint_step
 
             newest = latest_checkpoint_step(workdir)
             if str(checkpoint) != "best" or not (pathlib.Path(workdir) / "config.json").exists():
                 raise
+            if not str(e).startswith("no 'best' checkpoint"):  # a file vanished while it was read
+                raise FileNotFoundError(f"{e} (a checkpoint changed while it was read: a trainer still running in "
+                                        "this workdir deletes older ones; run the command again)") from None
             if newest is None:
                 raise FileNotFoundError(f"{e}, and no other checkpoint either (the run has not saved one yet); train "
                                         f"it first: python -m experiments.train --workdir={workdir}") from None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import pathlib
+import shutil
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -457,6 +458,11 @@ def _evaluate_run(predict, params, arrays, eval_config, *, frame_index, mesh, na
         # metrics.json is written last and removed first: when it exists, every file next to it is of the
         # same evaluation (a killed or failed write leaves no metrics.json, and the rerun rewrites them all).
         (out / "metrics.json").unlink(missing_ok=True)
+        # ... and files an earlier evaluation wrote that this one does not rewrite go too (its public/ export,
+        # whose files for other frames would otherwise outlive it; its loss figure)
+        shutil.rmtree(out / "public", ignore_errors=True)
+        if metrics_log is None:
+            (out / "loss_curves.png").unlink(missing_ok=True)
         first, last = scored_frame_range(frames.shape[1], margin)
         ids = arrays.get("trajectory_id", np.arange(len(frames)))
         export_detections(out / "detections.csv", detections, ids, range(first, last + 1))

@@ -40,7 +40,8 @@ from seqcsist_jax.fileio import atomic_write_json
 from seqcsist_jax.evaluate import check_eval_config, eval_dir
 from seqcsist_jax.methods import check_method_name
 from seqcsist_jax.predictor import make_predict_fn, make_predictor  # noqa: F401 (make_predict_fn: public name kept here)
-from seqcsist_jax.workdir import inherit_saved_data_dir, run_config_differences, save_or_check_run_config
+from seqcsist_jax.workdir import (ConfigMismatchError, inherit_saved_data_dir, run_config_differences,
+                                  save_or_check_run_config)
 from seqcsist_jax.metric_writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -599,10 +600,16 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
     # Checked before anything is written: a mistyped --config must never overwrite another run's config.json.
     # A saved config whose run never trained a step (e.g. a value that failed at initialisation) holds
     # nothing to protect: the corrected command replaces it instead of being refused.
-    if not force_config and not _has_trained(workdir) and run_config_differences(workdir, config):
-        _say(f"{workdir}/config.json belongs to a run that never trained a step; replacing it with this config")
-        force_config = True
-    save_or_check_run_config(workdir, config, force=force_config, write=False)
+    try:
+        if not force_config and not _has_trained(workdir) and run_config_differences(workdir, config):
+            _say(f"{workdir}/config.json belongs to a run that never trained a step; replacing it with this config")
+            force_config = True
+        save_or_check_run_config(workdir, config, force=force_config, write=False)
+    except ValueError as e:  # a damaged config.json (load_run_config names the file and the damage)
+        if isinstance(e, ConfigMismatchError):
+            raise
+        raise ValueError(f"{e}; --force_config replaces it with this command's config and continues from the "
+                         "checkpoints") from None
     # Built (and the optimiser config validated) before config.json is written, so an invalid value leaves no
     # saved config that would refuse the corrected command.
     trainer = Trainer(config, workdir)

@@ -242,6 +242,11 @@ def test_load_or_calibrate_stores_and_reuses_json(data, tmp_path):
 
     again, fresh = load_or_calibrate(path, must_not_load)
     assert not fresh and again == params
-    path.write_text('{"sigma": 0.5}')
-    with pytest.raises(ValueError, match="imaging.json"):
-        load_or_calibrate(path, must_not_load)
+    # a damaged file is moved aside with a warning naming it and the problem, and calibrated again
+    for damage, problem in [(b'{"sigma": 0.5}', "imaging.json"), (b"\xf1\x00garbage", "is not UTF-8 text"),
+                            (b"", "imaging.json"), (b"[1, 2]", "imaging.json")]:
+        path.write_bytes(damage)
+        with pytest.warns(RuntimeWarning, match=f"{problem}.*moved it to imaging.json.damaged and calibrating"):
+            again, fresh = load_or_calibrate(path, lambda: {"frames": frames, "targets": data["targets"]})
+        assert fresh and again == params and (tmp_path / "run" / "imaging.json.damaged").read_bytes() == damage
+        assert load_or_calibrate(path, must_not_load) == (params, False)

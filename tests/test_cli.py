@@ -125,6 +125,17 @@ def test_load_run_config_errors_name_the_file(tmp_path):
     (tmp_path / "config.json").write_text('{"model": {"name": ')
     with pytest.raises(ValueError, match=r"config.json: not valid JSON at line 1"):
         workdir_lib.load_run_config(tmp_path)
+    # training in that workdir names the way out, which works
+    from seqcsist_jax.train import train_and_evaluate
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')  # a run that trained
+    config = configs.get_config("srcnn:smoke")
+    config.num_train_steps = 2
+    with pytest.raises(ValueError, match=r"config.json: not valid JSON at line 1.*; --force_config replaces it "
+                                         r"with this command's config"):
+        train_and_evaluate(config, tmp_path)
+    assert train_and_evaluate(config, tmp_path, force_config=True)["step"] == 2
+    assert workdir_lib.run_config_differences(tmp_path, config) == []  # replaced by this command's config
 
 
 def test_config_differences_lists_changed_added_and_removed_keys():

@@ -252,6 +252,19 @@ def test_a_killed_worker_fails_only_its_row_and_a_rerun_finishes_it(tmp_path, mo
     assert not espcn2.get("error") and espcn2["steps"] == 2 and espcn2["fps_measured"] == "alone"
 
 
+def test_a_worker_that_cannot_write_its_row_is_one_line_and_a_named_failure(tmp_path, caplog):
+    (tmp_path / compare.RESULT_FILE).mkdir()  # the write fails as on a full disk (an OSError), deterministically
+    with caplog.at_level("ERROR", logger="compare"), pytest.raises(SystemExit) as stop:
+        compare._write_worker_result("espcn", tmp_path, {"method": "espcn", "error": "x"})
+    assert stop.value.code == compare._WORKER_WRITE_FAILED
+    (record,) = caplog.records
+    assert record.getMessage().startswith("espcn: ") and compare.RESULT_FILE in record.getMessage()
+    assert record.exc_info is None  # one line, no traceback
+    assert "could not write in the row's folder" in compare.worker_failure_reason(compare._WORKER_WRITE_FAILED)
+    assert "killed by signal 9, e.g. for memory" in compare.worker_failure_reason(-9)
+    assert "(exit code 1)" in compare.worker_failure_reason(1)
+
+
 def test_ctrl_c_in_a_jobs_run_is_one_message_and_exit_130(tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -266,6 +266,10 @@ def test_dista_smoke_trains_and_scores_every_image(tmp_path):
         want = np.clip(np.array(by_image.get(n, []), np.float32).reshape(-1, 3), [-0.5, -0.5, -np.inf],
                        [10.5, 10.5, np.inf])
         np.testing.assert_allclose(parse_annotation(f).reshape(-1, 3), want, rtol=1e-6, atol=1e-6)
+    # a later evaluation into the same folder without the export leaves no export of the earlier one behind
+    evaluate.evaluate_run(predictor.predict, params, splits.load_arrays(config.dataset, "test"), config.eval,
+                          frame_index=predictor.method.frame_index, mesh=predictor.mesh, out_dir=tmp_path / "again")
+    assert not public.exists() and (tmp_path / "again" / "metrics.json").exists()
 
 
 def test_restart_without_data_dir_reads_the_runs_own_data(tmp_path):

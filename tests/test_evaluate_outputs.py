@@ -2,6 +2,7 @@
 imported or shipped weights are refused in a workdir that holds a training run."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -49,6 +50,40 @@ def test_an_unfinished_run_suggests_the_latest_checkpoint(run, tmp_path):
                                                 r"run has not saved one yet\); train it first: python -m "
                                                 r"experiments.train --workdir="):
         evaluate_workdir(workdir)
+
+
+def test_a_damaged_best_checkpoint_names_the_repair_which_works(run, tmp_path):
+    from seqcsist_jax.checkpointing import CheckpointError
+
+    workdir = tmp_path / "run"
+    shutil.copytree(run[0], workdir)
+    best = json.loads((workdir / "checkpoints" / "evals.json").read_text())["best_step"]
+    meta_file = next((workdir / "checkpoints" / "best" / str(best) / "meta").glob("*"))
+    meta = json.loads(meta_file.read_text())
+    meta["params_sha256"] = "0" * 64  # as if the saved arrays had changed on disk
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=rf"best/{best} fails its checksum.*; python -m experiments.train "
+                                              rf"--workdir={workdir} repairs the run"):
+        evaluate_workdir(workdir)
+    # the repair it names: the trainer (here its library entry with the saved config) restores the best step
+    from seqcsist_jax.workdir import load_run_config
+
+    train_lib.train_and_evaluate(load_run_config(workdir), workdir)
+    assert evaluate_workdir(workdir)["mAP"] == pytest.approx(run[1]["test"]["mAP"])
+
+
+def test_a_checkpoint_deleted_while_read_is_not_called_an_unfinished_run(run, monkeypatch):
+    from seqcsist_jax import predictor
+
+    def vanished(*args, **kwargs):  # what a running trainer's checkpoint rotation does to a concurrent reader
+        raise FileNotFoundError(2, "No such file or directory", str(run[0] / "checkpoints" / "latest" / "254"))
+
+    monkeypatch.setattr(predictor, "restore_run", vanished)
+    with pytest.raises(FileNotFoundError, match=r"latest/254'? \(a checkpoint changed while it was read: a trainer "
+                                                r"still running in this workdir deletes older ones; run the command "
+                                                r"again\)") as e:
+        evaluate_workdir(run[0])
+    assert "unfinished run" not in str(e.value)
 
 
 def test_an_evaluation_without_detection_says_so():

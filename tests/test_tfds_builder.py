@@ -196,14 +196,51 @@ def test_two_builds_are_byte_identical(mini, tmp_path):
             np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_preparing_says_nothing_is_downloaded(tmp_path, capsys):
+def test_preparing_says_nothing_is_downloaded(tmp_path, capsys, caplog):
     """TFDS's own line ("Downloading and preparing dataset Unknown size (download: Unknown size ...)") reads as a
-    download; ours says where the data comes from."""
-    _build("seqcsist/mini", tmp_path)
+    download; ours says where the data comes from. And no warning about the folder that is not there yet."""
+    with caplog.at_level("WARNING"):
+        assert len(tfds.data_source("seqcsist/mini", split="test", data_dir=os.fspath(tmp_path))) == 75
+    assert "Variant folder" not in caplog.text and "has no dataset_info.json" not in caplog.text
     out = capsys.readouterr().out
     assert f"Preparing seqcsist/mini {sdb.Builder.VERSION} in {tmp_path}" in out
     assert "generating it here; nothing is downloaded" in out and "ownloading" not in out
     assert f"Prepared seqcsist/mini {sdb.Builder.VERSION} in {tmp_path}" in out and "downloaded and" not in out
+
+
+def test_a_build_racing_another_process_uses_its_copy(mini, tmp_path, monkeypatch, caplog):
+    _, data_dir = mini
+    want = _read_split("seqcsist/mini", "test", data_dir)
+    # 1. created before the other process finished: TFDS "reuses" the new data without reading its split info
+    late = tfds.builder("seqcsist/mini", data_dir=os.fspath(tmp_path / "a"))
+    _build("seqcsist/mini", tmp_path / "a")
+    late.download_and_prepare()
+    got = _read_split(late, "test")
+    for key in KEYS:
+        np.testing.assert_array_equal(got[key], want[key])
+    # 2. lost the final rename (TFDS raises FileExistsError): the winner's copy is used, with a warning
+    loser = tfds.builder("seqcsist/mini", data_dir=os.fspath(tmp_path / "b"))
+    tfds_prepare = tfds.core.DatasetBuilder.download_and_prepare
+
+    def the_other_process_wins(self, *args, **kwargs):
+        tfds_prepare(tfds.builder("seqcsist/mini", data_dir=os.fspath(tmp_path / "b")))  # the winner, then the
+        # rename that fails for this builder
+        raise FileExistsError(f"Cannot rename incomplete folder. Destination {self.data_path} already exists.")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", the_other_process_wins)
+    with caplog.at_level("WARNING"):
+        loser.download_and_prepare()
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", tfds_prepare)
+    assert "another process prepared it at the same time; using its copy" in caplog.text
+    got = _read_split(loser, "test")
+    for key in KEYS:
+        np.testing.assert_array_equal(got[key], want[key])
+    # a FileExistsError without a prepared copy is not hidden
+    broken = tfds.builder("seqcsist/mini", data_dir=os.fspath(tmp_path / "c"))
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                        lambda self, *a, **k: (_ for _ in ()).throw(FileExistsError("other")))
+    with pytest.raises(FileExistsError, match="other"):
+        broken.download_and_prepare()
 
 
 def test_parquet_shards_hold_every_example(mini):

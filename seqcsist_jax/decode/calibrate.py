@@ -234,14 +234,29 @@ def load_or_calibrate(
     For a CLI: ``params, fresh = load_or_calibrate(workdir / "imaging.json", lambda: load_split("train"))``
     calibrates once per run directory (``arrays`` may be a callable so the split is only loaded when needed).
 
+    A damaged file (not UTF-8, not JSON, a missing or invalid field) is a cache that can be rebuilt: it is moved
+    to ``<path>.damaged`` with a warning naming the problem, and the parameters are calibrated again.
+
     Returns:
       The parameters and whether they were calibrated now (``False``: read from ``path``).
     """
+    import os
+    import warnings
+
     from seqcsist_jax.fileio import atomic_write
 
     path = pathlib.Path(path)
     if path.exists():
-        return ImagingParams.from_json(path.read_text(), source=str(path)), False
+        try:
+            return ImagingParams.from_json(path.read_bytes().decode("utf-8"), source=str(path)), False
+        except UnicodeDecodeError as e:
+            problem = f"{path} is not UTF-8 text (byte {e.start})"
+        except ValueError as e:
+            problem = " ".join(str(e).split())
+        aside = path.with_name(path.name + ".damaged")
+        os.replace(path, aside)
+        warnings.warn(f"{problem}; moved it to {aside.name} and calibrating the imaging model again",
+                      RuntimeWarning, stacklevel=2)
     params = calibrate_split(arrays() if callable(arrays) else arrays, **kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, params.to_json() + "\n")

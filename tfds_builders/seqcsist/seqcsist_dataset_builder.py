@@ -316,6 +316,26 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                       "tfds.load can read the prepared data", self.DEFAULT_FILE_FORMAT.value, requested.value)
         self.info.set_file_format(self.DEFAULT_FILE_FORMAT, override=True)
 
+    def is_prepared(self) -> bool:
+        # TFDS checks the version folder even when it does not exist yet and then warns "Variant folder … has no
+        # dataset_info.json" before every first build; a missing folder is simply "not prepared".
+        return self.data_path.exists() and super().is_prepared()
+
+    def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
+        """TFDS's preparation, safe when another process prepares the same config at the same time (two direct
+        ``tfds.data_source`` calls; the project's own readers also take a lock, ``seqcsist_jax.data.tfds_open``):
+        the loser of the final rename, or a builder created before the other one finished, uses the other's
+        prepared copy (every generated build is byte-identical) instead of failing."""
+        try:
+            super().download_and_prepare(*args, **kwargs)
+        except FileExistsError:
+            if not (self.data_path / "dataset_info.json").exists():
+                raise
+            _LOG.warning("%s: another process prepared it at the same time; using its copy", self.data_path)
+        if not self.info.splits and (self.data_path / "dataset_info.json").exists():
+            # TFDS "reuses" data that appeared after this builder was created without reading its split info
+            self.info.read_from_directory(self.data_path)
+
     def _example_writer(self) -> tfds_writer.ExampleWriter:
         return _CanonicalExampleWriter(file_format=self.info.file_format)
 
