@@ -243,6 +243,22 @@ def test_a_build_racing_another_process_uses_its_copy(mini, tmp_path, monkeypatc
         broken.download_and_prepare()
 
 
+def test_folders_of_killed_builds_are_removed_under_the_build_lock(tmp_path, caplog):
+    from seqcsist_jax.data import tfds_open
+
+    killed = tmp_path / "seqcsist" / "mini" / f"incomplete.ABC123_{sdb.Builder.VERSION}"
+    killed.mkdir(parents=True)
+    (killed / "seqcsist-train.parquet-00000-of-00001").write_bytes(b"half a shard")
+    with caplog.at_level("WARNING"):
+        assert len(tfds.data_source("seqcsist/mini", split="test", data_dir=os.fspath(tmp_path))) == 75
+    assert not killed.exists() and "left by an interrupted build" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "seqcsist" / "mini").iterdir()) == [str(sdb.Builder.VERSION)]
+    # the lock is re-entrant in one process (the project's readers hold it while TFDS calls the builder)
+    with tfds_open.build_lock("seqcsist/mini", tmp_path), tfds_open.build_lock("seqcsist/mini", tmp_path):
+        assert tfds.builder("seqcsist/mini", data_dir=os.fspath(tmp_path)).is_prepared()
+    assert tfds_open._HELD == {}
+
+
 def test_parquet_shards_hold_every_example(mini):
     # Regression test for the TFDS 4.9.10 Parquet writer, which kept 1 of 5 batches of 100 from an iterator.
     import pyarrow.parquet as pq

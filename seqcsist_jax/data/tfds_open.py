@@ -4,7 +4,8 @@
 trainers, ``compare --jobs 2``) race: the loser fails renaming its ``incomplete.*`` folder onto the winner's. And a
 damaged prepared file (a truncated Parquet file, a garbled ``dataset_info.json``) fails with pyarrow's or
 protobuf's own error, at every later call. :func:`read_tfds_split` holds an advisory lock per dataset config in
-the data directory while it opens (and, if needed, prepares) a split and reads it through; when the prepared files
+the data directory while it opens (and, if needed, prepares) a split and reads it through (the builders take the
+same lock when TFDS prepares them directly, and remove the folders of killed builds); when the prepared files
 cannot be read it moves that version folder aside (``<version>.damaged-<time>``, never deleted) and prepares it
 again: generated configs rebuild byte-identically, ``public`` ones from their manual folder.
 """
@@ -16,6 +17,7 @@ import fcntl
 import logging
 import os
 import pathlib
+import threading
 import time
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -40,24 +42,55 @@ def _family_config(name: str) -> tuple[str, str]:
     return family, config
 
 
+_HELD: dict[tuple[str, int], int] = {}  # (lock file, thread) this process holds, with the nesting depth
+
+
 @contextlib.contextmanager
 def build_lock(name: str, data_dir: str | os.PathLike | None) -> Iterator[None]:
     """Holds ``<data_dir>/.<family>-<config>.lock`` (``flock``; released by the kernel if the holder dies): a
-    second process preparing or reading the same config through :func:`read_tfds_split` waits, and then finds
-    the data prepared."""
+    second process preparing or reading the same config through :func:`read_tfds_split`, or preparing it through
+    TFDS directly (the builders take it too), waits, and then finds the data prepared. Re-entrant within a
+    thread: :func:`read_tfds_split` holds it while TFDS calls the builder, which takes it again (another thread
+    waits, like another process)."""
     family, config = _family_config(name)
     root = data_root(data_dir)
     root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / f".{family}-{config}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    path = str((root / f".{family}-{config}.lock").resolve())
+    key = (path, threading.get_ident())
+    if _HELD.get(key):
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.warning("waiting for another process preparing or reading %s/%s in %s", family, config, root)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            _HELD.pop(key, None)
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def remove_stale_incomplete(version_dir: str | os.PathLike) -> list[pathlib.Path]:
+    """Removes TFDS's ``incomplete.*_<version>`` folders next to ``version_dir``, left by builds that were
+    killed; call it holding :func:`build_lock` (then no build of that config is running). Returns them."""
+    import shutil
+
+    version_dir = pathlib.Path(version_dir)
+    stale = sorted(version_dir.parent.glob(f"incomplete.*_{version_dir.name}"))
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+        log.warning("removed %s, left by an interrupted build of this dataset", folder)
+    return stale
 
 
 def prepared_dir(name: str, data_dir: str | os.PathLike | None) -> pathlib.Path | None:

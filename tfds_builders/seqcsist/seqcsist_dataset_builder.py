@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import logging
+import pathlib
 from typing import Any, Iterator
 
 import numpy as np
@@ -323,11 +324,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
         """TFDS's preparation, safe when another process prepares the same config at the same time (two direct
-        ``tfds.data_source`` calls; the project's own readers also take a lock, ``seqcsist_jax.data.tfds_open``):
-        the loser of the final rename, or a builder created before the other one finished, uses the other's
-        prepared copy (every generated build is byte-identical) instead of failing."""
+        ``tfds.data_source`` calls, a trainer and a notebook): it holds the project's build lock
+        (``seqcsist_jax.data.tfds_open.build_lock``), so the second waits and then reuses the data; folders of
+        killed builds (``incomplete.*``) are removed first. A builder created before another process finished,
+        or one racing a process without the lock, uses the other's prepared copy (every generated build is
+        byte-identical) instead of failing."""
+        from seqcsist_jax.data.tfds_open import build_lock, remove_stale_incomplete
+
+        root = pathlib.Path(self.data_path).parent.parent.parent
         try:
-            super().download_and_prepare(*args, **kwargs)
+            with build_lock(f"{self.name}/{self.builder_config.name}", root):
+                if not self.is_prepared():
+                    remove_stale_incomplete(self.data_path)
+                super().download_and_prepare(*args, **kwargs)
         except FileExistsError:
             if not (self.data_path / "dataset_info.json").exists():
                 raise
