@@ -457,6 +457,28 @@ def _paper_row(name: str) -> dict | None:
     return {"mAP": row.mAP, **{k: getattr(row, k) for k in METRICS[1:]}, "fps": row.fps, "params": row.params}
 
 
+def _with_saved_data_dir(config, workdir: pathlib.Path):
+    """``config`` with the row's saved ``dataset.data_dir`` when a rerun of the same row leaves it unset (as
+    ``train`` does for its workdir): the trained run's ``config.json``, else the finished row's cache (untrained
+    methods have no run). Without it a rerun would score every row again from TFDS's default directory."""
+    import copy
+
+    from seqcsist_jax.workdir import inherit_saved_data_dir
+
+    config, inherited = inherit_saved_data_dir(workdir, config)
+    if inherited or config.dataset.get("data_dir") is not None or not (workdir / ROW_FILE).is_file():
+        return config
+    try:
+        saved = json.loads((workdir / ROW_FILE).read_text())["config"]
+        data_dir = saved["dataset"]["data_dir"]
+    except (OSError, ValueError, KeyError, TypeError):  # no usable cache: run_method reports a damaged one
+        return config
+    candidate = copy.deepcopy(config)
+    candidate.dataset.data_dir = data_dir
+    same_row = saved == json.loads(json.dumps(candidate.to_dict(), default=str))
+    return candidate if data_dir is not None and same_row else config
+
+
 def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> dict:
     """Trains (or loads) and evaluates one method; returns its table row (also saved to ``workdir/ROW_FILE``)."""
     from seqcsist_jax import evaluate as evaluation
@@ -468,6 +490,7 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
     trainable = is_trainable(config)
     if trainable:
         _schedule(config, args.evals)
+    config = _with_saved_data_dir(config, workdir)
     key = json.loads(json.dumps(config.to_dict(), default=str))
     source = row_source(name, config)
     if source is not None:  # a user's method: a row of other code is neither reused nor resumed

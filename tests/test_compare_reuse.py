@@ -293,3 +293,14 @@ def test_the_command_exits_1_when_a_row_failed(tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert _error_lines(proc.stderr)[-1].startswith(f"1 of 1 rows failed: {path} (RuntimeError: boom); ")
     assert "| boom | failed: RuntimeError: boom |" in (tmp_path / "w" / "compare.md").read_text()
+
+
+def test_a_rerun_without_the_data_dir_reuses_the_rows_of_the_first(tmp_path):
+    base = ["--methods=ista,srcnn", "--variant=smoke", "--budget_steps=2", "--evals=1",
+            f"--workdir={tmp_path / 'runs'}", f"--output={tmp_path / 'table'}"]
+    first = compare.main([*base, f"--config.dataset.data_dir={tmp_path / 'tfds'}"])["rows"]
+    again = compare.main(base)["rows"]  # the same command without --config.dataset.data_dir
+    for a, b in zip(first, again):
+        assert not a.get("error") and b["seconds"] == a["seconds"], (a, b)  # reused, not scored again
+    saved = json.loads((tmp_path / "runs" / "srcnn" / "config.json").read_text())
+    assert saved["dataset"]["data_dir"] == str(tmp_path / "tfds")
