@@ -403,12 +403,59 @@ class Trainer:
                             split=split, **options)
 
 
+# The fields the trainer and evaluation read, per section ("" = top level; ``model``, ``loss`` and
+# ``dataset.simulate`` belong to the method or generator and are not listed). A field outside these would be
+# saved and silently ignored (``config.learning_rate = 1e-3`` in a notebook instead of
+# ``config.optimizer.learning_rate``); the command line refuses it already (``experiments.cli.apply_overrides``).
+CONFIG_FIELDS: dict[str, frozenset[str]] = {
+    "": frozenset({
+        "checkpoint_every_seconds", "checkpoint_every_steps", "dataset", "device_data", "eval", "eval_every_epochs",
+        "eval_every_steps", "global_batch_size", "keep_checkpoints", "log_every_steps", "loss", "model", "multihost",
+        "num_devices", "num_epochs", "num_train_steps", "optimizer", "per_device_batch_size", "progress_bar",
+        "sampler", "seed", "shuffle", "steps_per_call"}),
+    "dataset": frozenset({
+        "build_if_missing", "c", "collision", "data_dir", "eval_split", "max_eval_trajectories", "name", "num_eval",
+        "num_test", "num_train", "simulate", "test_split", "train_split"}),
+    "eval": frozenset({
+        "batch_size", "collision", "decode", "decode_options", "geometry_prior", "image_quality",
+        "num_figure_samples", "scored_margin", "threshold", "ties"}),
+    "optimizer": frozenset({
+        "b1", "b2", "eps", "grad_clip_norm", "learning_rate", "name", "schedule", "warmup_steps", "weight_decay"}),
+}
+
+
+class UnknownConfigFieldError(ValueError):
+    """``config`` holds a field nothing reads (a typo or a field at the wrong level); the message names it and
+    the nearest known field."""
+
+
+def check_config_fields(config: ml_collections.ConfigDict) -> None:
+    """Raises :class:`UnknownConfigFieldError` for a field of a section in :data:`CONFIG_FIELDS` that is not
+    listed there, suggesting a field of that name at another level or the closest name in its section."""
+    import difflib
+
+    known = {f"{section}.{name}" if section else name for section, names in CONFIG_FIELDS.items() for name in names}
+    for section, names in CONFIG_FIELDS.items():
+        node = config if not section else config.get(section)
+        if not isinstance(node, (ml_collections.ConfigDict, dict)):
+            continue
+        for name in sorted(set(node.keys()) - names):
+            path = f"{section}.{name}" if section else name
+            elsewhere = sorted(k for k in known if k.rsplit(".", 1)[-1] == name)
+            close = difflib.get_close_matches(path, sorted(known), n=1, cutoff=0.6)
+            hint = elsewhere or close
+            raise UnknownConfigFieldError(
+                f"config.{path}: unknown config field{f'; did you mean {hint[0]}?' if hint else ''} (nothing reads it: "
+                "a run would ignore it)")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Every check that needs no data and no workdir, in one call (``train_and_evaluate`` and
     ``experiments.compare`` run it before anything is created): the dataset and method names, a user's builder
     (built once: it must return a ``Method``), the sub-pixel division ``c``, the schedule, ``config.eval``, the
     learning rate, the seed and the checkpoint intervals. Each failure is one line naming the key (the exceptions
     listed in :func:`train_and_evaluate`)."""
+    check_config_fields(config)
     check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))
     check_method_name(config.model.name)
     if config.model.name not in methods.METHOD_TABLE:  # a user's builder: its return value is checked now
@@ -454,6 +501,7 @@ def train_and_evaluate(
       ScheduleConfigError: ``num_train_steps``/``num_epochs``/``checkpoint_every_*`` give no schedule (idem).
       EvalConfigError: a ``config.eval`` value the evaluations cannot use (idem).
       OptimizerConfigError: ``optimizer.learning_rate`` is not a finite number > 0 (idem).
+      UnknownConfigFieldError: a field nothing reads, e.g. ``config.learning_rate`` (idem).
       ValueError: ``config.seed`` is not a whole number in [0, 2**32), or ``config.dataset.c`` is not a positive odd
         integer (idem).
     """

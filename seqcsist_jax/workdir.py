@@ -147,7 +147,7 @@ def save_or_check_run_config(workdir: str | pathlib.Path, config: ml_collections
             shown = "; ".join(diffs[:8]) + (f"; … ({len(diffs) - 8} more)" if len(diffs) > 8 else "")
             raise ConfigMismatchError(
                 f"{path} holds a run of another config ({shown}). Use another --workdir, or pass --force_config "
-                "to overwrite the saved config and continue from its checkpoints"
+                "(force_config=True from Python) to overwrite the saved config and continue from its checkpoints"
             )
     if write:
         atomic_write_json(path, new, sort_keys=True)

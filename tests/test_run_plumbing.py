@@ -169,3 +169,42 @@ def test_latest_checkpoint_step_reads_step_folders_only(tmp_path):
         (latest / name).mkdir()
     (tmp_path / "checkpoints" / "best" / "5000").mkdir(parents=True)  # not a latest step
     assert latest_checkpoint_step(tmp_path) == 1200  # numeric, not lexicographic order
+
+
+def test_every_shipped_config_field_is_one_the_trainer_knows():
+    from seqcsist_jax.train import check_config_fields
+
+    for name in configs.available_configs():
+        for variant in ("", "quick", "smoke"):
+            try:
+                config = configs.get_config(f"{name}:{variant}" if variant else name)
+            except ValueError:  # a config without that variant
+                continue
+            check_config_fields(config)  # raises for a field missing from train.CONFIG_FIELDS
+
+
+@pytest.mark.parametrize("set_field,message", [
+    (lambda c: setattr(c, "learning_rate", 1e-3), "config.learning_rate: unknown config field; did you mean "
+                                                    "optimizer.learning_rate?"),
+    (lambda c: setattr(c.optimizer, "learnin_rate", 1e-3), "config.optimizer.learnin_rate: unknown config field; "
+                                                             "did you mean optimizer.learning_rate?"),
+    (lambda c: setattr(c.eval, "treshold", 50.0), "config.eval.treshold: unknown config field; did you mean "
+                                                   "eval.threshold?"),
+    (lambda c: setattr(c.dataset, "datadir", "/x"), "config.dataset.datadir: unknown config field; did you mean "
+                                                     "dataset.data_dir?"),
+])
+def test_a_field_nothing_reads_is_refused_before_the_workdir_exists(set_field, message, tmp_path):
+    from seqcsist_jax.train import UnknownConfigFieldError, train_and_evaluate
+
+    config = configs.get_config("derefnet:smoke")
+    set_field(config)
+    with pytest.raises(UnknownConfigFieldError) as error:
+        train_and_evaluate(config, tmp_path / "run")
+    assert str(error.value).startswith(message) and not (tmp_path / "run").exists()
+    # the method's own sections and the optional evaluation fields stay open
+    config = configs.get_config("derefnet:smoke")
+    config.model.my_option, config.loss.my_weight, config.eval.geometry_prior = 1, 0.5, True
+    config.eval.decode_options = {"max_targets": 5}
+    from seqcsist_jax.train import check_config_fields
+
+    check_config_fields(config)
