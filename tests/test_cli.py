@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
 import pathlib
 
 import ml_collections
@@ -263,21 +265,23 @@ def test_log_records_and_warnings_are_one_line_each():
     assert text == "warning: RuntimeWarning: Y Yᵀ is ill-conditioned\n"
 
 
-def test_a_stopped_run_exits_as_the_signal_would_and_errors_exit_2(capsys):
-    import signal
+def test_a_stopped_run_exits_as_the_signal_would_and_errors_exit_2():
+    # In a subprocess: absl's app.run installs its log handler on the interpreter's (here captured) stderr.
+    script = textwrap.dedent("""
+        import signal, sys
+        from experiments import cli
+        from seqcsist_jax.train import TrainingInterrupted
 
-    from seqcsist_jax.train import TrainingInterrupted
+        def stopped(argv, overrides):
+            raise TrainingInterrupted("stopped by SIGINT at step 3 of 9; checkpoint saved", signum=signal.SIGINT)
 
-    def stopped(argv, overrides):
-        raise TrainingInterrupted("stopped by SIGINT at step 3 of 9; checkpoint saved", signum=signal.SIGINT)
+        def refused(argv, overrides):
+            raise ValueError("config.seed must be a whole number")
 
-    def refused(argv, overrides):
-        raise ValueError("config.seed must be a whole number")
-
-    with pytest.raises(SystemExit) as stop:
-        cli.run(stopped, ["prog"], expected=(TrainingInterrupted, ValueError))
-    assert stop.value.code == 128 + signal.SIGINT
-    assert capsys.readouterr().err.strip() == "stopped by SIGINT at step 3 of 9; checkpoint saved"  # not "error:"
-    with pytest.raises(SystemExit) as error:
-        cli.run(refused, ["prog"], expected=(TrainingInterrupted, ValueError))
-    assert error.value.code == 2 and capsys.readouterr().err.strip() == "error: config.seed must be a whole number"
+        cli.run(stopped if sys.argv[1] == "stop" else refused, ["prog"], expected=(TrainingInterrupted, ValueError))
+    """)
+    stop = _run(["-c", script, "stop"])
+    assert stop.returncode == 128 + signal.SIGINT, stop.stderr
+    assert _error_lines(stop) == ["stopped by SIGINT at step 3 of 9; checkpoint saved"]  # not "error: …"
+    error = _run(["-c", script, "refuse"])
+    assert error.returncode == 2 and _error_lines(error) == ["error: config.seed must be a whole number"]
