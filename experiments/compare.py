@@ -80,7 +80,7 @@ from absl import flags
 from experiments import cli
 from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json
 from seqcsist_jax.methods import CSIST100K_METHODS, METHOD_TABLE  # cheap: the table imports no method module
-from seqcsist_jax.workdir import latest_checkpoint_step
+from seqcsist_jax.workdir import latest_checkpoint_step, run_differences
 
 # Every SeqCSIST method (Table 7's 23 rows + FISTA), in the table's order.
 DEFAULT_METHODS = tuple(m for m in METHOD_TABLE if m not in CSIST100K_METHODS)
@@ -457,28 +457,6 @@ def _paper_row(name: str) -> dict | None:
     return {"mAP": row.mAP, **{k: getattr(row, k) for k in METRICS[1:]}, "fps": row.fps, "params": row.params}
 
 
-def _with_saved_data_dir(config, workdir: pathlib.Path):
-    """``config`` with the row's saved ``dataset.data_dir`` when a rerun of the same row leaves it unset (as
-    ``train`` does for its workdir): the trained run's ``config.json``, else the finished row's cache (untrained
-    methods have no run). Without it a rerun would score every row again from TFDS's default directory."""
-    import copy
-
-    from seqcsist_jax.workdir import inherit_saved_data_dir
-
-    config, inherited = inherit_saved_data_dir(workdir, config)
-    if inherited or config.dataset.get("data_dir") is not None or not (workdir / ROW_FILE).is_file():
-        return config
-    try:
-        saved = json.loads((workdir / ROW_FILE).read_text())["config"]
-        data_dir = saved["dataset"]["data_dir"]
-    except (OSError, ValueError, KeyError, TypeError):  # no usable cache: run_method reports a damaged one
-        return config
-    candidate = copy.deepcopy(config)
-    candidate.dataset.data_dir = data_dir
-    same_row = saved == json.loads(json.dumps(candidate.to_dict(), default=str))
-    return candidate if data_dir is not None and same_row else config
-
-
 def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> dict:
     """Trains (or loads) and evaluates one method; returns its table row (also saved to ``workdir/ROW_FILE``)."""
     from seqcsist_jax import evaluate as evaluation
@@ -490,7 +468,6 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
     trainable = is_trainable(config)
     if trainable:
         _schedule(config, args.evals)
-    config = _with_saved_data_dir(config, workdir)
     key = json.loads(json.dumps(config.to_dict(), default=str))
     source = row_source(name, config)
     if source is not None:  # a user's method: a row of other code is neither reused nor resumed
@@ -505,7 +482,9 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
         except (OSError, ValueError) as e:  # a damaged cache only costs re-scoring the row's run
             log.warning("%s: ignoring the damaged %s (%s); the row is computed again", name, row_path, e)
             cached = {}
-        if cached.get("config") == key and cached.get("source") == source:
+        # restart-safe fields (a data_dir left out of a rerun, the progress bar) do not change the row
+        same_run = isinstance(cached.get("config"), dict) and not run_differences(cached["config"], key)
+        if same_run and cached.get("source") == source:
             log.info("%s: reusing the finished run in %s", name, workdir)
             return cached
 

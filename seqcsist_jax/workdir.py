@@ -102,8 +102,13 @@ def run_config_differences(workdir: str | pathlib.Path, config: ml_collections.C
     :data:`RESTART_SAFE_FIELDS`; empty when the workdir holds no run or the same one."""
     if not config_path(workdir).exists():
         return []
-    old = load_run_config(workdir).to_dict()
-    return [d for d in config_differences(old, config.to_dict()) if d.split(":")[0] not in RESTART_SAFE_FIELDS]
+    return run_differences(load_run_config(workdir).to_dict(), config.to_dict())
+
+
+def run_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """:func:`config_differences` of two config dicts without :data:`RESTART_SAFE_FIELDS`: empty when both
+    compute the same run (e.g. a saved row's config and a rerun that left out ``dataset.data_dir``)."""
+    return [d for d in config_differences(old, new) if d.split(":")[0] not in RESTART_SAFE_FIELDS]
 
 
 def inherit_saved_data_dir(workdir: str | pathlib.Path,
