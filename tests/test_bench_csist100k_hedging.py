@@ -63,6 +63,7 @@ def test_rank_after_can_raise_ap():
     assert metrics.cso_map(bench.rank_after(primary, extra), targets)["AP05"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_hedged_detections_keep_decoded_rows_first():
     sim = simulate_csist100k(24, seed=7)
     data = {"images": sim["image"], "targets": sim["targets"], "num_targets": sim["num_targets"]}
@@ -84,6 +85,7 @@ def test_hedged_detections_keep_decoded_rows_first():
     assert sum(len(h) - len(d) for d, h in zip(decoded, hedged)) > 0  # the probe adds second guesses here
 
 
+@pytest.mark.slow
 def test_hedged_detections_without_alternative_basins():
     """``centre_candidates=1`` keeps no alternative basins: only the neighbouring counts' fits are added."""
     sim = simulate_csist100k(6, seed=3)

@@ -131,6 +131,7 @@ def test_imaging_params_json_and_validation():
     assert np.allclose(to_label_space(to_pixel_space(rows, p), p), rows, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_default_imaging_is_bit_identical(data):
     frames = data["frames"][:2]
     base = decode_arrays(frames, method="trajectory")  # same shapes and options as test_offset_convention
@@ -183,6 +184,7 @@ def _brightness_ratio(dec, targets: np.ndarray) -> np.ndarray:
     return np.sum(dec.detections[..., 2] * active, -1) / np.sum(targets[..., 2], -1)
 
 
+@pytest.mark.slow
 def test_background_and_gain_decoding(data):
     """Background: subtracted, with the clip level following it. Noise-free frames with an integer background
     ``b`` store ``min(round(x) + b, 255)``, i.e. default frames clipped at ``255 - b``, so decoding them with

@@ -270,6 +270,7 @@ def test_enospc_on_a_real_small_disk_then_resume_bitwise(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_real_training_save_prints_one_error_line(tmp_path):
     """Without the echo filters this prints ~100-1,000 lines (Orbax's per-thread logs, "Event loop is closed")."""
     disk = tmp_path / "disk"

@@ -138,6 +138,7 @@ def test_markdown_table_marks_reduced_budgets_and_variant_rows():
     assert paper.count("| LISTA |") == 1 and "public broadcast" not in paper
 
 
+@pytest.mark.slow
 def test_end_to_end_smoke_run_and_reuse(tmp_path):
     import jax
 
@@ -237,6 +238,7 @@ def test_jobs_schedule_longest_rows_first_from_the_previous_table(tmp_path):
     assert order == ["dbpn", "tdan", "rdn", "lista@public_loss", "srcnn"]  # unknown cost first, in table order
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_only_its_row_and_a_rerun_finishes_it(tmp_path, monkeypatch):
     workdir = tmp_path / "runs"
     argv = ["--methods=ista,espcn", "--variant=smoke", "--budget_steps=2", f"--workdir={workdir}",

@@ -114,6 +114,7 @@ def test_a_row_of_other_or_unrecorded_source_is_set_aside_and_kept(tmp_path, cap
     assert not any(row.iterdir())
 
 
+@pytest.mark.slow
 def test_a_users_method_edited_between_two_compares_is_trained_again(tmp_path):
     """The fresh-user report: twoconv.py gained a layer (same config) and the rerun reused the old model."""
     path = tmp_path / "twoconv.py"

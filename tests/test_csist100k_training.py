@@ -228,6 +228,7 @@ def test_baseline_losses_take_the_scored_margin_from_the_config(name):
 # ------------------------------------------------------------------------------------------ end to end
 
 
+@pytest.mark.slow
 def test_dista_smoke_trains_and_scores_every_image(tmp_path):
     from seqcsist_jax.train import train_and_evaluate
 

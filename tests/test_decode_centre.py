@@ -186,6 +186,7 @@ def test_fit_starts_alternatives_are_distinct_basins_best_first(clipped_group):
     np.testing.assert_array_equal(solo[0], best)
 
 
+@pytest.mark.slow
 def test_preset_decodes_clipped_groups_better_than_least_squares(clipped_group):
     data, images, dec = clipped_group
     with warnings.catch_warnings():

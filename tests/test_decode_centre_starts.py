@@ -73,6 +73,7 @@ def groups():
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.slow
 def test_refit_from_ends_is_the_best_of_separate_refits(groups):
     frames, count, fits, votes = groups
     base = dict(max_targets=KMAX, trajectory_restarts=4, restart_jitter=0.3, trajectory_centre_iterations=4)

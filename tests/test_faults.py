@@ -144,6 +144,7 @@ def reference(tmp_path_factory):
     return workdir, result
 
 
+@pytest.mark.slow
 def test_fault_chain_ends_exactly_as_uninterrupted(reference, tmp_path, monkeypatch, faults, caplog, capsys):
     ref_dir, ref = reference
     assert ref["best"]["mAP"] == VAL_MAP[BEST_STEP]
@@ -224,6 +225,7 @@ def test_fault_chain_ends_exactly_as_uninterrupted(reference, tmp_path, monkeypa
     assert result_json["best"]["mAP"] == VAL_MAP[BEST_STEP]
 
 
+@pytest.mark.slow
 def test_real_sigkill_after_best_save_before_latest_then_resume(reference, tmp_path, monkeypatch):
     ref_dir, ref = reference
     run = tmp_path / "run"

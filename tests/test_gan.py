@@ -127,6 +127,7 @@ def _setup(name, smoke_data, **overrides):
     return config, method, optimizer, state, step
 
 
+@pytest.mark.slow
 def test_each_update_changes_only_its_own_network(smoke_data):
     """With plain gradient descent (lr 1) as each player's optimiser, the step's D update is exactly -∂(D loss)/∂D
     and its G update -∂(G loss)/∂G, both taken at the step's starting params (the public order) and computed
@@ -193,6 +194,7 @@ def test_each_update_changes_only_its_own_network(smoke_data):
                                 update_order="g_first")
 
 
+@pytest.mark.slow
 def test_smoke_training_is_finite_and_fits_pixels(smoke_data):
     """BSRGAN on :smoke data (SRGAN runs end to end below, ESRGAN's step is checked above). The labels get a
     constant offset so that the pixel term has something a few steps can fit (an RRDBNet starts near 0, already
@@ -328,6 +330,7 @@ def test_pretrained_generator_loader(tmp_path, smoke_data):
         methods.build_method(config.model, config.loss)
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_srgan_smoke(tmp_path):
     result = train_lib.train_and_evaluate(configs.get_config("srgan:smoke"), tmp_path)
     assert result["step"] == 6

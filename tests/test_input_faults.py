@@ -13,6 +13,7 @@ from PIL import Image
 from seqcsist_jax.data import public_format
 from seqcsist_jax.data.public_format import PublicFormatError, read_public_split, write_public_split
 from seqcsist_jax.data.simulate import simulate_seqcsist
+from tests.xla_env import xla_flags
 
 T = 4
 
@@ -186,7 +187,8 @@ def test_final_batch_not_divisible_by_devices_is_a_clear_error():
     import subprocess
     import sys
 
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2"),
+           "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", _LAST_BATCH], cwd=pathlib.Path(__file__).resolve().parents[1],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -61,6 +61,7 @@ def test_public_init_is_expansive_and_blows_up_the_initial_output(smoke_batch):
     assert peak[False] > 10 * peak[True]
 
 
+@pytest.mark.slow
 def test_istanet_plus_trains_at_the_paper_learning_rate(smoke_batch):
     batch, _, _ = smoke_batch
     _, state, step = _state_and_step(True, smoke_batch, lr=1e-4)

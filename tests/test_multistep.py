@@ -78,6 +78,7 @@ def test_calls_stop_at_logging_checkpoint_and_eval_steps(tmp_path):
     assert ends == [15, 20, 30, 40, 45, 50]
 
 
+@pytest.mark.slow
 def test_kill_inside_a_k_step_call_resumes_bitwise(tmp_path, monkeypatch):
     """A run with 4 steps per call killed inside its second call (the call ran on the device, the loop never
     saw it) resumes from the step-4 checkpoint and ends at bitwise the params of the uninterrupted run."""

@@ -15,6 +15,7 @@ import pytest
 
 from experiments import configs
 from seqcsist_jax.data.pipeline import TrajectoryLoader, public_sampler_order
+from tests.xla_env import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -136,13 +137,15 @@ _SCRIPT = textwrap.dedent(
 
 
 def _run(devices: int, workdir: pathlib.Path) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    devices_flag = f"--xla_force_host_platform_device_count={devices}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices_flag))
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(workdir)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_one_and_four_devices_train_the_same_batches_and_losses(tmp_path):
     """The paper config on 1 device (one batch of 4) and on 4 devices (4 × 1; host loop and device-resident
     3-step calls): the same trajectory ids at every step, across an epoch boundary, and the same losses.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from experiments import configs
 from seqcsist_jax import pretrained
 from seqcsist_jax.interop import read_state_dict, state_dict_shapes
+from tests.xla_env import default_xla_env
 
 
 def _smoke_params(config):
@@ -92,17 +94,20 @@ def test_export_public_state_dict(tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_pretrained_reproduces_its_card(tmp_path):
-    """``experiments.evaluate --pretrained=derefnet_quick``: the shipped weights, scored on CPU with no training,
-    give the test CSO-mAP their model card records (the data are rebuilt deterministically in a temporary
-    data_dir). The tolerance allows a few grid cells to cross the threshold 70 under another CPU's rounding."""
-    from experiments.evaluate import evaluate_workdir
-
-    config, _ = pretrained.load_pretrained("derefnet_quick")
-    config.dataset.data_dir = str(tmp_path / "tfds")
-    result = evaluate_workdir(tmp_path / "out", split="test", config=config, pretrained="derefnet_quick")
+    """README's ``python -m experiments.evaluate --pretrained=derefnet_quick --split=test``: the shipped weights,
+    scored on CPU with no training, give the test CSO-mAP their model card records (the data are rebuilt
+    deterministically in a temporary data_dir; XLA at its default level, as users run it). The tolerance allows
+    a few grid cells to cross the threshold 70 under another CPU's rounding."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.evaluate", "--pretrained=derefnet_quick", "--split=test",
+         f"--workdir={out}", f"--config.dataset.data_dir={tmp_path / 'tfds'}"],
+        capture_output=True, text=True, timeout=900, env=default_xla_env(), cwd=pathlib.Path(__file__).parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "eval" / "test" / "metrics.json").read_text())
     card = pretrained.load_card("derefnet_quick")
-    assert result["mAP"] == pytest.approx(card["test_cso_map"], abs=2e-3)
-    assert (tmp_path / "out" / "eval" / "test" / "metrics.json").exists()
+    assert metrics["mAP"] == pytest.approx(card["test_cso_map"], abs=2e-3)
 
 
 def test_evaluate_unknown_pretrained_is_one_clear_line():
@@ -115,6 +120,7 @@ def test_evaluate_unknown_pretrained_is_one_clear_line():
     assert "not published yet" in lines[0] and "derefnet_quick" in lines[0]
 
 
+@pytest.mark.slow
 def test_export_weights_writes_the_best_checkpoint_and_a_card_with_the_runs_wall_time(tmp_path, capsys):
     """``experiments.export_weights`` on a finished smoke run: the shipped params are the best checkpoint's, the
     card's wall time defaults to the training time the run recorded, and ``--hardware`` names where it trained

@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "run_paper_gpu.sh"
 TINY = ["--config.model.num_stages=1", "--config.model.channels=4", "--config.dataset.num_train=8",
         "--config.dataset.num_eval=2", "--config.dataset.num_test=2",
@@ -21,6 +23,7 @@ def _run(workdir, seconds, *extra):
                           cwd=SCRIPT.parents[2], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_runs_the_paper_protocol_on_simulated_default_splits(tmp_path):
     out = _run(tmp_path / "run", 0)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -19,6 +19,7 @@ import pytest
 from experiments import configs
 from seqcsist_jax import train as train_lib
 from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like
+from tests.xla_env import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -88,6 +89,7 @@ def test_training_reduces_loss(smoke_run):
     assert loss(state.params) < loss(init.params)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted(smoke_run, tmp_path):
     workdir, _ = smoke_run
     reference, step = latest_params(workdir)
@@ -226,6 +228,7 @@ def test_cli_errors_are_clear(tmp_path):
     assert "no_such_field" in bad_override.stderr
 
 
+@pytest.mark.slow
 def test_invalid_optimizer_value_is_one_line_and_leaves_no_saved_config(tmp_path):
     """A warmup as long as the run is refused in one line before config.json is written, so the corrected
     command then runs in the same workdir (smoke: 6 steps)."""
@@ -297,6 +300,7 @@ _PARALLEL_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device(tmp_path):
     """Data parallelism preserves the computation: a global batch of 4 trajectories sharded over 4 devices
     gives the loss and gradients of the 4 trajectories computed one by one on one device and averaged (what
@@ -309,7 +313,7 @@ def test_four_devices_match_one_device(tmp_path):
     differently and DeRefNet's gradient is only piecewise smooth (ReLU, |·|, floor-based deformable sampling).
     A real sharding bug — one device's trajectory lost — is checked to break the same comparison.
     """
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=4"), JAX_PLATFORMS="cpu")
     proc = _run(["-c", _PARALLEL_SCRIPT, str(tmp_path)], env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -347,6 +351,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_single_process(tmp_path):
     """Two processes with jax.distributed on localhost (CPU collectives) train like one 2-device process."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -362,7 +367,7 @@ def test_two_processes_match_single_process(tmp_path):
     multi = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
     assert all(m["processes"] == 2 for m in multi)
     multi = [np.load(tmp_path / "mp" / f"params_{i}.npy") for i in range(2)]
-    single_env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    single_env = dict(env, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"))
     single = _run(["-c", _MULTIPROCESS_SCRIPT, "0", "0", "1", str(tmp_path / "sp")], env=single_env)
     assert single.returncode == 0, single.stderr[-3000:]
     reference = np.load(tmp_path / "sp" / "params_0.npy")
@@ -373,6 +378,7 @@ def test_two_processes_match_single_process(tmp_path):
 # ------------------------------------------------------------------------------------------ evaluation
 
 
+@pytest.mark.slow
 def test_evaluate_decode_choices_change_the_numbers(smoke_run):
     """``--decode`` reaches the evaluation: continuous decoding of the frames beats the barely trained grid maps."""
     from experiments.evaluate import evaluate_workdir

@@ -52,6 +52,7 @@ def test_rotation_explains_a_rotated_group(phi):
     assert rotated < plain
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_every_row(tmp_path):
     tb.main(["--config", "default", "--trajectories", "3", "--restarts", "1", "--out", str(tmp_path)])
     out = json.loads((tmp_path / "trajectory_basins_default.json").read_text())
