@@ -53,11 +53,13 @@ flags.DEFINE_bool("calibrate", True, "Continuous decoders: fit the imaging model
 def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torch_checkpoint=None,
                      config=None, export_public=False, calibrate=True, pretrained=None,
                      geometry_prior=None) -> dict:
-    """Library form of this command (no flags). Returns the metrics dict (plus ``out_dir`` and, for continuous
+    """Library form of this command (no flags). Returns the metrics dict (plus ``out_dir``, ``protocol_note``
+    -- ``""`` unless the threshold/margin differ from the dataset's benchmark protocol -- and, for continuous
     decoders with ``calibrate``, the ``imaging`` parameters used). ``geometry_prior`` (``None``: the config's
     ``eval.geometry_prior``, else off) adds the SeqCSIST star geometry to the continuous decoders."""
     from seqcsist_jax import evaluate as evaluation
-    from seqcsist_jax.data.splits import check_split, load_arrays, q_for_workdir
+    from seqcsist_jax import protocol
+    from seqcsist_jax.data.splits import check_split, is_single_image, load_arrays, q_for_workdir
     from seqcsist_jax.methods import display_name
     from seqcsist_jax.predictor import make_predictor, restore_run
 
@@ -154,6 +156,10 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         export_public=export_public, metrics_log=workdir / "metrics.jsonl", decode_options=decode_options,
     )
     result["out_dir"] = str(out_dir)
+    # Training says this at its start; a later evaluation (perhaps with overrides) says it again.
+    result["protocol_note"] = protocol.protocol_difference(
+        is_single_image(config.dataset.name), result["threshold"],
+        int(config.eval.get("scored_margin", protocol.SCORED_MARGIN)))
     if imaging is not None:
         result["imaging"] = json.loads(imaging.to_json())
     return result
@@ -208,8 +214,10 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     from seqcsist_jax.fileio import without_non_finite
 
     # Strict JSON, as metrics.json: undefined values (e.g. the RMSE without a single match) print as null.
-    shown = {k: v for k, v in result.items() if k not in ("table_row",)}
+    shown = {k: v for k, v in result.items() if k not in ("table_row", "protocol_note")}
     print(json.dumps(without_non_finite(json.loads(json.dumps(shown, default=float))), indent=1, allow_nan=False))
+    if result["protocol_note"]:
+        print(f"note: {result['protocol_note']}")
     note = evaluation.no_detection_note(result, result["threshold"])
     if note:
         print(f"note: this evaluation found no detection: {note}")

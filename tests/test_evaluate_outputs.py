@@ -111,6 +111,9 @@ def test_train_and_evaluate_commands_print_the_no_detection_note(tmp_path):
     scored = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}"],
                             capture_output=True, text=True, timeout=300, cwd=repo, env=env)
     assert scored.returncode == 0 and "note: this evaluation found no detection" in scored.stdout
+    # training's protocol note at its start is repeated by the later evaluation (once each)
+    protocol_note = "note: scoring at threshold 1e+09 with eval.scored_margin 2, not SeqCSIST's protocol"
+    assert trained.stdout.count(protocol_note) == 1 and scored.stdout.count(protocol_note) == 1, scored.stdout
     assert '"rmse": null' in scored.stdout and "NaN" not in scored.stdout  # strict JSON, as metrics.json
     # Python warnings are one line each, without the file, line and source line that raised them
     assert "\nwarning: RuntimeWarning: Y Yᵀ is ill-conditioned" in "\n" + trained.stderr

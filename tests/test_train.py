@@ -386,6 +386,7 @@ def test_evaluate_decode_choices_change_the_numbers(smoke_run):
     workdir, result = smoke_run
     grid = evaluate_workdir(workdir, checkpoint="best", split="test", decode="grid")
     assert grid["mAP"] == pytest.approx(result["test"]["mAP"])  # same checkpoint, same protocol
+    assert grid["protocol_note"] == ""  # SeqCSIST data scored at threshold 70, margin 2
     traj = evaluate_workdir(workdir, checkpoint="best", split="test", decode="trajectory")
     assert traj["decode"] == "trajectory" and grid["decode"] == "grid"
     assert traj["mAP"] > grid["mAP"] + 0.3
