@@ -42,7 +42,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from seqcsist_jax.fileio import atomic_write_json
+from seqcsist_jax.fileio import atomic_write_json, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -117,18 +117,6 @@ def check_params_match(expected: Any, restored: Any, where: str) -> None:
                 detail = f"parameter {key} is shape {got[key]} in the checkpoint but the model expects {exp[key]}"
             raise ModelMismatchError(f"{where} holds another model or width: {detail} ({len(exp)} model parameters, "
                                   f"{len(got)} in the checkpoint)")
-
-
-def _is_enospc(error: BaseException) -> bool:
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return True
-        if "No space left on device" in str(error) or "ENOSPC" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
 
 
 class _FailedWriteEchoFilter(logging.Filter):
@@ -391,7 +379,7 @@ class RunCheckpoints:
             # (on a full disk, all there was) instead of leaving it to the next start's clean-up.
             for partial in folder.parent.glob(f"{int(step)}.orbax-checkpoint-tmp*"):
                 shutil.rmtree(partial, ignore_errors=True)
-            if _is_enospc(e):
+            if is_disk_full(e):
                 raise CheckpointWriteError(
                     errno.ENOSPC,
                     f"no space left on device while saving checkpoint {folder}; training stopped. Everything "

@@ -10,6 +10,7 @@ the matching reader (one-line errors naming the file).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -158,3 +159,18 @@ def read_json_object(path: PathLike, expected: str, *, label: str | None = None,
     if not isinstance(data, dict):
         raise error(f"{label}: the file holds {json_type(data)}; expected a JSON object ({expected})")
     return data
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or an exception it was raised from) is a full disk: ``ENOSPC``, or a library's own
+    exception whose message carries it (TFDS's writers raise ``OSError`` without an errno, Orbax wraps it)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        text = str(error)
+        if "No space left on device" in text or "ENOSPC" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False

@@ -22,6 +22,7 @@ from seqcsist_jax import checkpointing
 from seqcsist_jax.checkpointing import CheckpointError, CheckpointWriteError, RunCheckpoints, abstract_like
 from seqcsist_jax.metric_writers import MetricsFileError, MetricWriter, drop_torn_last_line, read_metrics
 from seqcsist_jax.run_lock import WorkdirLock, WorkdirLockedError
+from tests.small_disk import mount_tmpfs, unmount
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -227,18 +228,26 @@ def test_enospc_during_save_is_one_clear_error(tmp_path, monkeypatch):
     assert "\n" not in str(info.value)
 
 
-def _mount_tmpfs(path: pathlib.Path, size: str) -> str | None:
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        return "mounting a tmpfs needs root"
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    return None if done.returncode == 0 else f"cannot mount a tmpfs here: {done.stderr.strip()}"
+def test_is_disk_full_reads_errnos_messages_and_causes():
+    from seqcsist_jax.fileio import is_disk_full
+
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    # TFDS's writers: an OSError without errno; Orbax: the OSError as the cause of its own exception
+    assert is_disk_full(OSError('Failed to finalize writing of split "train": [errno 28] No space left on device'))
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "full")
+        except OSError as e:
+            raise RuntimeError("async save failed") from e
+    except RuntimeError as wrapped:
+        assert is_disk_full(wrapped)
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(ValueError("bad value"))
 
 
 def test_enospc_on_a_real_small_disk_then_resume_bitwise(tmp_path):
     disk = tmp_path / "disk"
-    reason = _mount_tmpfs(disk, "3m")
+    reason = mount_tmpfs(disk, "3m")
     if reason:
         pytest.skip(reason)
     try:
@@ -267,14 +276,14 @@ def test_enospc_on_a_real_small_disk_then_resume_bitwise(tmp_path):
         assert_tree_equal(restored, big)
         ckpt.close()
     finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+        unmount(disk)
 
 
 @pytest.mark.slow
 def test_a_full_disk_during_a_real_training_save_prints_one_error_line(tmp_path):
     """Without the echo filters this prints ~100-1,000 lines (Orbax's per-thread logs, "Event loop is closed")."""
     disk = tmp_path / "disk"
-    reason = _mount_tmpfs(disk, "3m")  # the smoke run's Q cache (1 MB) fits, its first checkpoint (~13 MB) not
+    reason = mount_tmpfs(disk, "3m")  # the smoke run's Q cache (1 MB) fits, its first checkpoint (~13 MB) not
     if reason:
         pytest.skip(reason)
     runs = []
@@ -286,7 +295,7 @@ def test_a_full_disk_during_a_real_training_save_prints_one_error_line(tmp_path)
                 env=dict(os.environ, JAX_PLATFORMS="cpu")))
         leftovers = list((disk / "w" / "checkpoints").glob("*/*.orbax-checkpoint-tmp*"))
     finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+        unmount(disk)
     for proc in runs:
         lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("train:")]
         assert proc.returncode == 2, proc.stderr[-3000:]

@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds
 import seqcsist_jax  # noqa: F401  (registers the builder)
 from seqcsist_jax.data.public_format import PublicFormatError, write_public_split
 from seqcsist_jax.data.simulate import simulate_seqcsist, split_seed
+from tests.small_disk import mount_tmpfs, unmount
 from tfds_builders.seqcsist import seqcsist_dataset_builder as sdb
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -183,6 +184,33 @@ def test_mini_agrees_with_simulator(mini, split):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     np.testing.assert_array_equal(got["trajectory_id"], np.arange(n))
     np.testing.assert_array_equal(got["frame_numbers"], np.arange(n * 20).reshape(n, 20))
+
+
+def test_a_full_disk_while_preparing_names_the_data_dir_then_the_same_call_builds(tmp_path):
+    """TFDS's own error on a full disk ("Failed to finalize writing of split ...") names neither the folder nor
+    an errno; the builder's says ENOSPC with the data_dir (the CLI's one-line hint follows from the errno), leaves
+    no incomplete.* folder behind, and once space is freed the same call builds the data."""
+    import errno
+
+    disk = tmp_path / "disk"
+    reason = mount_tmpfs(disk, "2m")  # seqcsist/mini takes ~0.7 MB
+    if reason:
+        pytest.skip(reason)
+    try:
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (1900 * 1024))  # leaves ~150 KB
+        data_dir = disk / "tfds"
+        with pytest.raises(OSError) as info:
+            _build("seqcsist/mini", data_dir)
+        assert info.value.errno == errno.ENOSPC and info.value.filename == str(data_dir), info.value
+        assert "while preparing seqcsist/mini" in str(info.value)
+        assert not list((data_dir / "seqcsist" / "mini").glob("incomplete.*"))
+        filler.unlink()
+        builder = _build("seqcsist/mini", data_dir)
+        assert len(tfds.data_source("seqcsist/mini", split="test", data_dir=os.fspath(data_dir), download=False)) \
+            == builder.info.splits["test"].num_examples > 0
+    finally:
+        unmount(disk)
 
 
 def test_two_builds_are_byte_identical(mini, tmp_path):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import errno
 import logging
 import pathlib
 from typing import Any, Iterator
@@ -341,6 +342,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             if not (self.data_path / "dataset_info.json").exists():
                 raise
             _LOG.warning("%s: another process prepared it at the same time; using its copy", self.data_path)
+        except OSError as e:
+            from seqcsist_jax.fileio import is_disk_full
+
+            if not is_disk_full(e):
+                raise
+            # TFDS's writers say "Failed to finalize writing of split ..." without the folder or an errno; its
+            # incomplete.* folder is removed (by TFDS, or by the next build), so the same command then builds it.
+            raise OSError(errno.ENOSPC, f"No space left on device while preparing {self.name}/"
+                          f"{self.builder_config.name} in data_dir", str(root)) from e
         if not self.info.splits and (self.data_path / "dataset_info.json").exists():
             # TFDS "reuses" data that appeared after this builder was created without reading its split info
             self.info.read_from_directory(self.data_path)
