@@ -342,7 +342,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             if not (self.data_path / "dataset_info.json").exists():
                 raise
             _LOG.warning("%s: another process prepared it at the same time; using its copy", self.data_path)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - only a full disk is translated; anything else is re-raised
             from seqcsist_jax.fileio import is_disk_full
 
             if not is_disk_full(e):
