@@ -9,12 +9,12 @@ The first form reads the run's ``config.json`` from the workdir (``--config.a.b=
 e.g. ``--config.dataset.data_dir``); the second converts a checkpoint trained with the public PyTorch code
 (``.pth`` state_dict, or an ``.npz`` of the same keys) and scores it with ``--config``. Scoring needs no
 optimiser and never loads the training split when the run cached its Q. Metrics JSON, detections CSV and
-figures go to ``{workdir}/eval/{split}[-{decode}]/`` (``…-step{N}/`` for ``--checkpoint`` other than ``best``, so
-the run's own result is never replaced); the paper's table row is printed. Imported or shipped weights are refused
-in a workdir that holds a training run. ``--decode=grid`` is
-the paper protocol (the default unless the config's ``eval.decode`` says otherwise); the others are this
-project's continuous decoders, which first calibrate the imaging model on the training split (once per workdir,
-stored as ``imaging.json`` and printed; ``--nocalibrate`` uses the nominal model).
+figures go to ``{workdir}/eval/{split}[-{decode}]/`` (``…-step{N}/`` for ``--checkpoint`` other than ``best``,
+``…-{key}={value}/`` for ``--config.*`` values other than the run's, so the run's own result is never replaced);
+the paper's table row is printed. Imported or shipped weights are refused in a workdir that holds a training
+run. ``--decode=grid`` is the paper protocol (the default unless the config's ``eval.decode`` says otherwise);
+the others are this project's continuous decoders, which first calibrate the imaging model on the training split
+(once per workdir, stored as ``imaging.json`` and printed; ``--nocalibrate`` uses the nominal model).
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     from seqcsist_jax.predictor import make_predictor, restore_run
 
     workdir = pathlib.Path(workdir)
+    overridden: list[str] = []
     if (pretrained or torch_checkpoint) and ((workdir / "config.json").exists() or (workdir / "checkpoints").is_dir()):
         # Its eval/ holds the run's own test results: scoring other weights there would replace them silently.
         flag = f"--pretrained={pretrained}" if pretrained else f"--torch_checkpoint={torch_checkpoint}"
@@ -96,6 +97,7 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     else:
         from seqcsist_jax.checkpointing import CheckpointError, ModelMismatchError
 
+        given = config
         try:
             config, predictor, params, step = restore_run(workdir, checkpoint, config)
         except ModelMismatchError:
@@ -119,6 +121,11 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
             raise FileNotFoundError(f"{e} (an unfinished run: no validation has finished yet); pass "
                                     f"--checkpoint=latest to score its newest checkpoint (step {newest})") from None
         name = display_name(config.model.name, predictor.method)
+        if given is not None:
+            from seqcsist_jax.workdir import run_config_differences
+
+            # --decode / eval.decode already name the folder
+            overridden = [d for d in run_config_differences(workdir, config) if not d.startswith("eval.decode:")]
     try:
         check_split(config.dataset, split)
     except ValueError as e:
@@ -150,6 +157,10 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         # eval/<split>[-<decode>]/ is the run's result (its best checkpoint, as the trainer's final test writes it);
         # another checkpoint's outputs go next to it, named by its step, and never replace it.
         out_dir = out_dir.with_name(f"{out_dir.name}-step{step}")
+    if overridden:  # a config other than the run's (e.g. --config.eval.threshold): next to the result, not over it
+        out_dir = out_dir.with_name(f"{out_dir.name}-{overrides_folder_suffix(overridden)}")
+        print(f"scoring with a config that differs from the run's ({'; '.join(overridden)}): writing {out_dir}/ "
+              "next to the run's own result")
     result = evaluation.evaluate_run(
         predictor.predict, params, arrays, config.eval, frame_index=predictor.method.frame_index,
         mesh=predictor.mesh, name=name, split=split, decode=decode, step=step, out_dir=out_dir,
@@ -163,6 +174,22 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     if imaging is not None:
         result["imaging"] = json.loads(imaging.to_json())
     return result
+
+
+def overrides_folder_suffix(differences: list[str]) -> str:
+    """``["eval.threshold: 50.0 → 70.0"]`` → ``"eval.threshold=70.0"``: the folder-name part that keeps an
+    evaluation under changed config values apart from the run's own result (long lists: a short hash)."""
+    import hashlib
+    import re
+
+    parts = []
+    for line in differences:
+        key, _, change = line.partition(": ")
+        parts.append(f"{key}={change.rpartition(' → ')[2]}")
+    suffix = re.sub(r"[^A-Za-z0-9._=+-]", "_", "-".join(parts))
+    if len(suffix) > 60:
+        suffix = "config-" + hashlib.sha1("\n".join(differences).encode()).hexdigest()[:10]
+    return suffix
 
 
 def decoder_note(decode: str | None) -> str:

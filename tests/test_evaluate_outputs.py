@@ -31,6 +31,36 @@ def test_another_checkpoint_is_written_next_to_the_runs_result(run, tmp_path):
     assert again["out_dir"] == str(workdir / "eval" / "test") and again["mAP"] == pytest.approx(run[1]["test"]["mAP"])
 
 
+def test_changed_config_values_are_written_next_to_the_runs_result(run, tmp_path):
+    """``evaluate --config.eval.threshold=…`` on a run scores its best checkpoint under the changed value into
+    eval/<split>-<key>=<value>/; settings that do not change the scores (eval.batch_size) keep the run's folder."""
+    from seqcsist_jax.workdir import load_run_config
+
+    workdir = tmp_path / "run"
+    shutil.copytree(run[0], workdir)
+    own = (workdir / "eval" / "test" / "metrics.json").read_bytes()
+    config = load_run_config(workdir)
+    config.eval.threshold = 50.0
+    result = evaluate_workdir(workdir, split="test", config=config)
+    out = workdir / "eval" / "test-eval.threshold=50.0"
+    assert result["out_dir"] == str(out) and json.loads((out / "metrics.json").read_text())["threshold"] == 50.0
+    assert (workdir / "eval" / "test" / "metrics.json").read_bytes() == own  # untouched
+    config = load_run_config(workdir)
+    config.eval.batch_size = 3
+    assert evaluate_workdir(workdir, split="test", config=config)["out_dir"] == str(workdir / "eval" / "test")
+
+
+def test_overrides_folder_suffix():
+    from experiments.evaluate import overrides_folder_suffix
+
+    assert overrides_folder_suffix(["eval.threshold: 70.0 → 50.0"]) == "eval.threshold=50.0"
+    assert overrides_folder_suffix(["dataset.name: 'seqcsist/mini' → 'seqcsist/noise_2'", "seed: 0 → 1"]) == \
+        "dataset.name=_seqcsist_noise_2_-seed=1"
+    long = [f"model.field_{i}: 1 → 2" for i in range(8)]
+    suffix = overrides_folder_suffix(long)
+    assert suffix.startswith("config-") and len(suffix) == 17 and suffix != overrides_folder_suffix(long[:7])
+
+
 def test_shipped_weights_are_refused_in_a_training_run(run):
     with pytest.raises(cli.UsageError, match=r"holds a training run \(config.json, checkpoints/\); "
                                              r"--pretrained=derefnet_quick would replace its eval/ results"):
