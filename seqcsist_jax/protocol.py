@@ -28,10 +28,11 @@ def protocol_difference(single_image: bool, threshold: float, scored_margin: int
     if (float(threshold), int(scored_margin)) == want:
         return ""
     benchmark = "CSIST-100K" if single_image else "SeqCSIST"
+    fix = [f"--config.eval.threshold={want[0]:g}"] if float(threshold) != want[0] else []
+    fix += [f"--config.eval.scored_margin={want[1]}"] if int(scored_margin) != want[1] else []
     return (f"scoring at threshold {float(threshold):g} with eval.scored_margin {int(scored_margin)}, not {benchmark}'s "
             f"protocol (threshold {want[0]:g}, scored_margin {want[1]}), so the scores do not compare with the "
-            f"published ones; --config.eval.threshold={want[0]:g} --config.eval.scored_margin={want[1]} scores "
-            "as the paper does")
+            f"published ones; {' '.join(fix)} scores as the paper does")
 
 
 def scored_frame_range(num_frames: int, margin: int = SCORED_MARGIN) -> tuple[int, int]:

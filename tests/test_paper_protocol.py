@@ -187,4 +187,7 @@ def test_a_dataset_override_alone_is_told_it_left_the_protocol():
     assert note.endswith("--config.eval.threshold=70 --config.eval.scored_margin=2 scores as the paper does")
     assert "CSIST-100K's protocol (threshold 50, scored_margin 0)" in protocol.protocol_difference(True, 70.0, 2)
     assert "CSIST-100K's" in protocol.protocol_difference(True, 50.0, 2)  # one of the two differs
+    # the way back names only what differs
+    assert protocol.protocol_difference(True, 50.0, 2).endswith("; --config.eval.scored_margin=0 scores as the paper does")
+    assert protocol.protocol_difference(False, 50.0, 2).endswith("; --config.eval.threshold=70 scores as the paper does")
     assert protocol.protocol_difference(True, 50, 0) == protocol.protocol_difference(False, 70, 2) == ""
