@@ -653,9 +653,9 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
             _say(f"{workdir}/config.json belongs to a run that never trained a step; replacing it with this config")
             force_config = True
         save_or_check_run_config(workdir, config, force=force_config, write=False)
+    except ConfigMismatchError:
+        raise
     except ValueError as e:  # a damaged config.json (load_run_config names the file and the damage)
-        if isinstance(e, ConfigMismatchError):
-            raise
         raise ValueError(f"{e}; --force_config replaces it with this command's config and continues from the "
                          "checkpoints") from None
     # Built (and the optimiser config validated) before config.json is written, so an invalid value leaves no
