@@ -249,6 +249,9 @@ def os_error_line(error: OSError) -> str:
     where = f" ({error.filename})" if error.filename else ""
     text = str(error) if error.errno is None or error.strerror is None else f"{error.strerror}{where}"
     if error.errno == errno.ENOSPC:
+        if "while preparing" in text:  # the TFDS builder's: a dataset build has no checkpoint to resume from
+            return (f"{text}: the disk is full; free space and run the same command again (the dataset is built "
+                    "anew; nothing half-written is read)")
         return (f"{text}: the disk is full; free space and run the same command again (finished outputs are "
                 "kept; a training run resumes from its last checkpoint)")
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):

@@ -201,6 +201,17 @@ def decoder_note(decode: str | None) -> str:
             "the same: README 'Beyond the grid: continuous decoding')")
 
 
+def written_files(out_dir: str | pathlib.Path, export_public: bool) -> list[str]:
+    """What an evaluation wrote into ``out_dir``, for the closing line: the loss figure only where the run had a
+    metrics log to draw it from (a shipped or PyTorch checkpoint has none)."""
+    names = ["metrics.json", "detections.csv", "pr_curves.png", "samples.png"]
+    if (pathlib.Path(out_dir) / "loss_curves.png").exists():
+        names.append("loss_curves.png")
+    if export_public:
+        names.append("public/ (predictions in the public release's layout)")
+    return names
+
+
 def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
@@ -250,8 +261,7 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
         print(f"note: this evaluation found no detection: {note}")
     if decoder_note(result.get("decode")):
         print(decoder_note(result.get("decode")))
-    public = ", public/ (predictions in the public release's layout)" if FLAGS.export_public else ""
-    print(f"wrote {result['out_dir']}/ (metrics.json, detections.csv, pr_curves.png, samples.png{public})")
+    print(f"wrote {result['out_dir']}/ ({', '.join(written_files(result['out_dir'], FLAGS.export_public))})")
 
 
 def run(argv: list[str] | None = None) -> None:

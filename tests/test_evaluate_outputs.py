@@ -61,6 +61,21 @@ def test_overrides_folder_suffix():
     assert suffix.startswith("config-") and len(suffix) == 17 and suffix != overrides_folder_suffix(long[:7])
 
 
+def test_the_closing_line_lists_what_the_evaluation_wrote(run, tmp_path):
+    """A run's evaluation draws its loss curves (from metrics.jsonl) and says so; weights without a metrics log
+    leave no loss figure, so the line does not promise one."""
+    from experiments.evaluate import written_files
+
+    out = run[0] / "eval" / "test"
+    assert written_files(out, False) == ["metrics.json", "detections.csv", "pr_curves.png", "samples.png",
+                                         "loss_curves.png"]
+    assert all((out / name).exists() for name in written_files(out, False))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    names = written_files(bare, True)
+    assert "loss_curves.png" not in names and names[-1].startswith("public/")
+
+
 def test_shipped_weights_are_refused_in_a_training_run(run):
     with pytest.raises(cli.UsageError, match=r"holds a training run \(config.json, checkpoints/\); "
                                              r"--pretrained=derefnet_quick would replace its eval/ results"):

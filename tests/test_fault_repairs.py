@@ -218,6 +218,11 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
 def test_os_errors_are_one_line_with_what_to_do():
     full = cli.os_error_line(OSError(errno.ENOSPC, "No space left on device", "/w/qinit.npz"))
     assert full.startswith("No space left on device (/w/qinit.npz): the disk is full") and "run the same" in full
+    assert "resumes from its last checkpoint" in full
+    build = cli.os_error_line(OSError(errno.ENOSPC, "No space left on device while preparing seqcsist/mini in "
+                                      "data_dir", "/d"))
+    assert build.startswith("No space left on device while preparing seqcsist/mini in data_dir (/d): the disk")
+    assert "built anew" in build and "checkpoint" not in build
     assert "writable --workdir" in cli.os_error_line(OSError(errno.EROFS, "Read-only file system", "/w"))
     assert "check --workdir" in cli.os_error_line(FileExistsError(errno.EEXIST, "File exists", "/w"))
     assert cli.os_error_line(OSError("plain")) == "plain"
