@@ -236,9 +236,31 @@ def one_line_warnings() -> None:
     warnings.formatwarning = format_warning
 
 
+def close_progress_bars() -> int:
+    """Closes the progress bars an exception left open (TFDS's, while it prepared a dataset), so that their
+    final redraw does not land after, or over, the error line printed next; returns how many it closed."""
+    std = sys.modules.get("tqdm.std")
+    if std is None:  # nothing imported tqdm: no bar can be open
+        return 0
+    closed = 0
+    classes = [std.tqdm]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        for bar in list(cls.__dict__.get("_instances", ())):
+            try:
+                bar.close()
+                closed += 1
+            except Exception:  # noqa: BLE001 - a bar that cannot redraw must not hide the error itself
+                pass
+    return closed
+
+
 def fail(message: str, status: int = 2) -> None:
-    """Prints one ``error: ...`` line to stderr and exits."""
-    print(f"error: {message}", file=sys.stderr)
+    """Prints one ``error: ...`` line to stderr (after closing any open progress bar) and exits."""
+    # a closed nested bar leaves the cursor mid-line on the bar above it: start the error on a line of its own
+    start = "\n" if close_progress_bars() else ""
+    print(f"{start}error: {message}", file=sys.stderr)
     sys.exit(status)
 
 

@@ -239,6 +239,31 @@ def test_train_on_a_damaged_public_release_is_one_line(tmp_path):
     assert len(errors) == 1 and str(bad) in errors[0] and "xc" in errors[0]
 
 
+def test_an_error_closes_open_progress_bars_before_its_line(capsys):
+    """A dataset build that fails mid-way (a full disk) leaves TFDS's bars open; their final redraw used to land
+    after the error line, and a nested bar's cursor-up put the error mid-line over the bar above."""
+    import io
+
+    from tqdm import auto, std
+
+    cli.close_progress_bars()  # bars other tests left open in this process
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.fail("plain")
+    assert exit_info.value.code == 2 and capsys.readouterr().err == "error: plain\n"
+
+    screen = io.StringIO()
+    outer = std.tqdm(total=3, file=screen, desc="splits")
+    inner = auto.tqdm(total=350, file=screen, position=1, leave=False, desc="examples")
+    inner.update(1)
+    assert not outer.disable and not inner.disable
+    with pytest.raises(SystemExit):
+        cli.fail("No space left on device")
+    assert outer.disable and inner.disable  # closed: nothing redraws after the line below
+    assert capsys.readouterr().err == "\nerror: No space left on device\n"
+    assert cli.close_progress_bars() == 0
+
+
 def test_continuous_scores_are_attributed_to_the_decoder():
     from experiments import evaluate
 
