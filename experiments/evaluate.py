@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from typing import Any
 
 from absl import flags
 
@@ -148,8 +149,7 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
 
         imaging, fresh = load_or_calibrate(workdir / IMAGING_FILE,
                                            lambda: load_arrays(config.dataset, config.dataset.train_split))
-        print(f"imaging model {'calibrated on the training split' if fresh else 'from ' + str(workdir / IMAGING_FILE)}"
-              f": {imaging}")
+        print(imaging_line(imaging, fresh, workdir / IMAGING_FILE))
         decode_options["imaging"] = imaging
     arrays = load_arrays(config.dataset, split)
     out_dir = evaluation.eval_dir(workdir, split, decode)
@@ -164,7 +164,7 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     result = evaluation.evaluate_run(
         predictor.predict, params, arrays, config.eval, frame_index=predictor.method.frame_index,
         mesh=predictor.mesh, name=name, split=split, decode=decode, step=step, out_dir=out_dir,
-        export_public=export_public, metrics_log=workdir / "metrics.jsonl", decode_options=decode_options,
+        export_public=export_public, metrics_log=training_log(workdir), decode_options=decode_options,
     )
     result["out_dir"] = str(out_dir)
     # Training says this at its start; a later evaluation (perhaps with overrides) says it again.
@@ -199,6 +199,20 @@ def decoder_note(decode: str | None) -> str:
     return (f"note: the {decode} decoder fits the frames themselves; the model's maps only seed it, so this score "
             "measures the decoder more than the model (decoding the frames alone, without the model, scores about "
             "the same: README 'Beyond the grid: continuous decoding')")
+
+
+def imaging_line(imaging: Any, fresh: bool, path: pathlib.Path) -> str:
+    """The line that says which imaging model a continuous decoder fits: calibrated now (and saved to ``path``)
+    or read back from ``path``."""
+    origin = f"calibrated on the training split, saved to {path}" if fresh else f"read from {path}"
+    return f"imaging model {origin}: {str(imaging).removeprefix('imaging: ')}"
+
+
+def training_log(workdir: pathlib.Path) -> pathlib.Path | None:
+    """The run's ``metrics.jsonl`` to draw its loss curves from; None where there is none to draw (shipped or
+    imported weights, a run killed before its first log line), so no empty figure is written."""
+    log = pathlib.Path(workdir) / "metrics.jsonl"
+    return log if log.is_file() and log.stat().st_size > 0 else None
 
 
 def written_files(out_dir: str | pathlib.Path, export_public: bool) -> list[str]:
@@ -256,7 +270,7 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     print(json.dumps(without_non_finite(json.loads(json.dumps(shown, default=float))), indent=1, allow_nan=False))
     if result["protocol_note"]:
         print(f"note: {result['protocol_note']}")
-    note = evaluation.no_detection_note(result, result["threshold"])
+    note = evaluation.no_detection_note(result, result["threshold"], result.get("step"))
     if note:
         print(f"note: this evaluation found no detection: {note}")
     if decoder_note(result.get("decode")):

@@ -53,7 +53,7 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
           f"{result.get('eval_dir', FLAGS.workdir)}")
     from seqcsist_jax.evaluate import no_detection_note
 
-    note = no_detection_note(test, config.eval.get("threshold", 70.0))
+    note = no_detection_note(test, config.eval.get("threshold", 70.0), test.get("step", result.get("step")))
     if note:
         print(f"note: the test evaluation found no detection: {note}")
 

@@ -625,12 +625,14 @@ class TrainingInterrupted(Exception):
         self.signum = int(signum)
 
 
-def _no_detection_note(metrics: dict, config: ml_collections.ConfigDict, said_before: bool = False) -> str:
-    """A hint appended to an evaluation line that found no detection at all (a collapsed map output); after the
-    first such line of a run (``said_before``) only a short reminder, so early evaluations do not repeat it."""
+def _no_detection_note(metrics: dict, config: ml_collections.ConfigDict, said_before: bool = False,
+                       step: int | None = None) -> str:
+    """A hint appended to an evaluation line (at training ``step``) that found no detection at all (a collapsed
+    map output); after the first such line of a run (``said_before``) only a short reminder, so early
+    evaluations do not repeat it."""
     from seqcsist_jax.evaluate import no_detection_note
 
-    note = no_detection_note(metrics, config.eval.get("threshold", 70.0))
+    note = no_detection_note(metrics, config.eval.get("threshold", 70.0), step)
     if note and said_before:
         return " — still no detection (see the first such line)"
     return f" — {note}" if note else ""
@@ -752,7 +754,7 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
                 )
                 save_latest(state, step)
                 trainer.checkpoints.drop_old_best()
-                note = _no_detection_note(metrics_eval, config, said_before=said_no_detection)
+                note = _no_detection_note(metrics_eval, config, said_before=said_no_detection, step=step)
                 said_no_detection = said_no_detection or bool(note)
                 _say(f"step {step}: {config.dataset.eval_split} CSO-mAP {100 * metrics_eval['mAP']:.2f}"
                      + (" (new best)" if best else "") + note)

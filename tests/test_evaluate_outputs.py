@@ -75,6 +75,31 @@ def test_the_closing_line_lists_what_the_evaluation_wrote(run, tmp_path):
     names = written_files(bare, True)
     assert "loss_curves.png" not in names and names[-1].startswith("public/")
 
+    # a workdir without a training log (shipped weights; a run killed before its first log line): no empty
+    # loss figure is drawn, and the one an earlier evaluation drew goes
+    workdir = tmp_path / "run"
+    shutil.copytree(run[0], workdir)
+    (workdir / "metrics.jsonl").write_bytes(b"")
+    result = evaluate_workdir(workdir, split="test")
+    assert not (workdir / "eval" / "test" / "loss_curves.png").exists()
+    assert "loss_curves.png" not in written_files(result["out_dir"], False)
+
+
+def test_training_log_and_imaging_line(run, tmp_path):
+    from experiments.evaluate import imaging_line, training_log
+    from seqcsist_jax.decode.imaging_params import ImagingParams
+
+    assert training_log(run[0]) == run[0] / "metrics.jsonl"
+    assert training_log(tmp_path) is None
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert training_log(tmp_path) is None
+    imaging = ImagingParams()
+    fresh = imaging_line(imaging, True, tmp_path / "imaging.json")
+    assert fresh.startswith(f"imaging model calibrated on the training split, saved to {tmp_path}/imaging.json: "
+                            "sigma=")
+    again = imaging_line(imaging, False, tmp_path / "imaging.json")
+    assert again.startswith(f"imaging model read from {tmp_path}/imaging.json: sigma=") and "imaging:" not in again
+
 
 def test_shipped_weights_are_refused_in_a_training_run(run):
     with pytest.raises(cli.UsageError, match=r"holds a training run \(config.json, checkpoints/\); "
@@ -137,6 +162,12 @@ def test_an_evaluation_without_detection_says_so():
     assert "no map cell reached the threshold 70:" in no_detection_note({"num_detections": 0, "num_gt": 5}, 70.0)
     assert no_detection_note({"num_detections": 3, "num_gt": 5}, 70.0) == ""
     assert no_detection_note({"num_detections": 0, "num_gt": 0}, 70.0) == ""  # nothing to find: nothing missed
+    # a run too short to detect anything is not called collapsed, nor sent to other seeds
+    short = no_detection_note({"num_detections": 0, "num_gt": 5}, 70.0, steps=6)
+    assert "after 6 training steps" in short and "as expected of a run this short" in short
+    assert "collapsed" not in short and "--config.seed" not in short
+    long = no_detection_note({"num_detections": 0, "num_gt": 5}, 70.0, steps=350)
+    assert "collapsed" in long and "--config.seed" in long
 
 
 def test_train_and_evaluate_commands_print_the_no_detection_note(tmp_path):
@@ -153,6 +184,7 @@ def test_train_and_evaluate_commands_print_the_no_detection_note(tmp_path):
                              env=env)
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "note: the test evaluation found no detection: no map cell reached the threshold 1e+09" in trained.stdout
+    assert "as expected of a run this short" in trained.stdout  # srcnn:smoke trains 6 steps
     scored = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}"],
                             capture_output=True, text=True, timeout=300, cwd=repo, env=env)
     assert scored.returncode == 0 and "note: this evaluation found no detection" in scored.stdout

@@ -443,6 +443,10 @@ def test_evaluation_line_says_when_the_model_outputs_nothing():
     assert train_lib._no_detection_note({"mAP": 0.0, "num_detections": 0.0, "num_gt": 0.0}, config) == ""
     again = train_lib._no_detection_note({"mAP": 0.0, "num_detections": 0.0, "num_gt": 3440.0}, config, True)
     assert again == " — still no detection (see the first such line)"
+    early = train_lib._no_detection_note({"mAP": 0.0, "num_detections": 0.0, "num_gt": 3440.0}, config, step=3)
+    assert "after 3 training steps" in early and "--config.seed" not in early
+    late = train_lib._no_detection_note({"mAP": 0.0, "num_detections": 0.0, "num_gt": 3440.0}, config, step=350)
+    assert late == note
 
 
 def test_without_a_bar_progress_lines_come_at_most_once_a_minute(monkeypatch, capsys):
