@@ -63,6 +63,15 @@ def test_csist100k_tfds_name_loads_with_image_numbers(tmp_path):
     np.testing.assert_array_equal(got["trajectory_id"], np.arange(4))
 
 
+def test_split_names_and_unknown_splits():
+    dataset = configs.get_config("dista:smoke").dataset
+    dataset.eval_split = "val"
+    assert splits.split_names(dataset) == ("train", "val", "test")
+    splits.check_split(dataset, "val")
+    with pytest.raises(ValueError, match=r"unknown split 'validation' for .*; choose from train, val, test"):
+        splits.check_split(dataset, "validation")
+
+
 def test_dataset_names_are_checked_before_anything_is_built(tmp_path):
     for name in ("seqcsist", "seqcsist/mini:1.0.0", "csist100k/public", "csist100k:1.0.0", "simulated",
                  "simulated_csist100k", "seqcsist/targets_2_8"):

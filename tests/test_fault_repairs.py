@@ -215,6 +215,14 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     assert json.loads(target.read_text()) == {"a": 1}
 
 
+def test_glob_escape_matches_only_the_literal_name(tmp_path):
+    name = "run[1]*?.json"
+    for other in (name, "run1x.json", "run[1]ab.json", "run1.json"):
+        (tmp_path / other).write_text("")
+    assert fileio.glob_escape(name) == "run[[]1][*][?].json"
+    assert [p.name for p in tmp_path.glob(fileio.glob_escape(name))] == [name]
+
+
 def test_os_errors_are_one_line_with_what_to_do():
     full = cli.os_error_line(OSError(errno.ENOSPC, "No space left on device", "/w/qinit.npz"))
     assert full.startswith("No space left on device (/w/qinit.npz): the disk is full") and "run the same" in full

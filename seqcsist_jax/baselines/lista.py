@@ -100,11 +100,6 @@ def frame_mse_loss(outputs: dict, labels: jax.Array, public_broadcast: bool = Fa
     return reduce_terms({"discrepancy": term}, {})
 
 
-def lista_loss(outputs: dict, labels: jax.Array) -> tuple[jax.Array, dict]:
-    """Per-frame LISTA loss: MSE over all frames of each trajectory, averaged over trajectories."""
-    return frame_mse_loss(outputs, labels, public_broadcast=False)
-
-
 def loss_from_config(loss_config) -> "methods.LossFn":
     """:func:`frame_mse_loss` with ``loss_config.public_broadcast`` (default False)."""
     public_broadcast = bool(loss_config.get("public_broadcast", False)) if loss_config is not None else False
