@@ -195,3 +195,21 @@ def test_train_and_evaluate_commands_print_the_no_detection_note(tmp_path):
     # Python warnings are one line each, without the file, line and source line that raised them
     assert "\nwarning: RuntimeWarning: Y Yᵀ is ill-conditioned" in "\n" + trained.stderr
     assert "splits.py:" not in trained.stderr, trained.stderr[-2000:]
+
+
+def test_export_detections_writes_one_row_per_detection(tmp_path):
+    import csv
+
+    import numpy as np
+
+    from seqcsist_jax.evaluate import export_detections
+
+    detections = [[np.array([[1.5, 2.25, 230.0, 0.9], [3.0, 4.0, 120.0, 0.5]]), np.zeros((0, 4))],
+                  [np.zeros((0, 4)), np.array([[5.125, 6.0, 99.5, 0.25]])]]
+    export_detections(tmp_path / "d.csv", detections, [7, 9], [2, 3])
+    with open(tmp_path / "d.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["trajectory", "frame", "x", "y", "brightness", "score"]
+    assert [(int(r[0]), int(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5])) for r in rows[1:]] == [
+        (7, 2, 1.5, 2.25, 230.0, 0.9), (7, 2, 3.0, 4.0, 120.0, 0.5), (9, 3, 5.125, 6.0, 99.5, 0.25)]
+    assert [p.name for p in tmp_path.iterdir()] == ["d.csv"]  # its temporary file was renamed into place
