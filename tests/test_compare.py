@@ -372,3 +372,22 @@ def test_a_row_failing_with_a_config_error_is_logged_in_one_line(caplog):
     assert one.getMessage() == ("mine failed: MethodContractError: method 'mine': the model returned an array "
                                 "second") and one.exc_info is None
     assert bug.getMessage() == "bug failed" and isinstance(bug.exc_info[1], KeyError)  # a bug keeps its traceback
+
+
+def test_failed_rows_line_and_output_error_line(tmp_path):
+    import errno
+
+    rows = [{"method": "srcnn"}, {"method": "espcn", "error": "FloatingPointError: loss is nan\ntraceback…"},
+            {"method": "edsr", "error": "killed for memory"}]
+    line = compare.failed_rows_line(rows)
+    assert line.startswith("2 of 3 rows failed: espcn (FloatingPointError: loss is nan), edsr (killed for memory);")
+    assert "traceback" not in line and "run the same command again" in line
+    assert compare.failed_rows_line(rows[:1]) is None
+
+    prefix = tmp_path / "table"
+    read_only = compare.output_error_line(OSError(errno.EROFS, "Read-only file system", str(tmp_path)), prefix)
+    assert read_only == (f"cannot write the table {prefix}.{{md,json,png}}: Read-only file system ({tmp_path}); "
+                         "choose a writable --output (finished rows are kept in their workdirs)")
+    full = compare.output_error_line(OSError(errno.ENOSPC, "No space left on device", f"{prefix}.md"), prefix)
+    assert full.startswith(f"cannot write the table {prefix}.{{md,json,png}}: No space left on device") and \
+        "the disk is full" in full
