@@ -625,17 +625,23 @@ class TrainingInterrupted(Exception):
         self.signum = int(signum)
 
 
-def _no_detection_note(metrics: dict, config: ml_collections.ConfigDict, said_before: bool = False,
+def _no_detection_note(metrics: dict, config: ml_collections.ConfigDict, said: set[str] | None = None,
                        step: int | None = None) -> str:
-    """A hint appended to an evaluation line (at training ``step``) that found no detection at all (a collapsed
-    map output); after the first such line of a run (``said_before``) only a short reminder, so early
-    evaluations do not repeat it."""
-    from seqcsist_jax.evaluate import no_detection_note
+    """A hint appended to an evaluation line (at training ``step``) that found no detection at all: expected
+    after a few steps, a collapsed map output later on. Each kind of hint is said in full once per call (the
+    kinds said so far are kept in ``said``), then only a short reminder, so early evaluations do not repeat it
+    and the collapse hint still comes after a short-run one."""
+    from seqcsist_jax.evaluate import SHORT_RUN_STEPS, no_detection_note
 
     note = no_detection_note(metrics, config.eval.get("threshold", 70.0), step)
-    if note and said_before:
-        return " — still no detection (see the first such line)"
-    return f" — {note}" if note else ""
+    if not note:
+        return ""
+    kind = "short run" if step is not None and 0 <= step < SHORT_RUN_STEPS else "collapse"
+    if said is not None:
+        if kind in said:
+            return " — still no detection (see the first such line)"
+        said.add(kind)
+    return f" — {note}"
 
 
 def _has_trained(workdir: pathlib.Path) -> bool:
@@ -704,7 +710,7 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
             )
 
     last_save = [time.monotonic()]
-    said_no_detection = False  # the long no-detection hint is said once per call, then a short reminder
+    said_no_detection: set[str] = set()  # each no-detection hint is said once per call, then a short reminder
 
     def save_latest(s: TrainState, at: int) -> None:
         check_finite(s)
@@ -754,8 +760,7 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
                 )
                 save_latest(state, step)
                 trainer.checkpoints.drop_old_best()
-                note = _no_detection_note(metrics_eval, config, said_before=said_no_detection, step=step)
-                said_no_detection = said_no_detection or bool(note)
+                note = _no_detection_note(metrics_eval, config, said_no_detection, step=step)
                 _say(f"step {step}: {config.dataset.eval_split} CSO-mAP {100 * metrics_eval['mAP']:.2f}"
                      + (" (new best)" if best else "") + note)
             elif (last or (save_every_steps and step % save_every_steps == 0)

@@ -437,16 +437,17 @@ def test_evaluate_imported_checkpoint_and_public_export(smoke_run, tmp_path):
 
 def test_evaluation_line_says_when_the_model_outputs_nothing():
     config = configs.get_config("derefnet_quick")
-    note = train_lib._no_detection_note({"mAP": 0.0, "num_detections": 0.0, "num_gt": 3440.0}, config)
+    nothing = {"mAP": 0.0, "num_detections": 0.0, "num_gt": 3440.0}
+    note = train_lib._no_detection_note(nothing, config)
     assert "no map cell reached the threshold 70" in note and "--config.seed" in note
     assert train_lib._no_detection_note({"mAP": 0.1, "num_detections": 12.0, "num_gt": 3440.0}, config) == ""
     assert train_lib._no_detection_note({"mAP": 0.0, "num_detections": 0.0, "num_gt": 0.0}, config) == ""
-    again = train_lib._no_detection_note({"mAP": 0.0, "num_detections": 0.0, "num_gt": 3440.0}, config, True)
-    assert again == " — still no detection (see the first such line)"
-    early = train_lib._no_detection_note({"mAP": 0.0, "num_detections": 0.0, "num_gt": 3440.0}, config, step=3)
-    assert "after 3 training steps" in early and "--config.seed" not in early
-    late = train_lib._no_detection_note({"mAP": 0.0, "num_detections": 0.0, "num_gt": 3440.0}, config, step=350)
-    assert late == note
+    # one run's evaluations: the short-run hint once, then the collapse hint once, then reminders
+    said: set[str] = set()
+    lines = [train_lib._no_detection_note(nothing, config, said, step=step) for step in (3, 6, 350, 700)]
+    assert "after 3 training steps" in lines[0] and "--config.seed" not in lines[0]
+    assert lines[1] == lines[3] == " — still no detection (see the first such line)"
+    assert lines[2] == train_lib._no_detection_note(nothing, config, step=350) == note
 
 
 def test_without_a_bar_progress_lines_come_at_most_once_a_minute(monkeypatch, capsys):
