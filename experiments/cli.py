@@ -271,11 +271,10 @@ def os_error_line(error: OSError) -> str:
     where = f" ({error.filename})" if error.filename else ""
     text = str(error) if error.errno is None or error.strerror is None else f"{error.strerror}{where}"
     if error.errno == errno.ENOSPC:
-        if "while preparing" in text:  # the TFDS builder's: a dataset build has no checkpoint to resume from
-            return (f"{text}: the disk is full; free space and run the same command again (the dataset is built "
-                    "anew; nothing half-written is read)")
-        return (f"{text}: the disk is full; free space and run the same command again (finished outputs are "
-                "kept; a training run resumes from its last checkpoint)")
+        # what the rerun does; the code that raised may say it (a dataset build starts over, it does not resume)
+        rerun = getattr(error, "rerun_note", "finished outputs are kept; a training run resumes from its last "
+                                             "checkpoint")
+        return f"{text}: the disk is full; free space and run the same command again ({rerun})"
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"{text}: cannot write there; choose a writable --workdir (or data_dir)"
     if error.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):

@@ -227,8 +227,9 @@ def test_os_errors_are_one_line_with_what_to_do():
     full = cli.os_error_line(OSError(errno.ENOSPC, "No space left on device", "/w/qinit.npz"))
     assert full.startswith("No space left on device (/w/qinit.npz): the disk is full") and "run the same" in full
     assert "resumes from its last checkpoint" in full
-    build = cli.os_error_line(OSError(errno.ENOSPC, "No space left on device while preparing seqcsist/mini in "
-                                      "data_dir", "/d"))
+    preparing = OSError(errno.ENOSPC, "No space left on device while preparing seqcsist/mini in data_dir", "/d")
+    preparing.rerun_note = "the dataset is built anew; nothing half-written is read"
+    build = cli.os_error_line(preparing)
     assert build.startswith("No space left on device while preparing seqcsist/mini in data_dir (/d): the disk")
     assert "built anew" in build and "checkpoint" not in build
     assert "writable --workdir" in cli.os_error_line(OSError(errno.EROFS, "Read-only file system", "/w"))

@@ -204,6 +204,10 @@ def test_a_full_disk_while_preparing_names_the_data_dir_then_the_same_call_build
             _build("seqcsist/mini", data_dir)
         assert info.value.errno == errno.ENOSPC and info.value.filename == str(data_dir), info.value
         assert "while preparing seqcsist/mini" in str(info.value)
+        from experiments.cli import os_error_line
+
+        line = os_error_line(info.value)
+        assert "the disk is full" in line and "built anew" in line and "checkpoint" not in line
         assert not list((data_dir / "seqcsist" / "mini").glob("incomplete.*"))
         filler.unlink()
         builder = _build("seqcsist/mini", data_dir)

@@ -349,8 +349,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 raise
             # TFDS's writers say "Failed to finalize writing of split ..." without the folder or an errno; its
             # incomplete.* folder is removed (by TFDS, or by the next build), so the same command then builds it.
-            raise OSError(errno.ENOSPC, f"No space left on device while preparing {self.name}/"
-                          f"{self.builder_config.name} in data_dir", str(root)) from e
+            full = OSError(errno.ENOSPC, f"No space left on device while preparing {self.name}/"
+                           f"{self.builder_config.name} in data_dir", str(root))
+            full.rerun_note = "the dataset is built anew; nothing half-written is read"  # the CLI's error line
+            raise full from e
         if not self.info.splits and (self.data_path / "dataset_info.json").exists():
             # TFDS "reuses" data that appeared after this builder was created without reading its split info
             self.info.read_from_directory(self.data_path)
