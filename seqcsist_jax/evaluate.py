@@ -493,13 +493,18 @@ def _evaluate_run(predict, params, arrays, eval_config, *, frame_index, mesh, na
 SHORT_RUN_STEPS = 100
 
 
+def is_short_run(steps: int | None) -> bool:
+    """Whether weights trained ``steps`` steps (None: unknown) are too young to be expected to detect anything."""
+    return steps is not None and 0 <= steps < SHORT_RUN_STEPS
+
+
 def no_detection_note(metrics: Mapping[str, Any], threshold: float, steps: int | None = None) -> str:
     """The hint for an evaluation that found no detection at all although the split has targets ('' otherwise):
     no map cell reached ``threshold``, i.e. the model outputs nothing yet, or its run collapsed. ``steps``, the
     training steps behind the scored weights where known, tells the two apart for runs too short to detect."""
     if metrics.get("num_detections", 1) or not metrics.get("num_gt", 0):
         return ""
-    if steps is not None and 0 <= steps < SHORT_RUN_STEPS:
+    if is_short_run(steps):
         return (f"no map cell reached the threshold {threshold:g}: after {steps} training steps the model outputs "
                 "nothing yet, as expected of a run this short (the :smoke configs check the machinery, not the "
                 "score)")

@@ -631,12 +631,12 @@ def _no_detection_note(metrics: dict, config: ml_collections.ConfigDict, said: s
     after a few steps, a collapsed map output later on. Each kind of hint is said in full once per call (the
     kinds said so far are kept in ``said``), then only a short reminder, so early evaluations do not repeat it
     and the collapse hint still comes after a short-run one."""
-    from seqcsist_jax.evaluate import SHORT_RUN_STEPS, no_detection_note
+    from seqcsist_jax.evaluate import is_short_run, no_detection_note
 
     note = no_detection_note(metrics, config.eval.get("threshold", 70.0), step)
     if not note:
         return ""
-    kind = "short run" if step is not None and 0 <= step < SHORT_RUN_STEPS else "collapse"
+    kind = "short run" if is_short_run(step) else "collapse"
     if said is not None:
         if kind in said:
             return " — still no detection (see the first such line)"

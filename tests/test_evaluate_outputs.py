@@ -166,6 +166,10 @@ def test_an_evaluation_without_detection_says_so():
     short = no_detection_note({"num_detections": 0, "num_gt": 5}, 70.0, steps=6)
     assert "after 6 training steps" in short and "as expected of a run this short" in short
     assert "collapsed" not in short and "--config.seed" not in short
+    from seqcsist_jax.evaluate import SHORT_RUN_STEPS, is_short_run
+
+    assert is_short_run(0) and is_short_run(SHORT_RUN_STEPS - 1)
+    assert not is_short_run(SHORT_RUN_STEPS) and not is_short_run(None)
     long = no_detection_note({"num_detections": 0, "num_gt": 5}, 70.0, steps=350)
     assert "collapsed" in long and "--config.seed" in long
 
