@@ -364,9 +364,10 @@ def markdown(res: dict[str, Any]) -> str:
         spread = (f" In {len(fresh)} fresh processes (this row's and {len(fresh) - 1} more) it took "
                   f"{', '.join(f'{x:.1f}' for x in fresh)} s: median {float(np.median(fresh)):.1f} s."
                   if len(fresh) > 1 else "")
-        lines += ["", f"`{r['name']}` ran first in a fresh process: its {r['seconds']:.1f} s wall include compiling "
-                      f"every program it uses; the same call again took {r['warm_seconds']:.1f} s "
-                      f"({r['warm_cpu_seconds']:.1f} CPU s).{spread}"]
+        lines += ["", f"`{r['name']}` ran first in a fresh process: its {r['seconds']:.1f} s wall includes compiling "
+                      f"every program it uses; the same call again in the same process, already compiled, took "
+                      f"{r['warm_seconds']:.1f} s ({r['warm_cpu_seconds']:.1f} CPU s).{spread} The other rows ran "
+                      "after it in the same process."]
     lines += ["", f"Diagnostics of `{res['diagnosed']}`:", "",
               "| true count | " + " | ".join(str(k) for k in d["mAP_by_true_count"]) + " |",
               "|---|" + "---|" * len(d["mAP_by_true_count"]),
@@ -432,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--standin", action="store_true", help="use the stand-in generator instead of csist100k/default")
     p.add_argument("--fresh-runs", type=int, default=2,
                    help="further fresh processes that time the preset alone (the machine's load varies: the "
-                        "report gives the median and range of all fresh-process times)")
+                        "report gives the median and range of all fresh-process times; 0: none)")
     p.add_argument("--time-preset-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     data, source = load_test_split(args.images, args.seed, args.standin)
