@@ -19,7 +19,8 @@ from scipy.optimize import linear_sum_assignment
 
 from seqcsist_jax import imaging
 from seqcsist_jax.data.csist100k import simulate_csist100k
-from seqcsist_jax.decode import CSIST100K_OPTIONS, CountCapWarning, centre, decode_arrays, frames, make_options
+from seqcsist_jax.decode import (CSIST100K_OPTIONS, CountCapWarning, centre, decode_arrays, frames,
+                                 localisation_confidence, make_options)
 from seqcsist_jax.decode.centre import centre_fits, centre_objective, log_rounding_likelihood
 
 LEAST_SQUARES = dict(max_targets=5, single_pixel=True, layout_starts=6, min_separation=0.494, uniform_slots=True)
@@ -186,6 +187,98 @@ def test_fit_starts_alternatives_are_distinct_basins_best_first(clipped_group):
     np.testing.assert_array_equal(solo[0], best)
 
 
+def _agreement_loops(best, best_cost, ends, end_costs, count, radius, temperature):
+    """Loop reference of :func:`centre.basin_agreement` for one frame (float64)."""
+    share = np.ones(best.shape[0])
+    for k in range(count):
+        num, den = 1.0, 1.0
+        for b in range(len(ends)):
+            if not np.isfinite(end_costs[b]):
+                continue
+            w = np.exp(-np.clip((end_costs[b] - best_cost) / temperature, -50, 50))
+            near = min(np.hypot(*(ends[b, j, :2] - best[k, :2])) for j in range(count)) <= radius
+            num, den = num + w * near, den + w
+        share[k] = num / den
+    return share
+
+
+def test_basin_agreement_matches_loops():
+    rng = np.random.default_rng(0)
+    fn = jax.jit(centre.basin_agreement, static_argnames=("radius", "temperature"))
+    for trial in range(20):
+        count, a = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        best = rng.uniform(4.5, 5.5, (5, 3)).astype(np.float64)
+        ends = best[None] + rng.normal(0, 0.12, (a, 5, 3))
+        # The match is to any active target, in any order (active rows first, as fits store them).
+        ends[:, :count] = ends[:, rng.permutation(count)]
+        costs = rng.normal(0, 2, a)
+        costs[rng.random(a) < 0.2] = np.inf
+        active = np.arange(5) < count
+        for temperature in (0.5, 1.0):
+            got = np.asarray(fn(jnp.asarray(best), jnp.float32(0.3), jnp.asarray(ends), jnp.asarray(costs),
+                                jnp.asarray(active), radius=0.1, temperature=temperature))
+            d = np.sqrt(((ends[:, None, :count, :2] - best[None, :count, None, :2]) ** 2).sum(-1)).min(-1)
+            if np.any(np.abs(d - 0.1) < 1e-5):  # an indicator on the edge: rounding may flip it
+                continue
+            want = _agreement_loops(best, 0.3, ends, costs, count, 0.1, temperature)
+            np.testing.assert_allclose(got, want, rtol=1e-5)  # float32 unless x64: exp and sums of <= 6 terms
+    # Closed forms: an equally good end that misses target 0 but not target 1, and nothing else.
+    best = np.array([[5.0, 5.0, 230.0], [5.3, 5.0, 230.0]])
+    end = np.array([[[5.2, 5.2, 230.0], [5.3, 5.05, 230.0]]])
+    got = np.asarray(centre.basin_agreement(jnp.asarray(best), 1.0, jnp.asarray(end), jnp.asarray([1.0]),
+                                            jnp.asarray([True, True]), 0.1, 1.0))
+    np.testing.assert_allclose(got, [1 / 2, 1.0], rtol=1e-6)
+    got = np.asarray(centre.basin_agreement(jnp.asarray(best), 1.0, jnp.asarray(end), jnp.asarray([1.0 + np.log(3)]),
+                                            jnp.asarray([True, True]), 0.1, 1.0))
+    np.testing.assert_allclose(got, [1 / (1 + 1 / 3), 1.0], rtol=1e-5)  # weight 1/3 for a cost 1.1 nats higher
+
+
+def test_centre_fits_agreement_over_candidates(clipped_group):
+    data, images, dec = clipped_group
+    right = np.flatnonzero((dec.count[:, 0] == data["num_targets"]) & (images.reshape(300, -1).max(-1) >= 255))[:30]
+    count = data["num_targets"][right]
+    truth = np.asarray(data["targets"], np.float32)[right]
+    junk = truth.copy()
+    junk[:, :, :2] = np.round(truth[:, :, :2]) + 0.3
+    opts = make_options(**LEAST_SQUARES, centre_iterations=6, centre_keep=2, basin_temperature=1.0)
+    # Without candidates, or off: agreement is 1.
+    np.testing.assert_array_equal(centre_fits(images[right], truth, count, opts).agreement, 1.0)
+    off = make_options(opts, basin_temperature=0.0)
+    both_off = centre_fits(images[right], junk, count, off, candidates=truth[:, None], valid=np.ones((30, 1), bool))
+    np.testing.assert_array_equal(both_off.agreement, 1.0)
+    # Two candidates, both run to the end (centre_keep=2): the agreement of the winner with both ends.
+    both = centre_fits(images[right], junk, count, opts, candidates=truth[:, None], valid=np.ones((30, 1), bool))
+    solo = [centre_fits(images[right], x, count, opts) for x in (junk, truth)]
+    checked = 0
+    for i in range(30):
+        ends = np.stack([s.params[i] for s in solo]).astype(np.float64)
+        costs = np.array([s.cost[i] for s in solo], np.float64)
+        if abs(costs[0] - costs[1]) < 1e-2:  # a tie: the batched run may pick either
+            continue
+        best = ends[np.argmin(costs)]
+        k = int(count[i])
+        d = np.sqrt(((ends[:, None, :k, :2] - best[None, :k, None, :2]) ** 2).sum(-1)).min(-1)
+        if np.any(np.abs(d - opts.score_radius) < 1e-3):  # batched and solo runs differ by ~1e-4 px
+            continue
+        want = _agreement_loops(best, costs.min(), ends, costs, k, opts.score_radius, 1.0)
+        np.testing.assert_allclose(both.agreement[i, :k], want[:k], rtol=1e-3, atol=1e-3)
+        checked += 1
+    assert checked >= 20
+    assert np.all((both.agreement > 0) & (both.agreement <= 1))
+    # Unsaturated frames are not centred; their candidates are judged as they are.
+    one = imaging.quantize(imaging.render(np.array([[[3.3, 6.8, 230.0], [3.0, 6.0, 225.0]]]))).astype(np.float32)
+    fit = np.array([[[3.3, 6.8, 230.0], [3.15, 6.0, 225.0]]], np.float32)  # target 1 0.15 px off
+    alt = np.array([[[[3.3, 6.8, 230.0], [3.0, 6.0, 225.0]]]], np.float32)  # the truth: a far better end
+    res = centre_fits(one, fit, np.array([2]), opts, candidates=alt, valid=np.ones((1, 1), bool))
+    assert not res.centred[0]
+    obj = jax.vmap(lambda p: centre_objective(p, jnp.ones(2, bool), jnp.asarray(one[0]), opts))
+    costs = np.asarray(obj(jnp.asarray(np.concatenate([fit, alt[0]]))), np.float64)
+    want = _agreement_loops(fit[0].astype(np.float64), costs[0], np.concatenate([fit, alt[0]]).astype(np.float64),
+                            costs, 2, opts.score_radius, 1.0)
+    np.testing.assert_allclose(res.agreement[0], want, rtol=1e-4)
+    assert want[0] == 1.0 and want[1] < 1e-3
+
+
 @pytest.mark.slow
 def test_preset_decodes_clipped_groups_better_than_least_squares(clipped_group):
     data, images, dec = clipped_group
@@ -199,11 +292,36 @@ def test_preset_decodes_clipped_groups_better_than_least_squares(clipped_group):
     e_cen = _mean_error(cen.detections[:, 0], cen.count[:, 0], truth, right)
     e_ls = _mean_error(dec.detections[:, 0], dec.count[:, 0], truth, right)
     assert e_cen < 0.9 * e_ls, (e_cen, e_ls)
+    # The preset's scores carry the basin agreement: score = P(count) · P(error <= r) · agreement, with the
+    # agreement in (0, 1], below 1 on some targets, and those targets are the worse localised ones.
+    opts = make_options(**CSIST100K_OPTIONS)
+    assert opts.basin_temperature == 1.0
+    active = np.arange(5)[None] < cen.count[:, 0, None]
+    base = cen.count_prob[:, 0, None] * localisation_confidence(np.where(active, cen.pos_var[:, 0], 1.0),
+                                                                  opts.score_radius)
+    agree = cen.detections[:, 0, :, 3][active] / base[active]
+    assert np.all((agree > 0) & (agree <= 1 + 1e-9))
+    low = agree < 0.9
+    assert 0.01 < low.mean() < 0.5, low.mean()
+    err = []
+    for i in np.flatnonzero(right):
+        k = cen.count[i, 0]
+        d = np.sqrt(((cen.detections[i, 0, :k, None, :2] - truth[i, None, :k, :2]) ** 2).sum(-1))
+        r, c = linear_sum_assignment(d)
+        e = np.empty(k)
+        e[r] = d[r, c]
+        err.append(e)
+    flags = np.concatenate([(cen.detections[i, 0, :cen.count[i, 0], 3]
+                             / base[i, :cen.count[i, 0]]) < 0.9 for i in np.flatnonzero(right)])
+    err = np.concatenate(err)
+    assert err[flags].mean() > 1.5 * err[~flags].mean(), (err[flags].mean(), err[~flags].mean())
 
 
 @pytest.mark.parametrize("field,value", [("centre_iterations", -1), ("centre_softness", 0.0), ("centre_wall", -0.1),
                                          ("centre_candidates", 0), ("centre_keep", 0),
-                                         ("centre_screen_iterations", 1.5), ("centre_saturated_only", 1)])
+                                         ("centre_screen_iterations", 1.5), ("centre_saturated_only", 1),
+                                         ("basin_temperature", -1.0), ("basin_temperature", float("nan")),
+                                         ("basin_temperature", True)])
 def test_bad_centring_options_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         make_options(**{field: value})

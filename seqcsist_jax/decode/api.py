@@ -211,6 +211,7 @@ def decode_arrays(
     frame_prob = 1.0 / np.sum(np.exp(-0.5 * rel), axis=-1)
     counts = chosen.reshape(n, t)
     frame_cost = fits.cost.reshape(n, t, kmax + 1)
+    agreement = np.ones((n, t, kmax))  # basin agreement of each target (centring only)
     if method == "refine":
         idx = np.maximum(chosen - 1, 0)
         params = fits.params[np.arange(n * t), idx]
@@ -225,6 +226,7 @@ def decode_arrays(
             params = centred.params
             # The centring objective's curvature also sees the walls and the saturated pixels' bounds.
             var = np.where(centred.centred[:, None], centred.pos_var, var)
+            agreement = centred.agreement.reshape(n, t, kmax)
         params = params.reshape(n, t, kmax, 3)
         var = var.reshape(n, t, kmax)
         prob = frame_prob.reshape(n, t)
@@ -237,7 +239,7 @@ def decode_arrays(
     if imaging is not None:
         params = imaging_mod.to_label_space(params, imaging)
     active = np.arange(kmax)[None, None, :] < counts[..., None]
-    score = prob[..., None] * localisation_confidence(np.where(active, var, 1.0), opts.score_radius)
+    score = prob[..., None] * localisation_confidence(np.where(active, var, 1.0), opts.score_radius) * agreement
     det = np.concatenate([params.astype(np.float64), score[..., None]], axis=-1)
     det = np.where(active[..., None], det, 0.0)
     var = np.where(active, var, np.inf)

@@ -172,9 +172,38 @@ def _constraint_normal(theta: jax.Array, active: jax.Array, lo: jax.Array, hi: j
     return grad, hess
 
 
+def basin_agreement(best: jax.Array, best_cost: jax.Array, ends: jax.Array, end_costs: jax.Array,
+                    active: jax.Array, radius: float, temperature: float) -> jax.Array:
+    """``(slots,)`` weighted share of a frame's candidate ends that agree with each target of the chosen fit.
+
+    The posterior of a wide, flat set has several modes; the chosen fit is one. Each end ``b`` gets the weight
+    ``w_b = exp(-(end_costs[b] - best_cost) / temperature)`` (its mode's posterior weight relative to the chosen
+    one at ``temperature = 1``) and agrees on target ``k`` when one of its active targets lies within ``radius``
+    px of ``best[k]``; the chosen fit itself counts once with weight 1:
+    ``(1 + Σ_b w_b·[agrees]) / (1 + Σ_b w_b)``, in (0, 1], 1 where every end agrees.
+
+    Args:
+      best: ``(slots, 3)`` the chosen fit's rows ``(x, y, b)`` (px, grey levels).
+      best_cost: scalar, its objective (nats).
+      ends: ``(A, slots, 3)`` the candidates' ends, same layout and the same ``active`` slots.
+      end_costs: ``(A,)`` their objectives (nats); ``inf`` marks a missing candidate (weight 0).
+      active: ``(slots,)`` bool, the targets in use.
+      radius: agreement radius (px).
+      temperature: nats, > 0.
+    """
+    excess = jnp.clip((end_costs - best_cost) / temperature, -50.0, 50.0)
+    w = jnp.where(jnp.isfinite(end_costs), jnp.exp(-excess), 0.0)  # (A,)
+    diff = ends[:, None, :, :2] - best[None, :, None, :2]  # (A, slots_best, slots_end, 2)
+    d2 = jnp.where(active[None, None, :], jnp.sum(diff * diff, -1), jnp.inf)
+    near = jnp.min(d2, axis=-1) <= radius * radius  # (A, slots)
+    share = (1.0 + jnp.sum(w[:, None] * near, axis=0)) / (1.0 + jnp.sum(w))
+    return jnp.where(active, share, 1.0)
+
+
 def _centre_frame(cands: jax.Array, valid: jax.Array, active: jax.Array, obs: jax.Array, opts: DecodeOptions):
     """Centres the candidate fits ``cands (A, slots, 3)`` (``valid (A,)``) of one frame and returns the best
-    ``(slots, 3)`` params, its objective and ``(slots,)`` position variances.
+    ``(slots, 3)`` params, its objective, ``(slots,)`` position variances and ``(slots,)`` basin agreement
+    (:func:`basin_agreement` over the candidates' ends; ones when ``opts.basin_temperature == 0``).
 
     With ``A > 1`` every candidate first runs ``centre_screen_iterations`` steps; the ``centre_keep`` lowest
     objectives continue for the rest of ``centre_iterations`` (most candidates sit clearly in a worse basin
@@ -230,16 +259,28 @@ def _centre_frame(cands: jax.Array, valid: jax.Array, active: jax.Array, obs: ja
     total, a = opts.centre_iterations, cands.shape[0]
     screen = min(opts.centre_screen_iterations, total)
     keep = min(opts.centre_keep, a)
+    # The basins' ends for the agreement: every candidate after screening (the dropped ones stop there), or
+    # after the full run when none is dropped.
+    ends = None
     if a > keep:
         if screen > 0:
             state = run(state, screen)
+        ends = (state[0], jnp.where(valid, state[2], jnp.inf))
         _, kept = jax.lax.top_k(-jnp.where(valid, state[2], jnp.inf), keep)
         state, valid, total = tuple(x[kept] for x in state), valid[kept], total - screen
     theta, _, cost = run(state, total)
+    if ends is None:
+        ends = (theta, jnp.where(valid, cost, jnp.inf))
     best = jnp.argmin(jnp.where(valid, cost, jnp.inf))
     hess, _, cost = gauss_newton(theta[best])
+    chosen = theta[best].reshape(slots, 3)
+    if opts.basin_temperature > 0:
+        agree = basin_agreement(chosen, cost, ends[0].reshape(-1, slots, 3), ends[1], active, opts.score_radius,
+                                opts.basin_temperature)
+    else:
+        agree = jnp.ones((slots,), obs.dtype)
     # The Gauss–Newton matrix is the smoothed posterior's curvature in nats: its inverse is the covariance.
-    return theta[best].reshape(slots, 3), cost, frames_mod.position_variances(hess, 1.0)
+    return chosen, cost, frames_mod.position_variances(hess, 1.0), agree
 
 
 @functools.partial(jax.jit, static_argnames=("opts",))
@@ -252,6 +293,20 @@ def _centre_chunk(obs: jax.Array, cands: jax.Array, valid: jax.Array, count: jax
     return jax.vmap(one)(obs, cands, valid, count)
 
 
+@functools.partial(jax.jit, static_argnames=("opts",))
+def _agreement_chunk(obs: jax.Array, cands: jax.Array, valid: jax.Array, count: jax.Array, opts: DecodeOptions):
+    """:func:`basin_agreement` of uncentred fits ``cands[:, 0]`` against all ``cands (F, A, slots, 3)`` as they
+    are, each judged by its centring objective."""
+    slots = cands.shape[2]
+
+    def one(o, c, v, k):
+        active = jnp.arange(slots) < k
+        costs = jnp.where(v, jax.vmap(lambda p: centre_objective(p, active, o, opts))(c), jnp.inf)
+        return basin_agreement(c[0], costs[0], c, costs, active, opts.score_radius, opts.basin_temperature)
+
+    return jax.vmap(one)(obs, cands, valid, count)
+
+
 class Centred(NamedTuple):
     """Output of :func:`centre_fits`.
 
@@ -260,12 +315,17 @@ class Centred(NamedTuple):
       centred: ``(F,)`` bool, the frames that were centred.
       cost: ``(F,)`` final objective (nats; NaN where not centred).
       pos_var: ``(F, K)`` mean x/y variance (px²) from the objective's curvature (inf where not centred).
+      agreement: ``(F, K)`` :func:`basin_agreement` of each target, in (0, 1]: over the candidates' centred
+        (or screened) ends in centred frames, over the candidates as they are (judged by the centring
+        objective) in frames with candidates that are not centred; 1 for inactive slots, frames without
+        candidates and with ``basin_temperature == 0``.
     """
 
     params: np.ndarray
     centred: np.ndarray
     cost: np.ndarray
     pos_var: np.ndarray
+    agreement: np.ndarray
 
 
 def centre_fits(frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts: DecodeOptions,
@@ -298,15 +358,13 @@ def centre_fits(frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts:
     out = np.where(active[..., None], params, 0.0)
     cost = np.full(f_all, np.nan, np.float32)
     pos_var = np.full((f_all, k), np.inf, np.float32)
+    agreement = np.ones((f_all, k), np.float32)
     frames = np.asarray(frames, np.float32)
     todo = count > 0
     if opts.centre_saturated_only:
         todo &= np.asarray(forward.saturated_frames(frames, opts.clip_level))
     if opts.centre_iterations == 0 or k == 0:
         todo[:] = False
-    idx = np.flatnonzero(todo)
-    if idx.size == 0:
-        return Centred(out, todo, cost, pos_var)
     cands = out[:, None]
     ok = np.ones((f_all, 1), bool)
     if candidates is not None:
@@ -314,13 +372,27 @@ def centre_fits(frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts:
         extra = np.where(active[:, None, :, None], extra, 0.0)
         cands = np.concatenate([cands, extra], axis=1)
         ok = np.concatenate([ok, np.asarray(valid, bool)], axis=1)
+    rest = np.flatnonzero(~todo & (count > 0) & ok[:, 1:].any(axis=1)) if cands.shape[1] > 1 else np.zeros(0, int)
+    if opts.basin_temperature > 0 and rest.size and k:
+        sub = (frames[rest], cands[rest], ok[rest], count[rest])
+        chunk = frames_mod.balanced_chunk(rest.size, opts.chunk)
+        for lo in range(0, rest.size, chunk):
+            hi = min(lo + chunk, rest.size)
+            g = _agreement_chunk(*(frames_mod._pad_chunk(x, lo, hi, chunk) for x in sub), opts)
+            agreement[rest[lo:hi]] = np.asarray(g)[: hi - lo]
+    idx = np.flatnonzero(todo)
+    if idx.size == 0:
+        agreement = np.where(active, agreement, 1.0).astype(np.float32)
+        return Centred(out, todo, cost, pos_var, agreement)
     sub = (frames[idx], cands[idx], ok[idx], count[idx])
     chunk = frames_mod.balanced_chunk(idx.size, opts.chunk)
     for lo in range(0, idx.size, chunk):
         hi = min(lo + chunk, idx.size)
-        p, c, v = _centre_chunk(*(frames_mod._pad_chunk(x, lo, hi, chunk) for x in sub), opts)
+        p, c, v, g = _centre_chunk(*(frames_mod._pad_chunk(x, lo, hi, chunk) for x in sub), opts)
         out[idx[lo:hi]] = np.asarray(p)[: hi - lo]
         cost[idx[lo:hi]] = np.asarray(c)[: hi - lo]
         pos_var[idx[lo:hi]] = np.asarray(v)[: hi - lo]
+        agreement[idx[lo:hi]] = np.asarray(g)[: hi - lo]
     pos_var = np.where(active & todo[:, None], pos_var, np.inf)
-    return Centred(np.where(active[..., None], out, 0.0), todo, cost, pos_var)
+    agreement = np.where(active, agreement, 1.0).astype(np.float32)
+    return Centred(np.where(active[..., None], out, 0.0), todo, cost, pos_var, agreement)

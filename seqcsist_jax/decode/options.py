@@ -123,6 +123,12 @@ class DecodeOptions:
         least-squares cost ranks the basins of a wide, flat set poorly.
       centre_screen_iterations, centre_keep: with several candidates, each first runs this many centring steps
         and only the ``centre_keep`` lowest objectives continue for the rest of ``centre_iterations``.
+      basin_temperature: with centring from several candidates, multiply each target's score by the share of
+        the candidates' centred ends that place a target within ``score_radius`` of it, each end weighted
+        ``exp(-Δ/basin_temperature)`` by its objective's excess ``Δ`` (nats) over the chosen end's
+        (:func:`seqcsist_jax.decode.centre.basin_agreement`): a target on which near-equal basins disagree is
+        ranked lower. 1 is the posterior weight of each basin's mode. **DECISION**: 0 (off) by default; 1 in
+        ``CSIST100K_OPTIONS``.
       uniform_slots: run the per-frame fits of every count ``K >= 3`` in ``max_targets`` slots (one compiled
         program for them instead of one per slot count 4, 8, …; ``K = 1, 2`` keep 1 and 2 slots). Compilation
         is a large share of a 10,000-image CPU run; for small ``max_targets`` (CSIST-100K: 5) the extra slots
@@ -204,6 +210,7 @@ class DecodeOptions:
     centre_candidates: int = 1
     centre_screen_iterations: int = 5
     centre_keep: int = 1
+    basin_temperature: float = 0.0
     geometry: str = "free"
     star_directions: str = "auto"
     star_candidates: int = 2
@@ -282,6 +289,9 @@ class DecodeOptions:
               f"decode option trajectory_centre_starts must be a positive integer, got {v!r}")
         check(isinstance(self.centre_saturated_only, bool),
               f"decode option centre_saturated_only must be True or False, got {self.centre_saturated_only!r}")
+        bt = self.basin_temperature
+        check(isinstance(bt, (int, float)) and not isinstance(bt, bool) and math.isfinite(bt) and bt >= 0,
+              f"decode option basin_temperature must be a non-negative number (0: off), got {bt!r}")
         for name in ("centre_softness", "centre_wall", "restart_jitter"):
             v = getattr(self, name)
             check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 CSIST100K_OPTIONS: dict[str, Any] = dict(max_targets=5, single_pixel=True, layout_starts=6, min_separation=0.494,
                                          uniform_slots=True, frame_iterations=8, screen_iterations=3, screen_keep=5,
                                          count_penalty=0.0, centre_iterations=10, centre_screen_iterations=3,
-                                         centre_candidates=5)
+                                         centre_candidates=5, basin_temperature=1.0)
 
 #: The star geometry prior of the SeqCSIST generator (``DecodeOptions.geometry``; the ``star_*`` defaults are
 #: SPEC §3's numbers: 0.3 px start distance, outward drift uniform in [0, 0.0014) px/frame, 4 axis directions up to
