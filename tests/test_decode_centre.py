@@ -265,18 +265,13 @@ def test_centre_fits_agreement_over_candidates(clipped_group):
         checked += 1
     assert checked >= 20
     assert np.all((both.agreement > 0) & (both.agreement <= 1))
-    # Unsaturated frames are not centred; their candidates are judged as they are.
+    # Unsaturated frames are not centred and keep agreement 1, whatever their candidates.
     one = imaging.quantize(imaging.render(np.array([[[3.3, 6.8, 230.0], [3.0, 6.0, 225.0]]]))).astype(np.float32)
     fit = np.array([[[3.3, 6.8, 230.0], [3.15, 6.0, 225.0]]], np.float32)  # target 1 0.15 px off
-    alt = np.array([[[[3.3, 6.8, 230.0], [3.0, 6.0, 225.0]]]], np.float32)  # the truth: a far better end
+    alt = np.array([[[[3.3, 6.8, 230.0], [3.0, 6.0, 225.0]]]], np.float32)  # the truth, a far better fit
     res = centre_fits(one, fit, np.array([2]), opts, candidates=alt, valid=np.ones((1, 1), bool))
     assert not res.centred[0]
-    obj = jax.vmap(lambda p: centre_objective(p, jnp.ones(2, bool), jnp.asarray(one[0]), opts))
-    costs = np.asarray(obj(jnp.asarray(np.concatenate([fit, alt[0]]))), np.float64)
-    want = _agreement_loops(fit[0].astype(np.float64), costs[0], np.concatenate([fit, alt[0]]).astype(np.float64),
-                            costs, 2, opts.score_radius, 1.0)
-    np.testing.assert_allclose(res.agreement[0], want, rtol=1e-4)
-    assert want[0] == 1.0 and want[1] < 1e-3
+    np.testing.assert_array_equal(res.agreement, 1.0)
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ grid maps) with
   prior; the least-squares fit is the answer;
 * ``refine, CSIST100K_OPTIONS``: the preset (:data:`PRESET`): the least-squares fits find the basins, the chosen
   count's 5 best basins are centred in the set of targets that reproduce the stored bytes
-  (:mod:`seqcsist_jax.decode.centre`) and the lowest centring objective wins;
+  (:mod:`seqcsist_jax.decode.centre`) and the lowest centring objective wins; each target's score carries its
+  agreement with the other basins' ends (``basin_temperature``);
 * ``..., thorough``: the preset with the full LM budget (12 steps, no screening) and 8 candidates: slower.
 
 Each timed call is the first call of its options in the process, so it includes compilation; the preset runs
@@ -71,6 +72,7 @@ THOROUGH: dict[str, Any] = dict(CSIST100K_OPTIONS, frame_iterations=12, screen_i
 #: images).
 ABLATION: list[tuple[str, dict[str, Any]]] = [
     ("no centring (centre_iterations=0)", dict(centre_iterations=0, centre_candidates=1)),
+    ("scores without the basin agreement (basin_temperature=0)", dict(basin_temperature=0.0)),
     ("BIC count penalty (count_penalty=4.8)", dict(count_penalty=4.8)),
     ("centre the best basin only (centre_candidates=1)", dict(centre_candidates=1)),
     ("centre unclipped frames too (centre_saturated_only=False)", dict(centre_saturated_only=False)),

@@ -293,20 +293,6 @@ def _centre_chunk(obs: jax.Array, cands: jax.Array, valid: jax.Array, count: jax
     return jax.vmap(one)(obs, cands, valid, count)
 
 
-@functools.partial(jax.jit, static_argnames=("opts",))
-def _agreement_chunk(obs: jax.Array, cands: jax.Array, valid: jax.Array, count: jax.Array, opts: DecodeOptions):
-    """:func:`basin_agreement` of uncentred fits ``cands[:, 0]`` against all ``cands (F, A, slots, 3)`` as they
-    are, each judged by its centring objective."""
-    slots = cands.shape[2]
-
-    def one(o, c, v, k):
-        active = jnp.arange(slots) < k
-        costs = jnp.where(v, jax.vmap(lambda p: centre_objective(p, active, o, opts))(c), jnp.inf)
-        return basin_agreement(c[0], costs[0], c, costs, active, opts.score_radius, opts.basin_temperature)
-
-    return jax.vmap(one)(obs, cands, valid, count)
-
-
 class Centred(NamedTuple):
     """Output of :func:`centre_fits`.
 
@@ -315,10 +301,10 @@ class Centred(NamedTuple):
       centred: ``(F,)`` bool, the frames that were centred.
       cost: ``(F,)`` final objective (nats; NaN where not centred).
       pos_var: ``(F, K)`` mean x/y variance (px²) from the objective's curvature (inf where not centred).
-      agreement: ``(F, K)`` :func:`basin_agreement` of each target, in (0, 1]: over the candidates' centred
-        (or screened) ends in centred frames, over the candidates as they are (judged by the centring
-        objective) in frames with candidates that are not centred; 1 for inactive slots, frames without
-        candidates and with ``basin_temperature == 0``.
+      agreement: ``(F, K)`` :func:`basin_agreement` of each target over the candidates' centred (or
+        screened) ends, in (0, 1]; 1 where not centred, for inactive slots and with ``basin_temperature == 0``
+        (unclipped CSIST-100K images are not centred: their candidates' agreement gained 0.08 CSO-mAP on the
+        validation split and 0.02 on the test split for about a second more per 10,000 images).
     """
 
     params: np.ndarray
@@ -365,6 +351,9 @@ def centre_fits(frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts:
         todo &= np.asarray(forward.saturated_frames(frames, opts.clip_level))
     if opts.centre_iterations == 0 or k == 0:
         todo[:] = False
+    idx = np.flatnonzero(todo)
+    if idx.size == 0:
+        return Centred(out, todo, cost, pos_var, agreement)
     cands = out[:, None]
     ok = np.ones((f_all, 1), bool)
     if candidates is not None:
@@ -372,18 +361,6 @@ def centre_fits(frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts:
         extra = np.where(active[:, None, :, None], extra, 0.0)
         cands = np.concatenate([cands, extra], axis=1)
         ok = np.concatenate([ok, np.asarray(valid, bool)], axis=1)
-    rest = np.flatnonzero(~todo & (count > 0) & ok[:, 1:].any(axis=1)) if cands.shape[1] > 1 else np.zeros(0, int)
-    if opts.basin_temperature > 0 and rest.size and k:
-        sub = (frames[rest], cands[rest], ok[rest], count[rest])
-        chunk = frames_mod.balanced_chunk(rest.size, opts.chunk)
-        for lo in range(0, rest.size, chunk):
-            hi = min(lo + chunk, rest.size)
-            g = _agreement_chunk(*(frames_mod._pad_chunk(x, lo, hi, chunk) for x in sub), opts)
-            agreement[rest[lo:hi]] = np.asarray(g)[: hi - lo]
-    idx = np.flatnonzero(todo)
-    if idx.size == 0:
-        agreement = np.where(active, agreement, 1.0).astype(np.float32)
-        return Centred(out, todo, cost, pos_var, agreement)
     sub = (frames[idx], cands[idx], ok[idx], count[idx])
     chunk = frames_mod.balanced_chunk(idx.size, opts.chunk)
     for lo in range(0, idx.size, chunk):
@@ -394,5 +371,5 @@ def centre_fits(frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts:
         pos_var[idx[lo:hi]] = np.asarray(v)[: hi - lo]
         agreement[idx[lo:hi]] = np.asarray(g)[: hi - lo]
     pos_var = np.where(active & todo[:, None], pos_var, np.inf)
-    agreement = np.where(active, agreement, 1.0).astype(np.float32)
+    agreement = np.where(active & todo[:, None], agreement, 1.0).astype(np.float32)
     return Centred(np.where(active[..., None], out, 0.0), todo, cost, pos_var, agreement)
