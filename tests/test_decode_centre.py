@@ -130,13 +130,20 @@ def test_centring_off_or_unsaturated_frames_keep_the_fit(clipped_group):
     assert moved.centred[0] and np.abs(moved.params[0, 0, :2] - [3.3, 6.8]).max() < 0.02
 
 
-def test_the_candidate_with_the_lowest_objective_wins(clipped_group):
+def _truth_and_junk(clipped_group, n: int):
+    """The first ``n`` clipped images whose least-squares count is right: their indices, counts, true targets
+    ``(n, 5, 3)`` and a junk start with every target stacked in one corner of the pixel."""
     data, images, dec = clipped_group
-    right = np.flatnonzero((dec.count[:, 0] == data["num_targets"]) & (images.reshape(300, -1).max(-1) >= 255))[:40]
-    count = data["num_targets"][right]
+    right = np.flatnonzero((dec.count[:, 0] == data["num_targets"]) & (images.reshape(300, -1).max(-1) >= 255))[:n]
     truth = np.asarray(data["targets"], np.float32)[right]
     junk = truth.copy()
-    junk[:, :, :2] = np.round(truth[:, :, :2]) + 0.3  # every target stacked in one corner of the pixel
+    junk[:, :, :2] = np.round(truth[:, :, :2]) + 0.3
+    return right, data["num_targets"][right], truth, junk
+
+
+def test_the_candidate_with_the_lowest_objective_wins(clipped_group):
+    _, images, _ = clipped_group
+    right, count, truth, junk = _truth_and_junk(clipped_group, 40)
     # centre_keep=2: both candidates run every step, so the winner is the lower final objective.
     opts = make_options(**LEAST_SQUARES, centre_iterations=8, centre_keep=2)
     solo_junk = centre_fits(images[right], junk, count, opts)
@@ -234,12 +241,8 @@ def test_basin_agreement_matches_loops():
 
 
 def test_centre_fits_agreement_over_candidates(clipped_group):
-    data, images, dec = clipped_group
-    right = np.flatnonzero((dec.count[:, 0] == data["num_targets"]) & (images.reshape(300, -1).max(-1) >= 255))[:30]
-    count = data["num_targets"][right]
-    truth = np.asarray(data["targets"], np.float32)[right]
-    junk = truth.copy()
-    junk[:, :, :2] = np.round(truth[:, :, :2]) + 0.3
+    _, images, _ = clipped_group
+    right, count, truth, junk = _truth_and_junk(clipped_group, 30)
     opts = make_options(**LEAST_SQUARES, centre_iterations=6, centre_keep=2, basin_temperature=1.0)
     # Without candidates, or off: agreement is 1.
     np.testing.assert_array_equal(centre_fits(images[right], truth, count, opts).agreement, 1.0)
