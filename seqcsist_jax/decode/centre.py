@@ -189,7 +189,7 @@ def basin_agreement(best: jax.Array, best_cost: jax.Array, ends: jax.Array, end_
       end_costs: ``(A,)`` their objectives (nats); ``inf`` marks a missing candidate (weight 0).
       active: ``(slots,)`` bool, the targets in use.
       radius: agreement radius (px).
-      temperature: nats, > 0.
+      temperature: nats, > 0 (``basin_temperature = 0`` means off: the decoder then skips this call).
     """
     excess = jnp.clip((end_costs - best_cost) / temperature, -50.0, 50.0)
     w = jnp.where(jnp.isfinite(end_costs), jnp.exp(-excess), 0.0)  # (A,)
