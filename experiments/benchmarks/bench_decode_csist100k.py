@@ -11,8 +11,8 @@ grid maps) with
   prior; the least-squares fit is the answer;
 * ``refine, CSIST100K_OPTIONS``: the preset (:data:`PRESET`): the least-squares fits find the basins, the chosen
   count's 5 best basins are centred in the set of targets that reproduce the stored bytes
-  (:mod:`seqcsist_jax.decode.centre`) and the lowest centring objective wins; each target's score carries its
-  agreement with the other basins' ends (``basin_temperature``);
+  (:mod:`seqcsist_jax.decode.centre`) and the lowest centring objective wins; each target's score is multiplied
+  by its agreement with the other basins' ends (``basin_temperature``);
 * ``..., thorough``: the preset with the full LM budget (12 steps, no screening) and 8 candidates: slower.
 
 Each timed call is the first call of its options in the process, so it includes compilation; the preset runs

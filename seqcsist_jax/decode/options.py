@@ -123,9 +123,10 @@ class DecodeOptions:
         least-squares cost ranks the basins of a wide, flat set poorly.
       centre_screen_iterations, centre_keep: with several candidates, each first runs this many centring steps
         and only the ``centre_keep`` lowest objectives continue for the rest of ``centre_iterations``.
-      basin_temperature: with centring from several candidates, multiply each target's score by the share of
-        the candidates' centred ends that place a target within ``score_radius`` of it, each end weighted
-        ``exp(-Δ/basin_temperature)`` by its objective's excess ``Δ`` (nats) over the chosen end's
+      basin_temperature: with centring from several candidates, multiply each target's score by the weighted
+        share of the candidates' ends (after the screening steps, or the full run when none is dropped) that
+        place a target within ``score_radius`` of it, each end weighted ``exp(-Δ/basin_temperature)`` by its
+        objective's excess ``Δ`` (nats) over the chosen fit's, the chosen fit counting once with weight 1
         (:func:`seqcsist_jax.decode.centre.basin_agreement`): a target on which near-equal basins disagree is
         ranked lower. 1 is the posterior weight of each basin's mode. **DECISION**: 0 (off) by default; 1 in
         ``CSIST100K_OPTIONS``.

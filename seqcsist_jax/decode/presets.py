@@ -6,7 +6,7 @@ groups span several pixels): up to 5 targets, all inside one pixel, pairwise at 
 reproduce the stored bytes (:mod:`seqcsist_jax.decode.centre`) from the 5 best basins of its starts, and the count
 is the one of the lowest cost (``count_penalty=0``: with the brightness prior a spurious target never pays for
 itself on noise-free frames, while the BIC penalty undercounted clipped 4–5-target images); each target's score
-carries its agreement with the other basins' ends (``basin_temperature=1``). The remaining
+is multiplied by its agreement with the other basins' ends (``basin_temperature=1``). The remaining
 settings trade a little accuracy for time so that 10,000 images decode in 30–35 s on 2 CPU cores (8 LM steps,
 every start screened after 3; ``uniform_slots``: counts 3–5 share one compiled program). Every value was chosen
 on the validation split (``bench_decode_csist100k``'s option trials). :func:`dataset_decode_options` picks the
