@@ -140,7 +140,11 @@ def deform_output_size(
     padding: IntPair = 1,
     dilation: IntPair = 1,
 ) -> tuple[int, int]:
-    """``(Ho, Wo)`` of a convolution with these settings (the PyTorch formula, floor division)."""
+    """``(Ho, Wo)`` of a convolution with these settings (the PyTorch formula, floor division).
+
+    Raises ValueError when the dilated kernel does not fit the padded input (an output side below 1), as
+    PyTorch's ``deform_conv2d`` does, instead of returning an empty or negative size.
+    """
     kh, kw = _pair(kernel_size, "kernel_size", 1)
     sh, sw = _pair(stride, "stride", 1)
     ph, pw = _pair(padding, "padding", 0)
@@ -148,6 +152,10 @@ def deform_output_size(
     h, w = in_hw
     ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"input ({h}, {w}) too small: with padding ({ph}, {pw}) it is smaller than the dilated kernel "
+            f"({dh * (kh - 1) + 1}, {dw * (kw - 1) + 1}); output would be {ho}×{wo}")
     return ho, wo
 
 
@@ -339,9 +347,7 @@ def deform_sample(
     if offset_groups < 1 or x.shape[3] % offset_groups:
         raise ValueError(f"input channels {x.shape[3]} not divisible by offset_groups={offset_groups}")
     kh, kw = _pair(kernel_size, "kernel_size", 1)
-    ho, wo = deform_output_size(x.shape[1:3], (kh, kw), stride, padding, dilation)
-    if ho < 1 or wo < 1:
-        raise ValueError(f"input {x.shape[1:3]} too small: output would be {ho}×{wo}")
+    ho, wo = deform_output_size(x.shape[1:3], (kh, kw), stride, padding, dilation)  # raises when too small
     expected = (x.shape[0], ho, wo, 2 * offset_groups * kh * kw)
     if offset.shape != expected:
         raise ValueError(f"offset has shape {offset.shape}, expected (N, Ho, Wo, 2·G·kh·kw) = {expected}")

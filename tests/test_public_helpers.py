@@ -1,0 +1,449 @@
+"""Direct unit tests of small public helpers no other test calls by name.
+
+Each helper is checked against an independent reference: a numpy closed form in float64, an explicit Python
+loop, or the rule its docstring states. Float tolerances are written as float32 epsilon (``EPS32`` ≈ 1.2e-7)
+times a stated growth factor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqcsist_jax import fileio, imaging, workdir
+from seqcsist_jax.baselines import common, istanet, sr_layers, unfolded, usrnet
+from seqcsist_jax.data import splits
+from seqcsist_jax.decode import forward, frames, trajectory
+from seqcsist_jax.decode.options import DecodeOptions
+from seqcsist_jax.ops import deform_conv
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def _random_spd(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Well-conditioned SPD ``(n, n)``: ``M Mᵀ/n + I`` (eigenvalues in about ``[1, 5]``), rounded to float32."""
+    m = rng.standard_normal((n, n))
+    return (m @ m.T / n + np.eye(n)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------- decode/forward
+
+
+@pytest.mark.parametrize("n", [1, 3, 12, 13, 20])  # both sides of UNROLLED_MAX = 12 (unrolled vs LAPACK)
+def test_spd_logdet_matches_numpy_slogdet(n):
+    rng = np.random.default_rng(n)
+    a = _random_spd(rng, n)
+    sign, want = np.linalg.slogdet(a.astype(np.float64))  # reference on the same float32-rounded entries
+    assert sign == 1.0
+    kappa = np.linalg.cond(a.astype(np.float64))
+    # Cholesky's backward error is |δA| ≲ n·eps·|A|, so |δ logdet| = |tr(A⁻¹ δA)| ≲ n²·κ·eps; the sum of n logs
+    # adds n·eps·|logdet|. Factor 4 of slack.
+    tol = 4 * EPS32 * (n * n * kappa + n * abs(want))
+    got = float(forward.spd_logdet(jnp.asarray(a)))
+    assert abs(got - want) <= tol, (got, want, tol)
+
+
+def test_spd_logdet_vmaps_over_a_batch():
+    rng = np.random.default_rng(7)
+    batch = np.stack([_random_spd(rng, 5) * s for s in (0.5, 1.0, 3.0)])  # distinct logdets per matrix
+    want = np.array([np.linalg.slogdet(a.astype(np.float64))[1] for a in batch])
+    got = np.asarray(jax.vmap(forward.spd_logdet)(jnp.asarray(batch)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=4 * EPS32 * (25 * 10 + 5 * np.abs(want).max()))
+
+
+def test_jacobian_factors_match_render_and_finite_differences():
+    size, sigma = 11, 0.5
+    params = np.array([[3.2, 6.7, 230.0], [5.1, 4.4, 245.0], [7.9, 2.3, 221.0]])  # rows (x, y, b)
+    u, v, pred = forward.jacobian_factors(jnp.asarray(params, jnp.float32), size, sigma)
+    u, v, pred = np.asarray(u, np.float64), np.asarray(v, np.float64), np.asarray(pred, np.float64)
+    k = params.shape[0]
+    assert u.shape == v.shape == (3 * k, size) and pred.shape == (size, size)
+    b_max = params[:, 2].max()
+    # pred: float32 profiles are within a few eps of the float64 tail-accurate render; products of ≤ 3 factors
+    # summed over K targets of brightness ≤ b_max → 16·eps·K·b_max.
+    np.testing.assert_allclose(pred, imaging.render(params, size, sigma), rtol=0, atol=16 * EPS32 * k * b_max)
+    # ∂pred[r, c]/∂θ_p, θ = params.reshape(-1), by central differences of the float64 render (h = 1e-4:
+    # truncation h²/6·|f'''| ≲ 1e-8/6 · b/σ³ ≈ 3e-6).
+    h = 1e-4
+    for p in range(3 * k):
+        plus, minus = params.copy(), params.copy()
+        plus.reshape(-1)[p] += h
+        minus.reshape(-1)[p] -= h
+        fd = (imaging.render(plus, size, sigma) - imaging.render(minus, size, sigma)) / (2 * h)
+        # float32 factors: |∂a/∂u| ≤ 1/(σ√(2π)) < 1, so 32·eps·b_max covers their rounding plus the FD error.
+        np.testing.assert_allclose(np.outer(u[p], v[p]), fd, rtol=0, atol=32 * EPS32 * b_max + 1e-5,
+                                   err_msg=f"parameter {p}")
+
+
+# --------------------------------------------------------------------------------------------- decode/frames
+
+
+def test_count_criterion_closed_form_and_count_range():
+    rng = np.random.default_rng(0)
+    opts = DecodeOptions(noise_sigma=2.0, min_targets=1, max_targets=3)
+    s2 = 1.0 / 12.0 + 2.0**2  # the documented noise variance: rounding's 1/12 plus noise_sigma²
+    cost = rng.uniform(0, 500, size=(4, 6)).astype(np.float32)  # K = 0..5
+    penalty, per_target = 4.8, 3
+    got = frames.count_criterion(cost, per_target, opts, penalty)
+    assert got.shape == cost.shape
+    for i in range(cost.shape[0]):
+        for kk in range(cost.shape[1]):
+            if 1 <= kk <= 3:
+                want = float(cost[i, kk]) / s2 + penalty * per_target * kk
+                assert got[i, kk] == pytest.approx(want, rel=1e-12)
+            else:
+                assert got[i, kk] == np.inf
+
+
+def test_position_variances_match_inverse_normal_matrix():
+    rng = np.random.default_rng(1)
+    k, per_target = 3, 3
+    jac = rng.standard_normal((121, per_target * k))
+    jac[:, 2::per_target] *= 1e-2  # brightness columns on another scale, as in the fits (Jacobi scaling's job)
+    jtj = jac.T @ jac
+    noise_variance = 1.0 / 12.0 + 0.25
+    cov = noise_variance * np.linalg.inv(jtj)  # float64 reference
+    want = 0.5 * (np.diag(cov)[0::per_target] + np.diag(cov)[1::per_target])
+    got = np.asarray(frames.position_variances(jnp.asarray(jtj, jnp.float32), noise_variance, per_target))
+    d = 1.0 / np.sqrt(np.diag(jtj))
+    kappa = np.linalg.cond(jtj * d[:, None] * d[None, :])  # condition of the Jacobi-scaled matrix it solves
+    p = per_target * k
+    # The 1e-6·I ridge on the scaled matrix shifts the inverse by ≤ 1e-6·κ relative; a float32 Cholesky solve
+    # adds ≲ P·κ·eps (8× slack); float32 rounding of JᵀJ itself is covered by the same term.
+    np.testing.assert_allclose(got, want, rtol=kappa * (1e-6 + 8 * p * EPS32))
+
+
+def test_position_variances_singular_direction_is_finite_and_large():
+    rng = np.random.default_rng(2)
+    jac = rng.standard_normal((121, 6))
+    jac[:, 3] = 0.0  # x of the second target does not move the frame at all: JᵀJ is singular
+    got = np.asarray(frames.position_variances(jnp.asarray(jac.T @ jac, jnp.float32), 0.25))
+    assert got.shape == (2,)
+    assert np.all(np.isfinite(got))
+    assert got[1] > 1e3 * got[0]
+
+
+def test_masked_normal_freezes_parameters():
+    rng = np.random.default_rng(3)
+    p = 7
+    jac = rng.standard_normal((30, p))
+    jtj, jtr = jac.T @ jac, rng.standard_normal(p)
+    mask = np.array([True, False, True, True, False, True, False])
+    a, b = frames.masked_normal(jnp.asarray(jtj, jnp.float32), jnp.asarray(jtr, jnp.float32), jnp.asarray(mask))
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    want_a = np.zeros((p, p))
+    for i in range(p):
+        for j in range(p):
+            want_a[i, j] = jtj[i, j] if (mask[i] and mask[j]) else float(i == j)
+    want_b = np.where(mask, jtr, 0.0)
+    np.testing.assert_allclose(a, want_a, rtol=EPS32)  # one float32 rounding of the inputs
+    np.testing.assert_allclose(b, want_b, rtol=EPS32)
+    # Consequence the fits rely on: the masked system's step is the free sub-system's step, zero on frozen ones.
+    step = np.linalg.solve(a, b)
+    free = np.flatnonzero(mask)
+    np.testing.assert_allclose(step[free], np.linalg.solve(jtj[np.ix_(free, free)], jtr[free]), rtol=1e-5)
+    assert np.all(step[~mask] == 0.0)
+
+
+# ----------------------------------------------------------------------------------------------- deform_conv
+
+
+def _window_count(n: int, k: int, s: int, p: int, d: int) -> int:
+    """Kernel placements that fit in the padded input ``[-p, n + p)``, counted one by one."""
+    count, start = 0, -p
+    while start + d * (k - 1) <= n + p - 1:
+        count += 1
+        start += s
+    return count
+
+
+@pytest.mark.parametrize("stride", [1, 2, (3, 1)])
+@pytest.mark.parametrize("padding", [0, 1, (2, 0)])
+@pytest.mark.parametrize("dilation", [1, (2, 3)])
+def test_deform_output_size_counts_kernel_placements(stride, padding, dilation):
+    pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    for in_hw, kernel in (((11, 11), 3), ((9, 14), (3, 2)), ((7, 12), (1, 4))):
+        kh, kw = pair(kernel)
+        want = (_window_count(in_hw[0], kh, sh, ph, dh), _window_count(in_hw[1], kw, sw, pw, dw))
+        got = deform_conv.deform_output_size(in_hw, kernel, stride, padding, dilation)
+        assert got == want, (in_hw, kernel, stride, padding, dilation)
+
+
+
+@pytest.mark.parametrize("in_hw, kernel, padding, dilation", [((2, 11), 5, 1, 1), ((11, 3), 3, 0, 2),
+                                                              ((0, 11), 1, 0, 1)])
+def test_deform_output_size_refuses_a_kernel_larger_than_the_padded_input(in_hw, kernel, padding, dilation):
+    assert min(_window_count(n, kernel, 1, padding, dilation) for n in in_hw) == 0  # no placement fits
+    with pytest.raises(ValueError, match=r"too small: .* smaller than the dilated kernel .*; output would be"):
+        deform_conv.deform_output_size(in_hw, kernel, 1, padding, dilation)
+
+def test_sampling_positions_grid_plus_offsets_in_torchvision_channel_order():
+    kh, kw, g = 2, 3, 2
+    stride, padding, dilation = (2, 1), (1, 0), (1, 2)
+    ho, wo = deform_conv.deform_output_size((7, 9), (kh, kw), stride, padding, dilation)
+    rng = np.random.default_rng(4)
+    for offset in (np.zeros((2, ho, wo, 2 * g * kh * kw), np.float32),
+                   rng.uniform(-1.5, 1.5, (2, ho, wo, 2 * g * kh * kw)).astype(np.float32)):
+        py, px = deform_conv.sampling_positions(offset, (kh, kw), stride=stride, padding=padding,
+                                                dilation=dilation, offset_groups=g)
+        assert py.shape == px.shape == (2, ho, wo, g, kh * kw) and py.dtype == jnp.float32
+        want_y, want_x = np.zeros(py.shape), np.zeros(px.shape)
+        for n in range(2):
+            for oy in range(ho):
+                for ox in range(wo):
+                    for gg in range(g):
+                        for i in range(kh):
+                            for j in range(kw):
+                                kk = i * kw + j
+                                ch = gg * 2 * kh * kw + 2 * kk
+                                want_y[n, oy, ox, gg, kk] = oy * stride[0] - padding[0] + i * dilation[0] \
+                                    + offset[n, oy, ox, ch]
+                                want_x[n, oy, ox, gg, kk] = ox * stride[1] - padding[1] + j * dilation[1] \
+                                    + offset[n, oy, ox, ch + 1]
+        # grid positions are small integers (exact in float32); one float32 addition of the offset: ≤ 8·eps·|y|.
+        np.testing.assert_allclose(np.asarray(py), want_y, rtol=0, atol=8 * EPS32 * 16)
+        np.testing.assert_allclose(np.asarray(px), want_x, rtol=0, atol=8 * EPS32 * 16)
+
+
+# --------------------------------------------------------------------------------------------------- imaging
+
+
+def _label_maps_by_loop(targets: np.ndarray, c: int, size: int, collision: str) -> np.ndarray:
+    """``(N, (size·c)²)`` label maps by the documented rule: cell ``round(c·u + (c-1)//2)`` (half to even, as
+    Python's ``round``) for x (row) and y (column); brightness-0 rows and cells off the grid skipped; collisions
+    add up (``sum``) or the later target wins (``overwrite``)."""
+    n = size * c
+    out = np.zeros((targets.shape[0], n, n))
+    for f, rows in enumerate(targets):
+        for x, y, b in rows:
+            i, j = round(c * x + (c - 1) // 2), round(c * y + (c - 1) // 2)
+            if b == 0 or not (0 <= i < n and 0 <= j < n):
+                continue
+            out[f, i, j] = out[f, i, j] + b if collision == "sum" else b
+    return out.reshape(targets.shape[0], -1)
+
+
+@pytest.mark.parametrize("collision", ["sum", "overwrite"])
+def test_label_gram_equals_explicit_outer_products(collision):
+    c, size = 3, 4
+    rng = np.random.default_rng(5)
+    targets = np.concatenate([rng.uniform(-0.4, size - 0.6, (2, 3, 4, 2)), rng.uniform(220, 250, (2, 3, 4, 1))],
+                             axis=-1)
+    targets[0, 0, 1] = targets[0, 0, 0] + [0.01, -0.01, 0.0]  # same cell as row 0 (a collision)
+    targets[0, 0, 1, 2] = 231.0
+    targets[0, 1, 2, 2] = 0.0  # padding row
+    targets[1, 2, 3, :2] = [size + 1.0, 1.0]  # off the grid
+    x = _label_maps_by_loop(targets.reshape(-1, 4, 3), c, size, collision)  # (frames, cells)
+    got = imaging.label_gram(targets, c, size, collision)
+    assert got.shape == ((size * c) ** 2,) * 2 and got.dtype == np.float64
+    np.testing.assert_allclose(got, x.T @ x, rtol=1e-12, atol=0)
+
+
+def test_least_squares_init_from_gram_solves_the_least_squares_problem():
+    rng = np.random.default_rng(6)
+    m, n, frames_ = 5, 12, 40
+    phi = rng.standard_normal((m, n))
+    x = rng.standard_normal((n, frames_))  # label vectors as columns
+    y = phi @ x
+    # Q = argmin ‖X - Q Y‖_F: per row of Q an ordinary least-squares fit (lstsq via SVD, not normal equations).
+    want = np.linalg.lstsq(y.T, x.T, rcond=None)[0].T
+    got = imaging.least_squares_init_from_gram(phi, x @ x.T)
+    # float64 normal equations lose κ(Y)² digits: κ(Y)²·1e3·eps64 bounds the difference to the SVD solution.
+    tol = np.linalg.cond(y) ** 2 * 1e3 * np.finfo(np.float64).eps
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
+    # An explicit ridge is ridge regression: argmin ‖X - Q Y‖² + ridge‖Q‖², i.e. lstsq on [Yᵀ; √ridge·I].
+    ridge = 3.0
+    aug_a = np.concatenate([y.T, math.sqrt(ridge) * np.eye(m)])
+    aug_b = np.concatenate([x.T, np.zeros((m, n))])
+    want_r = np.linalg.lstsq(aug_a, aug_b, rcond=None)[0].T
+    np.testing.assert_allclose(imaging.least_squares_init_from_gram(phi, x @ x.T, ridge=ridge), want_r,
+                               rtol=0, atol=tol * np.abs(want_r).max())
+
+
+# ------------------------------------------------------------------------------------------------- baselines
+
+
+@pytest.mark.parametrize("threshold", [0.7, np.array([0.0, 0.3, 1.0, 2.5], np.float32)])
+def test_soft_and_hard_threshold(threshold):
+    rng = np.random.default_rng(8)
+    x = rng.normal(0, 1.5, (6, 4)).astype(np.float32)
+    x[0] = [0.7, -0.7, 1.0, -2.5]  # entries exactly at the threshold (either parametrisation for columns 2, 3)
+    t = np.broadcast_to(np.asarray(threshold, np.float32), x.shape)
+    soft_want = np.array([math.copysign(max(abs(v) - th, 0.0), v) if v != 0 else 0.0
+                          for v, th in zip(x.ravel().tolist(), t.ravel().tolist())]).reshape(x.shape)
+    hard_want = np.array([v if abs(v) > th else 0.0
+                          for v, th in zip(x.ravel().tolist(), t.ravel().tolist())]).reshape(x.shape)
+    soft = np.asarray(common.soft_threshold(jnp.asarray(x), jnp.asarray(threshold)))
+    hard = np.asarray(unfolded.hard_threshold(jnp.asarray(x), jnp.asarray(threshold)))
+    np.testing.assert_allclose(soft, soft_want, rtol=0, atol=2 * EPS32 * 8)  # one float32 subtraction, |x| < 8
+    np.testing.assert_array_equal(hard, hard_want)  # exact: keeps or zeros entries
+
+
+def test_frame_vectors_rows_are_flattened_frames():
+    rng = np.random.default_rng(9)
+    fr = rng.integers(0, 256, (2, 3, 4, 5), dtype=np.uint8)
+    got = np.asarray(common.frame_vectors(jnp.asarray(fr)))
+    assert got.shape == (6, 20) and got.dtype == np.float32
+    for b in range(2):
+        for t in range(3):
+            np.testing.assert_array_equal(got[b * 3 + t], [float(v) for v in fr[b, t].ravel().tolist()])
+
+
+@pytest.mark.parametrize("num_frames", [5, 6, 20, 33])
+def test_scored_slice_drops_two_frames_each_end(num_frames):
+    frames_ = list(range(num_frames))
+    assert frames_[common.scored_slice(num_frames)] == frames_[2:num_frames - 2]
+    if num_frames == 20:
+        assert frames_[common.scored_slice(20)] == list(range(2, 18))
+
+
+@pytest.mark.parametrize("num_frames", [0, 3, 4])
+def test_scored_slice_rejects_short_trajectories(num_frames):
+    with pytest.raises(ValueError, match="more than 4 frames"):
+        common.scored_slice(num_frames)
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3])
+def test_upsample_nearest_copies_source_pixel(scale):
+    x = np.random.default_rng(10).standard_normal((2, 3, 4, 2)).astype(np.float32)  # NHWC, H ≠ W
+    got = np.asarray(sr_layers.upsample_nearest(jnp.asarray(x), scale))
+    assert got.shape == (2, 3 * scale, 4 * scale, 2)
+    for i in range(3 * scale):
+        for j in range(4 * scale):
+            # F.interpolate nearest with an integer factor: source index floor(dst / scale).
+            np.testing.assert_array_equal(got[:, i, j, :], x[:, i // scale, j // scale, :])
+
+
+def test_l2_normalize_unit_norm_same_direction_and_zero_safe():
+    v = np.random.default_rng(11).standard_normal(17).astype(np.float32) * 40.0
+    got = np.asarray(sr_layers.l2_normalize(jnp.asarray(v)), np.float64)
+    want = v.astype(np.float64) / math.sqrt(sum(float(e) ** 2 for e in v))
+    np.testing.assert_allclose(got, want, rtol=0, atol=4 * EPS32 * math.sqrt(17))  # norm of 17 terms + a division
+    zero = np.asarray(sr_layers.l2_normalize(jnp.zeros(5)))
+    np.testing.assert_array_equal(zero, np.zeros(5))  # eps floor: no NaN for the zero vector
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3])
+def test_block_mean_averages_the_distinct_blocks(scale):
+    h, w = 2 * scale, 4 * scale  # (H/s, W/s) = (2, 4) blocks, non-square so a transpose would show
+    x = np.random.default_rng(12).standard_normal((3, h, w)).astype(np.float32)
+    bh, bw = h // scale, w // scale
+    want = np.zeros((3, bh, bw))
+    for a in range(scale):
+        for b in range(scale):
+            want += x[:, a * bh:(a + 1) * bh, b * bw:(b + 1) * bw]
+    want /= scale * scale
+    got = np.asarray(usrnet.block_mean(jnp.asarray(x), scale))
+    assert got.shape == (3, bh, bw)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2 * EPS32 * scale * scale * np.abs(x).max())  # s² adds
+
+
+def test_lipschitz_is_largest_singular_value_squared():
+    phi = np.random.default_rng(13).standard_normal((6, 15))
+    want = np.linalg.svd(phi, compute_uv=False)[0] ** 2
+    got = istanet.lipschitz(jnp.asarray(phi, jnp.float32))
+    assert isinstance(got, float)
+    # float32 input rounding perturbs σ_max by ≤ ‖δΦ‖₂ ≲ √(mn)·eps·max|Φ| relative; ×2 for the square, ×4 slack.
+    np.testing.assert_allclose(got, want, rtol=8 * EPS32 * math.sqrt(phi.size) * np.abs(phi).max())
+    traced = jax.jit(istanet.lipschitz)(jnp.asarray(phi, jnp.float32))  # the traced branch
+    np.testing.assert_allclose(float(traced), want, rtol=1e-5)  # float32 SVD: ~80 eps
+    # The docstring's value for SeqCSIST's Φ (3 decimals).
+    seq = imaging.measurement_matrix()
+    assert istanet.lipschitz(seq) == pytest.approx(np.linalg.svd(seq, compute_uv=False)[0] ** 2, rel=1e-12)
+    assert istanet.lipschitz(seq) == pytest.approx(8.587, abs=5e-4)
+
+
+# ------------------------------------------------------------------------------------------ decode/trajectory
+
+
+def test_star_direction_vectors_are_the_named_axis_and_compass_directions():
+    from seqcsist_jax.data.simulate import DIRECTION_NAMES
+
+    # (Δx, Δy), x the row axis: up = towards row 0.
+    unit = {"up": (-1.0, 0.0), "down": (1.0, 0.0), "left": (0.0, -1.0), "right": (0.0, 1.0)}
+    named = []
+    for name in DIRECTION_NAMES:
+        vec = np.sum([unit[part] for part in name.split("-")], axis=0)
+        named.append(vec / np.linalg.norm(vec))
+    for d in (4, 8):
+        got = trajectory.star_direction_vectors(d)
+        assert got.shape == (d, 2) and got.dtype == np.float64
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-15)
+        np.testing.assert_allclose(got, np.array(named[:d]), rtol=0, atol=1e-15)
+    axis = trajectory.star_direction_vectors(4)
+    assert np.all(np.sum(axis == 0, axis=1) == 1)  # 4 axis directions
+    compass = {(round(math.cos(a), 12), round(math.sin(a), 12)) for a in np.arange(8) * math.pi / 4}
+    got8 = {tuple(np.round(v, 12) + 0.0) for v in trajectory.star_direction_vectors(8)}
+    assert got8 == {(x + 0.0, y + 0.0) for x, y in compass}  # the 8 compass directions, each once
+
+
+# ---------------------------------------------------------------------------------------- data, workdir, io
+
+
+@pytest.mark.parametrize("name, family", [
+    ("seqcsist/mini", "seqcsist"), ("csist100k:1.0.0", "csist100k"), ("seqcsist/default:1.0.0", "seqcsist"),
+    ("simulated", "simulated"), ("simulated_csist100k", "simulated_csist100k"),
+])
+def test_dataset_family(name, family):
+    assert splits.dataset_family(name) == family
+
+
+def test_known_dataset_names_cover_the_documented_names():
+    names = splits.known_dataset_names()
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert name in ("simulated", "simulated_csist100k") or re.fullmatch(r"(seqcsist|csist100k)/\w+", name), name
+    assert {"simulated", "simulated_csist100k"} <= set(names)
+    # Every TFDS name the README tells users to pass is one this project reads.
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    documented = set(re.findall(r"\b(?:seqcsist|csist100k)/[a-z0-9_]+", readme))
+    assert {"seqcsist/default", "seqcsist/mini", "csist100k/default"} <= documented
+    assert documented <= set(names), documented - set(names)
+
+
+def test_run_differences_ignores_only_restart_safe_fields():
+    old = {"seed": 0, "progress_bar": True, "optimizer": {"learning_rate": 1e-3},
+           "dataset": {"name": "seqcsist/mini", "data_dir": "/a"}, "eval": {"batch_size": 64, "threshold": 70.0}}
+    same_run = {"seed": 0, "progress_bar": False, "optimizer": {"learning_rate": 1e-3},
+                "dataset": {"name": "seqcsist/mini"}, "eval": {"batch_size": 8, "threshold": 70.0}}
+    assert workdir.run_differences(old, same_run) == []  # data_dir left out, logging/batching changed
+    other = {**same_run, "optimizer": {"learning_rate": 2e-3}, "eval": {"batch_size": 8, "threshold": 60.0}}
+    got = workdir.run_differences(old, other)
+    assert len(got) == 2
+    assert got[0].startswith("eval.threshold:") and "70.0" in got[0] and "60.0" in got[0]
+    assert got[1].startswith("optimizer.learning_rate:") and "0.001" in got[1] and "0.002" in got[1]
+
+
+def test_remove_stale_temporaries(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = proc.pid  # reaped: no process has this id (reuse within the test is vanishingly unlikely)
+    target = tmp_path / "out[1].json"  # glob metacharacters in the name
+    old = time.time() - 2 * fileio.STALE_SECONDS
+    stale = [tmp_path / f".{target.name}.{dead}.123.tmp", tmp_path / f".{target.name}.{dead}.456.tmp.npz"]
+    kept = [
+        tmp_path / f".{target.name}.{dead}.789.tmp",  # writer gone but the file is fresh
+        tmp_path / f".{target.name}.{os.getpid()}.1.tmp",  # live writer (this process)
+        tmp_path / f".{target.name}.host.1.tmp",  # not a pid
+        tmp_path / f".other.json.{dead}.1.tmp",  # another file's temporary
+        target,
+    ]
+    for f in stale + kept:
+        f.write_text("x")
+    for f in stale + kept[1:]:
+        os.utime(f, (old, old))
+    removed = fileio.remove_stale_temporaries(target)
+    assert sorted(removed) == sorted(stale)
+    assert not any(f.exists() for f in stale)
+    assert all(f.exists() for f in kept)
