@@ -87,6 +87,20 @@ def test_count_cap_warns_with_number_of_frames_and_flags_them():
     assert {r.filename for r in record if r.category is CountCapWarning} == {__file__}
 
 
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_pair_by_pair_spacing_filter_equals_all_pairs(k):
+    # pixel_layouts' candidates must not change with the faster filter: the same candidates pass as under the
+    # all-pairs minimum of the same distances (exact equality: each distance is the same float expression).
+    rng = np.random.default_rng(k)
+    xy = rng.uniform(-0.4, 0.4, size=(20_000, k, 2))
+    xy[:50, -1] = xy[:50, 0] + np.array([0.4, 0.0])  # pairs at the spacing, up to rounding: both sides of the tie
+    d = np.sqrt(((xy[:, :, None] - xy[:, None]) ** 2).sum(-1)) + 10.0 * np.eye(k)
+    want = d.min((1, 2)) >= 0.4
+    got = frames._spaced(xy, 0.4)
+    np.testing.assert_array_equal(got, want)
+    assert 0 < want.sum() < len(want) or k == 1
+
 def test_pixel_layouts_are_spread_inside_the_pixel_and_deterministic():
     lay = frames.pixel_layouts(5, 6)
     assert lay.shape == (6, 6, 5, 2)
