@@ -97,6 +97,10 @@ RESTART_SAFE_FIELDS = ("progress_bar", "log_every_steps", "dataset.data_dir", "m
                        "checkpoint_every_seconds", "eval.batch_size", "eval.num_figure_samples")
 
 
+# What a differing field's special values mean, added to the mismatch message.
+_FIELD_NOTES = {"num_train_steps": "num_train_steps -1: the run's length comes from num_epochs"}
+
+
 def run_config_differences(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> list[str]:
     """What differs between the run saved in ``workdir`` and ``config`` (``"key: old → new"`` lines), leaving out
     :data:`RESTART_SAFE_FIELDS`; empty when the workdir holds no run or the same one."""
@@ -150,9 +154,12 @@ def save_or_check_run_config(workdir: str | pathlib.Path, config: ml_collections
         diffs = run_config_differences(workdir, config)
         if diffs:
             shown = "; ".join(diffs[:8]) + (f"; … ({len(diffs) - 8} more)" if len(diffs) > 8 else "")
+            notes = "".join(f" ({note})" for key, note in _FIELD_NOTES.items()
+                            if any(d.split(":")[0] == key for d in diffs[:8]))
             raise ConfigMismatchError(
-                f"{path} holds a run of another config ({shown}). Use another --workdir, or pass --force_config "
-                "(force_config=True from Python) to overwrite the saved config and continue from its checkpoints"
+                f"{path} holds a run of another config ({shown}){notes}. Use another --workdir, or pass "
+                "--force_config (force_config=True from Python) to overwrite the saved config and continue from its "
+                "checkpoints"
             )
     if write:
         atomic_write_json(path, new, sort_keys=True)

@@ -113,6 +113,23 @@ def test_workdir_refuses_another_config_and_leaves_it_untouched(tmp_path):
     assert workdir_lib.load_run_config(tmp_path).model.name == "srcnn"
 
 
+
+def test_a_changed_step_count_explains_the_saved_minus_one(tmp_path):
+    run = configs.get_config("dista:quick")
+    assert run.num_train_steps == -1  # epoch-based
+    workdir_lib.save_or_check_run_config(tmp_path, run)
+    longer = configs.get_config("dista:quick")
+    longer.num_train_steps = 300
+    with pytest.raises(workdir_lib.ConfigMismatchError) as info:
+        workdir_lib.save_or_check_run_config(tmp_path, longer)
+    assert "num_train_steps: -1 → 300) (num_train_steps -1: the run's length comes from num_epochs)." in str(
+        info.value)
+    other = configs.get_config("dista:quick")
+    other.seed = 5
+    with pytest.raises(workdir_lib.ConfigMismatchError) as info:
+        workdir_lib.save_or_check_run_config(tmp_path, other)
+    assert "num_epochs" not in str(info.value)  # the note only where the field differs
+
 def test_train_without_config_resumes_the_saved_config_with_overrides(tmp_path):
     config = configs.get_config("dista:smoke")
     workdir_lib.save_or_check_run_config(tmp_path, config)
