@@ -76,6 +76,8 @@ def test_apply_overrides_rejects_with_one_clear_line(key, value, message):
 def test_load_config_names_unknown_configs_and_variants():
     with pytest.raises(cli.UsageError, match="unknown config 'nope'; available configs: .*derefnet"):
         cli.load_config("nope")
+    with pytest.raises(cli.UsageError, match=r"unknown config 'dsita' \(did you mean 'dista'\?\); available"):
+        cli.load_config("dsita:quick")
     with pytest.raises(cli.UsageError, match="unknown config variant 'fast'"):
         cli.load_config("derefnet:fast")
     with pytest.raises(cli.UsageError, match="--config is required; available configs"):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import pathlib
@@ -39,8 +40,10 @@ def config_path(spec: str) -> str:
         return spec
     path = CONFIG_DIR / f"{name}.py"
     if not path.exists() or name in _NOT_CONFIGS:
+        close = difflib.get_close_matches(name, available_configs(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"unknown config {name!r}; available configs: {', '.join(available_configs())} "
+            f"unknown config {name!r}{hint}; available configs: {', '.join(available_configs())} "
             f"(or pass a path to a config file)"
         )
     return f"{path}{sep}{arg}"
