@@ -198,7 +198,8 @@ def decoder_note(decode: str | None) -> str:
         return ""
     return (f"note: the {decode} decoder fits the frames themselves; the model's maps only seed it, so this score "
             "measures the decoder more than the model (decoding the frames alone, without the model, scores about "
-            "the same: README 'Beyond the grid: continuous decoding')")
+            "the same: README 'Beyond the grid: continuous decoding'); the row's FPS, PSNR and SSIM are the model's "
+            "(its maps), not the decoder's")
 
 
 def imaging_line(imaging: Any, fresh: bool, path: pathlib.Path) -> str:

@@ -288,6 +288,8 @@ def test_continuous_scores_are_attributed_to_the_decoder():
 
     for decode in ("refine", "trajectory"):
         assert evaluate.decoder_note(decode).startswith(f"note: the {decode} decoder fits the frames themselves")
+        assert evaluate.decoder_note(decode).endswith("the row's FPS, PSNR and SSIM are the model's (its maps), "
+                                                      "not the decoder's")
     assert evaluate.decoder_note("grid") == evaluate.decoder_note("peak") == evaluate.decoder_note(None) == ""
 
 
