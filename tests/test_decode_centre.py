@@ -344,9 +344,10 @@ def test_constraint_derivatives_match_automatic_differentiation():
     lo, hi = jnp.full((2,), 4.5), jnp.full((2,), 5.5)
     for extra in (dict(min_separation=0.494), dict(min_separation=None, brightness_range=(220.0, 250.0))):
         opts = make_options(**{**LEAST_SQUARES, **extra})
-        grad, hess = centre._constraint_normal(theta, active, lo, hi, opts)
-        ref = jax.grad(lambda t: centre._constraint_terms(t, active, lo, hi, opts))(theta)
+        # Jitted: one compiled program each (op-by-op, every primitive of the Hessian compiles on its own).
+        grad, hess = jax.jit(lambda t: centre._constraint_normal(t, active, lo, hi, opts))(theta)
+        ref = jax.jit(jax.grad(lambda t: centre._constraint_terms(t, active, lo, hi, opts)))(theta)
         np.testing.assert_allclose(grad, ref, rtol=1e-3, atol=1e-3)
         if extra["min_separation"] is None:  # every term acts on one coordinate: the Hessian is exact
-            exact = jax.hessian(lambda t: centre._constraint_terms(t, active, lo, hi, opts))(theta)
+            exact = jax.jit(jax.hessian(lambda t: centre._constraint_terms(t, active, lo, hi, opts)))(theta)
             np.testing.assert_allclose(hess, exact, rtol=1e-3, atol=1e-3)

@@ -45,12 +45,15 @@ def test_gauss_newton_gradient_is_the_objectives_and_curvature_is_psd(groups):
     slots = slots_for(opts.max_targets)
     theta = trajectory.path_coefficients(start, count, slots, opts)
     local, reparam = trajectory._maps(T, opts)
+
+    @jax.jit  # one compiled program for every group (op by op, each primitive would compile on its own)
+    def both(obs, active, x):
+        _, objective, normal = trajectory_centre._model(obs, active, local, reparam, opts)
+        return (*normal(x), jax.grad(objective)(x))
+
     for i in range(frames.shape[0]):
         active = jnp.arange(slots) < count[i]
-        _, objective, normal = trajectory_centre._model(jnp.asarray(frames[i]), active, local, reparam, opts)
-        x = jnp.asarray(theta[i])
-        hess, grad = normal(x)
-        auto = jax.grad(objective)(x)
+        hess, grad, auto = both(jnp.asarray(frames[i]), active, jnp.asarray(theta[i]))
         owner = np.asarray(jnp.diag(hess) != 1.0) | (np.abs(np.asarray(grad)) > 0)
         # float32 sums over 20 × 121 pixels: agree to 1e-3 of the gradient's scale.
         scale = float(jnp.max(jnp.abs(auto)))
