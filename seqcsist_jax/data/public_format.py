@@ -243,6 +243,8 @@ def read_image(path: str | os.PathLike, size: int = 11) -> np.ndarray:
                     f"size {dims[0]}×{dims[1]}"
                 )
             return np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise PublicFormatError(f"{path}: file not found") from None
     except Image.DecompressionBombError as e:
         raise PublicFormatError(f"{path}: refused a decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

@@ -66,8 +66,8 @@ def peak_table(
     it in row-major order and ``>=`` the ones after it (a plateau yields exactly one peak). Neighbours are the
     8 cells around it by default; ``connectivity=4`` compares edge neighbours only, which keeps two targets
     on diagonally adjacent cells of a sparse (label-like) map apart but splits a blurry blob centred on a cell
-    corner into two peaks. A peak's neighbourhood is its 3×3 window without the cells that are peaks
-    themselves; its position is the centroid of that window weighted by the positive cell values, its
+    corner into two peaks. A peak's neighbourhood is its 3×3 window without the *other* peaks' cells (its own
+    cell counts); its position is the centroid of that window weighted by the positive cell values, its
     brightness the sum of those values (adjacent peaks may share window cells; each counts them).
 
     Args:

@@ -122,7 +122,9 @@ def legendre_basis(num_frames: int, degree: int) -> np.ndarray:
 
 
 def template_frames(num_frames: int, templates: int) -> np.ndarray:
-    """Frames used as rigid templates: ``templates`` frames evenly spread, away from the ends."""
+    """Frames used as rigid templates: up to ``templates`` distinct frames evenly spread over ``[2, T-3]``
+    (away from the ends; over all ``T`` frames when ``T < 6``). Sorted; fewer than ``templates`` when the range
+    holds fewer distinct frames (rounding merges them)."""
     lo, hi = (2, num_frames - 3) if num_frames >= 6 else (0, num_frames - 1)
     spots = np.linspace(lo, hi, templates + 2)[1:-1] if templates > 1 else np.array([(lo + hi) / 2])
     return np.unique(np.round(spots).astype(int))
