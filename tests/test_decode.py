@@ -124,7 +124,7 @@ def test_normal_equations_match_dense_jacobian(clip):
         return forward.residuals(pred, obs, level)[0].reshape(-1)
 
     theta = params.reshape(-1)
-    jac = jax.jacfwd(resid)(theta)
+    jac = jax.jit(jax.jacfwd(resid))(theta)  # jitted: one program, not one compile per primitive
     r = resid(theta)
     jtj, jtr, cost = forward.frame_normal_equations(params, obs, level, sat)
     np.testing.assert_allclose(np.asarray(jtj), np.asarray(jac.T @ jac), rtol=2e-4, atol=1e-2)

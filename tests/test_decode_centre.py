@@ -49,11 +49,11 @@ def test_pixel_derivatives_match_automatic_differentiation():
     # One frame with saturated (255), dark (0) and ordinary pixels; residuals up to 1.5 grey levels.
     obs = jnp.asarray(np.array([[0.0, 12.0, 254.0], [255.0, 255.0, 100.0], [37.0, 3.0, 255.0]]), jnp.float32)
     pred = obs + jnp.asarray(np.random.default_rng(0).uniform(-1.5, 1.5, obs.shape), jnp.float32)
-    value, d1, d2 = centre._pixel_derivatives(pred, obs, opts)
-    grad_fn = jax.grad(lambda p: jnp.sum(centre._pixel_terms(p, obs, opts)))
+    value, d1, d2 = jax.jit(lambda p: centre._pixel_derivatives(p, obs, opts))(pred)
+    grad_fn = jax.jit(jax.grad(lambda p: jnp.sum(centre._pixel_terms(p, obs, opts))))
     # The terms are elementwise, so the Hessian is diagonal and H·1 is its diagonal.
-    d2_ref = jax.jvp(grad_fn, (pred,), (jnp.ones_like(pred),))[1]
-    np.testing.assert_allclose(value, centre._pixel_terms(pred, obs, opts), rtol=1e-5)
+    d2_ref = jax.jit(lambda p: jax.jvp(grad_fn, (p,), (jnp.ones_like(p),))[1])(pred)
+    np.testing.assert_allclose(value, jax.jit(lambda p: centre._pixel_terms(p, obs, opts))(pred), rtol=1e-5)
     np.testing.assert_allclose(d1, grad_fn(pred), rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(d2, d2_ref, rtol=1e-3, atol=1e-3)
     assert np.all(np.asarray(d2) >= 0)  # convex in the prediction: the Gauss–Newton matrix is PSD
