@@ -87,10 +87,12 @@ def test_hedged_detections_keep_decoded_rows_first():
 
 @pytest.mark.slow
 def test_hedged_detections_without_alternative_basins():
-    """``centre_candidates=1`` keeps no alternative basins: only the neighbouring counts' fits are added."""
-    sim = simulate_csist100k(6, seed=3)
+    """``centre_candidates=1`` keeps no alternative basins: only the neighbouring counts' fits are added.
+    (Plain ``refine`` options up to 3 targets: this branch does not depend on the preset, and they compile in a
+    fraction of its time.)"""
+    sim = simulate_csist100k(6, seed=3, max_targets=3)
     data = {"images": sim["image"], "targets": sim["targets"], "num_targets": sim["num_targets"]}
-    options = dict(bench.PRESET, centre_candidates=1)
+    options = dict(max_targets=3, centre_candidates=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dec = decode_arrays(data["images"][:, None], method="refine", **options)

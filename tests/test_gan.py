@@ -145,7 +145,7 @@ def test_each_update_changes_only_its_own_network(smoke_data):
     ))
     new_state, metrics = make("public")(state, batch)
 
-    fake = model.apply({"params": p}, batch["frames"], phi, q)["output"]
+    fake = jax.jit(model.apply)({"params": p}, batch["frames"], phi, q)["output"]
     disc = lambda pd, maps: model.apply(  # noqa: E731
         {"params": {**p, "discriminator": pd}}, maps, method=gan.GANModel.discriminate
     )
