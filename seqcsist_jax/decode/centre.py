@@ -260,7 +260,8 @@ def _centre_frame(cands: jax.Array, valid: jax.Array, active: jax.Array, obs: ja
     screen = min(opts.centre_screen_iterations, total)
     keep = min(opts.centre_keep, a)
     # The basins' ends for the agreement: every candidate after screening (the dropped ones stop there), or
-    # after the full run when none is dropped.
+    # after the full run when none is dropped. The chosen candidate's own end is one of them; basin_agreement
+    # counts the chosen (final) fit once more, with weight 1.
     ends = None
     if a > keep:
         if screen > 0:
