@@ -16,7 +16,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from seqcsist_jax import imaging
-from seqcsist_jax.decode import CountCapWarning, decode_arrays, frames, make_options
+from seqcsist_jax.decode import CountCapWarning, decode, decode_arrays, frames, make_options
 
 # Five targets inside pixel (5, 5) ([4.5, 5.5]²), pairwise >= 0.5 px (the minimum is 0.52·1.9·0.5 = 0.494).
 GROUP5 = np.array([
@@ -243,3 +243,35 @@ def test_refine_does_not_depend_on_how_the_frames_are_chunked(five):
     np.testing.assert_allclose(one.frame_cost, dec.frame_cost, rtol=1e-3, atol=1e-3)
     for i in range(2):
         assert _errors(one.detections[i, 0, :5], dec.detections[i, 0, :5]).max() <= 5e-3
+
+
+def test_decode_takes_single_images_as_one_frame_sequences(five):
+    """``decode`` on ``(N, S, S)`` returns what it returns on ``(N, 1, S, S)``, one array per image."""
+    img, _ = five
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CountCapWarning)
+        single = decode(img, method="refine", **SINGLE)
+        seq = decode(img[:, None], method="refine", **SINGLE)
+    assert len(single) == 2 and all(isinstance(d, np.ndarray) and d.shape[1] == 4 for d in single)
+    for a, b in zip(single, seq):
+        np.testing.assert_array_equal(a, b[0])
+    maps = np.random.default_rng(0).uniform(0.0, 100.0, (2, 33, 33)).astype(np.float32)
+    for a, b in zip(decode(img, maps, method="grid"), decode(img[:, None], maps[:, None], method="grid")):
+        assert a.shape[0] > 0
+        np.testing.assert_array_equal(a, b[0])
+
+
+@pytest.mark.parametrize("frames_shape, maps_shape, method, msg", [
+    ((2, 11, 11), None, "trajectory", "needs sequences"),
+    ((2, 11, 11), (2, 1, 33, 33), "grid", r"maps must have shape \(N, 11c, 11c\)"),
+    ((2, 11, 12), None, "refine", r"\(N, T, S, S\) or \(N, S, S\)"),
+])
+def test_decode_single_images_bad_input(frames_shape, maps_shape, method, msg):
+    maps = None if maps_shape is None else np.zeros(maps_shape, np.float32)
+    with pytest.raises(ValueError, match=msg):
+        decode(np.zeros(frames_shape, np.float32), maps, method=method)
+
+
+def test_decode_arrays_error_names_the_single_image_form():
+    with pytest.raises(ValueError, match=r"single images \(N, S, S\)"):
+        decode_arrays(np.zeros((2, 11, 11), np.float32), method="refine")

@@ -99,7 +99,8 @@ def _warn_saturated(saturated: np.ndarray, clip_level: float | None) -> None:
 def _check_frames(frames: Any) -> np.ndarray:
     arr = np.asarray(frames)
     if arr.ndim != 4 or arr.shape[-1] != arr.shape[-2]:
-        raise ValueError(f"frames must have shape (N, T, S, S), got {arr.shape}")
+        hint = "; single images (N, S, S): decode(...) takes them, or pass frames[:, None]" if arr.ndim == 3 else ""
+        raise ValueError(f"frames must have shape (N, T, S, S), got {arr.shape}{hint}")
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"frames must hold numbers, got dtype {arr.dtype}")
     arr = arr.astype(np.float32)
@@ -274,13 +275,16 @@ def decode(
     method: str = "trajectory",
     imaging: imaging_mod.ImagingParams | None = None,
     **options: Any,
-) -> list[list[np.ndarray]]:
-    """Decodes continuous target positions and brightnesses from SeqCSIST frames.
+) -> list[list[np.ndarray]] | list[np.ndarray]:
+    """Decodes continuous target positions and brightnesses from SeqCSIST frames or single images.
 
     Args:
-      frames: ``(N, T, S, S)`` raw grey values (uint8 as stored, or float), ``T = 20`` for SeqCSIST.
+      frames: ``(N, T, S, S)`` raw grey values (uint8 as stored, or float), ``T = 20`` for SeqCSIST; or
+        ``(N, S, S)``: ``N`` single images (CSIST-100K), decoded as ``N`` one-frame sequences (every method
+        but ``trajectory``, which needs sequences; one trajectory is ``frames[None]``).
       maps: optional ``(N, T, 11c, 11c)`` model label maps (DeRefNet, ISTA, …); ``(N, T-4, …)`` is read as
-        the centre frames ``2..T-3`` that DeRefNet predicts (other frames then have no map).
+        the centre frames ``2..T-3`` that DeRefNet predicts (other frames then have no map). With single
+        images: ``(N, 11c, 11c)``.
       method: one of
         - ``"grid"``: the published protocol — every map cell ``>= threshold`` is a detection at its grid
           point (score = brightness = cell value);
@@ -305,7 +309,7 @@ def decode(
 
     Returns:
       ``N`` lists of ``T`` float64 arrays ``(M, 4)`` with rows ``(x, y, brightness, score)``; ``x`` on the
-      row axis, in pixels. Scores rank detections across a split: for ``refine``/``trajectory`` they are
+      row axis, in pixels. For single images ``(N, S, S)``: ``N`` arrays ``(M, 4)``. Scores rank detections across a split: for ``refine``/``trajectory`` they are
       ``P(count right) · P(localisation error <= score_radius)`` from the fit's posterior (see the README),
       times the basin agreement of centred fits when ``basin_temperature > 0`` (``CSIST100K_OPTIONS``).
 
@@ -315,6 +319,24 @@ def decode(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if np.ndim(frames) == 3:
+        if np.shape(frames)[1] != np.shape(frames)[2]:
+            raise ValueError(f"frames must have shape (N, T, S, S) or (N, S, S), got {np.shape(frames)}")
+        if method == "trajectory":
+            raise ValueError(
+                f"decode: frames of shape {np.shape(frames)} are read as N single images (N, S, S); "
+                "method='trajectory' needs sequences (N, T, S, S) (one trajectory: frames[None]); single "
+                "images take 'refine', 'grid' or 'peak'"
+            )
+        if maps is not None:
+            if np.ndim(maps) != 3:
+                raise ValueError(
+                    f"decode: with single images {np.shape(frames)}, maps must have shape (N, 11c, 11c), "
+                    f"got {np.shape(maps)}"
+                )
+            maps = np.asarray(maps)[:, None]
+        per_image = decode(np.asarray(frames)[:, None], maps, method, imaging, **options)
+        return [frames_dets[0] for frames_dets in per_image]
     progress = bool(options.pop("progress", False))
     physics_iterations = int(options.pop("physics_iterations", 100))
     if method in ("refine", "trajectory"):
