@@ -304,7 +304,7 @@ def test_nan_inputs_raise():
     with pytest.raises(TypeError, match="unknown decode option"):
         decode(frames, None, "grid", not_an_option=1)
     with pytest.raises(ValueError, match="shape"):
-        decode(frames[0], None, "grid")
+        decode(frames[0, 0], None, "grid")  # (S, S): neither sequences nor single images
 
 
 def test_physics_maps_explain_the_frame():
