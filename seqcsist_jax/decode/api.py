@@ -99,7 +99,8 @@ def _warn_saturated(saturated: np.ndarray, clip_level: float | None) -> None:
 def _check_frames(frames: Any) -> np.ndarray:
     arr = np.asarray(frames)
     if arr.ndim != 4 or arr.shape[-1] != arr.shape[-2]:
-        hint = "; single images (N, S, S): decode(...) takes them, or pass frames[:, None]" if arr.ndim == 3 else ""
+        hint = "; single images (N, S, S): decode(...) takes them, or pass frames[:, None]" if arr.ndim == 3 \
+            else ""
         raise ValueError(f"frames must have shape (N, T, S, S), got {arr.shape}{hint}")
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"frames must hold numbers, got dtype {arr.dtype}")
@@ -309,9 +310,9 @@ def decode(
 
     Returns:
       ``N`` lists of ``T`` float64 arrays ``(M, 4)`` with rows ``(x, y, brightness, score)``; ``x`` on the
-      row axis, in pixels. For single images ``(N, S, S)``: ``N`` arrays ``(M, 4)``. Scores rank detections across a split: for ``refine``/``trajectory`` they are
-      ``P(count right) · P(localisation error <= score_radius)`` from the fit's posterior (see the README),
-      times the basin agreement of centred fits when ``basin_temperature > 0`` (``CSIST100K_OPTIONS``).
+      row axis, in pixels; for single images ``(N, S, S)``, ``N`` arrays ``(M, 4)``. Scores rank detections
+      across a split: for ``refine``/``trajectory`` they are ``P(count right) · P(localisation error <=
+      score_radius)`` from the fit's posterior (see the README), times the basin agreement of centred fits when ``basin_temperature > 0`` (``CSIST100K_OPTIONS``).
 
     Raises:
       ValueError: bad shapes, NaN/inf in frames or maps, unknown method, bad ``imaging``; TypeError: unknown
