@@ -312,7 +312,8 @@ def decode(
       ``N`` lists of ``T`` float64 arrays ``(M, 4)`` with rows ``(x, y, brightness, score)``; ``x`` on the
       row axis, in pixels; for single images ``(N, S, S)``, ``N`` arrays ``(M, 4)``. Scores rank detections
       across a split: for ``refine``/``trajectory`` they are ``P(count right) · P(localisation error <=
-      score_radius)`` from the fit's posterior (see the README), times the basin agreement of centred fits when ``basin_temperature > 0`` (``CSIST100K_OPTIONS``).
+      score_radius)`` from the fit's posterior (see the README), times the basin agreement of centred fits
+      when ``basin_temperature > 0`` (``CSIST100K_OPTIONS``).
 
     Raises:
       ValueError: bad shapes, NaN/inf in frames or maps, unknown method, bad ``imaging``; TypeError: unknown
