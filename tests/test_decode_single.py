@@ -263,8 +263,12 @@ def test_decode_takes_single_images_as_one_frame_sequences(five):
 
 @pytest.mark.parametrize("frames_shape, maps_shape, method, msg", [
     ((2, 11, 11), None, "trajectory", "needs sequences"),
-    ((2, 11, 11), (2, 1, 33, 33), "grid", r"maps must have shape \(N, 11c, 11c\)"),
+    ((2, 11, 11), (2, 1, 33, 33), "grid", r"maps must have shape \(2, 33, 33\) \(N, 11c, 11c with c=3\), "
+                                          r"got \(2, 1, 33, 33\)"),
+    ((2, 11, 11), (2, 11, 11), "peak", r"maps must have shape \(2, 33, 33\) .*got \(2, 11, 11\)"),
+    ((2, 11, 11), (1, 33, 33), "refine", r"maps must have shape \(2, 33, 33\)"),
     ((2, 11, 12), None, "refine", r"\(N, T, S, S\) or \(N, S, S\)"),
+    ((11, 11), None, "refine", r"one image \(S, S\): pass image\[None\]"),
 ])
 def test_decode_single_images_bad_input(frames_shape, maps_shape, method, msg):
     maps = None if maps_shape is None else np.zeros(maps_shape, np.float32)
@@ -275,3 +279,22 @@ def test_decode_single_images_bad_input(frames_shape, maps_shape, method, msg):
 def test_decode_arrays_error_names_the_single_image_form():
     with pytest.raises(ValueError, match=r"single images \(N, S, S\)"):
         decode_arrays(np.zeros((2, 11, 11), np.float32), method="refine")
+
+
+def test_ragged_input_and_misspelt_options_are_one_line():
+    with pytest.raises(ValueError, match="frames must be a rectangular array"):
+        decode([np.zeros((11, 11)), np.zeros((11, 10))], method="refine")
+    with pytest.raises(TypeError, match=r"unknown decode option\(s\): max_target \(did you mean max_targets\?\)"):
+        decode(np.zeros((2, 11, 11), np.float32), method="refine", max_target=5)
+
+
+def test_saturated_frames_flags_single_images_at_the_clip_level():
+    from seqcsist_jax.decode import saturated_frames
+
+    images = np.zeros((4, 11, 11), np.float32)
+    images[1, 5, 5] = 255.0   # clipped
+    images[2, 5, 5] = 254.0   # one grey level below: not clipped
+    images[3, 5, 5] = 300.0   # above the clip level: a float frame that was never clipped
+    expected = [any(abs(v - 255.0) <= 0.5 for v in img.ravel()) and img.max() <= 255.5 for img in images]
+    np.testing.assert_array_equal(saturated_frames(images), expected)
+    assert saturated_frames(images[:, None]).shape == (4, 1)

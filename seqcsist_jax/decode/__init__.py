@@ -5,7 +5,7 @@ caps CSO-mAP near 48–59 (SPEC §4). The frames are 8-bit images of a known ima
 trajectory moves almost rigidly over 20 frames (SPEC §3); these decoders use both.
 
 ``decode(frames, maps=None, method='trajectory', **options)`` → ``N`` lists of ``T`` arrays ``(M, 4)`` rows
-``(x, y, brightness, score)``. Methods: ``grid`` (the protocol), ``peak`` (map maxima, centroids), ``refine``
+``(x, y, brightness, score)`` (single images ``(N, S, S)``, e.g. CSIST-100K: ``N`` arrays). Methods: ``grid`` (the protocol), ``peak`` (map maxima, centroids), ``refine``
 (per-frame fits), ``trajectory`` (per-trajectory polynomial-path fits).
 
 Modules by job:
@@ -30,6 +30,7 @@ from seqcsist_jax.decode.api import (
     decode_arrays,
     localisation_confidence,
     map_seeds,
+    saturated_frames,
 )
 from seqcsist_jax.decode.calibrate import calibrate, calibrate_split, load_or_calibrate
 from seqcsist_jax.decode.imaging_params import DEFAULT_IMAGING, ImagingParams
@@ -58,6 +59,7 @@ __all__ = [
     "calibrate",
     "calibrate_split",
     "decode",
+    "saturated_frames",
     "decode_arrays",
     "grid_detections",
     "load_or_calibrate",

@@ -90,17 +90,29 @@ def _warn_saturated(saturated: np.ndarray, clip_level: float | None) -> None:
             f"{count} of {saturated.size} decoded frames have saturated pixels (stored at the clip level, "
             f"{clip_level:.0f}): their decoded "
             "brightnesses and counts are less reliable (clipped pixels only bound the signal; beyond "
-            "max_saturated per frame they are fitted as ordinary pixels); decode_arrays(...).saturated flags them",
+            "max_saturated per frame they are fitted as ordinary pixels); "
+            "seqcsist_jax.decode.saturated_frames(frames) flags them",
             RuntimeWarning,
             stacklevel=_caller_stacklevel(),
         )
 
 
+def _as_array(x: Any, name: str) -> np.ndarray:
+    """``np.asarray(x)``, with one line naming ``name`` when ``x`` is ragged (nested lists of unequal lengths)."""
+    try:
+        return np.asarray(x)
+    except ValueError as e:
+        raise ValueError(f"{name} must be a rectangular array (equal lengths on every axis): {e}") from None
+
+
 def _check_frames(frames: Any) -> np.ndarray:
-    arr = np.asarray(frames)
+    arr = _as_array(frames, "frames")
     if arr.ndim != 4 or arr.shape[-1] != arr.shape[-2]:
-        hint = "; single images (N, S, S): decode(...) takes them, or pass frames[:, None]" if arr.ndim == 3 \
-            else ""
+        hint = ""
+        if arr.ndim == 3:
+            hint = "; single images (N, S, S): decode(...) takes them, or pass frames[:, None]"
+        elif arr.ndim == 2:
+            hint = "; one image (S, S): pass image[None] (decode takes single images (N, S, S))"
         raise ValueError(f"frames must have shape (N, T, S, S), got {arr.shape}{hint}")
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"frames must hold numbers, got dtype {arr.dtype}")
@@ -113,7 +125,7 @@ def _check_frames(frames: Any) -> np.ndarray:
 
 def _check_maps(maps: Any, frames: np.ndarray, c: int) -> tuple[np.ndarray, int]:
     """Maps ``(N, T', n, n)`` and the index of the frame their first entry belongs to."""
-    arr = np.asarray(maps)
+    arr = _as_array(maps, "maps")
     n, t, s = frames.shape[:3]
     if arr.ndim != 4 or arr.shape[0] != n or arr.shape[-1] != arr.shape[-2] or arr.shape[-1] != s * c:
         raise ValueError(
@@ -264,10 +276,15 @@ def warn_at_cap(at_cap: np.ndarray, max_targets: int, method: str) -> None:
             f"decode ({method}): {num} of {at_cap.size} frames chose the largest count max_targets="
             f"{max_targets} (of all decoded frames, scored or not); if the data can hold more targets than "
             "that, raise max_targets to the dataset's maximum; if it is that maximum already (SeqCSIST 4, "
-            "targets_2_8 8, CSIST-100K 5), this is expected (Decoded.at_cap flags these frames)",
+            "targets_2_8 8, CSIST-100K 5), this is expected (decode_arrays(...).at_cap flags these frames; "
+            "single images: decode_arrays(images[:, None], ...))",
             CountCapWarning,
             stacklevel=_caller_stacklevel(),
         )
+
+
+#: Keyword arguments of :func:`decode` that are not :class:`DecodeOptions` fields.
+_CALL_OPTIONS = ("progress", "physics_iterations")
 
 
 def decode(
@@ -292,10 +309,12 @@ def decode(
         - ``"peak"``: local maxima of the map ``>= threshold``; position = weighted centroid of the peak's
           neighbourhood, brightness = its sum, score = brightness;
         - ``"refine"``: per-frame least-squares fit of positions and brightnesses to the 8-bit frame on the
-          imaging model (:mod:`seqcsist_jax.decode.frames`), count by a BIC-like criterion;
+          imaging model (:mod:`seqcsist_jax.decode.frames`), count by a BIC-like criterion (``count_penalty``;
+          0 in ``CSIST100K_OPTIONS``: the lowest cost);
         - ``"trajectory"``: per-trajectory fit of polynomial paths with constant brightness
           (:mod:`seqcsist_jax.decode.trajectory`), one count per trajectory.
-        ``grid`` and ``peak`` need maps; without them the physics-only map
+        ``grid`` and ``peak`` keep map cells ``>= threshold`` (SeqCSIST's 70 by default; CSIST-100K's
+        protocol is ``threshold=50``); they need maps; without them the physics-only map
         (:func:`seqcsist_jax.decode.maps.physics_maps`, non-negative sparse least squares on Φ) is used.
         ``refine`` and ``trajectory`` work from the frames alone; maps only add starts (their peaks).
       imaging: the forward model (:class:`~seqcsist_jax.decode.imaging_params.ImagingParams`: PSF σ, label →
@@ -321,23 +340,27 @@ def decode(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if np.ndim(frames) == 3:
-        if np.shape(frames)[1] != np.shape(frames)[2]:
-            raise ValueError(f"frames must have shape (N, T, S, S) or (N, S, S), got {np.shape(frames)}")
+    frames = _as_array(frames, "frames")
+    if frames.ndim == 3:
+        if frames.shape[1] != frames.shape[2]:
+            raise ValueError(f"frames must have shape (N, T, S, S) or (N, S, S), got {frames.shape}")
         if method == "trajectory":
             raise ValueError(
-                f"decode: frames of shape {np.shape(frames)} are read as N single images (N, S, S); "
+                f"decode: frames of shape {frames.shape} are read as N single images (N, S, S); "
                 "method='trajectory' needs sequences (N, T, S, S) (one trajectory: frames[None]); single "
                 "images take 'refine', 'grid' or 'peak'"
             )
         if maps is not None:
-            if np.ndim(maps) != 3:
+            maps = _as_array(maps, "maps")
+            c = make_options(**{k: v for k, v in options.items() if k not in _CALL_OPTIONS}).c
+            n, s = frames.shape[:2]
+            if maps.shape != (n, s * c, s * c):
                 raise ValueError(
-                    f"decode: with single images {np.shape(frames)}, maps must have shape (N, 11c, 11c), "
-                    f"got {np.shape(maps)}"
+                    f"decode: with single images {frames.shape}, maps must have shape {(n, s * c, s * c)} "
+                    f"(N, {s}c, {s}c with c={c}), got {maps.shape}"
                 )
-            maps = np.asarray(maps)[:, None]
-        per_image = decode(np.asarray(frames)[:, None], maps, method, imaging, **options)
+            maps = maps[:, None]
+        per_image = decode(frames[:, None], maps, method, imaging, **options)
         return [frames_dets[0] for frames_dets in per_image]
     progress = bool(options.pop("progress", False))
     physics_iterations = int(options.pop("physics_iterations", 100))

@@ -259,9 +259,10 @@ def spd_solve_many(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def saturated_frames(frames: Any, clip_level: float | None = 255.0) -> np.ndarray:
-    """``frames.shape[:-2]`` bool (``(N, T)`` for ``(N, T, S, S)``): frames with a pixel stored at ``clip_level`` (within ½ grey level), by the rule of
-    :func:`saturation_mask` (a frame with a pixel above ``clip_level + ½`` was not
-    clipped). ``clip_level=None``: nothing is saturated."""
+    """``frames.shape[:-2]`` bool (``(N, T)`` for ``(N, T, S, S)``, ``(N,)`` for single images ``(N, S, S)``):
+    frames with a pixel stored at ``clip_level`` (within ½ grey level), by the rule of :func:`saturation_mask`
+    (a frame with a pixel above ``clip_level + ½`` was not clipped). ``clip_level=None``: nothing is
+    saturated."""
     arr = np.asarray(frames, np.float32)
     if clip_level is None:
         return np.zeros(arr.shape[:-2], bool)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from typing import Any
 
@@ -349,7 +350,10 @@ def make_options(options: DecodeOptions | None = None, **overrides: Any) -> Deco
     known = {f.name for f in dataclasses.fields(DecodeOptions)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise TypeError(f"unknown decode option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        close = {u: difflib.get_close_matches(u, sorted(known), n=1) for u in unknown}
+        hint = "".join(f" (did you mean {m[0]}?)" if len(unknown) == 1 else f"; {u}: did you mean {m[0]}?"
+                       for u, m in close.items() if m)
+        raise TypeError(f"unknown decode option(s): {', '.join(unknown)}{hint}; known: {', '.join(sorted(known))}")
     # Values from numpy sweeps (np.int64, np.float32, np.bool_) become Python scalars before validation.
     overrides = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in overrides.items()}
     base = options if options is not None else DecodeOptions()
