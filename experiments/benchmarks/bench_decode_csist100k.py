@@ -81,6 +81,7 @@ ABLATION: list[tuple[str, dict[str, Any]]] = [
     ("harder walls (centre_wall=0.02)", dict(centre_wall=0.02)),
     ("softer walls (centre_wall=0.05)", dict(centre_wall=0.05)),
     ("full LM budget (frame_iterations=12, no screening)", dict(frame_iterations=12, screen_iterations=0)),
+    ("no flux count bound (flux_count_bound=None)", dict(flux_count_bound=None)),
 ]
 
 #: Published CSIST-100K results (c = 3) and grid ceilings of a perfect detector (SPEC §9).
@@ -252,7 +253,7 @@ def hedged_detections(dec, data: dict[str, np.ndarray], options: dict[str, Any],
                 kept.append(q)
                 rows.append(np.concatenate([q, np.full((k, 1), -1.0 - rank)], 1))
         for step, kk in enumerate((k + 1, k - 1)):
-            if 1 <= kk <= opts.max_targets:
+            if 1 <= kk <= opts.max_targets and np.isfinite(fits.cost[i, kk]):  # (inf: above the flux bound)
                 q = fits.params[i, kk - 1, :kk].astype(np.float64)
                 rows.append(np.concatenate([q, np.full((kk, 1), -10.0 - step)], 1))
         e = np.concatenate(rows) if rows else np.zeros((0, 4))

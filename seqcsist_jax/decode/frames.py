@@ -42,6 +42,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 
 from seqcsist_jax import imaging
 from seqcsist_jax.decode import forward
@@ -72,7 +73,8 @@ class FrameFits(NamedTuple):
     Attributes:
       params: ``(F, Kmax, Kmax, 3)``: ``params[f, K-1, :K]`` are the ``K``-target fit's rows ``(x, y, b)``.
       cost: ``(F, Kmax + 1)`` final cost (censored squared residuals + prior term) of each count's fit;
-        ``cost[:, 0]`` is the empty model's (``Σ obs²``).
+        ``cost[:, 0]`` is the empty model's (``Σ obs²``); ``inf`` for counts above the frame's flux bound
+        (``flux_count_bound``; their params are zero, their variances ``inf``, no alternatives).
       pos_var: ``(F, Kmax, Kmax)`` mean of the x and y posterior variances of each target (px²).
       alternatives: ``(F, Kmax, A, Kmax, 3)`` with ``A = centre_candidates > 1``: the ends of the ``A``
         lowest-cost starts of each count's fit that reached distinct basins (``alternatives[f, K-1, 0]`` is
@@ -461,6 +463,35 @@ def empty_cost(frames: np.ndarray, opts: DecodeOptions) -> np.ndarray:
     return np.sum(f * f, axis=(-2, -1))
 
 
+def flux_count_upper(frames: np.ndarray, opts: DecodeOptions) -> np.ndarray:
+    """``(F,)`` int: the most targets each frame's flux allows (``opts.max_targets`` where there is no bound).
+
+    With ``opts.flux_count_bound = b`` (and ``single_pixel``), a frame ``(S, S)`` without a saturated pixel
+    holds at most ``⌊(Σ pixels + S²/2 + 4·noise_sigma·S) / (b · m)⌋`` targets: each target puts ``≥ b·m`` grey
+    levels into the frame, ``m`` the smallest PSF mass inside the frame for a target within 1 px of the
+    brightest pixel (every target's pixel is the brightest or next to it: a target gives its own pixel at
+    least as much as any neighbour), and the stored bytes lose at most ½ per pixel to rounding. Bounds are at
+    least 1. Saturated frames (and every frame when the option is off) get ``max_targets``.
+    """
+    frames = np.asarray(frames, np.float64)
+    f, s = frames.shape[0], frames.shape[-1]
+    kmax = opts.max_targets
+    if opts.flux_count_bound is None or f == 0:
+        return np.full(f, kmax, np.int64)
+    brightest = frames.reshape(f, -1).argmax(-1)
+    px, py = brightest // s, brightest % s
+
+    def inside(p: np.ndarray) -> np.ndarray:  # smallest in-frame PSF mass along one axis for |x - p| <= 1
+        lo, hi = np.clip(p - 1.0, -0.5, s - 0.5), np.clip(p + 1.0, -0.5, s - 0.5)
+        mass = lambda x: scipy.special.ndtr((s - 0.5 - x) / opts.sigma) - scipy.special.ndtr((-0.5 - x) / opts.sigma)
+        return np.minimum(mass(lo), mass(hi))
+
+    flux = frames.reshape(f, -1).sum(-1) + 0.5 * s * s + 4.0 * opts.noise_sigma * s
+    bound = np.floor(flux / (opts.flux_count_bound * inside(px) * inside(py)))
+    saturated = np.asarray(forward.saturated_frames(frames, opts.clip_level))
+    return np.where(saturated, kmax, np.clip(bound, 1, kmax)).astype(np.int64)
+
+
 def _pad_chunk(x: np.ndarray, lo: int, hi: int, chunk: int) -> jax.Array:
     block = x[lo:hi]
     if hi - lo < chunk:
@@ -496,6 +527,22 @@ def fit_frames(
         seed_count = np.zeros(f, np.int32)
     seeds = np.asarray(seeds, np.float32)[:, : slots_for(kmax)]
     seed_count = np.minimum(np.asarray(seed_count, np.int32), seeds.shape[1])
+    if opts.flux_count_bound is None:
+        return _fit_frames_in_order(frames, opts, seeds, seed_count, progress, np.full(f, kmax, np.int64))
+    # Fitted in bound order (largest first), so that a chunk stops at its largest bound; undone at the end.
+    upper = flux_count_upper(frames, opts)
+    order = np.argsort(-upper, kind="stable")
+    fits = _fit_frames_in_order(frames[order], opts, seeds[order], seed_count[order], progress, upper[order])
+    inverse = np.argsort(order)
+    return FrameFits(*(None if a is None else a[inverse] for a in fits))
+
+
+def _fit_frames_in_order(frames: np.ndarray, opts: DecodeOptions, seeds: np.ndarray, seed_count: np.ndarray,
+                         progress: bool, upper: np.ndarray) -> FrameFits:
+    """:func:`fit_frames` of counts ``1..upper[f]`` per frame (higher counts: cost ``inf``); a chunk runs up to
+    its largest ``upper``."""
+    f = frames.shape[0]
+    kmax = opts.max_targets
     params = np.zeros((f, kmax, kmax, 3), np.float32)
     cost = np.full((f, kmax + 1), np.inf, np.float32)
     cost[:, 0] = empty_cost(frames, opts)
@@ -513,19 +560,20 @@ def fit_frames(
         hi = min(lo + chunk, f)
         obs, sc = _pad_chunk(frames, lo, hi, chunk), _pad_chunk(seed_count, lo, hi, chunk)
         prev = jnp.zeros((chunk, 1, 3), jnp.float32)
-        for k in range(1, kmax + 1):
+        for k in range(1, int(upper[lo:hi].max()) + 1):
             # K = 5 of max 5 runs in 5 slots, not 8 (2.5× faster); uniform_slots: every K >= 3 in kmax slots.
             slots = kmax if opts.uniform_slots and k > 2 else min(slots_for(k), kmax)
             if prev.shape[1] < slots:
                 prev = jnp.pad(prev, ((0, 0), (0, slots - prev.shape[1]), (0, 0)))
             sd = _pad_chunk(seeds[:, :slots], lo, hi, chunk)
             prev, c, v, a, ok = _stage(obs, prev, sd, sc, jnp.int32(k), opts)
-            params[lo:hi, k - 1, :k] = np.asarray(prev)[: hi - lo, :k]
+            run = upper[lo:hi] >= k  # frames whose flux allows k targets (the rest keep the empty defaults)
+            params[lo:hi, k - 1, :k] = np.where(run[:, None, None], np.asarray(prev)[: hi - lo, :k], 0.0)
             if alts is not None:
-                alts[lo:hi, k - 1, :, :k] = np.asarray(a)[: hi - lo, :, :k]
-                alt_ok[lo:hi, k - 1] = np.asarray(ok)[: hi - lo]
-            cost[lo:hi, k] = np.asarray(c)[: hi - lo]
-            pos_var[lo:hi, k - 1, :k] = np.asarray(v)[: hi - lo, :k]
+                alts[lo:hi, k - 1, :, :k] = np.where(run[:, None, None, None], np.asarray(a)[: hi - lo, :, :k], 0.0)
+                alt_ok[lo:hi, k - 1] = np.asarray(ok)[: hi - lo] & run[:, None]
+            cost[lo:hi, k] = np.where(run, np.asarray(c)[: hi - lo], np.inf)
+            pos_var[lo:hi, k - 1, :k] = np.where(run[:, None], np.asarray(v)[: hi - lo, :k], np.inf)
     return FrameFits(params, cost, pos_var, alts, alt_ok)
 
 

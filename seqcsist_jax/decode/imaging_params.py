@@ -157,9 +157,10 @@ def to_fit_space(frames: np.ndarray, options: dict[str, Any], params: ImagingPar
     """Frames and decode options of the default-model problem equivalent to decoding under ``params``.
 
     The background is subtracted from the frames (and from the clip level, so censoring stays at stored
-    255); brightness is fitted in grey levels, i.e. ``gain × label`` units, so the brightness prior and a
-    ``brightness_range`` box (both given in label units) are scaled by ``gain``; σ and the noise level come from ``params``. The fit's residuals are
-    then the raw ones, so its likelihood is the raw data's.
+    255); brightness is fitted in grey levels, i.e. ``gain × label`` units, so the brightness prior, a
+    ``brightness_range`` box and ``flux_count_bound`` (all given in label units) are scaled by ``gain``; σ and
+    the noise level come from ``params``. The fit's residuals are then the raw ones, so its likelihood is the
+    raw data's.
 
     Args:
       frames: ``(..., S, S)`` float grey values.
@@ -184,6 +185,8 @@ def to_fit_space(frames: np.ndarray, options: dict[str, Any], params: ImagingPar
     prior = out.get("brightness_prior", base.brightness_prior)
     if prior is not None:
         out["brightness_prior"] = (float(prior[0]) * params.gain, float(prior[1]) * params.gain)
+    if out.get("flux_count_bound") is not None:  # the smallest brightness (label units), if given
+        out["flux_count_bound"] = float(out["flux_count_bound"]) * params.gain
     if out.get("brightness_range") is not None:  # a box constraint on brightness (label units), if given
         lo, hi = out["brightness_range"]
         out["brightness_range"] = (float(lo) * params.gain, float(hi) * params.gain)

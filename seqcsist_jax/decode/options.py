@@ -131,6 +131,15 @@ class DecodeOptions:
         (:func:`seqcsist_jax.decode.centre.basin_agreement`): a target on which near-equal basins disagree is
         ranked lower. 1 is the posterior weight of each basin's mode. **DECISION**: 0 (off) by default; 1 in
         ``CSIST100K_OPTIONS``.
+      flux_count_bound: the smallest brightness a target can have (label units; CSIST-100K: 220), or
+        ``None``. With ``single_pixel``, a frame without a saturated pixel then holds at most
+        ``⌊(Σ pixels + S²/2 + 4·noise_sigma·S) / (flux_count_bound · m)⌋`` targets (the stored bytes lose at
+        most ½ per pixel to rounding; ``m``: the smallest share of a target's PSF inside the frame for a
+        target within 1 px of the frame's brightest pixel, where ``single_pixel`` puts every target), and its
+        per-frame fits skip the counts above that bound (their cost is ``inf``): compute that only produced
+        wrong counts. Frames are fitted in bound order so that a batch stops at its largest bound; each
+        frame's fits are the same as without the bound. **DECISION**: off by default; 220 in
+        ``CSIST100K_OPTIONS``.
       uniform_slots: run the per-frame fits of every count ``K >= 3`` in ``max_targets`` slots (one compiled
         program for them instead of one per slot count 4, 8, …; ``K = 1, 2`` keep 1 and 2 slots). Compilation
         is a large share of a 10,000-image CPU run; for small ``max_targets`` (CSIST-100K: 5) the extra slots
@@ -205,6 +214,7 @@ class DecodeOptions:
     min_separation: float | None = None
     separation_width: float = 0.02
     brightness_range: tuple[float, float] | None = None
+    flux_count_bound: float | None = None
     centre_iterations: int = 0
     centre_softness: float = 0.15
     centre_wall: float = 0.03
@@ -305,6 +315,14 @@ class DecodeOptions:
               f"decode option uniform_slots must be True or False, got {self.uniform_slots!r}")
         check(isinstance(self.single_pixel, bool),
               f"decode option single_pixel must be True or False, got {self.single_pixel!r}")
+        if self.flux_count_bound is not None:
+            check(isinstance(self.flux_count_bound, (int, float)) and not isinstance(self.flux_count_bound, bool)
+                  and math.isfinite(self.flux_count_bound) and self.flux_count_bound > 0,
+                  f"decode option flux_count_bound must be a positive brightness or None, got "
+                  f"{self.flux_count_bound!r}")
+            check(self.single_pixel, "decode option flux_count_bound needs single_pixel=True (the bound assumes "
+                                     "every target lies within 1 px of the brightest pixel)")
+            object.__setattr__(self, "flux_count_bound", float(self.flux_count_bound))
         if self.brightness_range is not None:
             br = tuple(float(v) for v in self.brightness_range)
             check(len(br) == 2 and all(math.isfinite(v) for v in br) and 0 < br[0] <= br[1],

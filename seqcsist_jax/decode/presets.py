@@ -8,7 +8,9 @@ is the one of the lowest cost (``count_penalty=0``: with the brightness prior a 
 itself on noise-free frames, while the BIC penalty undercounted clipped 4–5-target images); each target's score
 is multiplied by its agreement with the other basins' ends (``basin_temperature=1``). The remaining
 settings trade a little accuracy for time so that 10,000 images decode in 30–35 s on 2 CPU cores (8 LM steps,
-every start screened after 3; ``uniform_slots``: counts 3–5 share one compiled program). Every value was chosen
+every start screened after 3; ``uniform_slots``: counts 3–5 share one compiled program), and the flux of an
+unclipped image bounds its count (``flux_count_bound=220``, the smallest brightness: no fit is run for counts
+the image cannot hold, results unchanged). Every value was chosen
 on the validation split (``bench_decode_csist100k``'s option trials). :func:`dataset_decode_options` picks the
 options of a run's ``config.dataset``.
 
@@ -25,7 +27,7 @@ from typing import Any, Mapping
 CSIST100K_OPTIONS: dict[str, Any] = dict(max_targets=5, single_pixel=True, layout_starts=6, min_separation=0.494,
                                          uniform_slots=True, frame_iterations=8, screen_iterations=3, screen_keep=5,
                                          count_penalty=0.0, centre_iterations=10, centre_screen_iterations=3,
-                                         centre_candidates=5, basin_temperature=1.0)
+                                         centre_candidates=5, basin_temperature=1.0, flux_count_bound=220.0)
 
 #: The star geometry prior of the SeqCSIST generator (``DecodeOptions.geometry``; the ``star_*`` defaults are
 #: SPEC §3's numbers: 0.3 px start distance, outward drift uniform in [0, 0.0014) px/frame, 4 axis directions up to
