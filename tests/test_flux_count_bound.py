@@ -84,6 +84,8 @@ def test_bound_off_saturated_and_noise_terms():
     assert frames.flux_count_upper(images, noisy)[2] == 2 and frames.flux_count_upper(more, noisy)[0] == 2
     more[0, 4:7, 4:7] += 0.3  # (484 + 28.8 + 60.5 + 88) / 220 = 3.006
     assert frames.flux_count_upper(more, noisy)[0] == 3
+    at_least = dataclasses.replace(OPTS, min_targets=2)  # the user's smallest count is never cut off
+    np.testing.assert_array_equal(frames.flux_count_upper(images, at_least), [2, 5, 2])
     corner = np.zeros((1, S, S), np.float32)
     corner[0, 0, 0] = 60.0  # a target at the corner keeps as little as a quarter of its light in the frame
     assert frames.flux_count_upper(corner, OPTS)[0] == 2  # ⌊(60 + 60.5) / (220 · ¼)⌋
@@ -102,7 +104,8 @@ def test_flux_count_bound_is_validated(bad, msg):
 
 def test_preset_uses_the_generators_smallest_brightness_and_label_units_scale_with_gain():
     assert CSIST100K_OPTIONS["flux_count_bound"] == 220.0
-    _, fit = to_fit_space(np.zeros((1, S, S), np.float32), {"flux_count_bound": 220.0}, ImagingParams(gain=1.5))
+    _, fit = to_fit_space(np.zeros((1, S, S), np.float32), {"flux_count_bound": 220.0},
+                          ImagingParams(gain=1.5))
     assert fit["flux_count_bound"] == pytest.approx(330.0)
 
 
@@ -135,7 +138,8 @@ def test_fit_frames_skips_counts_above_the_bound_and_keeps_every_other_result(mo
                 np.testing.assert_array_equal(bounded.cost[i, k], free.cost[i, k])
                 np.testing.assert_array_equal(bounded.pos_var[i, k - 1], free.pos_var[i, k - 1])
                 np.testing.assert_array_equal(bounded.alternatives[i, k - 1], free.alternatives[i, k - 1])
-                np.testing.assert_array_equal(bounded.alternative_valid[i, k - 1], free.alternative_valid[i, k - 1])
+                np.testing.assert_array_equal(bounded.alternative_valid[i, k - 1],
+                                              free.alternative_valid[i, k - 1])
             else:
                 assert bounded.cost[i, k] == np.inf and not bounded.alternative_valid[i, k - 1].any()
                 assert np.all(bounded.params[i, k - 1] == 0) and np.all(bounded.pos_var[i, k - 1] == np.inf)

@@ -471,7 +471,7 @@ def flux_count_upper(frames: np.ndarray, opts: DecodeOptions) -> np.ndarray:
     levels into the frame, ``m`` the smallest PSF mass inside the frame for a target within 1 px of the
     brightest pixel (every target's pixel is the brightest or next to it: a target gives its own pixel at
     least as much as any neighbour), and the stored bytes lose at most ½ per pixel to rounding. Bounds are at
-    least 1. Saturated frames (and every frame when the option is off) get ``max_targets``.
+    least 1 and ``min_targets``. Saturated frames (and every frame when the option is off) get ``max_targets``.
     """
     frames = np.asarray(frames, np.float64)
     f, s = frames.shape[0], frames.shape[-1]
@@ -483,13 +483,15 @@ def flux_count_upper(frames: np.ndarray, opts: DecodeOptions) -> np.ndarray:
 
     def inside(p: np.ndarray) -> np.ndarray:  # smallest in-frame PSF mass along one axis for |x - p| <= 1
         lo, hi = np.clip(p - 1.0, -0.5, s - 0.5), np.clip(p + 1.0, -0.5, s - 0.5)
-        mass = lambda x: scipy.special.ndtr((s - 0.5 - x) / opts.sigma) - scipy.special.ndtr((-0.5 - x) / opts.sigma)
+        def mass(x: np.ndarray) -> np.ndarray:
+            return scipy.special.ndtr((s - 0.5 - x) / opts.sigma) - scipy.special.ndtr((-0.5 - x) / opts.sigma)
+
         return np.minimum(mass(lo), mass(hi))
 
     flux = frames.reshape(f, -1).sum(-1) + 0.5 * s * s + 4.0 * opts.noise_sigma * s
     bound = np.floor(flux / (opts.flux_count_bound * inside(px) * inside(py)))
     saturated = np.asarray(forward.saturated_frames(frames, opts.clip_level))
-    return np.where(saturated, kmax, np.clip(bound, 1, kmax)).astype(np.int64)
+    return np.where(saturated, kmax, np.clip(bound, max(1, opts.min_targets), kmax)).astype(np.int64)
 
 
 def _pad_chunk(x: np.ndarray, lo: int, hi: int, chunk: int) -> jax.Array:
@@ -570,7 +572,8 @@ def _fit_frames_in_order(frames: np.ndarray, opts: DecodeOptions, seeds: np.ndar
             run = upper[lo:hi] >= k  # frames whose flux allows k targets (the rest keep the empty defaults)
             params[lo:hi, k - 1, :k] = np.where(run[:, None, None], np.asarray(prev)[: hi - lo, :k], 0.0)
             if alts is not None:
-                alts[lo:hi, k - 1, :, :k] = np.where(run[:, None, None, None], np.asarray(a)[: hi - lo, :, :k], 0.0)
+                alts[lo:hi, k - 1, :, :k] = np.where(run[:, None, None, None],
+                                                     np.asarray(a)[: hi - lo, :, :k], 0.0)
                 alt_ok[lo:hi, k - 1] = np.asarray(ok)[: hi - lo] & run[:, None]
             cost[lo:hi, k] = np.where(run, np.asarray(c)[: hi - lo], np.inf)
             pos_var[lo:hi, k - 1, :k] = np.where(run[:, None], np.asarray(v)[: hi - lo, :k], np.inf)
