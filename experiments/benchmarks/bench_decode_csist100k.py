@@ -17,7 +17,8 @@ grid maps) with
 
 Each timed call is the first call of its options in the process, so it includes compilation; the preset runs
 first (its time is a fresh process's: nothing of it compiled before) and then once more, which times it without
-compilation (``warm_seconds``). Diagnostics of
+compilation (``warm_seconds``); side by side with it, compiled and in fresh processes that alternate with the
+preset's, the preset without the flux count bound (``flux_count_bound=None``: the same results, all counts fitted). Diagnostics of
 the preset row: AP by true count, clipped vs unclipped images, optimiser basins (images whose fit started at the
 truth — 12 LM steps from the truth, then the same centring — reaches a lower centring objective than ours), the
 CSO-mAP of that truth-started fit (an oracle start, not a ceiling that the data alone allow), and the share of
