@@ -79,6 +79,7 @@ from absl import flags
 
 from experiments import cli
 from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json
+from seqcsist_jax.suggest import closest_name
 from seqcsist_jax.methods import CSIST100K_METHODS, METHOD_TABLE  # cheap: the table imports no method module
 from seqcsist_jax.workdir import latest_checkpoint_step, run_differences
 
@@ -246,16 +247,14 @@ def expand_rows(text: str) -> list[str]:
 def check_rows(rows: Sequence[str]) -> None:
     """Raises UsageError for a row whose method is neither a config name (with did-you-mean) nor a config file
     path, and for two rows that would share a run directory (config files with the same stem as another row)."""
-    import difflib
-
     from experiments import configs
 
     available = configs.available_configs()
     bases = [r.partition("@")[0] for r in rows]
     unknown = list(dict.fromkeys(b for b in bases if b not in available and not is_config_file(b)))
     if unknown:
-        guesses = {m: difflib.get_close_matches(m, available, n=1) for m in unknown}
-        hints = "; ".join(f"did you mean {g[0]!r} for {m!r}?" for m, g in guesses.items() if g)
+        guesses = {m: closest_name(m, available) for m in unknown}
+        hints = "; ".join(f"did you mean {g!r} for {m!r}?" for m, g in guesses.items() if g)
         raise cli.UsageError(f"unknown method(s) {', '.join(map(repr, unknown))}" + (f" ({hints})" if hints else "")
                              + f"; available configs: {', '.join(available)}, or a config file path "
                              "(path/to/mynet.py)")

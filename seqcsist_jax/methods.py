@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from seqcsist_jax.suggest import closest_name
+
 LossFn = Callable[[dict, Any], tuple[Any, dict]]
 Builder = Callable[[ml_collections.ConfigDict, ml_collections.ConfigDict], "Method"]
 
@@ -127,10 +129,10 @@ def _import_builder(target: str) -> Builder:
     return getattr(module, function)
 
 
-def _paper_spelling(name: str) -> list[str]:
-    """``[table name]`` when ``name`` is a method as papers spell it (``DISTA-Net``, ``ISTA-Net++``, ``DeRefNet``,
+def _paper_spelling(name: str) -> str | None:
+    """The table name when ``name`` is a method as papers spell it (``DISTA-Net``, ``ISTA-Net++``, ``DeRefNet``,
     ``distanet``): case, ``-``/``_``/spaces, ``+`` → ``plus``, ``++`` → ``pp`` and a trailing ``net`` ignored;
-    else ``[]``. Edit distance alone sends ``distanet`` to ``istanet``."""
+    else None. Edit distance alone sends ``distanet`` to ``istanet``."""
     import re
 
     def normal(text: str) -> str:
@@ -140,16 +142,14 @@ def _paper_spelling(name: str) -> list[str]:
     query = normal(name)
     for candidate in (query, query[:-3] if query.endswith("net") else None):
         if candidate and candidate in table:
-            return [table[candidate]]
-    return []
+            return table[candidate]
+    return None
 
 
 def check_method_name(name: str) -> None:
     """Raises :class:`UnknownMethodError` (one line) unless ``name`` is in :data:`METHOD_TABLE` or is an import
     target ``"package.module:build_fn"`` / ``"path/to/file.py:build_fn"`` whose builder function exists (the
     module is imported to check)."""
-    import difflib
-
     if name in METHOD_TABLE:
         return
     if isinstance(name, str) and ":" in name:
@@ -159,8 +159,8 @@ def check_method_name(name: str) -> None:
             raise UnknownMethodError(f"config.model.name: cannot import the builder {name!r}: "
                                      f"{type(e).__name__}: {e}") from None
         return
-    guess = _paper_spelling(str(name)) or difflib.get_close_matches(str(name), list(METHOD_TABLE), n=1, cutoff=0.6)
-    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    guess = _paper_spelling(str(name)) or closest_name(str(name), METHOD_TABLE)
+    hint = f" (did you mean {guess!r}?)" if guess else ""
     raise UnknownMethodError(
         f"config.model.name: unknown model {name!r}{hint}; available: {', '.join(METHOD_TABLE)}, or a builder "
         f"given as 'package.module:build_fn' or 'path/to/file.py:build_fn' (README: Adding a method)")

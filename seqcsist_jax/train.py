@@ -36,6 +36,7 @@ from seqcsist_jax import methods, protocol, sharding, train_multistep
 from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like, fault_point
 from seqcsist_jax.data.splits import cached_q, check_dataset_name, is_single_image, load_arrays, subpixel_c
 from seqcsist_jax.run_lock import WorkdirLock
+from seqcsist_jax.suggest import closest_name
 from seqcsist_jax.fileio import atomic_write_json
 from seqcsist_jax.evaluate import check_eval_config, eval_dir
 from seqcsist_jax.methods import check_method_name
@@ -432,8 +433,6 @@ class UnknownConfigFieldError(ValueError):
 def check_config_fields(config: ml_collections.ConfigDict) -> None:
     """Raises :class:`UnknownConfigFieldError` for a field of a section in :data:`CONFIG_FIELDS` that is not
     listed there, suggesting a field of that name at another level or the closest name in its section."""
-    import difflib
-
     known = {f"{section}.{name}" if section else name for section, names in CONFIG_FIELDS.items() for name in names}
     for section, names in CONFIG_FIELDS.items():
         node = config if not section else config.get(section)
@@ -442,8 +441,8 @@ def check_config_fields(config: ml_collections.ConfigDict) -> None:
         for name in sorted(set(node.keys()) - names):
             path = f"{section}.{name}" if section else name
             elsewhere = sorted(k for k in known if k.rsplit(".", 1)[-1] == name)
-            close = difflib.get_close_matches(path, sorted(known), n=1, cutoff=0.6)
-            hint = elsewhere or close
+            close = closest_name(path, known)
+            hint = elsewhere or ([close] if close else [])
             raise UnknownConfigFieldError(
                 f"config.{path}: unknown config field{f'; did you mean {hint[0]}?' if hint else ''} (nothing reads it: "
                 "a run would ignore it)")

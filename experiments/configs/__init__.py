@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import pathlib
 import sys
 
 import ml_collections
+
+from seqcsist_jax.suggest import closest_name
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent
 _NOT_CONFIGS = {"__init__", "common"}
@@ -40,8 +41,8 @@ def config_path(spec: str) -> str:
         return spec
     path = CONFIG_DIR / f"{name}.py"
     if not path.exists() or name in _NOT_CONFIGS:
-        close = difflib.get_close_matches(name, available_configs(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        close = closest_name(name, available_configs())
+        hint = f" (did you mean {close!r}?)" if close else ""
         raise ValueError(
             f"unknown config {name!r}{hint}; available configs: {', '.join(available_configs())} "
             f"(or pass a path to a config file)"

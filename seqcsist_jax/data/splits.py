@@ -23,6 +23,7 @@ import numpy as np
 
 from seqcsist_jax import imaging
 from seqcsist_jax.fileio import atomic_path
+from seqcsist_jax.suggest import closest_name
 
 
 SIMULATED = ("simulated", "simulated_csist100k")  # in-memory datasets (SeqCSIST trajectories, CSIST-100K images)
@@ -59,7 +60,6 @@ def check_dataset_name(name: str, data_dir: str | None = None) -> None:
     Checked before anything is built or written: TFDS's own error for an unknown name lists every dataset in its
     catalogue (hundreds of lines) and would leave an empty workdir behind.
     """
-    import difflib
     import os
 
     known = known_dataset_names()
@@ -72,8 +72,8 @@ def check_dataset_name(name: str, data_dir: str | None = None) -> None:
     root = pathlib.Path(os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"))
     if family in families and (root / family / config).is_dir():  # a prepared custom config of our builders
         return
-    guess = difflib.get_close_matches(f"{family}/{config}" if rest else text, known, n=1, cutoff=0.5)
-    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    guess = closest_name(f"{family}/{config}" if rest else text, known, cutoff=0.5)
+    hint = f" (did you mean {guess!r}?)" if guess else ""
     raise UnknownDatasetError(f"config.dataset.name: unknown dataset {text!r}{hint}; known: {', '.join(known)}"
                               + (f", or a config prepared in {root}/{family}/" if family in families else ""))
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from typing import Any
 
 import numpy as np
+
+from seqcsist_jax.suggest import closest_name
 
 __all__ = ["DecodeOptions", "make_options", "METHODS", "GEOMETRIES"]
 
@@ -368,8 +369,8 @@ def make_options(options: DecodeOptions | None = None, **overrides: Any) -> Deco
     known = {f.name for f in dataclasses.fields(DecodeOptions)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        close = {u: difflib.get_close_matches(u, sorted(known), n=1) for u in unknown}
-        hint = "".join(f" (did you mean {m[0]}?)" if len(unknown) == 1 else f"; {u}: did you mean {m[0]}?"
+        close = {u: closest_name(u, known) for u in unknown}
+        hint = "".join(f" (did you mean {m}?)" if len(unknown) == 1 else f"; {u}: did you mean {m}?"
                        for u, m in close.items() if m)
         raise TypeError(f"unknown decode option(s): {', '.join(unknown)}{hint}; known: {', '.join(sorted(known))}")
     # Values from numpy sweeps (np.int64, np.float32, np.bool_) become Python scalars before validation.
