@@ -79,8 +79,8 @@ from absl import flags
 
 from experiments import cli
 from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json
-from seqcsist_jax.suggest import closest_name
 from seqcsist_jax.methods import CSIST100K_METHODS, METHOD_TABLE  # cheap: the table imports no method module
+from seqcsist_jax.suggest import closest_name
 from seqcsist_jax.workdir import latest_checkpoint_step, run_differences
 
 # Every SeqCSIST method (Table 7's 23 rows + FISTA), in the table's order.
