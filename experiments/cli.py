@@ -19,6 +19,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from experiments import configs
+from seqcsist_jax.suggest import closest_name
 
 OVERRIDE_PREFIX = "--config."
 
@@ -89,6 +90,11 @@ def _leaf_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str
 
 def _suggest(key: str, config: ml_collections.ConfigDict) -> str:
     paths = _leaf_paths(config)
+    # A misspelling of one full path (model.nam, modle.name) names only that path; a right name at the wrong
+    # level (learning_rate, train.learning_rat) lists the fields of that name.
+    close = closest_name(key, paths, cutoff=0.8)
+    if close is not None:
+        return f"; did you mean {close}?"
     last = key.split(".")[-1]
     same_leaf = [p for p in paths if p.split(".")[-1] == last and p != key]
     if not same_leaf:  # a misspelt field name: compare names, then prefer the closest full path

@@ -80,7 +80,7 @@ from absl import flags
 from experiments import cli
 from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json
 from seqcsist_jax.methods import CSIST100K_METHODS, METHOD_TABLE  # cheap: the table imports no method module
-from seqcsist_jax.suggest import closest_name
+from seqcsist_jax.suggest import closest_name, did_you_mean
 from seqcsist_jax.workdir import latest_checkpoint_step, run_differences
 
 # Every SeqCSIST method (Table 7's 23 rows + FISTA), in the table's order.
@@ -129,9 +129,12 @@ def _define_flags(fv: flags.FlagValues) -> None:
                         "(rows marked 'reduced budget' in the table)", flag_values=fv)
     flags.DEFINE_string("dataset", None, "dataset name override: seqcsist/mini, seqcsist/default, csist100k/mini, "
                         "... or the in-memory generators simulated / simulated_csist100k (quick trials)", flag_values=fv)
-    flags.DEFINE_integer("budget_steps", None, "training steps per learned method", flag_values=fv)
-    flags.DEFINE_float("budget_epochs", None, "training epochs per learned method", flag_values=fv)
-    flags.DEFINE_bool("paper_scale", False, "each config's own (paper) schedule", flag_values=fv)
+    flags.DEFINE_integer("budget_steps", None, "training steps per learned method (one of --budget_steps, "
+                          "--budget_epochs or --paper_scale is required)", flag_values=fv)
+    flags.DEFINE_float("budget_epochs", None, "training epochs per learned method (or --budget_steps or "
+                        "--paper_scale)", flag_values=fv)
+    flags.DEFINE_bool("paper_scale", False, "each config's own (paper) schedule (instead of a "
+                       "--budget_steps / --budget_epochs budget)", flag_values=fv)
     flags.DEFINE_float("learning_rate", None, "learning-rate override for every method", flag_values=fv)
     flags.DEFINE_string("variant", "", "config variant for every method ('' = paper architecture)", flag_values=fv)
     flags.DEFINE_integer("evals", 2, "validation evaluations per training run", flag_values=fv)
@@ -235,7 +238,8 @@ def expand_rows(text: str) -> list[str]:
         for row in ROW_LISTS.get(item, (item,)):
             base, _, variant = row.partition("@")
             if variant and variant not in ROW_VARIANTS:
-                raise cli.UsageError(f"unknown row variant {variant!r} in {row!r}; variants: {', '.join(ROW_VARIANTS)}")
+                raise cli.UsageError(f"unknown row variant {variant!r} in {row!r}{did_you_mean(variant, ROW_VARIANTS)}; "
+                                     f"variants: {', '.join(ROW_VARIANTS)}")
             if row not in rows:
                 rows.append(row)
     if not rows:
@@ -253,11 +257,15 @@ def check_rows(rows: Sequence[str]) -> None:
     bases = [r.partition("@")[0] for r in rows]
     unknown = list(dict.fromkeys(b for b in bases if b not in available and not is_config_file(b)))
     if unknown:
-        guesses = {m: closest_name(m, available) for m in unknown}
-        hints = "; ".join(f"did you mean {g!r} for {m!r}?" for m, g in guesses.items() if g)
-        raise cli.UsageError(f"unknown method(s) {', '.join(map(repr, unknown))}" + (f" ({hints})" if hints else "")
-                             + f"; available configs: {', '.join(available)}, or a config file path "
-                             "(path/to/mynet.py)")
+        guesses = {m: closest_name(m, [*available, *ROW_LISTS]) for m in unknown}
+        if len(unknown) == 1:
+            hints = f"did you mean {guesses[unknown[0]]!r}?" if guesses[unknown[0]] else ""
+        else:
+            hints = "; ".join(f"did you mean {g!r} for {m!r}?" for m, g in guesses.items() if g)
+        raise cli.UsageError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+                             + (f" ({hints})" if hints else "")
+                             + f"; available configs: {', '.join(available)}, the lists "
+                             f"{', '.join(ROW_LISTS)}, or a config file path (path/to/mynet.py)")
     missing = list(dict.fromkeys(b for b in bases if is_config_file(b) and not pathlib.Path(b).expanduser().is_file()))
     if missing:
         raise cli.UsageError(f"config file(s) not found: {', '.join(missing)}")
@@ -289,7 +297,8 @@ def parse_method_steps(text: str, rows: Sequence[str]) -> dict[str, int]:
         if not sep or number <= 0:
             raise cli.UsageError(f"--method_steps entry {item!r}: expected NAME=STEPS with STEPS a positive integer")
         if name not in known:
-            raise cli.UsageError(f"--method_steps names {name!r}, which is not among the selected rows")
+            raise cli.UsageError(f"--method_steps names {name!r}, which is not among the selected rows"
+                                 f"{did_you_mean(name, sorted(known))}")
         steps[name] = number
     return steps
 

@@ -27,6 +27,7 @@ from absl import flags
 
 from experiments import cli
 from seqcsist_jax.protocol import DECODERS
+from seqcsist_jax.suggest import did_you_mean
 
 FLAGS = flags.FLAGS
 IMAGING_FILE = "imaging.json"  # calibrated imaging parameters of a workdir (seqcsist_jax.decode.calibrate)
@@ -72,6 +73,11 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         raise cli.UsageError(f"--workdir={workdir} holds a training run (config.json, checkpoints/); {flag} would "
                              "replace its eval/ results with another model's: give a new or empty --workdir"
                              + (" (or leave it out: workdirs/pretrained/NAME)" if pretrained else ""))
+    if (pretrained or torch_checkpoint) and str(checkpoint) != "best":
+        # Otherwise it would be ignored: a silently different checkpoint than the one asked for.
+        flag = "--pretrained" if pretrained else "--torch_checkpoint"
+        raise cli.UsageError(f"--checkpoint={checkpoint} chooses a checkpoint of a training run's --workdir; "
+                             f"{flag} scores the weights it names (leave --checkpoint out)")
     if pretrained:
         from seqcsist_jax import pretrained as shipped
 
@@ -246,7 +252,8 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
             pending = (" (the paper-schedule DeRefNet weights are not published yet: they come only from a full "
                        "run of the paper protocol, `python -m experiments.train --config=derefnet`, on a GPU)"
                        if name == "derefnet" else "")
-            raise cli.UsageError(f"no shipped weights named {name!r}{pending}; available: "
+            raise cli.UsageError(f"no shipped weights named {name!r}{did_you_mean(name, shipped.available())}"
+                                 f"{pending}; available: "
                                  f"{', '.join(shipped.available()) or 'none'}, or a path to an exported NAME.npz")
         workdir = workdir or f"workdirs/pretrained/{name}"
         if FLAGS.config:

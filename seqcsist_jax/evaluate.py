@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 from seqcsist_jax import metrics as metrics_lib
 from seqcsist_jax.protocol import DECODERS, METRIC_KEYS, SCORED_MARGIN, scored_frame_range, scored_frames
 from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json
+from seqcsist_jax.suggest import did_you_mean
 
 PAPER_COLUMNS = METRIC_KEYS
 
@@ -107,7 +108,7 @@ def score_maps(
       trajectories of lists over scored frames of ``(M, 4)`` rows ``(x, y, brightness, score)``.
     """
     if decode not in DECODERS:
-        raise ValueError(f"decode must be one of {DECODERS}, got {decode!r}")
+        raise ValueError(f"decode must be one of {DECODERS}, got {decode!r}{did_you_mean(decode, DECODERS)}")
     frames = np.asarray(arrays["frames"])
     n, t = frames.shape[:2]
     c = subpixel_division(maps, frames)
@@ -341,7 +342,8 @@ def check_eval_config(eval_config: Mapping[str, Any]) -> None:
             whole(key, minimum)
     decode = eval_config.get("decode", "grid")
     if decode not in (None, "", *DECODERS):
-        raise EvalConfigError(f"config.eval.decode must be one of {', '.join(DECODERS)}, got {decode!r}")
+        raise EvalConfigError(f"config.eval.decode must be one of {', '.join(DECODERS)}, got {decode!r}"
+                              f"{did_you_mean(str(decode), DECODERS)}")
     if eval_config.get("ties", "input_order") not in ("input_order", "grouped"):
         raise EvalConfigError(f"config.eval.ties must be 'input_order' or 'grouped', got {eval_config.get('ties')!r}")
 

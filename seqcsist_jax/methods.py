@@ -129,23 +129,6 @@ def _import_builder(target: str) -> Builder:
     return getattr(module, function)
 
 
-def _paper_spelling(name: str) -> str | None:
-    """The table name when ``name`` is a method as papers spell it (``DISTA-Net``, ``ISTA-Net++``, ``DeRefNet``,
-    ``distanet``): case, ``-``/``_``/spaces, ``+`` → ``plus``, ``++`` → ``pp`` and a trailing ``net`` ignored;
-    else None. Edit distance alone sends ``distanet`` to ``istanet``."""
-    import re
-
-    def normal(text: str) -> str:
-        return re.sub(r"[^a-z0-9]", "", text.lower().replace("++", "pp").replace("+", "plus"))
-
-    table = {normal(key): key for key in METHOD_TABLE}
-    query = normal(name)
-    for candidate in (query, query[:-3] if query.endswith("net") else None):
-        if candidate and candidate in table:
-            return table[candidate]
-    return None
-
-
 def check_method_name(name: str) -> None:
     """Raises :class:`UnknownMethodError` (one line) unless ``name`` is in :data:`METHOD_TABLE` or is an import
     target ``"package.module:build_fn"`` / ``"path/to/file.py:build_fn"`` whose builder function exists (the
@@ -159,7 +142,7 @@ def check_method_name(name: str) -> None:
             raise UnknownMethodError(f"config.model.name: cannot import the builder {name!r}: "
                                      f"{type(e).__name__}: {e}") from None
         return
-    guess = _paper_spelling(str(name)) or closest_name(str(name), METHOD_TABLE)
+    guess = closest_name(str(name), METHOD_TABLE)
     hint = f" (did you mean {guess!r}?)" if guess else ""
     raise UnknownMethodError(
         f"config.model.name: unknown model {name!r}{hint}; available: {', '.join(METHOD_TABLE)}, or a builder "

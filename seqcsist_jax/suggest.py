@@ -1,16 +1,43 @@
 """Did-you-mean hints for the one-line errors on misspelt names (configs, config fields, datasets, methods,
-decode options): one matching rule for every entry point."""
+splits, decode methods and options): one matching rule for every entry point."""
 
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Iterable
 
-__all__ = ["closest_name"]
+__all__ = ["closest_name", "did_you_mean"]
+
+
+def _spelling_key(text: str) -> str:
+    # How papers and people write the same name: case, "-", "_", spaces and "/" ignored, "++" = "pp", "+" = "plus".
+    return re.sub(r"[^a-z0-9]", "", text.lower().replace("++", "pp").replace("+", "plus"))
 
 
 def closest_name(name: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str | None:
-    """The entry of ``choices`` most similar to ``name`` (difflib's ratio, 0–1), or None when none reaches
-    ``cutoff``. Ties go to the alphabetically last entry whatever the order of ``choices``."""
-    match = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=cutoff)
+    """The entry of ``choices`` that ``name`` most likely means, or None.
+
+    First the one entry spelled the same up to case, ``-``/``_``/spaces, ``+`` → ``plus``, ``++`` → ``pp`` and a
+    trailing ``net`` (``DISTA-Net`` → ``dista``, ``ISTA-Net++`` → ``istanet_pp``, ``SRCNN`` → ``srcnn``,
+    ``maxtargets`` → ``max_targets``): edit distance alone sends ``distanet`` to ``istanet``. Otherwise the
+    entry most similar by difflib's ratio (0–1) if it reaches ``cutoff``; ties go to the alphabetically last
+    entry whatever the order of ``choices``.
+    """
+    choices = [str(c) for c in choices]
+    same: dict[str, list[str]] = {}
+    for choice in choices:
+        same.setdefault(_spelling_key(choice), []).append(choice)
+    key = _spelling_key(str(name))
+    for candidate in (key, key[:-3] if key.endswith("net") else None):
+        if candidate and len(same.get(candidate, ())) == 1:
+            return same[candidate][0]
+    match = difflib.get_close_matches(str(name), choices, n=1, cutoff=cutoff)
     return match[0] if match else None
+
+
+def did_you_mean(name: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """``" (did you mean 'x'?)"`` with :func:`closest_name`'s pick, or ``""`` when there is none: the suffix
+    of the error messages for a misspelt name."""
+    guess = closest_name(name, choices, cutoff=cutoff)
+    return f" (did you mean {guess!r}?)" if guess else ""

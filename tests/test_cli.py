@@ -60,6 +60,8 @@ def test_apply_overrides_keeps_field_types():
 @pytest.mark.parametrize("key,value,message", [
     ("learning_rate", "abc", "unknown config field learning_rate; did you mean optimizer.learning_rate?"),
     ("optimizer.learning_rat", "1", "did you mean optimizer.learning_rate?"),
+    ("modle.name", "x", "unknown config field modle.name; did you mean model.name?"),  # not dataset.name too
+    ("num_train_step", "10", "did you mean num_train_steps?"),
     ("optimizer.learning_rate", "abc", "expected a float"),
     ("seed", "1.5", "expected an int"),
     ("shuffle", "maybe", "expected a bool"),
@@ -80,6 +82,10 @@ def test_load_config_names_unknown_configs_and_variants():
         cli.load_config("dsita:quick")
     with pytest.raises(cli.UsageError, match="unknown config variant 'fast'"):
         cli.load_config("derefnet:fast")
+    with pytest.raises(cli.UsageError, match=r"unknown config variant 'smok' \(did you mean 'smoke'\?\); choose one of quick"):
+        cli.load_config("derefnet:smok")
+    with pytest.raises(cli.UsageError, match=r"unknown config 'DISTA-Net' \(did you mean 'dista'\?\)"):
+        cli.load_config("DISTA-Net")
     with pytest.raises(cli.UsageError, match="--config is required; available configs"):
         cli.require_config(None)
 

@@ -39,8 +39,17 @@ def test_parse_args_validation():
 def test_unknown_method_is_reported(tmp_path):
     with pytest.raises(SystemExit, match="unknown method") as err:
         compare.main(["--methods=srcnn,bogus,espcnn@public_loss", "--budget_steps=1", f"--workdir={tmp_path}"])
-    assert str(err.value).startswith("error: unknown method(s) 'bogus', 'espcnn' (did you mean 'espcn' for 'espcnn'?)")
+    assert str(err.value).startswith("error: unknown methods 'bogus', 'espcnn' (did you mean 'espcn' for 'espcnn'?)")
     assert not tmp_path.joinpath("srcnn").exists()  # refused before any row ran
+    with pytest.raises(SystemExit) as err:  # one unknown name, spelled as the paper does
+        compare.main(["--methods=srcnn,ISTA-Net++", "--budget_steps=1", f"--workdir={tmp_path}"])
+    assert str(err.value).startswith("error: unknown method 'ISTA-Net++' (did you mean 'istanet_pp'?)")
+    for methods, message in (("srcnn,tabel", "unknown method 'tabel' (did you mean 'table'?)"),  # a list name
+                             ("srcnn@public_los", "unknown row variant 'public_los' in 'srcnn@public_los' (did you "
+                                                  "mean 'public_loss'?); variants: ")):
+        with pytest.raises(SystemExit) as err:
+            compare.main([f"--methods={methods}", "--budget_steps=1", f"--workdir={tmp_path}"])
+        assert str(err.value).startswith(f"error: {message}"), err.value
 
 
 def test_caption_names_the_test_size_and_explains_variant_rows_only_when_there_are_some():
@@ -116,7 +125,8 @@ def test_row_variants_and_reduced_budgets():
     with pytest.raises(cli.UsageError, match="does not apply to srcnn"):
         compare.method_config("srcnn@public_loss", args)
     for bad, message in (("--methods=lista@nope", "unknown row variant"), ("--method_steps=rdn=0", "positive"),
-                         ("--method_steps=rdn", "NAME=STEPS"), ("--method_steps=edsr=5", "not among")):
+                         ("--method_steps=rdn", "NAME=STEPS"), ("--method_steps=edsr=5", "not among"),
+                         ("--method_steps=rnd=5", r"not among the selected rows \(did you mean 'rdn'\?\)")):
         argv = ["--workdir=/tmp/x", "--budget_steps=3", bad] + ([] if "methods" in bad else ["--methods=rdn"])
         with pytest.raises(SystemExit, match=message):
             compare.parse_args(argv)

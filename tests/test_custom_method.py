@@ -126,7 +126,7 @@ def test_compare_rows_from_files_are_checked_before_anything_runs(tmp_path):
     shutil.copy(EXAMPLE, other)
     with pytest.raises(SystemExit, match="would share the run directory 'srcnn'"):
         compare.parse_args([f"--methods=srcnn,{other}", *base])
-    with pytest.raises(SystemExit, match="unknown method\\(s\\) 'srcnnn'"):  # named before the missing budget
+    with pytest.raises(SystemExit, match="unknown method 'srcnnn' \\(did you mean 'srcnn'\\?\\)"):  # named before the missing budget
         compare.parse_args(["--methods=srcnnn", f"--workdir={tmp_path}"])
     args = compare.parse_args([f"--methods={other}@public_loss", *base, "--method_steps=srcnn=1"])
     assert compare.row_name(args.methods[0]) == "srcnn@public_loss"

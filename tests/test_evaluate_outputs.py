@@ -217,3 +217,12 @@ def test_export_detections_writes_one_row_per_detection(tmp_path):
     assert [(int(r[0]), int(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5])) for r in rows[1:]] == [
         (7, 2, 1.5, 2.25, 230.0, 0.9), (7, 2, 3.0, 4.0, 120.0, 0.5), (9, 3, 5.125, 6.0, 99.5, 0.25)]
     assert [p.name for p in tmp_path.iterdir()] == ["d.csv"]  # its temporary file was renamed into place
+
+
+@pytest.mark.parametrize("weights", [{"pretrained": "derefnet_quick"}, {"torch_checkpoint": "public.pth"}])
+def test_a_checkpoint_choice_with_named_weights_is_refused_not_ignored(tmp_path, weights):
+    # --checkpoint picks one of a training run's checkpoints; with named weights it would silently do nothing.
+    with pytest.raises(cli.UsageError, match=r"--checkpoint=bset chooses a checkpoint of a training run's "
+                                             r"--workdir; --(pretrained|torch_checkpoint) scores the weights"):
+        evaluate_workdir(tmp_path / "out", checkpoint="bset", split="test", **weights)
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -1,9 +1,18 @@
-"""The did-you-mean rule every entry point uses (seqcsist_jax.suggest.closest_name)."""
+"""The did-you-mean rule every entry point uses (seqcsist_jax.suggest), and the errors that carry it."""
 
 import difflib
 import itertools
 
-from seqcsist_jax.suggest import closest_name
+import ml_collections
+import numpy as np
+import pytest
+
+from seqcsist_jax import evaluate as evaluation
+from seqcsist_jax.data.splits import check_split
+from seqcsist_jax.decode import decode, decode_arrays
+from seqcsist_jax.decode.options import DecodeOptions, make_options
+from seqcsist_jax.methods import METHOD_TABLE
+from seqcsist_jax.suggest import closest_name, did_you_mean
 
 
 def test_closest_name_finds_a_misspelling_and_nothing_below_the_cutoff():
@@ -23,3 +32,45 @@ def test_closest_name_does_not_depend_on_the_order_of_the_choices():
     assert len(picks) == 1
     ratio = difflib.SequenceMatcher(None, "abc", picks.pop()).ratio()
     assert ratio == max(difflib.SequenceMatcher(None, "abc", n).ratio() for n in names)
+
+
+@pytest.mark.parametrize("written,meant", [
+    ("DISTA-Net", "dista"), ("distanet", "dista"), ("ISTA-Net++", "istanet_pp"), ("ISTA-Net+", "istanet_plus"),
+    ("SRCNN", "srcnn"), ("DeRefNet", "derefnet"), ("FISTA-Net", "fistanet"),
+])
+def test_names_as_papers_write_them_find_the_table_name(written, meant):
+    assert closest_name(written, METHOD_TABLE) == meant  # edit distance alone sends "distanet" to "istanet"
+
+
+def test_did_you_mean_is_the_message_suffix():
+    assert did_you_mean("tset", ["train", "validation", "test"]) == " (did you mean 'test'?)"
+    assert did_you_mean("zzzz", ["train", "validation", "test"]) == ""
+    assert closest_name("maxtargets", ["max_targets", "min_targets"]) == "max_targets"
+    assert closest_name("SRCNN", ["srcnn", "SRCnn"]) == "SRCnn"  # two spelled alike: the closer by difflib
+
+
+def test_misspelt_decode_methods_splits_and_eval_decoders_get_a_hint():
+    images = np.zeros((2, 11, 11), np.uint8)
+    with pytest.raises(ValueError, match=r"got 'refien' \(did you mean 'refine'\?\)"):
+        decode(images, method="refien")
+    with pytest.raises(ValueError, match=r"got 'Trajectory' \(did you mean 'trajectory'\?\)"):
+        decode(images[:, None], method="Trajectory")
+    with pytest.raises(ValueError, match=r"got 'refien' \(did you mean 'refine'\?\)"):
+        decode_arrays(images[:, None], None, "refien")
+    dataset = ml_collections.ConfigDict(dict(name="seqcsist/mini", train_split="train", eval_split="validation",
+                                             test_split="test"))
+    with pytest.raises(ValueError, match=r"unknown split 'tset' for seqcsist/mini \(did you mean 'test'\?\); "
+                                         r"choose from train, validation, test"):
+        check_split(dataset, "tset")
+    with pytest.raises(evaluation.EvalConfigError, match=r"got 'trajectroy' \(did you mean 'trajectory'\?\)"):
+        evaluation.check_eval_config({"decode": "trajectroy"})
+
+
+def test_decode_options_given_as_a_dict_are_read_as_options():
+    assert make_options(options=dict(max_targets=5)).max_targets == 5
+    assert make_options(dict(max_targets=5), max_targets=3).max_targets == 3  # the keyword wins
+    assert make_options(DecodeOptions(max_targets=5)).max_targets == 5
+    with pytest.raises(TypeError, match=r"unknown decode option\(s\): max_targts \(did you mean max_targets\?\)"):
+        make_options(options=dict(max_targts=5))
+    with pytest.raises(TypeError, match="must be a DecodeOptions .* or a dict of option names, got int"):
+        make_options(options=3)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from seqcsist_jax.suggest import did_you_mean
+
 VARIANTS = ("", "quick", "smoke")
 
 
@@ -138,7 +140,9 @@ def apply_paper_protocol(config: ml_collections.ConfigDict) -> ml_collections.Co
 def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
     """Turns the paper config into the ``quick`` or ``smoke`` variant (same model family)."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown config variant {variant!r}; choose one of {[v for v in VARIANTS if v]}")
+        named = [v for v in VARIANTS if v]
+        raise ValueError(f"unknown config variant {variant!r}{did_you_mean(variant, named)}; choose one of "
+                         f"{', '.join(named)}")
     if variant in ("quick", "smoke"):
         # Our CPU-sized protocol: one trajectory per device, seeded shuffling, labels with the `sum` rule.
         config.global_batch_size = -1

@@ -23,7 +23,7 @@ import numpy as np
 
 from seqcsist_jax import imaging
 from seqcsist_jax.fileio import atomic_path
-from seqcsist_jax.suggest import closest_name
+from seqcsist_jax.suggest import closest_name, did_you_mean
 
 
 SIMULATED = ("simulated", "simulated_csist100k")  # in-memory datasets (SeqCSIST trajectories, CSIST-100K images)
@@ -118,7 +118,8 @@ def split_names(dataset: ml_collections.ConfigDict) -> tuple[str, ...]:
 def check_split(dataset: ml_collections.ConfigDict, split: str) -> None:
     """Raises ValueError naming the available splits when ``split`` is not one of the config's."""
     if split not in split_names(dataset):
-        raise ValueError(f"unknown split {split!r} for {dataset.name}; choose from {', '.join(split_names(dataset))}")
+        raise ValueError(f"unknown split {split!r} for {dataset.name}{did_you_mean(split, split_names(dataset))}; "
+                         f"choose from {', '.join(split_names(dataset))}")
 
 
 def count_split(dataset: ml_collections.ConfigDict, split: str) -> int:

@@ -17,6 +17,7 @@ from seqcsist_jax.decode import maps as maps_mod
 from seqcsist_jax.decode import trajectory as traj_mod
 from seqcsist_jax.decode.forward import saturated_frames
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
+from seqcsist_jax.suggest import did_you_mean
 
 __all__ = ["decode", "decode_arrays", "Decoded", "CountCapWarning", "localisation_confidence", "map_seeds",
            "saturated_frames"]
@@ -206,7 +207,8 @@ def decode_arrays(
 ) -> Decoded:
     """Continuous decoding (``refine`` or ``trajectory``) as padded arrays; see :func:`decode`."""
     if method not in ("refine", "trajectory"):
-        raise ValueError(f"decode_arrays supports 'refine' and 'trajectory', got {method!r}")
+        raise ValueError(f"decode_arrays supports 'refine' and 'trajectory', got {method!r}"
+                         f"{did_you_mean(str(method), ('refine', 'trajectory'))}")
     imaging = _check_imaging(imaging)
     if imaging is not None:
         frames, options = imaging_mod.to_fit_space(_check_frames(frames), options, imaging)
@@ -339,7 +341,7 @@ def decode(
         option.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}{did_you_mean(str(method), METHODS)}")
     frames = _as_array(frames, "frames")
     if frames.ndim == 3:
         if frames.shape[1] != frames.shape[2]:

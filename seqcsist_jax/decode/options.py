@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -363,9 +363,16 @@ class DecodeOptions:
             object.__setattr__(self, "brightness_prior", bp)
 
 
-def make_options(options: DecodeOptions | None = None, **overrides: Any) -> DecodeOptions:
+def make_options(options: DecodeOptions | Mapping[str, Any] | None = None, **overrides: Any) -> DecodeOptions:
     """``DecodeOptions`` from keyword overrides (numpy scalars accepted), with a TypeError naming unknown
-    options."""
+    options. ``options`` is the base (``DecodeOptions()`` when None); a dict of option names is read as more
+    overrides (the keyword overrides win), as ``decode(..., options=dict(max_targets=5))`` passes it."""
+    if isinstance(options, Mapping):
+        overrides = {**options, **overrides}
+        options = None
+    elif options is not None and not isinstance(options, DecodeOptions):
+        raise TypeError(f"decode option 'options' must be a DecodeOptions (e.g. CSIST100K_OPTIONS) or a dict of "
+                        f"option names, got {type(options).__name__}")
     known = {f.name for f in dataclasses.fields(DecodeOptions)}
     unknown = sorted(set(overrides) - known)
     if unknown:
