@@ -42,7 +42,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.special
 
 from seqcsist_jax import imaging
 from seqcsist_jax.decode import forward
@@ -483,10 +482,8 @@ def flux_count_upper(frames: np.ndarray, opts: DecodeOptions) -> np.ndarray:
 
     def inside(p: np.ndarray) -> np.ndarray:  # smallest in-frame PSF mass along one axis for |x - p| <= 1
         lo, hi = np.clip(p - 1.0, -0.5, s - 0.5), np.clip(p + 1.0, -0.5, s - 0.5)
-        def mass(x: np.ndarray) -> np.ndarray:
-            return scipy.special.ndtr((s - 0.5 - x) / opts.sigma) - scipy.special.ndtr((-0.5 - x) / opts.sigma)
-
-        return np.minimum(mass(lo), mass(hi))
+        return np.minimum(imaging.pixel_integrals(lo, s, opts.sigma).sum(-1),
+                          imaging.pixel_integrals(hi, s, opts.sigma).sum(-1))
 
     flux = frames.reshape(f, -1).sum(-1) + 0.5 * s * s + 4.0 * opts.noise_sigma * s
     bound = np.floor(flux / (opts.flux_count_bound * inside(px) * inside(py)))
