@@ -72,5 +72,5 @@ def test_decode_options_given_as_a_dict_are_read_as_options():
     assert make_options(DecodeOptions(max_targets=5)).max_targets == 5
     with pytest.raises(TypeError, match=r"unknown decode option\(s\): max_targts \(did you mean max_targets\?\)"):
         make_options(options=dict(max_targts=5))
-    with pytest.raises(TypeError, match="must be a DecodeOptions .* or a dict of option names, got int"):
+    with pytest.raises(TypeError, match=r"must be a DecodeOptions or a dict of option names \(such as CSIST100K_OPTIONS\), got int"):
         make_options(options=3)

@@ -371,8 +371,8 @@ def make_options(options: DecodeOptions | Mapping[str, Any] | None = None, **ove
         overrides = {**options, **overrides}
         options = None
     elif options is not None and not isinstance(options, DecodeOptions):
-        raise TypeError(f"decode option 'options' must be a DecodeOptions (e.g. CSIST100K_OPTIONS) or a dict of "
-                        f"option names, got {type(options).__name__}")
+        raise TypeError(f"decode option 'options' must be a DecodeOptions or a dict of option names (such as "
+                        f"CSIST100K_OPTIONS), got {type(options).__name__}")
     known = {f.name for f in dataclasses.fields(DecodeOptions)}
     unknown = sorted(set(overrides) - known)
     if unknown:
