@@ -242,18 +242,19 @@ def test_basin_agreement_matches_loops():
 
 def test_centre_fits_agreement_over_candidates(clipped_group):
     _, images, _ = clipped_group
-    right, count, truth, junk = _truth_and_junk(clipped_group, 30)
-    opts = make_options(**LEAST_SQUARES, centre_iterations=6, centre_keep=2, basin_temperature=1.0)
+    # The images and options of the test above plus the agreement: ``off`` then compiles no new program.
+    right, count, truth, junk = _truth_and_junk(clipped_group, 40)
+    opts = make_options(**LEAST_SQUARES, centre_iterations=8, centre_keep=2, basin_temperature=1.0)
     # Without candidates, or off: agreement is 1.
     np.testing.assert_array_equal(centre_fits(images[right], truth, count, opts).agreement, 1.0)
     off = make_options(opts, basin_temperature=0.0)
-    both_off = centre_fits(images[right], junk, count, off, candidates=truth[:, None], valid=np.ones((30, 1), bool))
+    both_off = centre_fits(images[right], junk, count, off, candidates=truth[:, None], valid=np.ones((40, 1), bool))
     np.testing.assert_array_equal(both_off.agreement, 1.0)
     # Two candidates, both run to the end (centre_keep=2): the agreement of the winner with both ends.
-    both = centre_fits(images[right], junk, count, opts, candidates=truth[:, None], valid=np.ones((30, 1), bool))
+    both = centre_fits(images[right], junk, count, opts, candidates=truth[:, None], valid=np.ones((40, 1), bool))
     solo = [centre_fits(images[right], x, count, opts) for x in (junk, truth)]
     checked = 0
-    for i in range(30):
+    for i in range(40):
         ends = np.stack([s.params[i] for s in solo]).astype(np.float64)
         costs = np.array([s.cost[i] for s in solo], np.float64)
         if abs(costs[0] - costs[1]) < 1e-2:  # a tie: the batched run may pick either
