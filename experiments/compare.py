@@ -181,7 +181,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         try:
             extra = fv(["compare"] + rest)[1:]
         except flags.Error as e:
-            raise cli.UsageError(str(e)) from None
+            raise cli.UsageError(cli.flag_error_line(e)) from None
         if extra:
             raise cli.UsageError(f"unexpected arguments {' '.join(extra)} (flags are --name=value)")
         args = argparse.Namespace(**{name: fv[name].value for name in _FLAG_NAMES}, overrides=overrides)

@@ -21,6 +21,14 @@ def _row(name: str, **values) -> dict:
     return row
 
 
+def test_an_unknown_flag_is_one_line_with_the_closest_flags(capsys):
+    with pytest.raises(SystemExit) as stop:
+        compare.parse_args(["--workdir=/tmp/x", "--budget_steps=5", "--methodz=srcnn"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: unknown flag --methodz (did you mean --methods or --method_steps?); --help lists the flags"]
+
+
 def test_parse_args_validation():
     with pytest.raises(SystemExit):  # no budget
         compare.parse_args(["--workdir=/tmp/x"])
