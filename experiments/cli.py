@@ -11,7 +11,6 @@ import ast
 import difflib
 import logging
 import os
-import re
 import sys
 from typing import Any, Callable, Sequence
 
@@ -20,7 +19,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from experiments import configs
-from seqcsist_jax.suggest import closest_name
+from seqcsist_jax.suggest import closest_name, flag_error_line
 
 OVERRIDE_PREFIX = "--config."
 
@@ -269,30 +268,6 @@ def fail(message: str, status: int = 2) -> None:
     start = "\n" if close_progress_bars() else ""
     print(f"{start}error: {message}", file=sys.stderr)
     sys.exit(status)
-
-
-_ABSL_UNKNOWN_FLAG = re.compile(r"Unknown command line flag '([^']+)'(?:\. Did you mean: (.+?) \?)?$")
-
-
-def flag_error_line(error: Exception) -> str:
-    """absl's flag-parsing error (``flags.Error``) as one line in this project's style.
-
-    absl words an unknown flag ``Unknown command line flag 'confg'. Did you mean: config ?``; this gives
-    ``unknown flag --confg (did you mean --config?); --help lists the flags``. Its other messages (a value a
-    flag's parser refuses) keep absl's wording, joined into one line, with the same pointer to ``--help``.
-    """
-    text = " ".join(str(error).split())
-    found = _ABSL_UNKNOWN_FLAG.match(text)
-    if found:
-        name, hints = found.groups()
-        text = f"unknown flag --{name}"
-        names = [h.strip() for h in (hints or "").split(",") if h.strip()]
-        # absl lists its guesses alphabetically; the closest first reads better (--methods, --method_steps)
-        names = sorted(names, key=lambda h: -difflib.SequenceMatcher(None, name, h).ratio())
-        names = [f"--{h}" for h in names]
-        if names:
-            text += f" (did you mean {' or '.join(names)}?)"
-    return f"{text}; --help lists the flags"
 
 
 def os_error_line(error: OSError) -> str:

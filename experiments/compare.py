@@ -80,7 +80,7 @@ from absl import flags
 from experiments import cli
 from seqcsist_jax.fileio import atomic_path, atomic_write, atomic_write_json
 from seqcsist_jax.methods import CSIST100K_METHODS, METHOD_TABLE  # cheap: the table imports no method module
-from seqcsist_jax.suggest import closest_name, did_you_mean
+from seqcsist_jax.suggest import closest_name, did_you_mean, flag_error_line
 from seqcsist_jax.workdir import latest_checkpoint_step, run_differences
 
 # Every SeqCSIST method (Table 7's 23 rows + FISTA), in the table's order.
@@ -181,7 +181,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         try:
             extra = fv(["compare"] + rest)[1:]
         except flags.Error as e:
-            raise cli.UsageError(cli.flag_error_line(e)) from None
+            raise cli.UsageError(flag_error_line(e)) from None
         if extra:
             raise cli.UsageError(f"unexpected arguments {' '.join(extra)} (flags are --name=value)")
         args = argparse.Namespace(**{name: fv[name].value for name in _FLAG_NAMES}, overrides=overrides)

@@ -7,7 +7,7 @@ import difflib
 import re
 from typing import Iterable
 
-__all__ = ["closest_name", "did_you_mean"]
+__all__ = ["closest_name", "did_you_mean", "flag_error_line"]
 
 
 def _spelling_key(text: str) -> str:
@@ -41,3 +41,27 @@ def did_you_mean(name: str, choices: Iterable[str], *, cutoff: float = 0.6) -> s
     of the error messages for a misspelt name."""
     guess = closest_name(name, choices, cutoff=cutoff)
     return f" (did you mean {guess!r}?)" if guess else ""
+
+
+_ABSL_UNKNOWN_FLAG = re.compile(r"Unknown command line flag '([^']+)'(?:\. Did you mean: (.+?) \?)?$")
+
+
+def flag_error_line(error: Exception) -> str:
+    """absl's flag-parsing error (``flags.Error``) as one line in this project's style.
+
+    absl words an unknown flag ``Unknown command line flag 'confg'. Did you mean: config ?``; this gives
+    ``unknown flag --confg (did you mean --config?); --help lists the flags``. Its other messages (a value a
+    flag's parser refuses) keep absl's wording, joined into one line, with the same pointer to ``--help``.
+    """
+    text = " ".join(str(error).split())
+    found = _ABSL_UNKNOWN_FLAG.match(text)
+    if found:
+        name, hints = found.groups()
+        text = f"unknown flag --{name}"
+        names = [h.strip() for h in (hints or "").split(",") if h.strip()]
+        # absl lists its guesses alphabetically; the closest first reads better (--methods, --method_steps)
+        names = sorted(names, key=lambda h: -difflib.SequenceMatcher(None, name, h).ratio())
+        names = [f"--{h}" for h in names]
+        if names:
+            text += f" (did you mean {' or '.join(names)}?)"
+    return f"{text}; --help lists the flags"

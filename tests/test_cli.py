@@ -181,28 +181,6 @@ def test_config_saved_before_a_field_was_added_is_the_same_run_at_its_default():
         "optimizer.warmup_steps: 0 → 50"]
 
 
-def test_flag_error_line_rewords_absls_unknown_flag_and_keeps_its_other_messages():
-    from absl import flags
-
-    fv = flags.FlagValues()
-    flags.DEFINE_string("methods", "", "rows", flag_values=fv)
-    flags.DEFINE_string("method_steps", "", "steps", flag_values=fv)
-    flags.DEFINE_boolean("force", False, "force", flag_values=fv)
-
-    def error(*args):
-        with pytest.raises(flags.Error) as caught:
-            fv(["prog", *args])
-        return cli.flag_error_line(caught.value)
-
-    # absl lists its guesses alphabetically ("method_steps, methods"): the closest comes first here
-    assert error("--methodz=a") == ("unknown flag --methodz (did you mean --methods or --method_steps?); "
-                                    "--help lists the flags")
-    assert error("--zzzzzz=1") == "unknown flag --zzzzzz; --help lists the flags"
-    other = error("--force=maybe")  # a value the flag's parser refuses: absl's words, on one line
-    assert other.startswith("flag --force=maybe: ") and "Non-boolean" in other and "\n" not in other
-    assert other.endswith("; --help lists the flags")
-
-
 # ---------------------------------------------------------------------------------------------- commands
 
 

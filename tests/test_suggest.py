@@ -12,7 +12,7 @@ from seqcsist_jax.data.splits import check_split
 from seqcsist_jax.decode import decode, decode_arrays
 from seqcsist_jax.decode.options import DecodeOptions, make_options
 from seqcsist_jax.methods import METHOD_TABLE
-from seqcsist_jax.suggest import closest_name, did_you_mean
+from seqcsist_jax.suggest import closest_name, did_you_mean, flag_error_line
 
 
 def test_closest_name_finds_a_misspelling_and_nothing_below_the_cutoff():
@@ -74,3 +74,34 @@ def test_decode_options_given_as_a_dict_are_read_as_options():
         make_options(options=dict(max_targts=5))
     with pytest.raises(TypeError, match=r"must be a DecodeOptions or a dict of option names \(such as CSIST100K_OPTIONS\), got int"):
         make_options(options=3)
+
+
+def test_flag_error_line_rewords_absls_unknown_flag_and_keeps_its_other_messages():
+    from absl import flags
+
+    fv = flags.FlagValues()
+    flags.DEFINE_string("methods", "", "rows", flag_values=fv)
+    flags.DEFINE_string("method_steps", "", "steps", flag_values=fv)
+    flags.DEFINE_boolean("force", False, "force", flag_values=fv)
+
+    def error(*args):
+        with pytest.raises(flags.Error) as caught:
+            fv(["prog", *args])
+        return flag_error_line(caught.value)
+
+    # absl lists its guesses alphabetically ("method_steps, methods"): the closest comes first here
+    assert error("--methodz=a") == ("unknown flag --methodz (did you mean --methods or --method_steps?); "
+                                    "--help lists the flags")
+    assert error("--zzzzzz=1") == "unknown flag --zzzzzz; --help lists the flags"
+    other = error("--force=maybe")  # a value the flag's parser refuses: absl's words, on one line
+    assert other.startswith("flag --force=maybe: ") and "Non-boolean" in other and "\n" not in other
+    assert other.endswith("; --help lists the flags")
+
+
+def test_the_data_commands_word_flag_errors_the_same_way(tmp_path, capsys):
+    from seqcsist_jax.data import csist100k, simulate
+
+    for main in (simulate.main, csist100k.main):
+        assert main(["--outt", str(tmp_path)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "error: unknown flag --outt (did you mean --out?); --help lists the flags"]

@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 
 from absl import flags
 
+from seqcsist_jax.suggest import flag_error_line
+
 SPLITS = ("train", "val", "test")
 #: Split names the rest of the project uses (TFDS, ``--split`` of evaluate) → the public layout's folder names.
 SPLIT_ALIASES = {"validation": "val"}
@@ -50,7 +52,7 @@ def parse(argv: Sequence[str] | None, prog: str, description: str, count_flag: s
         if count is not None and count <= 0:
             raise flags.Error(f"--{count_flag} must be positive, got {count}")
     except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {flag_error_line(e)}", file=sys.stderr)
         return 2
     args = argparse.Namespace(**{name: fv[name].value for name in fv})
     args.split = list(SPLITS) if "all" in args.split else list(
