@@ -1,5 +1,5 @@
 """Did-you-mean hints for the one-line errors on misspelt names (configs, config fields, datasets, methods,
-splits, decode methods and options): one matching rule for every entry point."""
+splits, decode methods and options, command-line flags): one matching rule for every entry point."""
 
 from __future__ import annotations
 
