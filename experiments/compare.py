@@ -186,7 +186,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             raise cli.UsageError(f"unexpected arguments {' '.join(extra)} (flags are --name=value)")
         args = argparse.Namespace(**{name: fv[name].value for name in _FLAG_NAMES}, overrides=overrides)
         if not args.workdir:
-            raise cli.UsageError("--workdir is required")
+            raise cli.UsageError("--workdir is required: the comparison's directory (one run per row, the "
+                                 "table), e.g. --workdir=workdirs/compare")
         args.methods = expand_rows(args.methods)
         args.method_steps = parse_method_steps(args.method_steps, args.methods)
         budgets = [args.budget_steps is not None, args.budget_epochs is not None, args.paper_scale]

@@ -43,6 +43,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from seqcsist_jax.fileio import atomic_write_json, is_disk_full
+from seqcsist_jax.suggest import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +437,8 @@ class RunCheckpoints:
                 f"best {self.best.all_steps()}"
             )
         if which not in CHECKPOINT_KINDS:
-            raise ValueError(f"checkpoint must be 'latest', 'best' or a step number, got {which!r}")
+            raise ValueError(f"checkpoint must be 'latest', 'best' or a step number, got {which!r}"
+                             f"{did_you_mean(str(which), CHECKPOINT_KINDS)}")
         manager = self.latest if which == "latest" else self.best
         step = manager.latest_step() if which == "latest" else self.best_step()
         if step is None and which == "best" and self.best.all_steps():

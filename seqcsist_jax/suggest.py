@@ -44,6 +44,7 @@ def did_you_mean(name: str, choices: Iterable[str], *, cutoff: float = 0.6) -> s
 
 
 _ABSL_UNKNOWN_FLAG = re.compile(r"Unknown command line flag '([^']+)'(?:\. Did you mean: (.+?) \?)?$")
+_ABSL_ENUM_VALUE = re.compile(r"flag --([^=\s]+)=(.*?): value should be one of <([^>]*)>")
 
 
 def flag_error_line(error: Exception) -> str:
@@ -51,9 +52,17 @@ def flag_error_line(error: Exception) -> str:
 
     absl words an unknown flag ``Unknown command line flag 'confg'. Did you mean: config ?``; this gives
     ``unknown flag --confg (did you mean --config?); --help lists the flags``. Its other messages (a value a
-    flag's parser refuses) keep absl's wording, joined into one line, with the same pointer to ``--help``.
+    flag's parser refuses) keep absl's wording, joined into one line, with the same pointer to ``--help``; a
+    misspelt choice of an enum flag gets the closest choice (``--decode=trajectry`` → ``did you mean
+    --decode=trajectory?``).
     """
     text = " ".join(str(error).split())
+    enum = _ABSL_ENUM_VALUE.match(text)
+    if enum:
+        flag, value, choices = enum.groups()
+        guess = closest_name(value, choices.split("|"))
+        if guess:
+            text += f" (did you mean --{flag}={guess}?)"
     found = _ABSL_UNKNOWN_FLAG.match(text)
     if found:
         name, hints = found.groups()

@@ -27,6 +27,10 @@ def test_an_unknown_flag_is_one_line_with_the_closest_flags(capsys):
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: unknown flag --methodz (did you mean --methods or --method_steps?); --help lists the flags"]
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--budget_steps=5", "--methods=srcnn"])
+    want = "error: --workdir is required: the comparison's directory (one run per row, the table), e.g. "
+    assert capsys.readouterr().err.strip() == want + "--workdir=workdirs/compare"
 
 
 def test_parse_args_validation():

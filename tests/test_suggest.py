@@ -105,3 +105,26 @@ def test_the_data_commands_word_flag_errors_the_same_way(tmp_path, capsys):
         assert main(["--outt", str(tmp_path)]) == 2
         assert capsys.readouterr().err.strip().splitlines() == [
             "error: unknown flag --outt (did you mean --out?); --help lists the flags"]
+
+
+def test_a_misspelt_enum_flag_value_gets_the_closest_choice():
+    from absl import flags
+
+    fv = flags.FlagValues()
+    flags.DEFINE_enum("decode", "grid", ["grid", "peak", "refine", "trajectory"], "decoder", flag_values=fv)
+    for value, hint in (("trajectry", " (did you mean --decode=trajectory?)"), ("zzz", "")):
+        with pytest.raises(flags.Error) as caught:
+            fv(["prog", f"--decode={value}"])
+        want = f"flag --decode={value}: value should be one of <grid|peak|refine|trajectory>{hint}"
+        assert flag_error_line(caught.value) == want + "; --help lists the flags"
+
+
+def test_a_misspelt_checkpoint_kind_gets_a_hint(tmp_path):
+    from seqcsist_jax.checkpointing import RunCheckpoints
+
+    ckpt = RunCheckpoints(tmp_path)
+    try:
+        with pytest.raises(ValueError, match=r"got 'bset' \(did you mean 'best'\?\)$"):
+            ckpt.resolve("bset")
+    finally:
+        ckpt.close()
