@@ -48,9 +48,12 @@ def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     """
     path = config_path(workdir)
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {pathlib.Path(workdir)} a training workdir? "
-                                "(to score weights that were not trained here pass --pretrained or "
-                                "--torch_checkpoint with --config)")
+        elsewhere = ("(to score weights that were not trained here pass --pretrained or --torch_checkpoint with "
+                     "--config)")
+        if not pathlib.Path(workdir).is_dir():  # a mistyped path: say that, not which file is missing in it
+            raise FileNotFoundError(f"{pathlib.Path(workdir)} does not exist: pass a training run's directory "
+                                    f"{elsewhere}")
+        raise FileNotFoundError(f"{path} not found: is {pathlib.Path(workdir)} a training workdir? {elsewhere}")
     return ml_collections.ConfigDict(read_json_object(path, "the run's config, as experiments.train saves it"))
 
 

@@ -149,6 +149,8 @@ def test_train_without_config_resumes_the_saved_config_with_overrides(tmp_path):
 def test_load_run_config_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json not found"):
         workdir_lib.load_run_config(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"/nowhere does not exist: pass a training run's directory"):
+        workdir_lib.load_run_config(tmp_path / "nowhere")
     (tmp_path / "config.json").write_text('{"model": {"name": ')
     with pytest.raises(ValueError, match=r"config.json: not valid JSON at line 1"):
         workdir_lib.load_run_config(tmp_path)
@@ -245,7 +247,7 @@ def test_entry_points_help_and_errors(tmp_path):
     assert not (tmp_path / "typo").exists()  # refused before the workdir is created
 
     no_run = _run(["-m", "experiments.evaluate", f"--workdir={tmp_path / 'empty'}"])
-    assert no_run.returncode == 2 and len(_error_lines(no_run)) == 1 and "config.json not found" in no_run.stderr
+    assert no_run.returncode == 2 and len(_error_lines(no_run)) == 1 and "empty does not exist" in no_run.stderr
 
     compare_bad = _run(["-m", "experiments.compare", f"--workdir={tmp_path / 'c'}", "--budget_steps=1",
                         "--methods=srcnn", "--config.nope=1"])
