@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from seqcsist_jax.suggest import closest_name
+from seqcsist_jax.suggest import did_you_mean
 
 LossFn = Callable[[dict, Any], tuple[Any, dict]]
 Builder = Callable[[ml_collections.ConfigDict, ml_collections.ConfigDict], "Method"]
@@ -142,8 +142,7 @@ def check_method_name(name: str) -> None:
             raise UnknownMethodError(f"config.model.name: cannot import the builder {name!r}: "
                                      f"{type(e).__name__}: {e}") from None
         return
-    guess = closest_name(str(name), METHOD_TABLE)
-    hint = f" (did you mean {guess!r}?)" if guess else ""
+    hint = did_you_mean(str(name), METHOD_TABLE)
     raise UnknownMethodError(
         f"config.model.name: unknown model {name!r}{hint}; available: {', '.join(METHOD_TABLE)}, or a builder "
         f"given as 'package.module:build_fn' or 'path/to/file.py:build_fn' (README: Adding a method)")

@@ -46,14 +46,13 @@ def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
       FileNotFoundError: no ``config.json`` (the message says what the directory should be).
       ValueError: ``config.json`` is empty, not valid JSON or not an object (names the file, line and column).
     """
-    path = config_path(workdir)
+    workdir, path = pathlib.Path(workdir), config_path(workdir)
     if not path.exists():
         elsewhere = ("(to score weights that were not trained here pass --pretrained or --torch_checkpoint with "
                      "--config)")
-        if not pathlib.Path(workdir).is_dir():  # a mistyped path: say that, not which file is missing in it
-            raise FileNotFoundError(f"{pathlib.Path(workdir)} does not exist: pass a training run's directory "
-                                    f"{elsewhere}")
-        raise FileNotFoundError(f"{path} not found: is {pathlib.Path(workdir)} a training workdir? {elsewhere}")
+        if not workdir.is_dir():  # a mistyped path: say that, not which file is missing in it
+            raise FileNotFoundError(f"{workdir} does not exist: pass a training run's directory {elsewhere}")
+        raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir? {elsewhere}")
     return ml_collections.ConfigDict(read_json_object(path, "the run's config, as experiments.train saves it"))
 
 

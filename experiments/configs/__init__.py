@@ -13,7 +13,7 @@ import sys
 
 import ml_collections
 
-from seqcsist_jax.suggest import closest_name
+from seqcsist_jax.suggest import did_you_mean
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent
 _NOT_CONFIGS = {"__init__", "common"}
@@ -41,8 +41,7 @@ def config_path(spec: str) -> str:
         return spec
     path = CONFIG_DIR / f"{name}.py"
     if not path.exists() or name in _NOT_CONFIGS:
-        close = closest_name(name, available_configs())
-        hint = f" (did you mean {close!r}?)" if close else ""
+        hint = did_you_mean(name, available_configs())
         raise ValueError(
             f"unknown config {name!r}{hint}; available configs: {', '.join(available_configs())} "
             f"(or pass a path to a config file)"

@@ -23,7 +23,7 @@ import numpy as np
 
 from seqcsist_jax import imaging
 from seqcsist_jax.fileio import atomic_path
-from seqcsist_jax.suggest import closest_name, did_you_mean
+from seqcsist_jax.suggest import did_you_mean
 
 
 SIMULATED = ("simulated", "simulated_csist100k")  # in-memory datasets (SeqCSIST trajectories, CSIST-100K images)
@@ -72,8 +72,7 @@ def check_dataset_name(name: str, data_dir: str | None = None) -> None:
     root = pathlib.Path(os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"))
     if family in families and (root / family / config).is_dir():  # a prepared custom config of our builders
         return
-    guess = closest_name(f"{family}/{config}" if rest else text, known, cutoff=0.5)
-    hint = f" (did you mean {guess!r}?)" if guess else ""
+    hint = did_you_mean(f"{family}/{config}" if rest else text, known, cutoff=0.5)
     raise UnknownDatasetError(f"config.dataset.name: unknown dataset {text!r}{hint}; known: {', '.join(known)}"
                               + (f", or a config prepared in {root}/{family}/" if family in families else ""))
 
