@@ -25,6 +25,7 @@ from seqcsist_jax.decode.imaging_params import (
     to_label_space,
     to_pixel_space,
 )
+from tests.program_record import assert_all_foreseen, recorded_programs
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +133,11 @@ def test_imaging_params_json_and_validation():
 
 
 @pytest.mark.slow
-def test_default_imaging_is_bit_identical(data):
+def test_default_imaging_is_bit_identical(data, monkeypatch):
     frames = data["frames"][:2]
-    base = decode_arrays(frames, method="trajectory")  # same shapes and options as test_offset_convention
+    with recorded_programs(monkeypatch) as (started, asked):
+        base = decode_arrays(frames, method="trajectory")  # same shapes and options as test_offset_convention
+    assert_all_foreseen(started, asked)  # the trajectory decoder's per-frame stages
     for im in (None, ImagingParams()):
         other = decode_arrays(frames, method="trajectory", imaging=im)
         np.testing.assert_array_equal(base.detections, other.detections)

@@ -25,6 +25,7 @@ from seqcsist_jax.decode import (
     peak_detections,
     physics_maps,
 )
+from tests.program_record import assert_all_foreseen, recorded_programs
 
 T = 20
 KMAX = 4
@@ -464,14 +465,16 @@ def test_map_seeds_are_strongest_peaks_first():
     np.testing.assert_allclose(seeds[0, 1, :2], [9 / 3, 29 / 3])
 
 
-def test_refine_with_model_maps(synthetic):
+def test_refine_with_model_maps(synthetic, monkeypatch):
     # Seeds from a map (here the grid-snapped truth) join the physics starts; the pair cases stay exact.
     # (The trajectory decoder starts from these same per-frame fits.)
     pairs = [i for i, (name, _) in enumerate(CASES) if name.startswith("pair")]
     frames = synthetic["frames"][pairs]
     maps = imaging.targets_to_grid(synthetic["targets"][pairs]).astype(np.float32)
     for method, tol in (("refine", 0.03),):
-        dec = decode_arrays(frames, maps, method, max_targets=2)
+        with recorded_programs(monkeypatch) as (started, asked):
+            dec = decode_arrays(frames, maps, method, max_targets=2)
+        assert_all_foreseen(started, asked)  # the stage programs with the map seeds' rows
         assert (dec.count == 2).all()
         for j, i in enumerate(pairs):
             truth = CASES[i][1]

@@ -22,6 +22,7 @@ from seqcsist_jax.data.csist100k import simulate_csist100k
 from seqcsist_jax.decode import (CSIST100K_OPTIONS, CountCapWarning, centre, decode_arrays, frames,
                                  localisation_confidence, make_options)
 from seqcsist_jax.decode.centre import centre_fits, centre_objective, log_rounding_likelihood
+from tests.program_record import assert_all_foreseen, recorded_programs
 
 LEAST_SQUARES = dict(max_targets=5, single_pixel=True, layout_starts=6, min_separation=0.494, uniform_slots=True)
 
@@ -279,12 +280,14 @@ def test_centre_fits_agreement_over_candidates(clipped_group):
 
 
 @pytest.mark.slow
-def test_preset_decodes_clipped_groups_better_than_least_squares(clipped_group):
+def test_preset_decodes_clipped_groups_better_than_least_squares(clipped_group, monkeypatch):
     data, images, dec = clipped_group
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), recorded_programs(monkeypatch) as (started, asked):
         warnings.simplefilter("ignore", CountCapWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
         cen = decode_arrays(images[:, None], method="refine", **CSIST100K_OPTIONS)
+    assert_all_foreseen(started, asked)  # every stage and the centring compiled in the background
+    assert {key[0] for key in started} == {id(frames._stage), id(centre._centre_chunk)}
     truth = np.asarray(data["targets"], np.float64)
     right = (cen.count[:, 0] == data["num_targets"]) & (dec.count[:, 0] == data["num_targets"])
     assert right.mean() > 0.9

@@ -16,6 +16,8 @@ Modules by job:
   frames      per-frame fits for every count (greedy add/split/map/layout starts, single-pixel priors),
               count criterion
   centre      feasibility centring: a fit moved to the middle of the targets that reproduce the stored bytes
+  precompile  background compilation: the stage and centring programs compile on other threads while the
+              first stage runs (SEQCSIST_COMPILE_THREADS=0 turns it off)
   trajectory  polynomial-path fits of whole trajectories; opt-in star geometry (geometry="star")
   api         decode / decode_arrays, scores
   imaging_params  ImagingParams (σ, label→pixel offset, gain, background, noise): a data set's forward model

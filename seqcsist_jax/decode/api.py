@@ -14,6 +14,7 @@ from seqcsist_jax.decode import centre as centre_mod
 from seqcsist_jax.decode import frames as frames_mod
 from seqcsist_jax.decode import imaging_params as imaging_mod
 from seqcsist_jax.decode import maps as maps_mod
+from seqcsist_jax.decode import precompile
 from seqcsist_jax.decode import trajectory as traj_mod
 from seqcsist_jax.decode.forward import saturated_frames
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
@@ -220,38 +221,44 @@ def decode_arrays(
         m, first = _check_maps(maps, frames, opts.c)
         full_maps, _ = _full_maps(m, first, t)
     kmax = opts.max_targets
-    fits = _frame_fits(frames, full_maps, opts, progress, imaging)
-    crit = frames_mod.count_criterion(fits.cost, 3, opts, opts.count_penalty)  # (F, Kmax+1), index = K
-    chosen = np.argmin(crit, axis=-1)
-    rel = crit - crit[np.arange(crit.shape[0]), chosen][:, None]
-    frame_prob = 1.0 / np.sum(np.exp(-0.5 * rel), axis=-1)
-    counts = chosen.reshape(n, t)
-    frame_cost = fits.cost.reshape(n, t, kmax + 1)
-    agreement = np.ones((n, t, kmax))  # basin agreement of each target (centring only)
+    seed_rows = frames_mod.slots_for(kmax) if full_maps is not None and opts.map_seeds else 0
+    flat = frames.reshape(n * t, s, s)
+    programs = frames_mod.stage_programs(flat, opts, seed_rows)
     if method == "refine":
-        idx = np.maximum(chosen - 1, 0)
-        params = fits.params[np.arange(n * t), idx]
-        var = fits.pos_var[np.arange(n * t), idx]
-        if opts.centre_iterations:
-            flat = frames.reshape(n * t, s, s)
-            alts = ok = None
-            if fits.alternatives is not None:  # alternatives[:, :, 0] is the best fit itself
-                alts = fits.alternatives[np.arange(n * t), idx, 1:]
-                ok = fits.alternative_valid[np.arange(n * t), idx, 1:]
-            centred = centre_mod.centre_fits(flat, params, chosen, opts, alts, ok)
-            params = centred.params
-            # The centring objective's curvature also sees the walls and the saturated pixels' bounds.
-            var = np.where(centred.centred[:, None], centred.pos_var, var)
-            agreement = centred.agreement.reshape(n, t, kmax)
-        params = params.reshape(n, t, kmax, 3)
-        var = var.reshape(n, t, kmax)
-        prob = frame_prob.reshape(n, t)
-        traj = None
-    else:
-        traj = traj_mod.fit_trajectories(frames, fits, counts, opts, progress=progress)
-        params, var = traj.params, traj.pos_var
-        counts = np.repeat(traj.count[:, None], t, axis=1)
-        prob = np.repeat(traj.count_prob[:, None], t, axis=1)
+        programs += centre_mod.centre_programs(flat, opts, opts.centre_candidates)
+    # Compiling the later stages and the centring while the first stage runs (precompile's docstring).
+    with precompile.compiling(programs):
+        fits = _frame_fits(frames, full_maps, opts, progress, imaging)
+        crit = frames_mod.count_criterion(fits.cost, 3, opts, opts.count_penalty)  # (F, Kmax+1), index = K
+        chosen = np.argmin(crit, axis=-1)
+        rel = crit - crit[np.arange(crit.shape[0]), chosen][:, None]
+        frame_prob = 1.0 / np.sum(np.exp(-0.5 * rel), axis=-1)
+        counts = chosen.reshape(n, t)
+        frame_cost = fits.cost.reshape(n, t, kmax + 1)
+        agreement = np.ones((n, t, kmax))  # basin agreement of each target (centring only)
+        if method == "refine":
+            idx = np.maximum(chosen - 1, 0)
+            params = fits.params[np.arange(n * t), idx]
+            var = fits.pos_var[np.arange(n * t), idx]
+            if opts.centre_iterations:
+                alts = ok = None
+                if fits.alternatives is not None:  # alternatives[:, :, 0] is the best fit itself
+                    alts = fits.alternatives[np.arange(n * t), idx, 1:]
+                    ok = fits.alternative_valid[np.arange(n * t), idx, 1:]
+                centred = centre_mod.centre_fits(flat, params, chosen, opts, alts, ok)
+                params = centred.params
+                # The centring objective's curvature also sees the walls and the saturated pixels' bounds.
+                var = np.where(centred.centred[:, None], centred.pos_var, var)
+                agreement = centred.agreement.reshape(n, t, kmax)
+            params = params.reshape(n, t, kmax, 3)
+            var = var.reshape(n, t, kmax)
+            prob = frame_prob.reshape(n, t)
+            traj = None
+        else:
+            traj = traj_mod.fit_trajectories(frames, fits, counts, opts, progress=progress)
+            params, var = traj.params, traj.pos_var
+            counts = np.repeat(traj.count[:, None], t, axis=1)
+            prob = np.repeat(traj.count_prob[:, None], t, axis=1)
     if imaging is not None:
         params = imaging_mod.to_label_space(params, imaging)
     active = np.arange(kmax)[None, None, :] < counts[..., None]

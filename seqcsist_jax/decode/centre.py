@@ -36,11 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import log_ndtr
 
-from seqcsist_jax.decode import forward
+from seqcsist_jax.decode import forward, precompile
 from seqcsist_jax.decode import frames as frames_mod
 from seqcsist_jax.decode.options import DecodeOptions
 
-__all__ = ["log_rounding_likelihood", "centre_objective", "centre_fits", "Centred"]
+__all__ = ["log_rounding_likelihood", "centre_objective", "centre_fits", "centre_programs", "Centred"]
 
 _MIN_BRIGHTNESS = 1.0
 
@@ -315,6 +315,23 @@ class Centred(NamedTuple):
     agreement: np.ndarray
 
 
+def centre_programs(frames: np.ndarray, opts: DecodeOptions, candidates: int = 1) -> list[precompile.ProgramSpec]:
+    """The program :func:`centre_fits` will most likely run on ``frames (F, S, S)`` with ``candidates`` starts
+    per frame (the fit plus its alternatives), for :func:`seqcsist_jax.decode.precompile.compiling`: its chunk
+    size assumes that every frame it may centre (with ``centre_saturated_only``, those with a saturated pixel)
+    has at least one target. Empty when nothing will be centred."""
+    if opts.centre_iterations == 0 or opts.max_targets == 0:
+        return []
+    s = frames.shape[-1]
+    n = int(np.sum(np.asarray(forward.saturated_frames(frames, opts.clip_level)))) if opts.centre_saturated_only \
+        else frames.shape[0]
+    if n == 0:
+        return []
+    chunk, k = frames_mod.balanced_chunk(n, opts.chunk), opts.max_targets
+    return [precompile.spec(_centre_chunk, [((chunk, s, s), jnp.float32), ((chunk, candidates, k, 3), jnp.float32),
+                                            ((chunk, candidates), jnp.bool_), ((chunk,), jnp.int32)], opts)]
+
+
 def centre_fits(frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts: DecodeOptions,
                 candidates: np.ndarray | None = None, valid: np.ndarray | None = None) -> Centred:
     """Moves each frame's fit to the middle of the set of targets that reproduce the stored frame.
@@ -366,7 +383,9 @@ def centre_fits(frames: np.ndarray, params: np.ndarray, count: np.ndarray, opts:
     chunk = frames_mod.balanced_chunk(idx.size, opts.chunk)
     for lo in range(0, idx.size, chunk):
         hi = min(lo + chunk, idx.size)
-        p, c, v, g = _centre_chunk(*(frames_mod._pad_chunk(x, lo, hi, chunk) for x in sub), opts)
+        args = [frames_mod._pad_chunk(x, lo, hi, chunk) for x in sub]
+        precompile.ready(_centre_chunk, *args, opts)
+        p, c, v, g = _centre_chunk(*args, opts)
         out[idx[lo:hi]] = np.asarray(p)[: hi - lo]
         cost[idx[lo:hi]] = np.asarray(c)[: hi - lo]
         pos_var[idx[lo:hi]] = np.asarray(v)[: hi - lo]

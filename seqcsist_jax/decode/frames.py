@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqcsist_jax import imaging
-from seqcsist_jax.decode import forward
+from seqcsist_jax.decode import forward, precompile
 from seqcsist_jax.decode.lm import levenberg_marquardt
 from seqcsist_jax.decode.options import DecodeOptions
 
@@ -561,11 +561,12 @@ def _fit_frames_in_order(frames: np.ndarray, opts: DecodeOptions, seeds: np.ndar
         prev = jnp.zeros((chunk, 1, 3), jnp.float32)
         for k in range(1, int(upper[lo:hi].max()) + 1):
             # K = 5 of max 5 runs in 5 slots, not 8 (2.5× faster); uniform_slots: every K >= 3 in kmax slots.
-            slots = kmax if opts.uniform_slots and k > 2 else min(slots_for(k), kmax)
+            slots = _stage_slots(k, opts)
             if prev.shape[1] < slots:
                 prev = jnp.pad(prev, ((0, 0), (0, slots - prev.shape[1]), (0, 0)))
-            sd = _pad_chunk(seeds[:, :slots], lo, hi, chunk)
-            prev, c, v, a, ok = _stage(obs, prev, sd, sc, jnp.int32(k), opts)
+            sd, kk = _pad_chunk(seeds[:, :slots], lo, hi, chunk), jnp.int32(k)
+            precompile.ready(_stage, obs, prev, sd, sc, kk, opts)
+            prev, c, v, a, ok = _stage(obs, prev, sd, sc, kk, opts)
             run = upper[lo:hi] >= k  # frames whose flux allows k targets (the rest keep the empty defaults)
             params[lo:hi, k - 1, :k] = np.where(run[:, None, None], np.asarray(prev)[: hi - lo, :k], 0.0)
             if alts is not None:
@@ -575,6 +576,32 @@ def _fit_frames_in_order(frames: np.ndarray, opts: DecodeOptions, seeds: np.ndar
             cost[lo:hi, k] = np.where(run, np.asarray(c)[: hi - lo], np.inf)
             pos_var[lo:hi, k - 1, :k] = np.where(run[:, None], np.asarray(v)[: hi - lo, :k], np.inf)
     return FrameFits(params, cost, pos_var, alts, alt_ok)
+
+
+def _stage_slots(k: int, opts: DecodeOptions) -> int:
+    """Slots the ``k``-target stage runs in (:func:`slots_for`, at most ``max_targets``; ``uniform_slots``:
+    every ``k >= 3`` in ``max_targets``)."""
+    return opts.max_targets if opts.uniform_slots and k > 2 else min(slots_for(k), opts.max_targets)
+
+
+def stage_programs(frames: np.ndarray, opts: DecodeOptions, seed_rows: int = 0) -> list[precompile.ProgramSpec]:
+    """The stage programs :func:`fit_frames` will run on ``frames (F, S, S)`` with ``seed_rows`` map seed rows
+    per frame (``seeds.shape[1]``), in the order it first calls them: one per slot count, at its chunk size
+    (for :func:`seqcsist_jax.decode.precompile.compiling`)."""
+    f, s = frames.shape[0], frames.shape[-1]
+    if f == 0:
+        return []
+    kmax = opts.max_targets
+    top = kmax if opts.flux_count_bound is None else int(flux_count_upper(np.asarray(frames, np.float32),
+                                                                           opts).max())
+    chunk = balanced_chunk(f, opts.chunk)
+    rows = min(int(seed_rows), slots_for(kmax))
+    specs: list[precompile.ProgramSpec] = []
+    for slots in dict.fromkeys(_stage_slots(k, opts) for k in range(1, top + 1)):
+        specs.append(precompile.spec(_stage, [((chunk, s, s), jnp.float32), ((chunk, slots, 3), jnp.float32),
+                                              ((chunk, min(rows, slots), 3), jnp.float32),
+                                              ((chunk,), jnp.int32), ((), jnp.int32)], opts))
+    return specs
 
 
 @functools.partial(jax.jit, static_argnames=("opts",))
