@@ -58,6 +58,7 @@ __all__ = [
     "empty_cost",
     "fit_from_params",
     "pixel_layouts",
+    "stage_programs",
     "separation_residuals",
     "balanced_chunk",
 ]
