@@ -313,6 +313,12 @@ def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence
         flags.FLAGS(rest)
     except flags.Error as e:
         fail(flag_error_line(e))
+    from seqcsist_jax.decode import precompile
+
+    try:  # environment settings the run reads later (the decoder's compile threads): refused before any work
+        precompile.default_workers()
+    except ValueError as e:
+        fail(str(e))
 
     def absl_main(parsed_argv: list[str]) -> None:
         quiet_libraries()

@@ -21,8 +21,8 @@ from seqcsist_jax import workdir as workdir_lib
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _run(args, timeout=300):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def _run(args, timeout=300, **extra_env):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **extra_env)
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env=env)
 
@@ -248,6 +248,12 @@ def test_entry_points_help_and_errors(tmp_path):
 
     no_run = _run(["-m", "experiments.evaluate", f"--workdir={tmp_path / 'empty'}"])
     assert no_run.returncode == 2 and len(_error_lines(no_run)) == 1 and "empty does not exist" in no_run.stderr
+
+    # a bad environment setting the decoder reads later is refused at once, in one line
+    bad_env = _run(["-m", "experiments.evaluate", f"--workdir={tmp_path / 'empty'}"], SEQCSIST_COMPILE_THREADS="abc")
+    assert bad_env.returncode == 2 and _error_lines(bad_env) == [
+        "error: SEQCSIST_COMPILE_THREADS must be a non-negative integer (0 turns background compilation off), "
+        "got 'abc'"]
 
     compare_bad = _run(["-m", "experiments.compare", f"--workdir={tmp_path / 'c'}", "--budget_steps=1",
                         "--methods=srcnn", "--config.nope=1"])
