@@ -187,7 +187,7 @@ def _check_imaging(imaging: Any) -> imaging_mod.ImagingParams | None:
 
 
 def _frame_fits(frames: np.ndarray, maps: np.ndarray | None, opts: DecodeOptions, progress: bool,
-                imaging: imaging_mod.ImagingParams | None = None):
+                imaging: imaging_mod.ImagingParams | None = None, count_upper: np.ndarray | None = None):
     n, t, s, _ = frames.shape
     flat = frames.reshape(n * t, s, s)
     seeds = seed_count = None
@@ -195,7 +195,7 @@ def _frame_fits(frames: np.ndarray, maps: np.ndarray | None, opts: DecodeOptions
         seeds, seed_count = map_seeds(maps, opts, frames_mod.slots_for(opts.max_targets))
         if imaging is not None:  # maps are in label units, the fit in pixel/grey-level units
             seeds = imaging_mod.to_pixel_space(seeds, imaging)
-    return frames_mod.fit_frames(flat, opts, seeds, seed_count, progress=progress)
+    return frames_mod.fit_frames(flat, opts, seeds, seed_count, progress=progress, count_upper=count_upper)
 
 
 def decode_arrays(
@@ -223,12 +223,14 @@ def decode_arrays(
     kmax = opts.max_targets
     seed_rows = frames_mod.slots_for(kmax) if full_maps is not None and opts.map_seeds else 0
     flat = frames.reshape(n * t, s, s)
-    programs = frames_mod.stage_programs(flat, opts, seed_rows)
+    # computed once: it sizes the programs compiled ahead and orders the fits
+    upper = None if opts.flux_count_bound is None else frames_mod.flux_count_upper(flat.astype(np.float32), opts)
+    programs = frames_mod.stage_programs(flat, opts, seed_rows, count_upper=upper)
     if method == "refine":
         programs += centre_mod.centre_programs(flat, opts, opts.centre_candidates)
     # Compiling the later stages and the centring while the first stage runs (precompile's docstring).
     with precompile.compiling(programs):
-        fits = _frame_fits(frames, full_maps, opts, progress, imaging)
+        fits = _frame_fits(frames, full_maps, opts, progress, imaging, count_upper=upper)
         crit = frames_mod.count_criterion(fits.cost, 3, opts, opts.count_penalty)  # (F, Kmax+1), index = K
         chosen = np.argmin(crit, axis=-1)
         rel = crit - crit[np.arange(crit.shape[0]), chosen][:, None]

@@ -505,6 +505,7 @@ def fit_frames(
     seeds: np.ndarray | None = None,
     seed_count: np.ndarray | None = None,
     progress: bool = False,
+    count_upper: np.ndarray | None = None,
 ) -> FrameFits:
     """Fits ``K = 1..max_targets`` targets to every frame.
 
@@ -515,6 +516,8 @@ def fit_frames(
         ``seed_count`` are ignored.
       seed_count: ``(F,)`` valid seed rows per frame.
       progress: show a tqdm bar over chunks.
+      count_upper: :func:`flux_count_upper` of ``frames`` when the caller has it already (``decode_arrays``
+        also sizes the programs it compiles ahead from it); computed here otherwise.
 
     Returns:
       :class:`FrameFits`.
@@ -530,7 +533,7 @@ def fit_frames(
     if opts.flux_count_bound is None:
         return _fit_frames_in_order(frames, opts, seeds, seed_count, progress, np.full(f, kmax, np.int64))
     # Fitted in bound order (largest first), so that a chunk stops at its largest bound; undone at the end.
-    upper = flux_count_upper(frames, opts)
+    upper = flux_count_upper(frames, opts) if count_upper is None else np.asarray(count_upper, np.int64)
     order = np.argsort(-upper, kind="stable")
     fits = _fit_frames_in_order(frames[order], opts, seeds[order], seed_count[order], progress, upper[order])
     inverse = np.argsort(order)
@@ -585,16 +588,21 @@ def _stage_slots(k: int, opts: DecodeOptions) -> int:
     return opts.max_targets if opts.uniform_slots and k > 2 else min(slots_for(k), opts.max_targets)
 
 
-def stage_programs(frames: np.ndarray, opts: DecodeOptions, seed_rows: int = 0) -> list[precompile.ProgramSpec]:
+def stage_programs(frames: np.ndarray, opts: DecodeOptions, seed_rows: int = 0,
+                   count_upper: np.ndarray | None = None) -> list[precompile.ProgramSpec]:
     """The stage programs :func:`fit_frames` will run on ``frames (F, S, S)`` with ``seed_rows`` map seed rows
     per frame (``seeds.shape[1]``), in the order it first calls them: one per slot count, at its chunk size
-    (for :func:`seqcsist_jax.decode.precompile.compiling`)."""
+    (for :func:`seqcsist_jax.decode.precompile.compiling`). ``count_upper``: :func:`flux_count_upper` of
+    ``frames`` if already computed."""
     f, s = frames.shape[0], frames.shape[-1]
     if f == 0:
         return []
     kmax = opts.max_targets
-    top = kmax if opts.flux_count_bound is None else int(flux_count_upper(np.asarray(frames, np.float32),
-                                                                           opts).max())
+    if opts.flux_count_bound is None:
+        top = kmax
+    else:
+        top = int(np.max(flux_count_upper(np.asarray(frames, np.float32), opts) if count_upper is None
+                         else count_upper))
     chunk = balanced_chunk(f, opts.chunk)
     rows = min(int(seed_rows), slots_for(kmax))
     specs: list[precompile.ProgramSpec] = []
