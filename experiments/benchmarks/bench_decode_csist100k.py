@@ -84,6 +84,8 @@ ABLATION: list[tuple[str, dict[str, Any]]] = [
     ("harder walls (centre_wall=0.02)", dict(centre_wall=0.02)),
     ("softer walls (centre_wall=0.05)", dict(centre_wall=0.05)),
     ("full LM budget (frame_iterations=12, no screening)", dict(frame_iterations=12, screen_iterations=0)),
+    ("both: centre unclipped frames too and the full LM budget",
+     dict(centre_saturated_only=False, frame_iterations=12, screen_iterations=0)),
     ("no flux count bound (flux_count_bound=None; 2,000 images are one call, in which it skips nothing)",
      dict(flux_count_bound=None)),
 ]

@@ -6,8 +6,8 @@ and the centring of :mod:`seqcsist_jax.decode.centre`), one after another, each 
 input shapes follow from the frames and the options before the first one runs, so :func:`compiling` lowers and
 compiles them on background threads (XLA releases the GIL while it compiles): the first stage starts as soon as
 its own program is ready, and the others compile while it runs. Measured side by side in fresh processes
-(``bench_decode_csist100k``): median 33.5 s against 35.8 s without it; the run stays CPU-bound (about 58 CPU s
-on 2 cores, 26 of them in the compiled calls).
+(``bench_decode_csist100k``): median 20.3 s against 21.8 s without it (33.5 against 35.8 s on a slower day of
+the shared machine); the run stays CPU-bound (about 35 CPU s on 2 cores, 17.5 of them in the compiled calls).
 
 JAX caches a jitted function's trace, lowering and executable by its argument shapes, dtypes and static
 arguments, so an ordinary call of the same function finds what a background ``.lower(...).compile()`` built
