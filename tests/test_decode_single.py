@@ -268,7 +268,7 @@ def test_decode_takes_single_images_as_one_frame_sequences(five):
     ((2, 11, 11), (2, 11, 11), "peak", r"maps must have shape \(2, 33, 33\) .*got \(2, 11, 11\)"),
     ((2, 11, 11), (1, 33, 33), "refine", r"maps must have shape \(2, 33, 33\)"),
     ((2, 11, 12), None, "refine", r"\(N, T, S, S\) or \(N, S, S\)"),
-    ((11, 11), None, "refine", r"one image \(S, S\): pass image\[None\]"),
+    ((11, 11), None, "refine", r"frames: got one image of shape \(11, 11\); pass image\[None\] to decode"),
 ])
 def test_decode_single_images_bad_input(frames_shape, maps_shape, method, msg):
     maps = None if maps_shape is None else np.zeros(maps_shape, np.float32)
@@ -279,6 +279,8 @@ def test_decode_single_images_bad_input(frames_shape, maps_shape, method, msg):
 def test_decode_arrays_error_names_the_single_image_form():
     with pytest.raises(ValueError, match=r"single images \(N, S, S\)"):
         decode_arrays(np.zeros((2, 11, 11), np.float32), method="refine")
+    with pytest.raises(ValueError, match=r"got one image of shape \(11, 11\); .*image\[None, None\] to decode_arrays"):
+        decode_arrays(np.zeros((11, 11), np.float32), method="refine")
 
 
 def test_ragged_input_and_misspelt_options_are_one_line():

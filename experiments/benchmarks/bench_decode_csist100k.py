@@ -86,7 +86,8 @@ ABLATION: list[tuple[str, dict[str, Any]]] = [
     ("full LM budget (frame_iterations=12, no screening)", dict(frame_iterations=12, screen_iterations=0)),
     ("both: centre unclipped frames too and the full LM budget",
      dict(centre_saturated_only=False, frame_iterations=12, screen_iterations=0)),
-    ("no flux count bound (flux_count_bound=None; 2,000 images are one call, in which it skips nothing)",
+    ("no flux count bound (flux_count_bound=None; up to 4,096 images are one call, which stops only at its "
+     "largest bound)",
      dict(flux_count_bound=None)),
 ]
 
@@ -414,7 +415,8 @@ def markdown(res: dict[str, Any]) -> str:
                      "of the images (at the 0.05 px threshold the stored image cannot tell that fit from the truth)")
     if res.get("ablation"):
         lines += ["", f"Option trials (`CSIST100K_OPTIONS` plus one change, first {res['ablation'][0]['images']} "
-                  f"images of the {res.get('ablation_data', 'validation split')}, where the preset was chosen; "
+                  f"images of the {res.get('ablation_data', 'validation split')}"
+                  + ("" if "stand-in" in res.get("ablation_data", "") else ", where the preset was chosen") + "; "
                   "wall s incl. compile" + ("; a sample this small can reorder options that differ by a "
                   "few tenths: compare on 2,000 images or more" if res["ablation"][0]["images"] < 2000 else "")
                   + "):", "",
@@ -449,19 +451,21 @@ def main(argv: list[str] | None = None) -> None:
                                 epilog="Without --standin the TFDS dataset csist100k/default is built on first use "
                                        "(~/tensorflow_datasets).")
     p.add_argument("--images", type=int, default=10_000, help="test images decoded (the first N of the test split)")
-    p.add_argument("--seed", type=int, default=100_000, help="seed of the --standin generator")
+    p.add_argument("--seed", type=int, default=100_000, help="seed of the --standin generator (its option-trial images use seed + 1)")
     p.add_argument("--skip-baselines", action="store_true", help="only the CSIST100K_OPTIONS row (and its diagnostics)")
     p.add_argument("--baseline-images", type=int, default=10_000, help="images of the other rows (max 4, max 5, least squares, thorough)")
     p.add_argument("--ablation-images", type=int, default=2000,
-                   help="images of the option trials, from the validation split (0: skip them)")
+                   help="images of the option trials, from the validation split (with --standin: the stand-in "
+                        "generator at --seed + 1; 0: skip them)")
     p.add_argument("--out", type=Path, default=RESULTS,
                    help="folder of the results files (the default is the committed results folder)")
     p.add_argument("--tag", default="", help="suffix of the results files, e.g. _tfds")
     p.add_argument("--standin", action="store_true", help="use the stand-in generator instead of csist100k/default")
     p.add_argument("--fresh-runs", type=int, default=2,
-                   help="further fresh processes that time the preset alone (the machine's load varies: the "
-                        "report gives the median and range of all fresh-process times; 0: none), alternating "
-                        "with fresh processes of the preset without background compilation (one more of those)")
+                   help="N more fresh processes that time the preset alone, after the first run's own (the machine's "
+                        "load varies: the report gives all fresh-process times and their median), and N + 1 "
+                        "fresh processes of the preset without background compilation, alternating with them "
+                        "(0: none of either)")
     p.add_argument("--time-preset-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     data, source = load_test_split(args.images, args.seed, args.standin)

@@ -27,6 +27,7 @@ Modules by job:
 
 from seqcsist_jax.decode.api import (
     CountCapWarning,
+    SaturationWarning,
     Decoded,
     decode,
     decode_arrays,
@@ -55,6 +56,7 @@ __all__ = [
     "DEFAULT_IMAGING",
     "METHODS",
     "CountCapWarning",
+    "SaturationWarning",
     "DecodeOptions",
     "ImagingParams",
     "Decoded",

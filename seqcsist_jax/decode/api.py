@@ -20,12 +20,16 @@ from seqcsist_jax.decode.forward import saturated_frames
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
 from seqcsist_jax.suggest import did_you_mean
 
-__all__ = ["decode", "decode_arrays", "Decoded", "CountCapWarning", "localisation_confidence", "map_seeds",
+__all__ = ["decode", "decode_arrays", "Decoded", "CountCapWarning", "SaturationWarning", "localisation_confidence", "map_seeds",
            "saturated_frames"]
 
 
 class CountCapWarning(UserWarning):
     """A fit chose the largest count of the range (``max_targets``): the true count may be larger."""
+
+
+class SaturationWarning(RuntimeWarning):
+    """Some decoded frames have pixels at the clip level: their brightnesses and counts are less certain."""
 
 
 @dataclasses.dataclass
@@ -94,7 +98,7 @@ def _warn_saturated(saturated: np.ndarray, clip_level: float | None) -> None:
             "brightnesses and counts are less reliable (clipped pixels only bound the signal; beyond "
             "max_saturated per frame they are fitted as ordinary pixels); "
             "seqcsist_jax.decode.saturated_frames(frames) flags them",
-            RuntimeWarning,
+            SaturationWarning,
             stacklevel=_caller_stacklevel(),
         )
 
@@ -114,7 +118,8 @@ def _check_frames(frames: Any) -> np.ndarray:
         if arr.ndim == 3:
             hint = "; single images (N, S, S): decode(...) takes them, or pass frames[:, None]"
         elif arr.ndim == 2:
-            hint = "; one image (S, S): pass image[None] (decode takes single images (N, S, S))"
+            raise ValueError(f"frames: got one image of shape {arr.shape}; pass image[None] to decode (single "
+                             "images (N, S, S)) or image[None, None] to decode_arrays (sequences (N, T, S, S))")
         raise ValueError(f"frames must have shape (N, T, S, S), got {arr.shape}{hint}")
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"frames must hold numbers, got dtype {arr.dtype}")
