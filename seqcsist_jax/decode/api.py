@@ -94,10 +94,8 @@ def _warn_saturated(saturated: np.ndarray, clip_level: float | None) -> None:
     if count:
         warnings.warn(
             f"{count} of {saturated.size} decoded frames have saturated pixels (stored at the clip level, "
-            f"{clip_level:.0f}): their decoded "
-            "brightnesses and counts are less reliable (clipped pixels only bound the signal; beyond "
-            "max_saturated per frame they are fitted as ordinary pixels); "
-            "seqcsist_jax.decode.saturated_frames(frames) flags them",
+            f"{clip_level:.0f}): their brightnesses and counts are less certain (clipped pixels only "
+            "bound the signal, up to max_saturated per frame); seqcsist_jax.decode.saturated_frames(frames) flags them",
             SaturationWarning,
             stacklevel=_caller_stacklevel(),
         )
@@ -290,10 +288,9 @@ def warn_at_cap(at_cap: np.ndarray, max_targets: int, method: str) -> None:
     if num:
         warnings.warn(
             f"decode ({method}): {num} of {at_cap.size} frames chose the largest count max_targets="
-            f"{max_targets} (of all decoded frames, scored or not); if the data can hold more targets than "
-            "that, raise max_targets to the dataset's maximum; if it is that maximum already (SeqCSIST 4, "
-            "targets_2_8 8, CSIST-100K 5), this is expected (decode_arrays(...).at_cap flags these frames; "
-            "single images: decode_arrays(images[:, None], ...))",
+            f"{max_targets} (counted over every decoded frame): expected if that is the data's maximum "
+            "(SeqCSIST 4, targets_2_8 8, CSIST-100K 5), else raise max_targets; decode_arrays(...).at_cap "
+            "flags these frames",
             CountCapWarning,
             stacklevel=_caller_stacklevel(),
         )
