@@ -29,7 +29,8 @@ def test_saturated_frames_flags_any_pixel_at_255():
 @pytest.mark.parametrize("method", ["grid", "peak"])
 def test_decode_warns_with_the_count_of_saturated_frames(method):
     # Without maps, grid/peak decode the physics-only map, which is computed from the (clipped) frames.
-    with pytest.warns(api.SaturationWarning, match=r"2 of 6 decoded frames have saturated pixels \(stored at the clip level, 255\)"):
+    with pytest.warns(api.SaturationWarning,
+                      match=r"2 of 6 decoded frames have saturated pixels \(stored at the clip level, 255\)"):
         out = api.decode(_frames(), method=method, physics_iterations=2)
     # Its own class, so it can be silenced alone; still a RuntimeWarning for filters written before it existed.
     assert issubclass(api.SaturationWarning, RuntimeWarning)

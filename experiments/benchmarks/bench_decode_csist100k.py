@@ -451,7 +451,8 @@ def main(argv: list[str] | None = None) -> None:
                                 epilog="Without --standin the TFDS dataset csist100k/default is built on first use "
                                        "(~/tensorflow_datasets).")
     p.add_argument("--images", type=int, default=10_000, help="test images decoded (the first N of the test split)")
-    p.add_argument("--seed", type=int, default=100_000, help="seed of the --standin generator (its option-trial images use seed + 1)")
+    p.add_argument("--seed", type=int, default=100_000,
+                   help="seed of the --standin generator (its option-trial images use seed + 1)")
     p.add_argument("--skip-baselines", action="store_true", help="only the CSIST100K_OPTIONS row (and its diagnostics)")
     p.add_argument("--baseline-images", type=int, default=10_000, help="images of the other rows (max 4, max 5, least squares, thorough)")
     p.add_argument("--ablation-images", type=int, default=2000,

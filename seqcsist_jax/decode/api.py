@@ -20,8 +20,8 @@ from seqcsist_jax.decode.forward import saturated_frames
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
 from seqcsist_jax.suggest import did_you_mean
 
-__all__ = ["decode", "decode_arrays", "Decoded", "CountCapWarning", "SaturationWarning", "localisation_confidence", "map_seeds",
-           "saturated_frames"]
+__all__ = ["decode", "decode_arrays", "Decoded", "CountCapWarning", "SaturationWarning", "localisation_confidence",
+           "map_seeds", "saturated_frames"]
 
 
 class CountCapWarning(UserWarning):
@@ -95,7 +95,8 @@ def _warn_saturated(saturated: np.ndarray, clip_level: float | None) -> None:
         warnings.warn(
             f"{count} of {saturated.size} decoded frames have saturated pixels (stored at the clip level, "
             f"{clip_level:.0f}): their brightnesses and counts are less certain (clipped pixels only "
-            "bound the signal, up to max_saturated per frame); seqcsist_jax.decode.saturated_frames(frames) flags them",
+            "bound the signal, up to max_saturated per frame); "
+            "seqcsist_jax.decode.saturated_frames(frames) flags them",
             SaturationWarning,
             stacklevel=_caller_stacklevel(),
         )

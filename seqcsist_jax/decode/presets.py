@@ -7,11 +7,11 @@ reproduce the stored bytes (:mod:`seqcsist_jax.decode.centre`) from the 5 best b
 is the one of the lowest cost (``count_penalty=0``: with the brightness prior a spurious target never pays for
 itself on noise-free frames, while the BIC penalty undercounted clipped 4–5-target images); each target's score
 is multiplied by its agreement with the other basins' ends (``basin_temperature=1``). The remaining
-settings trade a little accuracy for time so that 10,000 images decode in 30–38 s on 2 CPU cores (8 LM steps,
-every start screened after 3; ``uniform_slots``: counts 3–5 share one compiled program), and the flux of an
-unclipped image bounds its count (``flux_count_bound=220``, the smallest brightness: no fit is run for counts
-the image cannot hold, results unchanged). Every value was chosen
-on the validation split (``bench_decode_csist100k``'s option trials). :func:`dataset_decode_options` picks the
+settings trade a little accuracy for time so that 10,000 images decode in 20–38 s on 2 CPU cores, as the
+shared machine's speed varies (8 LM steps, every start screened after 3; ``uniform_slots``: counts 3–5 share one
+compiled program), and the flux of an unclipped image bounds its count (``flux_count_bound=220``, the smallest
+brightness: no fit is run for counts the image cannot hold, results unchanged). Every value was chosen on the
+validation split (``bench_decode_csist100k``'s option trials). :func:`dataset_decode_options` picks the
 options of a run's ``config.dataset``.
 
 :data:`SEQCSIST_STAR_OPTIONS` encodes the SeqCSIST generator's group geometry (SPEC §3, a DECISION: opt-in, never
