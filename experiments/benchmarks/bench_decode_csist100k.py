@@ -480,6 +480,12 @@ def main(argv: list[str] | None = None) -> None:
         variants += [("refine, max 4 (old default)", {}), ("refine, max 5", dict(max_targets=5)),
                      ("least squares, single-pixel (previous preset)", LEAST_SQUARES),
                      ("CSIST100K_OPTIONS, thorough (12 LM steps, no screening, 8 candidates)", THOROUGH)]
+    trials = f"{len(ABLATION) + 1} option trials on {args.ablation_images} validation images" \
+        if args.ablation_images else "no option trials"
+    print(f"{source}: {len(data['images'])} images. The preset first (in this fresh process, then compiled, side by "
+          f"side), its diagnostics, {len(variants) - 1} other rows, "
+          f"{2 * args.fresh_runs + bool(args.fresh_runs)} fresh-process timings, {trials}; each step prints a line "
+          "when it finishes (the defaults take about 10 minutes on 2 cores).", flush=True)
     rows = []
     for name, options in variants:
         sub = data if options is PRESET else {k: v[: args.baseline_images] for k, v in data.items()}
@@ -505,12 +511,15 @@ def main(argv: list[str] | None = None) -> None:
                  f"{row['warm_seconds_without_flux_bound']:.1f} s)" if "warm_seconds" in row else ""), flush=True)
         if options is PRESET:
             diagnosed, diag = name, diagnostics(dec, data, options)
+            print("diagnostics of the preset (truth-started fits, byte-identical alternatives) done", flush=True)
     # Side by side: fresh processes of the preset alternate with the preset without background compilation (the
     # machine's speed drifts; alternating spreads the drift over both).
     fresh, serial = [rows[0]["seconds"]], []
-    for _ in range(args.fresh_runs):
+    for i in range(args.fresh_runs):
         serial.append(fresh_process_seconds(args, background_compile=False))
         fresh.append(fresh_process_seconds(args))
+        print(f"fresh-process timing {i + 1} of {args.fresh_runs}: preset {fresh[-1]:.1f} s, without background "
+              f"compilation {serial[-1]:.1f} s", flush=True)
     if args.fresh_runs:
         serial.append(fresh_process_seconds(args, background_compile=False))
         print(f"preset in fresh processes: {', '.join(f'{x:.1f}' for x in fresh)} s; without background "
