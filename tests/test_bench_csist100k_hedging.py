@@ -100,3 +100,64 @@ def test_hedged_detections_without_alternative_basins():
     for d, h in zip((d[0] for d in dec.to_lists()), hedged):
         np.testing.assert_array_equal(h[: len(d)], d)
         assert len(h) - len(d) <= len(d) + 1 + max(len(d) - 1, 0)  # at most the K+1 and K-1 fits
+
+
+class _FakeDecoded:
+    """The two things ``best_basin_oracle`` reads from a ``Decoded``: ``count (N, 1)`` and ``to_lists()``."""
+
+    def __init__(self, dets: list[np.ndarray]):
+        self.dets = dets
+        self.count = np.array([[len(d)] for d in dets])
+
+    def to_lists(self):
+        return [[d.copy()] for d in self.dets]
+
+
+def test_best_basin_oracle_picks_the_basin_nearest_the_truth():
+    truth = np.array([[5.0, 5.0, 230.0], [5.3, 5.2, 240.0], [0.0, 0.0, 0.0]])
+    data = {"images": np.zeros((3, 11, 11), np.uint8), "targets": np.stack([truth] * 3),
+            "num_targets": np.array([2, 2, 2])}
+    decoded = [np.array([[5.2, 5.1, 231.0, 0.9], [4.9, 5.0, 235.0, 0.4]]),   # 0.23 px off at worst
+               np.array([[5.01, 5.0, 231.0, 0.8], [5.3, 5.21, 235.0, 0.7]]),  # already the nearest
+               np.array([[5.0, 5.0, 230.0, 0.6]])]                            # wrong count: kept
+    k = 3  # slots of the basins' arrays
+    near = np.zeros((3, k, 3), np.float32)
+    near[:, :2] = [[5.31, 5.19, 239.0], [5.02, 4.99, 229.0]]  # the truth's basin, in the other slot order
+    far = np.zeros((3, k, 3), np.float32)
+    far[:, :2] = [[5.6, 5.6, 230.0], [5.0, 4.6, 230.0]]
+    obj = np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]])
+    best, switched = bench.best_basin_oracle(_FakeDecoded(decoded), data, {}, basin_fits=(None, [far, near], obj))
+    assert switched.tolist() == [True, False, False]
+    # image 0: the near basin's targets, each with the score of the nearest decoded target
+    np.testing.assert_allclose(best[0][:, :3], near[0, :2], rtol=0, atol=0)
+    np.testing.assert_array_equal(best[0][:, 3], [0.9, 0.4])
+    np.testing.assert_array_equal(best[1], decoded[1])
+    np.testing.assert_array_equal(best[2], decoded[2])
+    # a missing basin (objective inf) is never chosen; neither is one within `distinct` of the decoded fit
+    obj_missing = obj.copy()
+    obj_missing[0, 1] = np.inf
+    _, switched = bench.best_basin_oracle(_FakeDecoded(decoded), data, {}, basin_fits=(None, [far, near], obj_missing))
+    assert not switched.any()
+    _, switched = bench.best_basin_oracle(_FakeDecoded(decoded), data, {}, basin_fits=(None, [far, near], obj),
+                                          distinct=0.5)
+    assert not switched.any()
+
+
+@pytest.mark.slow
+def test_best_basin_oracle_never_moves_a_fit_away_from_the_truth():
+    sim = simulate_csist100k(24, seed=11)
+    data = {"images": sim["image"], "targets": sim["targets"], "num_targets": sim["num_targets"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dec = decode_arrays(data["images"][:, None], method="refine", **bench.PRESET)
+        best, switched = bench.best_basin_oracle(dec, data, bench.PRESET)
+    for i, (d, b) in enumerate(zip((d[0] for d in dec.to_lists()), best)):
+        t = data["targets"][i, : data["num_targets"][i], :2].astype(np.float64)
+        assert b.shape == d.shape
+        assert set(b[:, 3].tolist()) <= set(d[:, 3].tolist())  # the decoder's scores
+        if not switched[i]:
+            np.testing.assert_array_equal(b, d)
+        else:
+            assert len(d) == len(t)
+            assert bench._matched_max_distance(b[:, :2], t) < bench._matched_max_distance(d[:, :2], t)
+            assert bench._matched_max_distance(b[:, :2], d[:, :2]) > 0.02
