@@ -182,16 +182,19 @@ def load_config(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_coll
     return apply_overrides(config, overrides)
 
 
-def saved_run_config(workdir: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+def saved_run_config(workdir: str, overrides: Sequence[tuple[str, str]] = (),
+                     resuming: bool = True) -> ml_collections.ConfigDict:
     """The config a run saved in ``workdir`` (``python -m experiments.train --workdir=DIR`` without ``--config``
-    resumes it), with the command line's overrides applied. Raises UsageError (one line) for a damaged file."""
+    resumes it, and says so when ``resuming``), with the command line's overrides applied. Raises UsageError (one
+    line) for a damaged file."""
     from seqcsist_jax.workdir import load_run_config
 
     try:
         config = load_run_config(workdir)
     except (OSError, ValueError) as e:
         raise UsageError(f"{e}; pass --config to choose the run's config") from None
-    print(f"resuming the run saved in {os.path.join(workdir, 'config.json')} (no --config given)")
+    if resuming:
+        print(f"resuming the run saved in {os.path.join(workdir, 'config.json')} (no --config given)")
     return apply_overrides(config, overrides)
 
 

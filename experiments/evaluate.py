@@ -173,6 +173,7 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         export_public=export_public, metrics_log=training_log(workdir), decode_options=decode_options,
     )
     result["out_dir"] = str(out_dir)
+    result["single_image"] = is_single_image(config.dataset.name)
     # Training says this at its start; a later evaluation (perhaps with overrides) says it again.
     result["protocol_note"] = protocol.protocol_difference(
         is_single_image(config.dataset.name), result["threshold"],
@@ -198,14 +199,20 @@ def overrides_folder_suffix(differences: list[str]) -> str:
     return suffix
 
 
-def decoder_note(decode: str | None) -> str:
-    """The line that tells a reader whose score a continuous fit is ('' for the map decoders, grid and peak)."""
+def decoder_note(decode: str | None, single_image: bool = False) -> str:
+    """The line that tells a reader whose score a continuous fit is ('' for the map decoders, grid and peak);
+    on single images (CSIST-100K) ``trajectory`` gets a second line pointing to ``refine``."""
     if decode not in ("refine", "trajectory"):  # these fit the imaging model to the frames
         return ""
-    return (f"note: the {decode} decoder fits the frames themselves; the model's maps only seed it, so this score "
+    note = (f"note: the {decode} decoder fits the frames themselves; the model's maps only seed it, so this score "
             "measures the decoder more than the model (decoding the frames alone, without the model, scores about "
             "the same: README 'Beyond the grid: continuous decoding'); the row's FPS, PSNR and SSIM are the model's "
             "(its maps), not the decoder's")
+    if decode == "trajectory" and single_image:
+        # One frame has no motion to share, and trajectory does not use the single-pixel geometry of CSIST-100K.
+        note += ("\nnote: this dataset has one image per example: trajectory fits motion across frames and ignores "
+                 "CSIST-100K's geometry; --decode=refine (with decode.CSIST100K_OPTIONS) is its decoder")
+    return note
 
 
 def imaging_line(imaging: Any, fresh: bool, path: pathlib.Path) -> str:
@@ -274,7 +281,7 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     from seqcsist_jax.fileio import without_non_finite
 
     # Strict JSON, as metrics.json: undefined values (e.g. the RMSE without a single match) print as null.
-    shown = {k: v for k, v in result.items() if k not in ("table_row", "protocol_note")}
+    shown = {k: v for k, v in result.items() if k not in ("table_row", "protocol_note", "single_image")}
     print(json.dumps(without_non_finite(json.loads(json.dumps(shown, default=float))), indent=1, allow_nan=False))
     if result["protocol_note"]:
         print(f"note: {result['protocol_note']}")
@@ -282,7 +289,7 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     if note:
         print(f"note: this evaluation found no detection: {note}")
     if decoder_note(result.get("decode")):
-        print(decoder_note(result.get("decode")))
+        print(decoder_note(result.get("decode"), result.get("single_image", False)))
     print(f"wrote {result['out_dir']}/ ({', '.join(written_files(result['out_dir'], FLAGS.export_public))})")
 
 

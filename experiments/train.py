@@ -9,7 +9,8 @@
 
 An existing run in ``--workdir`` is resumed from its latest checkpoint; a workdir that holds a run of another
 config is refused (the differing keys are printed) unless ``--force_config``; without ``--config`` the run saved
-in ``--workdir`` is resumed with its own config. ``python -m experiments.train --help`` lists the config names.
+in ``--workdir`` is resumed with its own config. ``python -m experiments.train --help`` lists the config names;
+``--config=dista:quick --print_config`` prints every field of that config (with the overrides) and exits.
 """
 
 from __future__ import annotations
@@ -26,11 +27,24 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and evalua
 cli.define_config_flag()
 flags.adopt_module_key_flags(cli)  # --help lists --config and the config names
 flags.DEFINE_bool("force_config", False, "Continue a workdir whose saved config differs (overwrites config.json).")
+flags.DEFINE_bool("print_config", False, "Print the resolved config (the named one with its --config.a.b "
+                  "overrides, or the run saved in --workdir) after checking it, and exit without training; every "
+                  "field shown can be overridden.")
 
 
 def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
+    if FLAGS.print_config:
+        if not FLAGS.config and FLAGS.workdir and os.path.isfile(os.path.join(FLAGS.workdir, "config.json")):
+            config = cli.saved_run_config(FLAGS.workdir, overrides, resuming=False)
+        else:
+            config = cli.load_config(cli.require_config(FLAGS.config), overrides)
+        from seqcsist_jax.train import check_config
+
+        check_config(config)  # the same checks as a run: unknown fields, dataset and method names, schedule
+        print(str(config).rstrip("\n"))
+        return
     if FLAGS.workdir is None:
         raise cli.UsageError("--workdir is required: the run's directory (checkpoints, logs, results), e.g. "
                              "--workdir=workdirs/quick")

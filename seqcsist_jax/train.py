@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import pathlib
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -34,7 +35,9 @@ import optax
 
 from seqcsist_jax import methods, protocol, sharding, train_multistep
 from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like, fault_point
+from seqcsist_jax.data.public_format import PublicFormatError
 from seqcsist_jax.data.splits import cached_q, check_dataset_name, is_single_image, load_arrays, subpixel_c
+from seqcsist_jax.data.tfds_open import DamagedDatasetError
 from seqcsist_jax.run_lock import WorkdirLock
 from seqcsist_jax.suggest import closest_name
 from seqcsist_jax.fileio import atomic_write_json
@@ -520,9 +523,10 @@ def train_and_evaluate(
     lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
     try:
         return _train_locked(config, workdir, hooks, force_config, save_every_steps, save_every_seconds)
-    except (methods.MethodContractError, ModelInitError):
-        # Refused before the first step (a user's method that breaks the contract, a model that cannot be built):
-        # leave the workdir as it was, not a run that evaluate would then report as having no checkpoint.
+    except (methods.MethodContractError, ModelInitError, PublicFormatError, DamagedDatasetError):
+        # Refused before the first step (a user's method that breaks the contract, a model that cannot be built,
+        # a damaged or missing public release): leave the workdir as it was, not a run that evaluate would then
+        # report as having no checkpoint.
         if lock is not None and was_empty:
             _remove_unstarted_run(workdir, remove_dir=created, lock=lock)
             lock = None
@@ -608,6 +612,10 @@ class _StopSignals:
                 return  # the same stop request, delivered twice
             raise KeyboardInterrupt  # a second request: stop at once
         self.received, self._received_at = signum, now
+        # The loop stops at the end of the current step (seconds on a slow machine): say so at once.
+        sys.stderr.write(f"{signal.Signals(signum).name} received: stopping after the current step, with a "
+                         "checkpoint (send it again to stop at once)\n")
+        sys.stderr.flush()
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():

@@ -50,6 +50,9 @@ def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     if not path.exists():
         elsewhere = ("(to score weights that were not trained here pass --pretrained or --torch_checkpoint with "
                      "--config)")
+        if workdir.exists() and not workdir.is_dir():
+            raise FileNotFoundError(f"{workdir} is a file, not a directory: pass a training run's directory "
+                                    f"{elsewhere}")
         if not workdir.is_dir():  # a mistyped path: say that, not which file is missing in it
             raise FileNotFoundError(f"{workdir} does not exist: pass a training run's directory {elsewhere}")
         raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir? {elsewhere}")

@@ -151,6 +151,9 @@ def test_load_run_config_errors_name_the_file(tmp_path):
         workdir_lib.load_run_config(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"/nowhere does not exist: pass a training run's directory"):
         workdir_lib.load_run_config(tmp_path / "nowhere")
+    (tmp_path / "a_file").write_text("not a run")
+    with pytest.raises(FileNotFoundError, match=r"/a_file is a file, not a directory: pass a training run's"):
+        workdir_lib.load_run_config(tmp_path / "a_file")
     (tmp_path / "config.json").write_text('{"model": {"name": ')
     with pytest.raises(ValueError, match=r"config.json: not valid JSON at line 1"):
         workdir_lib.load_run_config(tmp_path)
@@ -187,6 +190,29 @@ def test_config_saved_before_a_field_was_added_is_the_same_run_at_its_default():
 
 
 @pytest.mark.slow
+def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path):
+    import yaml
+
+    proc = _run(["-m", "experiments.train", "--config=dista:quick", "--print_config", "--config.seed=7",
+                 "--config.optimizer.learning_rate=0.002"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shown = yaml.safe_load(proc.stdout)
+    expected = configs.get_config("dista:quick").to_dict()
+    expected["seed"], expected["optimizer"]["learning_rate"] = 7, 0.002
+    assert shown == expected
+    # the checks of a run apply: an unknown field is one error line, as for training
+    bad = _run(["-m", "experiments.train", "--config=dista:quick", "--print_config", "--config.learning_rate=1"])
+    assert bad.returncode == 2 and _error_lines(bad) == [
+        "error: unknown config field learning_rate; did you mean optimizer.learning_rate?"]
+    # a saved run's config is shown from its workdir, which is left as it was
+    workdir_lib.save_or_check_run_config(tmp_path, configs.get_config("dista:smoke"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    saved = _run(["-m", "experiments.train", f"--workdir={tmp_path}", "--print_config"])
+    assert saved.returncode == 0, saved.stderr[-2000:]
+    assert yaml.safe_load(saved.stdout)["model"] == configs.get_config("dista:smoke").model.to_dict()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_entry_points_help_and_errors(tmp_path):
     for module in ("experiments.train", "experiments.evaluate"):
         proc = _run(["-m", module, "--help"])
@@ -273,6 +299,19 @@ def test_train_on_a_damaged_public_release_is_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in _error_lines(proc) if line.startswith("error:")]
     assert len(errors) == 1 and str(bad) in errors[0] and "xc" in errors[0]
+    assert not (tmp_path / "run").exists()  # refused before the first step: the new workdir is not left behind
+
+
+def test_train_on_a_missing_public_release_is_one_line(tmp_path):
+    """TFDS asserts that the manual folder exists and is not empty (an 80-line traceback with its whole
+    instructions); the run says which folder in one line and leaves no workdir behind."""
+    proc = _run(["-m", "experiments.train", "--config=dista:smoke", f"--workdir={tmp_path / 'run'}",
+                 "--config.dataset.name=csist100k/public", f"--config.dataset.data_dir={tmp_path / 'data'}"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in _error_lines(proc) if line.startswith("error:")]
+    manual = tmp_path / "data" / "downloads" / "manual"
+    assert len(errors) == 1 and str(manual) in errors[0] and "train/, val/ and test/" in errors[0], errors
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_error_closes_open_progress_bars_before_its_line(capsys):
@@ -308,6 +347,11 @@ def test_continuous_scores_are_attributed_to_the_decoder():
         assert evaluate.decoder_note(decode).endswith("the row's FPS, PSNR and SSIM are the model's (its maps), "
                                                       "not the decoder's")
     assert evaluate.decoder_note("grid") == evaluate.decoder_note("peak") == evaluate.decoder_note(None) == ""
+    # on single images, trajectory is pointed to refine (a second line); refine and grid are not
+    assert evaluate.decoder_note("refine", True) == evaluate.decoder_note("refine")
+    assert evaluate.decoder_note("grid", True) == ""
+    extra = evaluate.decoder_note("trajectory", True).removeprefix(evaluate.decoder_note("trajectory"))
+    assert extra.startswith("\nnote: this dataset has one image per example") and "--decode=refine" in extra
 
 
 def test_log_records_and_warnings_are_one_line_each():

@@ -296,6 +296,19 @@ def test_cli_writes_public_layout(tmp_path):
                           "--noprogress"]) == 2
 
 
+@pytest.mark.parametrize("module", ["simulate", "csist100k"])
+def test_cli_out_under_a_file_is_one_line(tmp_path, capsys, module):
+    import importlib
+
+    main = importlib.import_module(f"seqcsist_jax.data.{module}").main
+    (tmp_path / "a_file").write_text("")
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "deeper"):
+        assert main(["--out", str(out), "--split", "test", "--noprogress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{tmp_path / 'a_file'} is a file, not a directory" in err, err
+    assert not list(tmp_path.glob("a_file*/**"))
+
+
 def test_direction_count_is_the_generators_rule_and_the_decoders():
     from seqcsist_jax.data.simulate import direction_count
     from seqcsist_jax.decode import make_options

@@ -8,6 +8,7 @@ Flags are parsed into a private ``FlagValues`` so the writers can also be called
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 from typing import Callable, Sequence
 
@@ -46,6 +47,10 @@ def parse(argv: Sequence[str] | None, prog: str, description: str, count_flag: s
             raise flags.Error(f"unexpected arguments {' '.join(extra)} (flags are --name=value)")
         if not fv["out"].value:
             raise flags.Error("--out is required")
+        out = pathlib.Path(fv["out"].value)
+        blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise flags.Error(f"--out={fv['out'].value}: {blocker} is a file, not a directory")
         if not fv["split"].value:
             raise flags.Error("give at least one --split (train, val, test or all)")
         count = fv[count_flag].value

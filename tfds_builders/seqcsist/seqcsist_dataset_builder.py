@@ -445,7 +445,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         """One generator per split: simulated in one vectorised call, or read from the public release."""
         cfg: SeqcsistConfig = self.builder_config
         if cfg.source == "public":
-            root = self._public_root(epath.Path(dl_manager.manual_dir))
+            try:
+                manual_dir = dl_manager.manual_dir
+            except AssertionError as e:  # TFDS asserts, with its whole instructions, that the folder has files
+                from seqcsist_jax.data.public_format import PublicFormatError
+
+                raise PublicFormatError(
+                    f"{str(e).split('. ', 1)[0]}: put the public release's train/, val/ and test/ folders there "
+                    "(the dataset card gives the layout)") from None
+            root = self._public_root(epath.Path(manual_dir))
             return {
                 split: self._generate_examples(source="public", root=root, split=folder)
                 for split, folder in PUBLIC_SPLIT_NAMES.items()
