@@ -418,7 +418,8 @@ CONFIG_FIELDS: dict[str, frozenset[str]] = {
         "num_devices", "num_epochs", "num_train_steps", "optimizer", "per_device_batch_size", "progress_bar",
         "sampler", "seed", "shuffle", "steps_per_call"}),
     "dataset": frozenset({
-        "build_if_missing", "c", "collision", "data_dir", "eval_split", "max_eval_trajectories", "name", "num_eval",
+        "build_if_missing", "c", "collision", "data_dir", "eval_split", "manual_dir", "max_eval_trajectories", "name",
+        "num_eval",
         "num_test", "num_train", "simulate", "test_split", "train_split"}),
     "eval": frozenset({
         "batch_size", "collision", "decode", "decode_options", "geometry_prior", "image_quality",

@@ -98,7 +98,8 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
 
 
 # Fields that may change between restarts of one run without changing what it computes.
-RESTART_SAFE_FIELDS = ("progress_bar", "log_every_steps", "dataset.data_dir", "multihost", "checkpoint_every_steps",
+RESTART_SAFE_FIELDS = ("progress_bar", "log_every_steps", "dataset.data_dir", "dataset.manual_dir", "multihost",
+                       "checkpoint_every_steps",
                        "checkpoint_every_seconds", "eval.batch_size", "eval.num_figure_samples")
 
 

@@ -402,6 +402,32 @@ def test_public_config_reproduces_the_written_release(tmp_path):
         np.testing.assert_array_equal(got["image_number"], np.arange(n))
 
 
+def test_manual_dir_config_field_reads_the_generators_folder(tmp_path):
+    """``config.dataset.manual_dir`` (``--config.dataset.manual_dir=DIR``) is where ``public`` reads the release,
+    as a run reads it (``splits.load_arrays``), and ``load_csist100k_arrays(manual_dir=...)`` likewise."""
+    from experiments import configs
+    from seqcsist_jax.data import splits
+
+    written = tmp_path / "written"
+    for folder, n in (("train", 4), ("val", 3), ("test", 2)):
+        assert csist100k.main(["--out", str(written), "--split", folder, "--num_images", str(n), "--seed", "3",
+                               "--noprogress"]) == 0
+    config = configs.get_config("dista:quick")
+    config.dataset.name, config.dataset.data_dir = "csist100k/public", str(tmp_path / "data")
+    config.dataset.manual_dir = str(written)
+    got = splits.load_arrays(config.dataset, "validation")
+    want = simulate_csist100k(3, split_seed(3, "val"))
+    np.testing.assert_array_equal(got["frames"][:, 0], want["image"])
+    np.testing.assert_array_equal(got["targets"][:, 0], want["targets"])
+    direct = csist100k.load_csist100k_arrays("csist100k/public", "test", data_dir=str(tmp_path / "data2"),
+                                             manual_dir=str(written))
+    np.testing.assert_array_equal(direct["image"], simulate_csist100k(2, split_seed(3, "test"))["image"])
+    # without it, TFDS's default folder (empty here) is one line naming it, not TFDS's assertion
+    config.dataset.manual_dir, config.dataset.data_dir = None, str(tmp_path / "data3")
+    with pytest.raises(PublicFormatError, match=r"downloads/manual does not exist or is empty: put the public"):
+        splits.load_arrays(config.dataset, "test")
+
+
 def test_public_config_on_dummy_data_numbered_from_one(tmp_path):
     dummy = pathlib.Path(cdb.__file__).parent / "dummy_data"
     builder = _build("csist100k/public", tmp_path, manual_dir=dummy)

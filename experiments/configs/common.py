@@ -31,6 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
     # "simulated_csist100k" (generated in memory). Switch with set_dataset() to get the dataset's protocol.
     config.dataset.name = "seqcsist/default"
     config.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
+    # Where a `public` config reads the release when it is first prepared (None: <data_dir>/downloads/manual/);
+    # the prepared copy in data_dir is read afterwards, so a restart may change or drop it.
+    config.dataset.manual_dir = ml_collections.FieldReference(None, field_type=str)
     config.dataset.build_if_missing = True
     config.dataset.train_split = "train"
     config.dataset.eval_split = "validation"

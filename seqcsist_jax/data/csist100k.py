@@ -331,7 +331,8 @@ def labels(targets: Any, c: int = 3, size: int = 11, collision: str = "sum") -> 
 
 
 def load_csist100k_arrays(
-    name: str = "csist100k/mini", split: str = "test", data_dir: str | None = None, build_if_missing: bool = True
+    name: str = "csist100k/mini", split: str = "test", data_dir: str | None = None, build_if_missing: bool = True,
+    manual_dir: str | None = None,
 ) -> dict[str, np.ndarray]:
     """A whole split of a ``csist100k`` TFDS config as numpy arrays, in stored order.
 
@@ -340,6 +341,8 @@ def load_csist100k_arrays(
       split: ``train``, ``validation``, ``test`` or any TFDS split expression.
       data_dir: TFDS data directory (``None``: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
       build_if_missing: run ``download_and_prepare`` first when the config is not prepared yet.
+      manual_dir: where ``csist100k/public`` reads the release when it is first prepared (None:
+        ``<data_dir>/downloads/manual/``); e.g. the folder ``python -m seqcsist_jax.data.csist100k --out=DIR`` wrote.
 
     Returns:
       ``image (N, 11, 11) uint8``, ``targets (N, 5, 3) float32``, ``num_targets (N,) int32``,
@@ -347,11 +350,12 @@ def load_csist100k_arrays(
     """
     if not isinstance(name, str) or name.split("/", 1)[0].split(":", 1)[0] != DATASET_NAME:
         raise ValueError(f"load_csist100k_arrays reads the {DATASET_NAME!r} dataset, got name {name!r}")
-    from seqcsist_jax.data.tfds_open import read_tfds_split
+    from seqcsist_jax.data.tfds_open import manual_dir_kwargs, read_tfds_split
 
     # under the dataset's lock; damaged prepared files are rebuilt (seqcsist_jax.data.tfds_open)
     examples = read_tfds_split(name, split, data_dir, build_if_missing,
-                               lambda source: source.__getitems__(list(range(len(source)))) if len(source) else [])
+                               lambda source: source.__getitems__(list(range(len(source)))) if len(source) else [],
+                               **manual_dir_kwargs(manual_dir))
     n = len(examples)
     if n == 0:
         raise ValueError(f"{name} split {split!r} is empty")

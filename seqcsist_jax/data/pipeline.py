@@ -207,15 +207,17 @@ def _read_examples(source: Any, indices: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def load_split_arrays(
-    name: str, split: str, data_dir: str | None = None, build_if_missing: bool = True
+    name: str, split: str, data_dir: str | None = None, build_if_missing: bool = True,
+    manual_dir: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """A whole TFDS split as numpy arrays, in stored order.
+    """A whole TFDS split as numpy arrays, in stored order (``manual_dir``: where a ``public`` config reads the
+    release when it is first prepared; None: ``<data_dir>/downloads/manual/``).
 
     Returns:
       ``frames (N, T, 11, 11)`` (uint8, or float32 for float configs), ``targets (N, T, MAXT, 3)`` float32,
       ``num_targets (N, T)`` int32, ``trajectory_id (N,)`` int64 and, when stored, ``frame_numbers (N, T)``.
     """
-    from seqcsist_jax.data.tfds_open import read_tfds_split
+    from seqcsist_jax.data.tfds_open import manual_dir_kwargs, read_tfds_split
 
     def read_all(source):
         return source.__getitems__(list(range(len(source)))) if len(source) else []
@@ -223,9 +225,10 @@ def load_split_arrays(
     if _dataset_name(name) in PROJECT_DATASETS:
         # One pass under the dataset's lock (make_source would read it twice: its damage check, then here);
         # damaged prepared files are rebuilt (seqcsist_jax.data.tfds_open).
-        examples = read_tfds_split(name, split, data_dir, build_if_missing, read_all)
+        examples = read_tfds_split(name, split, data_dir, build_if_missing, read_all, **manual_dir_kwargs(manual_dir))
     else:
-        examples = read_all(make_source(name, split=split, data_dir=data_dir, build_if_missing=build_if_missing))
+        examples = read_all(make_source(name, split=split, data_dir=data_dir, build_if_missing=build_if_missing,
+                                        **manual_dir_kwargs(manual_dir)))
     n = len(examples)
     if not examples:
         raise ValueError(f"{name} split {split!r} is empty")

@@ -132,8 +132,10 @@ def count_split(dataset: ml_collections.ConfigDict, split: str) -> int:
 
     tfds_registration.register()
 
+    from seqcsist_jax.data.tfds_open import manual_dir_kwargs
+
     return len(make_source(dataset.name, split=split, data_dir=dataset.data_dir,
-                           build_if_missing=dataset.build_if_missing))
+                           build_if_missing=dataset.build_if_missing, **manual_dir_kwargs(dataset.get("manual_dir"))))
 
 
 def load_arrays(dataset: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
@@ -161,7 +163,8 @@ def load_arrays(dataset: ml_collections.ConfigDict, split: str) -> dict[str, np.
         from seqcsist_jax.data import csist100k
 
         return csist100k.as_trajectories(csist100k.load_csist100k_arrays(
-            dataset.name, split, data_dir=dataset.data_dir, build_if_missing=dataset.build_if_missing))
+            dataset.name, split, data_dir=dataset.data_dir, build_if_missing=dataset.build_if_missing,
+            manual_dir=dataset.get("manual_dir")))
     if dataset.name == "simulated":
         from seqcsist_jax.data.simulate import simulate_seqcsist, split_seed
 
@@ -175,7 +178,8 @@ def load_arrays(dataset: ml_collections.ConfigDict, split: str) -> dict[str, np.
     from seqcsist_jax.data.pipeline import load_split_arrays
 
     return load_split_arrays(
-        dataset.name, split, data_dir=dataset.data_dir, build_if_missing=dataset.build_if_missing
+        dataset.name, split, data_dir=dataset.data_dir, build_if_missing=dataset.build_if_missing,
+        manual_dir=dataset.get("manual_dir"),
     )
 
 

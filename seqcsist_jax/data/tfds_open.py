@@ -104,6 +104,17 @@ def prepared_dir(name: str, data_dir: str | os.PathLike | None) -> pathlib.Path 
     return folder if folder.is_dir() else None
 
 
+def manual_dir_kwargs(manual_dir: str | os.PathLike | None) -> dict[str, Any]:
+    """``tfds.data_source``/``tfds.load`` keyword arguments that read a ``public`` config's release from
+    ``manual_dir`` when it is prepared (``{}`` for None: TFDS's default ``<data_dir>/downloads/manual/``)."""
+    if manual_dir is None:
+        return {}
+    import tensorflow_datasets as tfds
+
+    path = os.path.expanduser(os.fspath(manual_dir))
+    return {"download_and_prepare_kwargs": {"download_config": tfds.download.DownloadConfig(manual_dir=path)}}
+
+
 def read_tfds_split(name: str, split: str, data_dir: str | os.PathLike | None, build_if_missing: bool,
                     read: Callable[[Any], T], **data_source_kwargs: Any) -> T:
     """``read(tfds.data_source(name, split=split, ...))`` under :func:`build_lock`; when the prepared files are
