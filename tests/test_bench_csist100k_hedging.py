@@ -63,13 +63,20 @@ def test_rank_after_can_raise_ap():
     assert metrics.cso_map(bench.rank_after(primary, extra), targets)["AP05"] == pytest.approx(0.5)
 
 
-@pytest.mark.slow
-def test_hedged_detections_keep_decoded_rows_first():
+@pytest.fixture(scope="module")
+def decoded_split():
+    """24 simulated CSIST-100K images and their decoding with the preset (shared: it compiles the preset)."""
     sim = simulate_csist100k(24, seed=7)
     data = {"images": sim["image"], "targets": sim["targets"], "num_targets": sim["num_targets"]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dec = decode_arrays(data["images"][:, None], method="refine", **bench.PRESET)
+    return data, dec
+
+
+@pytest.mark.slow
+def test_hedged_detections_keep_decoded_rows_first(decoded_split):
+    data, dec = decoded_split
     hedged, per_target = bench.hedged_detections(dec, data, bench.PRESET, distinct=0.02)
     decoded = [d[0] for d in dec.to_lists()]
     low = min(d[:, -1].min() for d in decoded if len(d))
@@ -81,7 +88,7 @@ def test_hedged_detections_keep_decoded_rows_first():
         if len(d) and len(extra):
             gap = np.sqrt(((extra[:, None, :2] - d[None, :, :2]) ** 2).sum(-1)).min(1)
             assert np.all(gap > 0.02)
-    assert per_target == pytest.approx(sum(len(h) for h in hedged) / sim["num_targets"].sum())
+    assert per_target == pytest.approx(sum(len(h) for h in hedged) / data["num_targets"].sum())
     assert sum(len(h) - len(d) for d, h in zip(decoded, hedged)) > 0  # the probe adds second guesses here
 
 
@@ -144,12 +151,10 @@ def test_best_basin_oracle_picks_the_basin_nearest_the_truth():
 
 
 @pytest.mark.slow
-def test_best_basin_oracle_never_moves_a_fit_away_from_the_truth():
-    sim = simulate_csist100k(24, seed=11)
-    data = {"images": sim["image"], "targets": sim["targets"], "num_targets": sim["num_targets"]}
+def test_best_basin_oracle_never_moves_a_fit_away_from_the_truth(decoded_split):
+    data, dec = decoded_split
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dec = decode_arrays(data["images"][:, None], method="refine", **bench.PRESET)
         best, switched = bench.best_basin_oracle(dec, data, bench.PRESET)
     for i, (d, b) in enumerate(zip((d[0] for d in dec.to_lists()), best)):
         t = data["targets"][i, : data["num_targets"][i], :2].astype(np.float64)
