@@ -44,7 +44,7 @@ from seqcsist_jax.fileio import atomic_write_json
 from seqcsist_jax.evaluate import check_eval_config, eval_dir
 from seqcsist_jax.methods import check_method_name
 from seqcsist_jax.predictor import make_predict_fn, make_predictor  # noqa: F401 (make_predict_fn: public name kept here)
-from seqcsist_jax.workdir import (ConfigMismatchError, inherit_saved_data_dir, run_config_differences,
+from seqcsist_jax.workdir import (ConfigMismatchError, inherit_saved_dataset_dirs, run_config_differences,
                                   save_or_check_run_config)
 from seqcsist_jax.metric_writers import MetricWriter
 
@@ -419,8 +419,7 @@ CONFIG_FIELDS: dict[str, frozenset[str]] = {
         "sampler", "seed", "shuffle", "steps_per_call"}),
     "dataset": frozenset({
         "build_if_missing", "c", "collision", "data_dir", "eval_split", "manual_dir", "max_eval_trajectories", "name",
-        "num_eval",
-        "num_test", "num_train", "simulate", "test_split", "train_split"}),
+        "num_eval", "num_test", "num_train", "simulate", "test_split", "train_split"}),
     "eval": frozenset({
         "batch_size", "collision", "decode", "decode_options", "geometry_prior", "image_quality",
         "num_figure_samples", "scored_margin", "threshold", "ties"}),
@@ -509,9 +508,9 @@ def train_and_evaluate(
         integer (idem).
     """
     # Before the checks: the dataset name is checked against the data_dir the run will read.
-    config, inherited = inherit_saved_data_dir(workdir, config)
-    if inherited:
-        _say(f"dataset.data_dir not given: using this run's saved {inherited}")
+    config, inherited = inherit_saved_dataset_dirs(workdir, config)
+    for field, value in inherited.items():
+        _say(f"dataset.{field} not given: using this run's saved {value}")
     check_config(config)
     save_every_steps, save_every_seconds = _checkpoint_intervals(config)
     if config.get("multihost") and not jax.distributed.is_initialized():

@@ -99,8 +99,8 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
 
 # Fields that may change between restarts of one run without changing what it computes.
 RESTART_SAFE_FIELDS = ("progress_bar", "log_every_steps", "dataset.data_dir", "dataset.manual_dir", "multihost",
-                       "checkpoint_every_steps",
-                       "checkpoint_every_seconds", "eval.batch_size", "eval.num_figure_samples")
+                       "checkpoint_every_steps", "checkpoint_every_seconds", "eval.batch_size",
+                       "eval.num_figure_samples")
 
 
 # What a differing field's special values mean, added to the mismatch message.
@@ -121,27 +121,38 @@ def run_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
     return [d for d in config_differences(old, new) if d.split(":")[0] not in RESTART_SAFE_FIELDS]
 
 
+def inherit_saved_dataset_dirs(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
+                               ) -> tuple[ml_collections.ConfigDict, dict[str, str]]:
+    """``config`` with the saved run's ``dataset.data_dir`` and ``dataset.manual_dir`` where a restart of the same
+    run leaves them unset.
+
+    Both may change between restarts (the data moved), but a restart that simply omits one must not move the run
+    to TFDS's default directory: that would rebuild the data elsewhere, or, for a release read from a manual dir
+    (again when its prepared copy is damaged), fail or score other data. Returns ``(config, inherited)``: a copy
+    with the saved values and ``{field: value}`` of those inherited, or ``config`` itself and ``{}`` when the
+    workdir holds no run, another config, or ``config`` sets both.
+    """
+    fields = [f for f in ("data_dir", "manual_dir") if config.dataset.get(f) is None]
+    if not fields or not config_path(workdir).exists():
+        return config, {}
+    try:
+        saved_dataset = load_run_config(workdir).get("dataset", {})
+        saved = {f: str(saved_dataset.get(f)) for f in fields if saved_dataset.get(f) is not None}
+        if not saved or run_config_differences(workdir, config):
+            return config, {}
+    except (OSError, ValueError):  # a damaged config.json: the run's own checks report it
+        return config, {}
+    config = copy.deepcopy(config)  # the caller's config stays as it was
+    for field, value in saved.items():
+        config.dataset[field] = value
+    return config, saved
+
+
 def inherit_saved_data_dir(workdir: str | pathlib.Path,
                            config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, str | None]:
-    """``config`` with the saved run's ``dataset.data_dir`` when a restart of the same run leaves it unset.
-
-    ``dataset.data_dir`` may change between restarts (the data moved), but a restart that simply omits it must not
-    move the run to TFDS's default directory: that would rebuild the data elsewhere, or, for a release read from a
-    manual dir, fail or score other data. Returns ``(config, inherited)``: a copy with the saved value and that
-    value, or ``config`` itself and ``None`` when the workdir holds no run, another config, or ``config`` sets a
-    data_dir.
-    """
-    if config.dataset.get("data_dir") is not None or not config_path(workdir).exists():
-        return config, None
-    try:
-        saved = load_run_config(workdir).get("dataset", {}).get("data_dir")
-        if saved is None or run_config_differences(workdir, config):
-            return config, None
-    except (OSError, ValueError):  # a damaged config.json: the run's own checks report it
-        return config, None
-    config = copy.deepcopy(config)  # the caller's config stays as it was
-    config.dataset.data_dir = str(saved)
-    return config, str(saved)
+    """:func:`inherit_saved_dataset_dirs`, returning the inherited ``dataset.data_dir`` (None when none was)."""
+    config, inherited = inherit_saved_dataset_dirs(workdir, config)
+    return config, inherited.get("data_dir")
 
 
 def save_or_check_run_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, *,

@@ -158,6 +158,31 @@ def test_restart_without_data_dir_keeps_the_saved_one(tmp_path):
     assert inherit_saved_data_dir(tmp_path / "new", restart) == (restart, None)
 
 
+def test_restart_without_manual_dir_keeps_the_saved_one(tmp_path):
+    """A public release read from --config.dataset.manual_dir: a restart that leaves it out (and its data_dir)
+    keeps both, so a rebuild of damaged prepared files reads the same release, not TFDS's default folder."""
+    from seqcsist_jax.workdir import inherit_saved_dataset_dirs, save_or_check_run_config
+
+    saved = configs.get_config("dista:smoke")
+    saved.dataset.data_dir, saved.dataset.manual_dir = str(tmp_path / "tfds"), str(tmp_path / "release")
+    save_or_check_run_config(tmp_path / "run", saved)
+    restart = configs.get_config("dista:smoke")
+    config, inherited = inherit_saved_dataset_dirs(tmp_path / "run", restart)
+    assert inherited == {"data_dir": str(tmp_path / "tfds"), "manual_dir": str(tmp_path / "release")}
+    assert config.to_dict() == saved.to_dict() and restart.dataset.manual_dir is None
+    # only the one left out is inherited; a restart that names the release elsewhere keeps its own
+    moved = configs.get_config("dista:smoke")
+    moved.dataset.manual_dir = str(tmp_path / "moved")
+    config, inherited = inherit_saved_dataset_dirs(tmp_path / "run", moved)
+    assert inherited == {"data_dir": str(tmp_path / "tfds")} and config.dataset.manual_dir == str(tmp_path / "moved")
+    # a run saved before the field existed (no manual_dir key) inherits nothing for it
+    old = saved.to_dict()
+    del old["dataset"]["manual_dir"], old["dataset"]["data_dir"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    assert inherit_saved_dataset_dirs(tmp_path / "old", restart) == (restart, {})
+
+
 def test_latest_checkpoint_step_reads_step_folders_only(tmp_path):
     from seqcsist_jax.workdir import latest_checkpoint_step
 

@@ -129,10 +129,9 @@ def count_split(dataset: ml_collections.ConfigDict, split: str) -> int:
         return int(simulated_split_sizes(dataset)[split])
     from seqcsist_jax.data import tfds_registration
     from seqcsist_jax.data.pipeline import make_source
+    from seqcsist_jax.data.tfds_open import manual_dir_kwargs
 
     tfds_registration.register()
-
-    from seqcsist_jax.data.tfds_open import manual_dir_kwargs
 
     return len(make_source(dataset.name, split=split, data_dir=dataset.data_dir,
                            build_if_missing=dataset.build_if_missing, **manual_dir_kwargs(dataset.get("manual_dir"))))
