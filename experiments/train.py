@@ -36,13 +36,19 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
     if FLAGS.print_config:
-        if not FLAGS.config and FLAGS.workdir and os.path.isfile(os.path.join(FLAGS.workdir, "config.json")):
-            config = cli.saved_run_config(FLAGS.workdir, overrides, resuming=False)
+        saved = os.path.join(FLAGS.workdir or "", "config.json")
+        if not FLAGS.config and FLAGS.workdir and os.path.isfile(saved):
+            config, source = cli.saved_run_config(FLAGS.workdir, overrides, resuming=False), f"the run saved in {saved}"
+        elif not FLAGS.config and FLAGS.workdir:
+            raise cli.UsageError(f"--print_config: {FLAGS.workdir} holds no saved run ({saved} not found); pass "
+                                 "--config to print a named config")
         else:
-            config = cli.load_config(cli.require_config(FLAGS.config), overrides)
+            config, source = cli.load_config(cli.require_config(FLAGS.config), overrides), f"--config={FLAGS.config}"
         from seqcsist_jax.train import check_config
 
         check_config(config)  # the same checks as a run: unknown fields, dataset and method names, schedule
+        shown = ", ".join(f"--config.{key}={value}" for key, value in overrides)
+        print(f"# {source}" + (f" with {shown}" if shown else ""))  # a YAML comment: the output stays YAML
         print(str(config).rstrip("\n"))
         return
     if FLAGS.workdir is None:

@@ -732,8 +732,15 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
     stop = _StopSignals()
     try:
         stop.__enter__()
+        in_flight = None
         while step < num_steps:
             state, chunk = trainer.run_steps(state, step, iterator)  # 1 step, or K on device (steps_per_call)
+            # Dispatch is asynchronous: without a bound the loop queues every step up to the next sync (a log or
+            # evaluation step), and a stop signal would wait for all of them. Waiting for the previous call while
+            # this one runs keeps the device busy and a stop within one call of the signal.
+            if in_flight is not None:
+                jax.block_until_ready(in_flight)
+            in_flight = chunk[-1]
             first = step + 1
             step += len(chunk)
             eta.after_step(step)

@@ -196,6 +196,8 @@ def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path):
     proc = _run(["-m", "experiments.train", "--config=dista:quick", "--print_config", "--config.seed=7",
                  "--config.optimizer.learning_rate=0.002"])
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[0] == ("# --config=dista:quick with --config.seed=7, "
+                                           "--config.optimizer.learning_rate=0.002")
     shown = yaml.safe_load(proc.stdout)
     expected = configs.get_config("dista:quick").to_dict()
     expected["seed"], expected["optimizer"]["learning_rate"] = 7, 0.002
@@ -211,6 +213,13 @@ def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path):
     assert saved.returncode == 0, saved.stderr[-2000:]
     assert yaml.safe_load(saved.stdout)["model"] == configs.get_config("dista:smoke").model.to_dict()
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert saved.stdout.startswith(f"# the run saved in {tmp_path / 'config.json'}\n")
+    # a workdir without a saved run, and no --config: one line saying so
+    empty = _run(["-m", "experiments.train", f"--workdir={tmp_path / 'nothing'}", "--print_config"])
+    assert empty.returncode == 2 and _error_lines(empty) == [
+        f"error: --print_config: {tmp_path / 'nothing'} holds no saved run ({tmp_path / 'nothing' / 'config.json'} "
+        "not found); pass --config to print a named config"]
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_entry_points_help_and_errors(tmp_path):

@@ -141,6 +141,34 @@ def test_kill_and_resume_matches_uninterrupted(smoke_run, tmp_path):
     assert again["train_seconds"] == again["resumed_train_seconds"] == at_6
 
 
+def test_the_loop_waits_for_each_call_before_queueing_the_one_after_next(tmp_path, monkeypatch):
+    """Asynchronous dispatch would let the loop queue every step up to the next log step, and a stop signal
+    then waits for all of them; the loop waits for call k before it queues call k + 2 (one call in flight while
+    the next is queued), so a stop lands within one call of the signal."""
+    events, alive = [], []  # alive: the metrics stay referenced, so no two share an id()
+    original_run, original_wait = train_lib.Trainer.run_steps, jax.block_until_ready
+
+    def run_steps(self, state, step, iterator):
+        state, chunk = original_run(self, state, step, iterator)
+        alive.append(chunk[-1])
+        events.append(("run", step + 1, id(chunk[-1])))
+        return state, chunk
+
+    def wait(x):
+        events.append(("wait", None, id(x)))
+        return original_wait(x)
+
+    monkeypatch.setattr(train_lib.Trainer, "run_steps", run_steps)
+    monkeypatch.setattr(jax, "block_until_ready", wait)
+    config = smoke_config(log_every_steps=100, num_train_steps=6)
+    train_lib.train_and_evaluate(config, tmp_path)
+    runs = [e for e in events if e[0] == "run"]
+    assert [e[1] for e in runs] == list(range(1, 7))
+    for k in range(2, len(runs)):  # before call k + 1 is queued, call k - 1 has been waited for
+        before = events[: events.index(runs[k])]
+        assert ("wait", None, runs[k - 2][2]) in before, (k, events)
+
+
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
     original = train_lib.Trainer.shard
     calls = {"n": 0}

@@ -32,6 +32,7 @@ import dataclasses
 import errno
 import logging
 import pathlib
+import re
 from typing import Any, Iterator
 
 import numpy as np
@@ -220,10 +221,13 @@ def _find_public_root(manual_dir: epath.Path, release: str = "SeqCSIST", instruc
         return matching[0]
     found = (f"found {len(matching)} sub-folders with its layout: {', '.join(p.name for p in matching)}" if matching
              else f"found {len(candidates)} candidates")
+    # One line (the entry points print it as their error line): the layout, and where the release comes from.
+    link = re.search(r"https://[^\s,)]+", MANUAL_DOWNLOAD_INSTRUCTIONS if instructions is None else instructions)
     raise PublicFormatError(
         f"manual_dir {manual_dir} does not hold the {release} release: expected folders "
-        f"{sorted(wanted)} (each with {layout.image_dir}/ and {layout.annotation_dir}/) in it or in exactly one "
-        f"sub-folder ({found}).\n" + (MANUAL_DOWNLOAD_INSTRUCTIONS if instructions is None else instructions)
+        f"{sorted(wanted)} (each with {layout.image_dir}/image_{{N}}.png and "
+        f"{layout.annotation_dir}/{layout.annotation_prefix}{{N}}.xml) in it or in exactly one sub-folder ({found})"
+        + (f"; the release: {link.group(0)} (the dataset card gives the details)" if link else "")
     )
 
 
