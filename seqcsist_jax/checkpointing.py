@@ -36,6 +36,7 @@ import os
 import pathlib
 import shutil
 import signal
+import time
 from typing import Any
 
 import jax
@@ -189,6 +190,24 @@ def _manager(directory: pathlib.Path, **options: Any) -> ocp.CheckpointManager:
         item_handlers={"state": ocp.StandardCheckpointHandler(), "loader": ocp.JsonCheckpointHandler(),
                        "meta": ocp.JsonCheckpointHandler()},
     )
+
+
+def _remove_failed_save(manager: Any, parent: pathlib.Path, step: int, attempts: int = 20) -> None:
+    """Removes the ``{step}.orbax-checkpoint-tmp*`` folders of a save that failed. The first failing write
+    raises while the save's other writer threads may still create files in that folder (seen under load: the
+    folder outlived one ``rmtree``), so this waits for them first and removes again until nothing is left."""
+    try:
+        manager.wait_until_finished()
+    except Exception:  # noqa: BLE001 (the same failure again; the caller reports the first)
+        pass
+    for _ in range(attempts):
+        partials = list(parent.glob(f"{step}.orbax-checkpoint-tmp*"))
+        if not partials:
+            return
+        for partial in partials:
+            shutil.rmtree(partial, ignore_errors=True)
+        time.sleep(0.05)
+    log.debug("could not remove every temporary folder of the failed save %d in %s", step, parent)
 
 
 class RunCheckpoints:
@@ -378,8 +397,7 @@ class RunCheckpoints:
             folder = pathlib.Path(manager.directory) / str(int(step))
             # The failed save's temporary folder holds nothing committed: removing it now frees the space it took
             # (on a full disk, all there was) instead of leaving it to the next start's clean-up.
-            for partial in folder.parent.glob(f"{int(step)}.orbax-checkpoint-tmp*"):
-                shutil.rmtree(partial, ignore_errors=True)
+            _remove_failed_save(manager, folder.parent, int(step))
             if is_disk_full(e):
                 raise CheckpointWriteError(
                     errno.ENOSPC,
