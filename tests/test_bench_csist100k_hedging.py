@@ -5,6 +5,7 @@ after all of them, split-wide; the VOC area AP then cannot fall. ``hedged_detect
 decoded detections first and unchanged and only add rows away from them.
 """
 
+import types
 import warnings
 
 import numpy as np
@@ -166,3 +167,25 @@ def test_best_basin_oracle_never_moves_a_fit_away_from_the_truth(decoded_split):
             assert len(d) == len(t)
             assert bench._matched_max_distance(b[:, :2], t) < bench._matched_max_distance(d[:, :2], t)
             assert bench._matched_max_distance(b[:, :2], d[:, :2]) > 0.02
+
+
+def test_byte_identical_distances_from_the_generators_own_pipeline():
+    """The truth itself renders to its image (distance 0); a fit moved by 0.3 px does not (NaN); a wrong count is
+    NaN; the thresholds read the same distances whether passed in or computed."""
+    sim = simulate_csist100k(6, seed=5)
+    data = {"images": sim["image"], "targets": sim["targets"], "num_targets": sim["num_targets"]}
+    count = sim["num_targets"].copy()
+    det = np.zeros((6, 1, 5, 4), np.float32)
+    det[:, 0, :, :3] = sim["targets"]
+    det[1, 0, 0, 0] += 0.3  # another configuration, which renders differently
+    count[2] = max(int(count[2]) - 1, 0) if count[2] > 1 else 2  # a wrong count
+
+    dec = types.SimpleNamespace(detections=det, count=count[:, None])  # what the function reads of a Decoded
+    d = bench.byte_identical_distances(dec, data)
+    assert np.isnan(d[1]) and np.isnan(d[2])
+    np.testing.assert_array_equal(d[[0, 3, 4, 5]], 0.0)
+    for far in (0.0, 0.05):
+        np.testing.assert_array_equal(bench.byte_identical_alternatives(dec, data, far=far),
+                                      bench.byte_identical_alternatives(dec, data, far=far, distances=d))
+    assert bench.byte_identical_alternatives(dec, data, far=0.0).tolist() == [True, False, False, True, True, True]
+    assert not bench.byte_identical_alternatives(dec, data, far=0.05).any()

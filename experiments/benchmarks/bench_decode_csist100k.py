@@ -32,8 +32,8 @@ choice of basin could gain: a *perfect optimiser* of the same objective (per ima
 its objective is lower than ours), our detections *perfectly ranked* (scored by their true error), and the *best
 of our centred basins* (:func:`best_basin_oracle`: per image, of the decoded fit and the other basins its starts
 reached, the one nearest the truth: whether the search reaches the truth's basin at all). A last row measures
-the metric rather than the decoder (:func:`hedged_detections`): the same detections plus second guesses ranked after all of them,
-which the VOC area AP can only reward. Option trials (``--ablation-images``,
+the metric rather than the decoder (:func:`hedged_detections`): the same detections plus second guesses ranked
+after all of them, which the VOC area AP can only reward. Option trials (``--ablation-images``,
 2,000 by default) run the preset with one change each (:data:`ABLATION`) on the first images of the
 **validation** split, where the preset's values were chosen (the test split is only reported).
 
@@ -152,14 +152,15 @@ def _matched_max_distance(p: np.ndarray, q: np.ndarray) -> float:
     return float(d[r, c].max()) if len(r) else 0.0
 
 
-def byte_identical_alternatives(dec, data: dict[str, np.ndarray], far: float = 0.1) -> np.ndarray:
-    """``(N,)`` bool: the fit has the true count, renders to exactly the stored 8-bit image, meets every
-    generator constraint (brightness in 220–250, inside the truth's host pixel, pairwise >= 0.494 px) and still
-    has a target ``>= far`` px from its (optimally matched) true target."""
+def byte_identical_distances(dec, data: dict[str, np.ndarray]) -> np.ndarray:
+    """``(N,)`` the (optimally matched) largest target distance to the truth of each fit that has the true count,
+    renders to exactly the stored 8-bit image and meets every generator constraint (brightness in 220–250,
+    inside the truth's host pixel, pairwise >= 0.494 px); NaN for the other fits. Rendered once for every
+    threshold of :func:`byte_identical_alternatives`."""
     from seqcsist_jax import imaging
 
     targets, tc, images = data["targets"], data["num_targets"], data["images"]
-    out = np.zeros(len(tc), bool)
+    out = np.full(len(tc), np.nan)
     ok = np.flatnonzero(dec.count[:, 0] == tc)
     p = dec.detections[ok, 0, :, :3].astype(np.float64)
     p = np.where((np.arange(p.shape[1]) < tc[ok][:, None])[..., None], p, 0.0)
@@ -173,8 +174,18 @@ def byte_identical_alternatives(dec, data: dict[str, np.ndarray], far: float = 0
         valid = (same[j] and np.all((q[:, 2] >= 220) & (q[:, 2] <= 250)) and d.min() >= 0.52 * 1.9 * 0.5
                  and np.all((q[:, :2] >= host - 0.5) & (q[:, :2] < host + 0.5)))
         if valid:
-            out[i] = _matched_max_distance(q, t) >= far
+            out[i] = _matched_max_distance(q, t)
     return out
+
+
+def byte_identical_alternatives(dec, data: dict[str, np.ndarray], far: float = 0.1,
+                                distances: np.ndarray | None = None) -> np.ndarray:
+    """``(N,)`` bool: the fit has the true count, renders to exactly the stored 8-bit image, meets every
+    generator constraint (brightness in 220–250, inside the truth's host pixel, pairwise >= 0.494 px) and still
+    has a target ``>= far`` px from its (optimally matched) true target. ``distances``:
+    :func:`byte_identical_distances` of ``dec`` when already computed."""
+    d = byte_identical_distances(dec, data) if distances is None else distances
+    return np.where(np.isnan(d), False, d >= far)
 
 
 def objective_values(images: np.ndarray, params: np.ndarray, count: np.ndarray, opts) -> np.ndarray:
@@ -323,7 +334,8 @@ def diagnostics(dec, data: dict[str, np.ndarray], options: dict[str, Any]) -> di
     targets, tc = data["targets"], data["num_targets"]
     dets = [d[0] for d in dec.to_lists()]
     out: dict[str, Any] = {"count_accuracy": float(np.mean(dec.count[:, 0] == tc))}
-    alt = byte_identical_alternatives(dec, data)
+    exact_distances = byte_identical_distances(dec, data)  # rendered once for the three thresholds below
+    alt = byte_identical_alternatives(dec, data, distances=exact_distances)
     out["byte_identical_alternative_share"] = float(np.mean(alt))
     out["byte_identical_alternative_share_by_count"] = {int(k): float(np.mean(alt[tc == k])) for k in np.unique(tc)}
     out["mAP_by_true_count"] = {int(k): score(dets, targets, tc == k)["mAP"] for k in np.unique(tc)}
@@ -364,11 +376,12 @@ def diagnostics(dec, data: dict[str, np.ndarray], options: dict[str, Any]) -> di
         err = np.sqrt(((d[:, None, :2] - t[None]) ** 2).sum(-1)).min(1) if len(d) and len(t) else np.zeros(len(d))
         oracle.append(np.concatenate([d[:, :-1], -err[:, None]], 1))
     out["oracle_ranking"] = score(oracle, targets)
-    out["byte_identical_alternative_share_005"] = float(np.mean(byte_identical_alternatives(dec, data, far=0.05)))
+    out["byte_identical_alternative_share_005"] = float(np.mean(byte_identical_alternatives(
+        dec, data, far=0.05, distances=exact_distances)))
     basin_fits = other_basins(dec, data, options)
     # Whether the search finds the truth's basin at all: the best of our centred basins, chosen by the truth.
     best, switched = best_basin_oracle(dec, data, options, basin_fits)
-    exact = byte_identical_alternatives(dec, data, far=0.0)  # the decoded fit reproduces the image, feasible
+    exact = ~np.isnan(exact_distances)  # the decoded fit reproduces the image and is feasible
     out["best_basin"] = {**score(best, targets), "switched_share": float(np.mean(switched)),
                          "switched_decoded_exact_share": float(np.mean(exact[switched])) if switched.any()
                          else 0.0}
