@@ -26,6 +26,7 @@ import platform
 import subprocess
 import sys
 from typing import NoReturn
+from experiments.arg_parser import ArgumentParser
 
 
 def _commit(repo: pathlib.Path = pathlib.Path(__file__).resolve().parents[1]) -> str:
@@ -67,7 +68,7 @@ def _wall_time_arg(value: str) -> float:
 
 def parser() -> argparse.ArgumentParser:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m experiments.export_weights",
+    p = ArgumentParser(prog="python -m experiments.export_weights",
                                 description=__doc__.split("\n")[0].replace("``", "`"))
     p.add_argument("--workdir", required=True, help="a finished training run's directory")
     p.add_argument("--name", required=True,

@@ -18,7 +18,6 @@ their host pixel, with the true targets and the decoded ones:
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 from itertools import permutations
@@ -29,6 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from experiments.arg_parser import ArgumentParser
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "benchmarks" / "results" / "bench_decode_csist100k_tfds.json"
 
@@ -157,7 +157,7 @@ def draw(images: np.ndarray, targets: np.ndarray, num_targets: np.ndarray, detec
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=2000, help="first test images decoded to pick the examples")
     p.add_argument("--results", type=pathlib.Path, default=RESULTS, help="bench_decode_csist100k results (JSON)")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/csist100k_decoding.png"))

@@ -9,7 +9,6 @@ the ground truth, the model's 33×33 map with its grid detections (the paper pro
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 
 import matplotlib
@@ -17,10 +16,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from experiments.arg_parser import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="workdirs/quick", help="training run (its best checkpoint is used)")
     p.add_argument("--out", default="docs/headline.png")
     p.add_argument("--trajectories", type=int, nargs="+", default=[3, 17, 42], help="test trajectory indices")

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.arg_parser import ArgumentParser
 from experiments.benchmarks.bench_decode import KEYS, machine, score
 from seqcsist_jax.data.simulate import simulate_seqcsist, split_seed
 from seqcsist_jax.decode import ImagingParams, calibrate, decode
@@ -160,7 +161,7 @@ def markdown(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trajectories", type=int, default=40,
                    help="test-split trajectories decoded per case (the first N; 16 scored frames each; "
                         "default %(default)s)")

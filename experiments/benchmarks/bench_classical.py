@@ -18,7 +18,6 @@ and the speed-ups, and writes ``experiments/benchmarks/results/compare_ista_spee
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -32,6 +31,7 @@ import numpy as np
 from seqcsist_jax import imaging
 from seqcsist_jax.baselines import classical
 from seqcsist_jax.data.simulate import simulate_seqcsist
+from experiments.arg_parser import ArgumentParser
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -60,7 +60,7 @@ def _time(fn, repeats: int = 1) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loop_frames", type=int, default=8, help="frames solved by the per-frame loops")
     parser.add_argument("--frames", type=int, default=1500, help="frames solved by the batched solver")
     parser.add_argument("--max_iter", type=int, default=3000,

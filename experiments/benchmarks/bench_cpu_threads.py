@@ -9,13 +9,13 @@ jitted chain of 20 3×3 convolutions (the SR networks' shape: 160 images of 11×
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
 import pathlib
 import platform
 import time
+from experiments.arg_parser import ArgumentParser
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -63,7 +63,7 @@ def _run(cases: list[tuple[str, list[int] | None]], repeats: int) -> list[float]
 
 
 def main() -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=10,
                         help="timed calls per case after one compile call; the fastest is reported "
                              "(default %(default)s)")

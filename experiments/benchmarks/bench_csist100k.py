@@ -18,12 +18,12 @@ Writes ``experiments/benchmarks/results/bench_csist100k.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import tempfile
 import time
 from pathlib import Path
+from experiments.arg_parser import ArgumentParser
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,7 +35,7 @@ def _seconds(fn) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.benchmarks.bench_csist100k")
+    p = ArgumentParser(prog="python -m experiments.benchmarks.bench_csist100k")
     p.add_argument("--data-dir", default=None, help="TFDS data_dir to build into (default: a fresh temp dir)")
     p.add_argument("--images", type=int, default=16000, help="images per target count for the generator rows")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. the machine's load)")

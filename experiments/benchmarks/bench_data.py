@@ -12,7 +12,6 @@ All rates are measured side by side in one run and written, with a machine descr
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -33,6 +32,7 @@ from scipy.integrate import dblquad
 from seqcsist_jax import imaging
 from seqcsist_jax.data import public_format
 from seqcsist_jax.data.simulate import simulate_seqcsist
+from experiments.arg_parser import ArgumentParser
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -225,7 +225,7 @@ def _markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dblquad-frames", type=int, default=2, help="frames rendered by the dblquad reference")
     p.add_argument("--render-trajectories", type=int, default=5000, help="×20 frames for the vectorised render")
     p.add_argument("--sim-trajectories", type=int, default=5000, help="simulator size (paper: 5000)")

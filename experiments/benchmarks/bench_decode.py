@@ -60,6 +60,7 @@ from seqcsist_jax.decode import (
     make_options,
     trajectory,
 )
+from experiments.arg_parser import ArgumentParser
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
@@ -321,7 +322,7 @@ def markdown(results: list[dict], note: str, command: str = "--config all") -> s
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default="default", choices=[*CONFIGS, "all"],
                    help="SeqCSIST builder config whose test split is regenerated (targets_2_8 uses its preset: "

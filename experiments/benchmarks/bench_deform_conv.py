@@ -17,7 +17,6 @@ the JAX and PyTorch outputs on these inputs. Writes
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from experiments.arg_parser import ArgumentParser
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -215,7 +215,7 @@ def to_markdown(result: dict, note: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64,
                         help="batch size N of the input (DeRefNet: 64 centre/neighbour pairs; "
                              "default %(default)s)")

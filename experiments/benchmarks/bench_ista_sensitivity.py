@@ -20,7 +20,6 @@ variant alone. Results go to ``experiments/benchmarks/results/bench_ista_sensiti
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import time
@@ -33,6 +32,7 @@ from seqcsist_jax import evaluate, imaging
 from seqcsist_jax.baselines import classical, published
 from seqcsist_jax.data.simulate import simulate_seqcsist
 from seqcsist_jax.fileio import atomic_write, atomic_write_json
+from experiments.arg_parser import ArgumentParser
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "bench_ista_sensitivity"
@@ -58,7 +58,7 @@ def render_frames(targets: np.ndarray, shift: tuple[float, float], sigma: float)
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trajectories", type=int, default=16,
                         help="simulated trajectories; each contributes its 16 scored frames 2..17 "
                              "(default %(default)s)")

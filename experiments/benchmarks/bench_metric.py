@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from seqcsist_jax.metrics import DEFAULT_THRESHOLDS, ap_key, cso_map, grids_to_detections
+from experiments.arg_parser import ArgumentParser
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -123,7 +124,7 @@ def machine() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--frames", type=int, default=12_000,

@@ -21,7 +21,6 @@ Writes ``experiments/benchmarks/results/bench_pipeline.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from experiments.arg_parser import ArgumentParser
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[2]
@@ -104,7 +104,7 @@ def tf_iter(name: str, data_dir: str, batch_size: int, seed: int):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir (default: a fresh temporary folder)")
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per throughput entry")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32],

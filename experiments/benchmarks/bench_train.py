@@ -42,6 +42,7 @@ import numpy as np
 
 from seqcsist_jax import train_multistep
 from seqcsist_jax.fileio import atomic_write, atomic_write_json
+from experiments.arg_parser import ArgumentParser
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -203,7 +204,7 @@ def _write(rows: list[dict], args, load_start) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    parser = ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="steps per round of host, K=1, K=10 (K=100: 100)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; the best round is kept")

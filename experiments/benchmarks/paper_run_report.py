@@ -14,7 +14,6 @@ present) scores the best checkpoint so far.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import statistics
@@ -24,6 +23,7 @@ from seqcsist_jax.baselines.published import PUBLISHED, SOURCE
 from seqcsist_jax.fileio import atomic_write, atomic_write_json
 from seqcsist_jax import workdir as workdir_lib
 from seqcsist_jax.metric_writers import read_metrics
+from experiments.arg_parser import ArgumentParser
 
 AP_KEYS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
 #: Fields that do not change the result (logging and checkpoint cadence).
@@ -213,7 +213,7 @@ def report_markdown(summary: dict[str, Any], hardware: str, command: str, wall_s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True,
                         help="run directory of experiments.train (reads config.json, metrics.jsonl, "
                              "checkpoints/evals.json and eval/test/metrics.json)")

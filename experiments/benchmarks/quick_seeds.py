@@ -19,7 +19,6 @@ then mean, sample standard deviation and min–max over the seeds. Wall times de
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -32,6 +31,7 @@ from typing import Any
 
 from seqcsist_jax.fileio import atomic_write, atomic_write_json
 from seqcsist_jax.protocol import METRIC_KEYS
+from experiments.arg_parser import ArgumentParser
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "experiments" / "benchmarks" / "results"
@@ -124,7 +124,7 @@ def to_markdown(rows: list[dict[str, Any]], summary: dict[str, dict[str, float]]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="training seeds, space-separated: seed s runs with --config.seed=s in "
                              "<prefix>s (default: 0 1 2)")

@@ -15,7 +15,6 @@ started at the truth with the true directions (the model's ceiling). Writes
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import warnings
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.arg_parser import ArgumentParser
 from experiments.benchmarks.bench_decode import CONFIGS, KEYS, RESULTS, load_split, machine, score
 from seqcsist_jax.decode import decode_arrays, make_options, trajectory
 from seqcsist_jax.decode.api import localisation_confidence
@@ -39,7 +39,7 @@ VARIANTS: list[tuple[str, dict]] = [
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="targets_2_8", choices=list(CONFIGS),
                    help="SeqCSIST builder config whose test split is regenerated and whose decoder "
                         "options are used (default %(default)s)")

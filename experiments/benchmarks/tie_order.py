@@ -15,13 +15,13 @@ and reports the smallest and largest ``mAP`` (×100), their spread, and the tie-
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import platform
 
 import numpy as np
 
+from experiments.arg_parser import ArgumentParser
 from experiments.benchmarks.bench_metric import RESULTS, synthetic_split
 from seqcsist_jax.fileio import atomic_write, atomic_write_json
 from seqcsist_jax.metrics import cso_map
@@ -48,7 +48,7 @@ def measure(frames: int, orders: int, step: float | None, seed: int = 0) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=2000, help="synthetic frames scored (default 2000)")
     parser.add_argument("--orders", type=int, default=20, help="input orders of the detections tried (default 20)")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS,

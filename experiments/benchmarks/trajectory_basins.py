@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from experiments.arg_parser import ArgumentParser
 from experiments.benchmarks.bench_decode import CONFIGS, KEYS, RESULTS, machine, score, simulation_options
 from seqcsist_jax.data.simulate import simulate_seqcsist, split_seed
 from seqcsist_jax.decode import decode_arrays, make_options, trajectory, trajectory_centre
@@ -109,7 +110,7 @@ def _non_negative(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default="targets_2_8", choices=list(CONFIGS), help="SeqCSIST builder config")
     p.add_argument("--trajectories", type=_count(1), default=750,
