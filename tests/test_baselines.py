@@ -160,3 +160,17 @@ def test_every_config_is_registered_and_published_rows_complete():
         else:  # catches transcription errors: CSO-mAP is the mean of the five APs, to the paper's rounding
             assert row.mAP == pytest.approx(mean, abs=0.035), name
     assert published.published("fista") is None
+
+
+def test_published_result_fields_are_the_table_columns_in_order():
+    """PublishedResult's positional order is the paper table's (label, the METRIC_KEYS, FPS, params): rows are
+    written positionally, and readers take the metrics by name."""
+    from seqcsist_jax import protocol
+
+    assert published.PublishedResult._fields == ("label", *published.METRIC_KEYS, "fps", "params")
+    assert published.METRIC_KEYS == protocol.METRIC_KEYS
+    row = published.published("derefnet")
+    assert isinstance(row, published.PublishedResult)
+    got = (row.label, row.mAP, row.AP05, row.AP25, row.fps, row.params)
+    assert got == ("DeRefNet", 51.55, 1.00, 97.10, 367, "0.89 M")
+    assert published.published("ista").params is None  # no parameter count for the classical method

@@ -47,6 +47,22 @@ def test_other_cases_are_passed_to_lax():
                                                                     dimension_numbers=DN, feature_group_count=4))
 
 
+@pytest.mark.parametrize("backend, canonical", [("cpu", True), ("gpu", False), ("tpu", False)])
+def test_uses_canonical_backward_on_the_cpu_backend_only(backend, canonical, monkeypatch):
+    """uses_canonical_backward is true exactly on the CPU backend, and decides whether conv_general_dilated
+    routes the canonical case through its own backward pass (a custom_vjp in the traced program)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert conv.uses_canonical_backward() is canonical
+    x, w = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 2))
+
+    def fn(x, w):
+        return conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)
+
+    traced = str(jax.make_jaxpr(fn)(x, w))
+    assert ("custom_vjp_call" in traced) is canonical
+    assert "conv_general_dilated" in traced  # the forward convolution either way
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the canonical backward is CPU-only")
 def test_backward_convolutions_inside_scan_are_canonical():
     """The reason for the module: inside a while body XLA:CPU does not canonicalise convolutions, so JAX's own

@@ -87,6 +87,28 @@ def test_count_cap_warns_with_number_of_frames_and_flags_them():
     assert {r.filename for r in record if r.category is CountCapWarning} == {__file__}
 
 
+def test_warn_at_cap_counts_the_flagged_frames_and_is_silent_without_any():
+    """warn_at_cap directly: one CountCapWarning naming the flagged and total frame counts, ``max_targets``
+    and the method, attributed to the caller's line (this file); no warning when no frame is at the cap."""
+    from seqcsist_jax.decode.api import warn_at_cap
+
+    at_cap = np.array([[True, False, False], [False, True, True]])  # (N, T): 3 of 6 frames
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        warn_at_cap(at_cap, 4, "trajectory")
+    assert [r.category for r in record] == [CountCapWarning]
+    message = str(record[0].message)
+    assert message.startswith("decode (trajectory): 3 of 6 frames chose the largest count max_targets=4 ")
+    assert record[0].filename == __file__
+    with pytest.warns(CountCapWarning, match=r"^decode \(refine\): 1 of 1 frames chose the largest count "
+                                             r"max_targets=5 "):
+        warn_at_cap(np.array([[True]]), 5, "refine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        warn_at_cap(np.zeros((2, 3), bool), 4, "trajectory")
+        warn_at_cap(np.zeros((0, 20), bool), 4, "trajectory")  # nothing decoded
+
+
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 def test_pair_by_pair_spacing_filter_equals_all_pairs(k):

@@ -219,6 +219,65 @@ def test_export_detections_writes_one_row_per_detection(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["d.csv"]  # its temporary file was renamed into place
 
 
+@pytest.mark.parametrize("layout_name", ["seqcsist", "csist100k"])
+def test_export_public_predictions_writes_one_readable_file_per_scored_frame(tmp_path, layout_name):
+    """export_public_predictions: one annotation per scored frame, named by ``frame_numbers``, in the
+    release's layout; detections clipped to the image ``[-0.5, size - 0.5]``; the score column dropped. Read
+    back with the project's own public reader (``parse_annotation``).
+
+    The files spell each value as ``repr(float(np.float32(v)))`` (public_format's documented format), which
+    parses back to the same float32 bits: the round trip is compared exactly against the float32 rounding of
+    what was exported (and that rounding is within half a float32 ulp of the float64 input).
+    """
+    import numpy as np
+
+    from seqcsist_jax.data.public_format import CSIST100K_LAYOUT, SEQCSIST_LAYOUT, parse_annotation
+    from seqcsist_jax.evaluate import export_public_predictions
+
+    size = 9  # not the default 11: the clipping and the written <width> must follow ``size``
+    if layout_name == "seqcsist":
+        layout, folder, prefix = None, "annotation", "COS"  # None: the default layout
+        frame_numbers = np.array([[100, 101, 102, 103], [40, 41, 42, 43]])  # (N_traj, T)
+        scored = [1, 2]
+        detections = [  # trajectory n, k-th scored frame -> (K, 4) rows (x, y, brightness, score)
+            [np.array([[1.1, 2.3456789012345, 230.123456789, 0.9], [-3.0, 9.7, 120.5, 0.5]]),
+             np.zeros((0, 4))],
+            [np.array([[8.6, -0.7, 99.25, 0.25]]), np.array([[4.0, 4.0, 1e-3, 0.1]])],
+        ]
+        # (file number, expected (x, y, b) rows after clipping to [-0.5, 8.5])
+        want = {101: [[1.1, 2.3456789012345, 230.123456789], [-0.5, 8.5, 120.5]], 102: [],
+                41: [[8.5, -0.5, 99.25]], 42: [[4.0, 4.0, 1e-3]]}
+    else:
+        layout, folder, prefix = CSIST100K_LAYOUT, "Annotations", "CSO"
+        frame_numbers = np.array([[7], [0], [12345]])  # one image per "trajectory"
+        scored = [0]
+        detections = [[np.array([[4.9, 5.1, 221.7, 0.8], [5.2, 9.0, 240.0, 0.7]])], [np.zeros((0, 4))],
+                      [np.array([[-1.0, 3.3, 250.0, 1.0]])]]
+        want = {7: [[4.9, 5.1, 221.7], [5.2, 8.5, 240.0]], 0: [], 12345: [[-0.5, 3.3, 250.0]]}
+
+    written = export_public_predictions(tmp_path, detections, frame_numbers, scored, size=size, layout=layout)
+    assert written == len(want) == len(frame_numbers) * len(scored)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder]  # only the layout's annotation folder
+    assert sorted(p.name for p in (tmp_path / folder).iterdir()) == sorted(f"{prefix}{n}.xml" for n in want)
+    for number, rows in want.items():
+        path = tmp_path / folder / f"{prefix}{number}.xml"
+        text = path.read_text()
+        assert f"<filename>{prefix}{number}</filename>" in text and f"<width>{size}</width>" in text
+        got = parse_annotation(path, size=size)  # also checks every target lies inside the image
+        expected = np.asarray(rows, np.float64).reshape(-1, 3)
+        assert got.shape == expected.shape and got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected.astype(np.float32))  # exact: the documented text format
+        np.testing.assert_allclose(got, expected, rtol=float(np.finfo(np.float32).eps) / 2, atol=0)
+    # the default layout is SeqCSIST's; naming it explicitly writes the same files
+    if layout_name == "seqcsist":
+        again = tmp_path / "explicit"
+        assert export_public_predictions(again, detections, frame_numbers, scored, size=size,
+                                         layout=SEQCSIST_LAYOUT) == written
+        for number in want:
+            name = f"annotation/COS{number}.xml"
+            assert (again / name).read_bytes() == (tmp_path / name).read_bytes()
+
+
 @pytest.mark.parametrize("weights", [{"pretrained": "derefnet_quick"}, {"torch_checkpoint": "public.pth"}])
 def test_a_checkpoint_choice_with_named_weights_is_refused_not_ignored(tmp_path, weights):
     # --checkpoint picks one of a training run's checkpoints; with named weights it would silently do nothing.

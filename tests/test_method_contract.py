@@ -221,3 +221,70 @@ def test_a_contract_break_at_train_time_leaves_the_workdir_as_it_was(tmp_path):
     assert not new.exists() and (tmp_path / "new").is_dir()  # only the folder the run created goes
     assert list(empty.iterdir()) == []
     assert {p.name for p in other.iterdir()} >= {"notes.txt", "config.json"}  # not ours alone: kept as it was
+
+
+# ------------------------------------------------------------------------------------------------ predictor
+
+
+def _tiny_predictor(frame_index=methods.all_frames):
+    from seqcsist_jax.predictor import Predictor
+
+    phi = imaging.measurement_matrix().astype(np.float64)
+    q = np.random.default_rng(0).normal(size=phi.T.shape) / 121  # float64, as runs store Q
+    method = methods.Method("tiny", tiny_method.TinyRefiner(2), tiny_method.mse_loss, frame_index=frame_index)
+    return Predictor(method=method, phi=phi, q=q, mesh=None, predict=None)
+
+
+def test_select_devices_takes_all_or_the_first_n_and_refuses_too_many():
+    from seqcsist_jax.predictor import select_devices
+
+    devices = jax.devices()
+    assert select_devices() == devices and select_devices(-1) == devices and select_devices(0) == devices
+    assert select_devices(1) == devices[:1] and select_devices(len(devices)) == devices
+    n = len(devices) + 1
+    with pytest.raises(ValueError, match=rf"^config.num_devices={n} but only {len(devices)} devices exist$"):
+        select_devices(n)
+
+
+def test_predictor_frame_index_is_the_methods_as_an_array():
+    predictor = _tiny_predictor(frame_index=lambda t: list(range(2, t - 2)))  # a method may return a list
+    got = predictor.frame_index(20)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, np.arange(2, 18))
+    np.testing.assert_array_equal(_tiny_predictor().frame_index(5), np.arange(5))  # default: every frame
+
+
+def test_check_params_fit_passes_the_models_params_and_names_where_for_others():
+    from seqcsist_jax.predictor import check_params_fit
+
+    predictor = _tiny_predictor()
+    frames = jax.ShapeDtypeStruct((1, 3, 11, 11), jnp.float32)  # another T: parameter shapes do not use it
+    params = jax.eval_shape(lambda f: predictor.method.model.init(jax.random.PRNGKey(0), f, predictor.phi,
+                                                                   predictor.q)["params"], frames)
+    check_params_fit(predictor, params, "run/checkpoints ('best', step 3)")  # fits: no error
+    wider = jax.eval_shape(lambda f: tiny_method.TinyRefiner(3).init(jax.random.PRNGKey(0), f, predictor.phi,
+                                                                     predictor.q)["params"], frames)
+    with pytest.raises(ModelMismatchError) as info:
+        check_params_fit(predictor, wider, "run/checkpoints ('best', step 3)")
+    assert str(info.value) == ("run/checkpoints ('best', step 3) holds another model or width: parameter "
+                               "['Conv_0']['bias'] is shape (3,) in the checkpoint but the model expects "
+                               "(2,) (4 model parameters, 4 in the checkpoint)")
+    assert isinstance(info.value, CheckpointError)
+
+
+def test_make_predict_fn_is_model_apply_with_float32_constants():
+    from seqcsist_jax.predictor import make_predict_fn
+
+    predictor = _tiny_predictor()
+    model = predictor.method.model
+    frames = jnp.asarray(np.random.default_rng(1).uniform(0, 255, (2, 3, 11, 11)), jnp.float32)
+    phi32, q32 = jnp.asarray(predictor.phi, jnp.float32), jnp.asarray(predictor.q, jnp.float32)
+    params = model.init(jax.random.PRNGKey(0), frames, phi32, q32)["params"]
+    predict = make_predict_fn(model, predictor.phi, predictor.q)  # float64 Φ and Q in: cast once to float32
+    got = predict(params, frames)
+    want = model.apply({"params": params}, frames, phi32, q32)["output"]
+    assert got.shape == (2, 3, 33, 33) and got.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # the same computation, bit for bit
+    # and it is model.apply: other params give other maps
+    other = jax.tree_util.tree_map(lambda p: p + 0.5, params)
+    assert not np.allclose(np.asarray(predict(other, frames)), np.asarray(got))

@@ -30,6 +30,8 @@ def _params(tree):
 def test_scan_k_steps_equal_k_single_steps(tmp_path):
     """One lax.scan call of K steps on device-gathered batches gives the params of K jitted single steps on the
     host loader's batches: the same batches (trajectory ids, frames and labels), the same per-step function.
+    ``trainer.multi_step`` is ``train_multistep.jit_multi_step(train_step, mesh)`` (``make_multi_step``'s
+    scan, jitted): this checks both with the real DeRefNet train step.
 
     Not bitwise: XLA:CPU fuses the scanned step body differently from the standalone step, which moves a few
     params by float32 rounding (measured: 6 of 144 leaf entries, ≤ 7.5e-9 absolute, ≤ 3e-7 relative, after 3
@@ -56,6 +58,39 @@ def test_scan_k_steps_equal_k_single_steps(tmp_path):
     np.testing.assert_allclose(float(stacked["loss"][-1]), ref_loss, rtol=1e-6)
     for a, b in zip(_params(state.params), reference):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("jitted", [False, True], ids=["make_multi_step", "jit_multi_step"])
+def test_multi_step_runs_the_step_on_each_rows_gathered_batch_in_order(jitted):
+    """make_multi_step / jit_multi_step with a stand-in train_step: step i sees ``frames[indices[i]]`` cast
+    to float32 and ``labels[indices[i]]``, the state threads through the K steps in order and the metrics come
+    back stacked along K. Integer-valued float32 sums below 2²⁴ are exact, so the comparison is exact."""
+    from seqcsist_jax import sharding
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, 2, 11, 11), dtype=np.uint8)  # (N, T, 11, 11) uint8, as stored
+    labels = rng.integers(0, 9, (5, 2, 33, 33)).astype(np.float32)
+    indices = np.array([[3, 0], [4, 4], [1, 2]], np.int32)  # (K, B): a repeat within a row, any order
+
+    def train_step(state, batch):
+        assert batch["frames"].dtype == np.float32 and batch["frames"].shape == (2, 2, 11, 11)
+        f, lab = batch["frames"].sum(axis=(1, 2, 3)), batch["labels"].sum(axis=(1, 2, 3))  # per trajectory
+        new = {"acc": 2.0 * state["acc"] + f[0] - lab[1], "steps": state["steps"] + 1}
+        return new, {"loss": f[1], "step": new["steps"]}
+
+    mesh = sharding.data_mesh(jax.devices()[:1])
+    data = train_multistep.DeviceData(frames=jax.numpy.asarray(frames), labels=jax.numpy.asarray(labels))
+    make = train_multistep.jit_multi_step if jitted else train_multistep.make_multi_step
+    state = {"acc": jax.numpy.float32(1.0), "steps": jax.numpy.int32(0)}
+    got, metrics = make(train_step, mesh)(state, data, jax.numpy.asarray(indices))
+    acc, want_loss = 1.0, []
+    for row in indices:  # the reference: K plain steps on numpy batches
+        f = frames[row].astype(np.float64).sum(axis=(1, 2, 3))
+        acc = 2.0 * acc + f[0] - labels[row].astype(np.float64).sum(axis=(1, 2, 3))[1]
+        want_loss.append(f[1])
+    assert float(got["acc"]) == acc and int(got["steps"]) == 3
+    np.testing.assert_array_equal(np.asarray(metrics["loss"]), want_loss)
+    np.testing.assert_array_equal(np.asarray(metrics["step"]), [1, 2, 3])
 
 
 def test_device_batches_equal_loader_batches(tmp_path):

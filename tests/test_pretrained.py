@@ -336,6 +336,32 @@ def test_non_finite_or_misshapen_weights_name_the_file_and_parameter(pair, smoke
             pretrained.pretrained_q("tiny", npz.parent)
 
 
+def test_check_params_names_every_missing_unexpected_and_misshapen_key_in_one_line(smoke_model):
+    config, params = smoke_model
+    pretrained.check_params(params, config)  # the model's own shapes fit: no error
+    flat = pretrained._flatten(params)
+    bad = dict(flat)
+    del bad["stage_0/lambda_step"], bad["stage_1/soft_thr"]
+    bad["stage_0/conv1_forward"] = np.zeros((3, 3, 1, 6), np.float32)
+    for i in range(10):  # more than the 8 listed: the rest are counted
+        bad[f"extra/p{i}"] = np.zeros(1, np.float32)
+    with pytest.raises(ValueError) as info:
+        pretrained.check_params(pretrained._unflatten(bad), config, source="w.npz")
+    message = _one_line(info.value)
+    model = ", ".join(f"{k}={v}" for k, v in config.model.to_dict().items())
+    assert message == (
+        f"w.npz does not fit the model ({model}): missing keys [stage_0/lambda_step, stage_1/soft_thr]; "
+        "unexpected keys [extra/p0, extra/p1, extra/p2, extra/p3, extra/p4, extra/p5, extra/p6, extra/p7, "
+        "... 2 more]; "
+        "shape mismatches [stage_0/conv1_forward: file (3, 3, 1, 6) vs model (3, 3, 1, 4)]")
+    assert "name=derefnet" in message and "channels=4" in message
+    wider = pretrained._unflatten({**flat, "stage_0/conv1_forward": bad["stage_0/conv1_forward"]})
+    with pytest.raises(ValueError, match=r"^params does not fit the model .*: shape mismatches "
+                                         r"\[stage_0/conv1_forward: file \(3, 3, 1, 6\) vs model "
+                                         r"\(3, 3, 1, 4\)\]$"):
+        pretrained.check_params(wider, config)  # only a mismatch: the default source, one part
+
+
 def test_a_pair_whose_npz_was_replaced_is_refused(pair, smoke_model):
     """The card records the SHA-256 of its .npz: weights swapped under an old card are not scored as that run."""
     npz, card = pair

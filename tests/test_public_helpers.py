@@ -155,6 +155,107 @@ def test_masked_normal_freezes_parameters():
     assert np.all(step[~mask] == 0.0)
 
 
+# Two targets, centre pixel stored at the clip level (255): censoring, the hinge and the prior all act.
+_OBJ_TRUTH = np.array([[5.0, 5.2, 400.0], [5.2, 5.6, 420.0]])
+_OBJ_THETA = _OBJ_TRUTH + np.array([[0.04, -0.03, 25.0], [-0.05, -0.05, -15.0]])  # 0.39 px apart (< 0.494)
+
+
+def _objective_reference(obs, theta, active, opts):
+    """float64 numpy residual vector of one frame's fit, from the docstrings: censored data residuals
+    (``imaging.render`` minus ``obs``; 0 at pixels stored at the clip level whose prediction reaches it),
+    the separation hinge ``s·max(0, d_min - d)/w`` per active pair and the brightness prior
+    ``s/sd·(b - mu)`` per active slot (cost ``s²/sd²·(b - mu)²``), ``s² = opts.noise_variance``."""
+    s = np.sqrt(opts.noise_variance)
+    mu, sd = opts.brightness_prior
+    clipped = (obs >= opts.clip_level - 0.5) & (obs.max() <= opts.clip_level + 0.5)
+    censor = clipped & (imaging.render(theta.reshape(-1, 3)) >= opts.clip_level)  # fixed at theta (FD below)
+
+    def residual(t, censored=True):
+        t = t.reshape(-1, 3)
+        data = np.where(censor & censored, 0.0, imaging.render(t) - obs).reshape(-1)
+        hinge = [s / opts.separation_width * max(0.0, opts.min_separation - np.hypot(*(t[i, :2] - t[j, :2])))
+                 for i in range(len(t)) for j in range(i + 1, len(t)) if active[i] and active[j]]
+        prior = [s / sd * (t[k, 2] - mu) for k in range(len(t)) if active[k]]
+        return data, np.array(hinge + prior)
+
+    return residual, censor
+
+
+@pytest.mark.parametrize("active", [(True, True), (True, False)], ids=["both", "one_active"])
+def test_frame_objective_matches_a_float64_numpy_objective(active):
+    opts = DecodeOptions(min_separation=0.494)  # default prior (235, 8.66), clip level 255, noise var. 1/12
+    obs = imaging.quantize(imaging.render(_OBJ_TRUTH[None]))[0].astype(np.float64)
+    active = np.array(active)
+    theta = _OBJ_THETA.copy()
+    theta[~active, 2] = 0.0  # inactive slots hold brightness 0 (documented)
+    residual, censor = _objective_reference(obs, theta, active, opts)
+    # both active: the clipped pixel is predicted above 255 (censored); one active: below it (a live residual)
+    assert obs.max() == 255 and censor.sum() == int(active.all())
+    data, extra = residual(theta)
+    want_cost = data @ data + extra @ extra
+    # Jacobian by central differences (h = 1e-5: truncation h²/6·b/σ³ ≲ 1e-7, cancellation 1e-16·b/h ≲ 1e-8)
+    h, p = 1e-5, theta.size
+    jd, je, j_all = np.zeros((data.size, p)), np.zeros((extra.size, p)), np.zeros((data.size, p))
+    for q in range(p):
+        plus, minus = theta.reshape(-1).copy(), theta.reshape(-1).copy()
+        plus[q] += h
+        minus[q] -= h
+        (d_plus, e_plus), (d_minus, e_minus) = residual(plus), residual(minus)
+        jd[:, q], je[:, q] = (d_plus - d_minus) / (2 * h), (e_plus - e_minus) / (2 * h)
+        j_all[:, q] = (residual(plus, False)[0] - residual(minus, False)[0]) / (2 * h)  # no pixel censored
+    mask = np.repeat(active, 3)  # frozen parameters: zero rows/columns, 1 on the diagonal (masked_normal)
+    want_jtj = np.where(mask[:, None] & mask[None, :], jd.T @ jd + je.T @ je, np.diag(1.0 - mask))
+    want_jtr = np.where(mask, jd.T @ data + je.T @ extra, 0.0)
+
+    fns = frames.frame_objective(jnp.asarray(obs, jnp.float32), jnp.asarray(active), opts)
+    normal_fn, cost_fn, project = (jax.jit(f) for f in fns)  # one compile each (eager: 5× slower)
+    theta32 = jnp.asarray(theta.reshape(-1), jnp.float32)
+    jtj, jtr, cost = (np.asarray(a, np.float64) for a in normal_fn(theta32))
+
+    # Tolerances from float32 rounding. Each predicted pixel is within dp = 16·eps·K·b_max of the float64
+    # render (as in test_jacobian_factors_match_render_and_finite_differences); a data Jacobian entry within
+    # dj = 32·eps·b (x, y columns) or 32·eps (b columns), plus 1e-7 for the finite differences. A sum of
+    # products Σ a·c is then off by ≤ Σ(|a|·dc + |c|·da) plus the rounding of the products and of the
+    # separable sums (≤ 2·11 terms, JᵀJ = (UUᵀ)∘(VVᵀ)), ≤ 32·eps·Σ|a||c|; the censored pixel's row is
+    # subtracted from the full sum, so magnitudes include it. (Measured errors: ~1/100 of these bounds.)
+    k = len(theta)
+    dp = 16 * EPS32 * k * theta[:, 2].max()
+    dj = 32 * EPS32 * np.stack([theta[:, 2], theta[:, 2], np.ones(k)], 1).reshape(-1) + 1e-7
+    a_all, a_e, r_abs, e_abs = np.abs(j_all), np.abs(je), np.abs(data), np.abs(extra)
+    s_j = a_all.sum(0)
+    tol_cost = 2 * r_abs.sum() * dp + data.size * dp**2 + 32 * EPS32 * want_cost
+    tol_jtj = (dj[:, None] * s_j[None, :] + s_j[:, None] * dj[None, :]
+               + 32 * EPS32 * (a_all.T @ a_all + a_e.T @ a_e))
+    tol_jtr = dp * s_j + dj * r_abs.sum() + 32 * EPS32 * (a_all.T @ r_abs + a_e.T @ e_abs)
+    assert cost == pytest.approx(want_cost, abs=tol_cost)
+    assert float(cost_fn(theta32)) == pytest.approx(want_cost, abs=tol_cost)
+    # each hinge and prior term is far above that tolerance (a dropped term fails)
+    assert np.all(extra**2 > 10 * tol_cost) and len(extra) == (3 if active.all() else 1)
+    np.testing.assert_array_less(np.abs(jtj - want_jtj), tol_jtj * mask[:, None] * mask[None, :] + 1e-30)
+    np.testing.assert_array_less(np.abs(jtr - want_jtr), tol_jtr * mask + 1e-30)
+
+    # project: positions into the frame box [-1, S] (no single_pixel), active brightnesses >= 1 (no range),
+    # inactive brightnesses 0 -- exact (clipping).
+    wild = np.array([[-3.0, 12.5, 0.25], [4.0, 11.0, 300.0]])
+    want = np.array([[-1.0, 11.0, 1.0], [4.0, 11.0, 300.0 if active[1] else 0.0]], np.float32)
+    np.testing.assert_array_equal(np.asarray(project(jnp.asarray(wild.reshape(-1), jnp.float32))),
+                                  want.reshape(-1))
+
+
+def test_frame_objective_project_boxes_single_pixel_positions_and_brightness_range():
+    obs = imaging.quantize(imaging.render(_OBJ_TRUTH[None]))[0].astype(np.float32)
+    opts = DecodeOptions(single_pixel=True, brightness_range=(220.0, 250.0))
+    w = obs.astype(np.float64)
+    grid = np.arange(11)
+    centre = np.round([(w.sum(1) * grid).sum() / w.sum(), (w.sum(0) * grid).sum() / w.sum()])
+    assert centre.tolist() == [5.0, 5.0]  # the intensity centroid's pixel
+    project = jax.jit(frames.frame_objective(jnp.asarray(obs), jnp.array([True, True, False]), opts)[2])
+    theta = np.array([[3.0, 5.2, 100.0], [5.4, 7.0, 260.0], [5.1, 4.2, 240.0]])
+    want = np.array([[4.5, 5.2, 220.0], [5.4, 5.5, 250.0], [5.1, 4.5, 0.0]], np.float32)
+    got = np.asarray(project(jnp.asarray(theta.reshape(-1), jnp.float32)))
+    np.testing.assert_array_equal(got, want.reshape(-1))
+
+
 # ----------------------------------------------------------------------------------------------- deform_conv
 
 
@@ -386,6 +487,32 @@ def test_star_direction_vectors_are_the_named_axis_and_compass_directions():
     compass = {(round(math.cos(a), 12), round(math.sin(a), 12)) for a in np.arange(8) * math.pi / 4}
     got8 = {tuple(np.round(v, 12) + 0.0) for v in trajectory.star_direction_vectors(8)}
     assert got8 == {(x + 0.0, y + 0.0) for x, y in compass}  # the 8 compass directions, each once
+
+
+def test_fit_from_paths_converges_to_exact_linear_motion():
+    """Two targets in uniform linear motion, rendered without rounding or clipping (the truth fits exactly):
+    started from paths 0.06 px and 12 grey levels off, the trajectory fit returns the true paths. A third,
+    unused row (``count`` = 2) holds a decoy target that must be ignored."""
+    t_frames, k = 5, 2
+    start = np.array([[4.3, 5.1, 230.0], [6.2, 4.4, 245.0]])
+    velocity = np.array([[0.05, 0.02], [-0.03, 0.04]])  # px per frame
+    truth = np.repeat(start[None], t_frames, 0)
+    truth[:, :, :2] += np.arange(t_frames)[:, None, None] * velocity[None]  # (T, K, 3)
+    obs = imaging.render(truth)[None]  # (1, T, 11, 11) float64, unclipped
+    paths = np.concatenate([truth, np.tile([[[2.0, 8.0, 200.0]]], (t_frames, 1, 1))], 1)[None]  # decoy row 2
+    paths[:, :, :k] += np.array([0.06, -0.04, 12.0])
+    opts = DecodeOptions(clip_level=None, brightness_prior=None, max_targets=3)  # pure least squares
+    params, cost = trajectory.fit_from_paths(obs, paths, np.array([k]), opts)
+    assert params.shape == (1, t_frames, 3, 3) and cost.shape == (1,)
+    # The float32 prediction of a frame is within dp = 16·eps·K·b_max of the float64 render, so the truth's
+    # cost is at most T·121·dp² and a converged fit's cost no more.
+    dp = 16 * EPS32 * k * start[:, 2].max()
+    assert 0.0 <= cost[0] <= t_frames * 121 * dp**2
+    # Positions and brightnesses: 1e-3 px and 0.05 grey level, 1/60 and 1/240 of the start's offsets (a stuck
+    # or partial fit fails), yet far above float32 effects (measured: 4e-7 px, 2e-5 grey level).
+    np.testing.assert_allclose(params[0, :, :k, :2], truth[:, :, :2], rtol=0, atol=1e-3)
+    np.testing.assert_allclose(params[0, :, :k, 2], truth[:, :, 2], rtol=0, atol=0.05)
+    assert np.all(params[0, :, k:, 2] == 0.0)  # the unused slot holds no target (brightness 0), decoy ignored
 
 
 # ---------------------------------------------------------------------------------------- data, workdir, io

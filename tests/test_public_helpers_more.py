@@ -480,6 +480,15 @@ def test_line_in_file_is_the_innermost_frame_in_that_file(tmp_path):
     assert methods.line_in_file(KeyError("never raised"), inner) is None  # no traceback at all
 
 
+@pytest.mark.parametrize("num_frames", [0, 1, 5, 20])
+def test_all_frames_is_every_input_frame_and_the_methods_default(num_frames):
+    got = methods.all_frames(num_frames)
+    assert isinstance(got, np.ndarray) and np.issubdtype(got.dtype, np.integer)
+    assert got.tolist() == list(range(num_frames))
+    method = methods.Method("m", None, None)  # no frame_index given: every frame
+    assert method.frame_index is methods.all_frames
+
+
 def test_builder_file_names_the_file_of_external_builders_only():
     for name in methods.METHOD_TABLE:
         assert methods.builder_file(name) is None

@@ -122,6 +122,50 @@ def test_q_for_workdir_reuses_the_cache_of_the_same_data(tmp_path):
     np.testing.assert_allclose(splits.q_for_workdir(tmp_path, dataset), splits.q_for_workdir(None, dataset))
 
 
+def test_simulated_split_sizes_keys_the_configs_split_names():
+    dataset = configs.get_config("derefnet:smoke").dataset
+    dataset.train_split, dataset.eval_split, dataset.test_split = "tr", "va", "te"
+    dataset.num_train, dataset.num_eval, dataset.num_test = 7, 3, 5
+    assert splits.simulated_split_sizes(dataset) == {"tr": 7, "va": 3, "te": 5}
+    # count_split of a simulated dataset reads these sizes
+    assert [splits.count_split(dataset, s) for s in ("tr", "va", "te")] == [7, 3, 5]
+
+
+@pytest.mark.filterwarnings("ignore:Y Yᵀ is ill-conditioned:RuntimeWarning")  # expected with 3 trajectories
+def test_cached_q_computes_once_and_reuses_only_the_same_data(tmp_path):
+    """cached_q: computes Q (``compute_q`` with Φ of the same ``c``) and writes ``qinit.npz`` keyed by
+    dataset name, number of training trajectories, collision rule and ``c``; a later call with the same key
+    returns the cached Q as stored (poisoned here to prove it), any other key recomputes and replaces it."""
+    from seqcsist_jax import imaging
+
+    rng = np.random.default_rng(0)
+    targets = np.zeros((3, 2, 2, 3))  # (N, T, K, 3), c = 1 keeps Q (121, 121) small
+    targets[..., :2] = rng.uniform(0.0, 10.0, (3, 2, 2, 2))
+    targets[..., 2] = rng.uniform(220.0, 250.0, (3, 2, 2))
+    train = {"frames": np.zeros((3, 2, 11, 11), np.uint8), "targets": targets}
+    phi = imaging.measurement_matrix(c=1).astype(np.float64)
+    q = splits.cached_q(tmp_path, "simulated", train, "sum", c=1)
+    np.testing.assert_array_equal(q, splits.compute_q(targets, phi, "sum", c=1))
+    assert q.shape == (121, 121)
+    with np.load(tmp_path / "qinit.npz") as f:
+        assert str(f["key"]) == "simulated|3|sum|1"
+        np.testing.assert_array_equal(f["q"], q)
+    np.savez(tmp_path / "qinit.npz", q=np.full_like(q, 7.0), key="simulated|3|sum|1")
+    assert np.all(splits.cached_q(tmp_path, "simulated", train, "sum", c=1) == 7.0)  # served from the cache
+    fewer = {"frames": train["frames"][:2], "targets": targets[:2]}
+    for name, arrays, collision, want_key in (("other", train, "sum", "other|3|sum|1"),
+                                              ("simulated", fewer, "sum", "simulated|2|sum|1"),
+                                              ("simulated", train, "overwrite", "simulated|3|overwrite|1")):
+        np.savez(tmp_path / "qinit.npz", q=np.full_like(q, 7.0), key="simulated|3|sum|1")
+        got = splits.cached_q(tmp_path, name, arrays, collision, c=1)
+        np.testing.assert_array_equal(got, splits.compute_q(arrays["targets"], phi, collision, c=1))
+        with np.load(tmp_path / "qinit.npz") as f:
+            assert str(f["key"]) == want_key and not np.all(f["q"] == 7.0)  # the cache was replaced
+    # c = 3 keeps the original three-field key (existing caches stay valid)
+    np.savez(tmp_path / "qinit.npz", q=np.full((1089, 121), 7.0), key="simulated|3|sum")
+    assert np.all(splits.cached_q(tmp_path, "simulated", train) == 7.0)
+
+
 def test_run_config_differences_ignores_restart_safe_fields(tmp_path):
     from experiments import configs
     from seqcsist_jax.workdir import run_config_differences, save_or_check_run_config

@@ -291,6 +291,70 @@ def test_folders_of_killed_builds_are_removed_under_the_build_lock(tmp_path, cap
     assert tfds_open._HELD == {}
 
 
+def test_data_root_is_the_argument_then_the_environment_then_the_home_default(tmp_path, monkeypatch):
+    from seqcsist_jax.data.tfds_open import data_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "env"))
+    assert data_root(tmp_path / "given") == tmp_path / "given"
+    assert data_root(str(tmp_path / "given")) == tmp_path / "given"
+    assert data_root("~/data") == tmp_path / "home" / "data"  # ~ expanded
+    assert data_root(None) == tmp_path / "env"
+    assert data_root("") == tmp_path / "env"  # an empty flag value counts as unset
+    monkeypatch.setenv("TFDS_DATA_DIR", "~/from_env")
+    assert data_root(None) == tmp_path / "home" / "from_env"
+    monkeypatch.delenv("TFDS_DATA_DIR")
+    assert data_root(None) == tmp_path / "home" / "tensorflow_datasets"
+    assert isinstance(data_root(None), pathlib.Path)
+
+
+def test_manual_dir_kwargs_pass_an_expanded_manual_dir_to_tfds(tmp_path, monkeypatch):
+    from seqcsist_jax.data.tfds_open import manual_dir_kwargs
+
+    assert manual_dir_kwargs(None) == {}  # TFDS's default <data_dir>/downloads/manual/
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for given in ("~/release", tmp_path / "release"):
+        kwargs = manual_dir_kwargs(given)
+        assert list(kwargs) == ["download_and_prepare_kwargs"]
+        config = kwargs["download_and_prepare_kwargs"]["download_config"]
+        assert isinstance(config, tfds.download.DownloadConfig)
+        assert os.fspath(config.manual_dir) == str(tmp_path / "release")
+
+
+def test_read_tfds_split_reads_under_the_lock_and_names_a_damaged_folder_it_may_not_rebuild(mini, tmp_path):
+    """read_tfds_split returns ``read(source)`` of the prepared split; with ``build_if_missing=False`` a
+    damaged prepared folder is a DamagedDatasetError (a ValueError) naming the folder and the repair, and the
+    folder is left where it is (nothing is moved aside or rebuilt)."""
+    from seqcsist_jax.data import tfds_open
+
+    _, data_dir = mini
+    seen = []
+
+    def read(source):
+        seen.append(tfds_open._HELD.copy())  # the build lock is held while reading
+        return [int(e["trajectory_id"]) for e in source.__getitems__(list(range(len(source))))]
+
+    got = tfds_open.read_tfds_split("seqcsist/mini", "test", os.fspath(data_dir), False, read)
+    assert got == list(range(75))
+    assert len(seen) == 1 and len(seen[0]) == 1 and tfds_open._HELD == {}
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    folder = tfds_open.prepared_dir("seqcsist/mini", copy)
+    for shard in folder.glob("seqcsist-test.parquet-*"):
+        with open(shard, "r+b") as f:
+            f.truncate(100)
+    with pytest.raises(tfds_open.DamagedDatasetError) as info:
+        tfds_open.read_tfds_split("seqcsist/mini", "test", os.fspath(copy), False, read)
+    assert isinstance(info.value, ValueError)
+    message = str(info.value)
+    assert message.startswith(f"the prepared dataset {folder} cannot be read (")
+    assert message.endswith("; delete that folder or allow building it to rebuild")
+    # left in place: nothing moved aside, nothing rebuilt
+    assert folder.is_dir() and sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+    # the train split of the same copy is intact and still reads
+    assert len(tfds_open.read_tfds_split("seqcsist/mini", "train", os.fspath(copy), False, read)) == 350
+
+
 def test_parquet_shards_hold_every_example(mini):
     # Regression test for the TFDS 4.9.10 Parquet writer, which kept 1 of 5 batches of 100 from an iterator.
     import pyarrow.parquet as pq
