@@ -37,7 +37,7 @@ import pathlib
 import shutil
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -154,9 +154,12 @@ def _traceback_files(tb: Any) -> str:
 
 def _quiet_failed_write_echoes() -> None:
     """Installs, once per process, :class:`_FailedWriteEchoFilter` on the ``absl`` and ``asyncio`` loggers and an
-    unraisable-exception hook that drops ``RuntimeError: Event loop is closed``: after a failed write tensorstore's
-    completion callbacks keep calling into Orbax's finished asyncio loop, each printing that traceback (~70 on a
-    full disk, interleaved). Every other record and unraisable exception passes through unchanged."""
+    unraisable-exception hook that drops ``RuntimeError: Event loop is closed``: after a failed write or read
+    tensorstore's completion callbacks keep calling into Orbax's finished asyncio loop, each printing that
+    traceback (~70 on a full disk, interleaved). The hook also drops the exceptions of Orbax's own coroutines
+    that a failed restore abandons (``Exception ignored in: <coroutine object _read_array_index_and_device_put>``,
+    one per array of a truncated data file, each with a 60-line TensorStore spec): the restore reports the first
+    of them itself, in one line. Every other record and unraisable exception passes through unchanged."""
     import sys
 
     previous = sys.unraisablehook
@@ -175,10 +178,24 @@ def _quiet_failed_write_echoes() -> None:
         value = unraisable.exc_value
         if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
             return
+        code = getattr(getattr(unraisable, "object", None), "cr_code", None)  # a coroutine's code object
+        if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+            return
         previous(unraisable)
 
     hook._seqcsist_closed_loop_filter = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+
+
+def _read_error_line(error: BaseException) -> str:
+    """``Type: first line`` of the innermost cause of ``error``, without TensorStore's spec dump. Orbax wraps a
+    failed array read as ``Exception: Encountered error while reading array index: (...). See full TensorStore
+    details: <...spec of TensorStore({`` (~60 lines, no file); its cause names the array and the database
+    (``ValueError: OUT_OF_RANGE: Error reading "params.w/0.0" in OCDBT database at local file ...``)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text.split(' See full TensorStore details')[0].rstrip('. ')}"
 
 
 def _manager(directory: pathlib.Path, **options: Any) -> ocp.CheckpointManager:
@@ -319,20 +336,28 @@ class RunCheckpoints:
             step = self._best_of(evals)
             if step is None or step in self.best.all_steps():
                 return evals
-            source = pathlib.Path(self.latest.directory) / str(step)
             if step in self.latest.all_steps() and step <= int(resume_step):
-                target = pathlib.Path(self.best.directory) / str(step)
-                partial = target.with_name(f"{step}.orbax-checkpoint-tmp-copy")  # removed by clean_leftovers
-                shutil.rmtree(partial, ignore_errors=True)
-                shutil.copytree(source, partial)
-                os.replace(partial, target)
-                self.best.reload()
+                source = self._copy_step(self.latest, self.best, step)
                 log.warning("the best checkpoint (step %d) was missing; restored it from %s (the same state)",
                             step, source)
                 return evals
             log.warning("the best checkpoint (step %d) is missing and no other copy exists; its evaluation is "
                         "dropped and the best remaining one is used", step)
             del evals[str(step)]
+
+    @staticmethod
+    def _copy_step(source: Any, target: Any, step: int) -> pathlib.Path:
+        """Copies step folder ``step`` of manager ``source`` to manager ``target`` (``best`` and ``latest`` of one
+        step hold the same state); returns the source folder. The copy is renamed into place when complete, so a
+        kill leaves at most a ``*.orbax-checkpoint-tmp-copy`` folder, removed by :meth:`clean_leftovers`."""
+        source_folder = pathlib.Path(source.directory) / str(int(step))
+        folder = pathlib.Path(target.directory) / str(int(step))
+        partial = folder.with_name(f"{int(step)}.orbax-checkpoint-tmp-copy")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(source_folder, partial)
+        os.replace(partial, folder)
+        target.reload()
+        return source_folder
 
     def clean_leftovers(self) -> list[pathlib.Path]:
         """Removes ``*.orbax-checkpoint-tmp*`` folders left by saves that were killed; returns them. Only the
@@ -475,6 +500,7 @@ class RunCheckpoints:
                 saved_params = None
             if saved_params is not None:
                 check_params_match(_field(abstract_state, "params"), saved_params, str(folder))
+        _quiet_failed_write_echoes()  # a damaged data file otherwise prints ~100 tracebacks per restore
         try:
             args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
             if not params_only:
@@ -484,8 +510,7 @@ class RunCheckpoints:
         except CheckpointError:
             raise
         except Exception as e:  # noqa: BLE001 (orbax raises many types for a damaged folder)
-            raise CheckpointError(f"checkpoint {folder} is damaged or unreadable ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
+            raise CheckpointError(f"checkpoint {folder} is damaged or unreadable ({_read_error_line(e)})") from None
         state = restored["state"]
         sums = meta.get("params_sha256") if isinstance(meta, dict) else None
         if sums is not None:
@@ -520,13 +545,13 @@ class RunCheckpoints:
         """
         manager, step = self.resolve(which)
 
-        def restore_checked(step):
-            state, loader, meta = self._restore_one(manager, step, abstract_state, params_only=False)
+        def restore_checked(step, source=manager):
+            state, loader, meta = self._restore_one(source, step, abstract_state, params_only=False)
             if check_loader is not None:
                 try:
                     check_loader(loader)
                 except (ValueError, TypeError, KeyError) as e:
-                    folder = pathlib.Path(manager.directory) / str(int(step)) / "loader"
+                    folder = pathlib.Path(source.directory) / str(int(step)) / "loader"
                     raise CheckpointError(f"{folder}: not a valid input-pipeline position ({e})") from None
             return state, loader, meta
 
@@ -542,12 +567,32 @@ class RunCheckpoints:
             except CheckpointError as e:
                 failures.append(str(e))
                 moved = self._move_aside(manager, step, "latest")
+                copy = self._restore_best_copy(step, restore_checked)
+                if copy is not None:
+                    log.warning("%s; moved it to %s and restored step %d from its copy in %s (the same state, "
+                                "copied back to %s)", e, moved, step, self.best.directory, manager.directory)
+                    return (*copy, step)
                 log.warning("%s; moved it to %s and falling back to the previous checkpoint", e, moved)
                 continue
             return state, loader, meta, step
         raise CheckpointError("no readable 'latest' checkpoint: " + "; ".join(failures) + f". They were moved to "
                               f"{self.root / 'damaged'} (kept); running the same command again starts this run "
                               f"from step 0")
+
+    def _restore_best_copy(self, step: int, restore_checked: Callable) -> tuple[Any, dict, dict] | None:
+        """``(state, loader_state, meta)`` of ``best/step`` for a damaged ``latest/step`` (an evaluation step saves
+        the same state and input position to both), copied back to ``latest/step``; None when there is no
+        readable ``best/step`` (its damage is the best restore's to report)."""
+        if int(step) not in self.best.all_steps():
+            return None
+        try:
+            state, loader, meta = restore_checked(step, self.best)
+        except ModelMismatchError:
+            raise
+        except CheckpointError:
+            return None
+        self._copy_step(self.best, self.latest, step)
+        return state, loader, {k: v for k, v in meta.items() if k != "metrics"}
 
     def restore_best(self, abstract_state: Any) -> tuple[Any, dict, dict, int]:
         """``restore('best', ...)`` that repairs a damaged best folder instead of stopping: the folder is moved to
