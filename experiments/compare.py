@@ -732,7 +732,8 @@ def settings_text(settings: dict, rows: Sequence[dict] = ()) -> str:
     if settings.get("paper_scale"):
         budget = "each config's own schedule (paper scale: 100 epochs, SRCNN 200)"
     elif settings.get("budget_steps"):
-        budget = f"{settings['budget_steps']} steps (of each config's global batch) for every learned method"
+        budget = (f"{settings['budget_steps']} step{'' if settings['budget_steps'] == 1 else 's'} (of each config's "
+                  "global batch) for every learned method")
     else:
         budget = f"{settings['budget_epochs']} epochs for every learned method"
     lr = settings.get("learning_rate")

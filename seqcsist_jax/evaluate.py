@@ -507,9 +507,10 @@ def no_detection_note(metrics: Mapping[str, Any], threshold: float, steps: int |
     if metrics.get("num_detections", 1) or not metrics.get("num_gt", 0):
         return ""
     if is_short_run(steps):
-        return (f"no map cell reached the threshold {threshold:g}: after {steps} training steps the model outputs "
-                "nothing yet, as expected of a run this short (the :smoke configs check the machinery, not the "
-                "score)")
+        plural = "" if steps == 1 else "s"
+        return (f"no map cell reached the threshold {threshold:g}: after {steps} training step{plural} the model "
+                "outputs nothing yet, as expected of a run this short (short runs such as the :smoke configs "
+                "check the machinery, not the score)")
     return (f"no map cell reached the threshold {threshold:g}: the model outputs nothing yet; if this persists the "
             "run has collapsed (the short CPU recipes do for some seeds, see README 'Quickstart'; try another "
             "--config.seed or a lower --config.optimizer.learning_rate)")

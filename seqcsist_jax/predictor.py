@@ -38,7 +38,8 @@ def select_devices(num_devices: int = -1) -> list[jax.Device]:
     devices = jax.devices()
     if num_devices and num_devices > 0:
         if num_devices > len(devices):
-            raise ValueError(f"config.num_devices={num_devices} but only {len(devices)} devices exist")
+            exist = "device exists" if len(devices) == 1 else "devices exist"
+            raise ValueError(f"config.num_devices={num_devices} but only {len(devices)} {exist}")
         devices = devices[:num_devices]
     return devices
 
@@ -97,7 +98,14 @@ def restore_run(
     from seqcsist_jax.workdir import load_run_config
 
     workdir = pathlib.Path(workdir)
-    config = config if config is not None else load_run_config(workdir)
+    if config is None:
+        config = load_run_config(workdir)  # its errors say what a missing or mistyped workdir is
+    elif not (workdir / "checkpoints").is_dir():
+        # Checked here: opening the checkpoint managers would create the folders of an empty run.
+        what = "does not exist" if not workdir.exists() else "is a file" if not workdir.is_dir() else \
+            "holds no checkpoints/ folder"
+        raise FileNotFoundError(f"{workdir} {what}: pass a training run's directory (to score weights that were "
+                                "not trained here pass --pretrained or --torch_checkpoint with --config)")
     checkpoints = RunCheckpoints(workdir, keep=config.get("keep_checkpoints", 2))
     try:
         params, step = checkpoints.restore_params(checkpoint)

@@ -39,11 +39,12 @@ from seqcsist_jax.data.public_format import PublicFormatError
 from seqcsist_jax.data.splits import cached_q, check_dataset_name, is_single_image, load_arrays, subpixel_c
 from seqcsist_jax.data.tfds_open import DamagedDatasetError
 from seqcsist_jax.run_lock import WorkdirLock
-from seqcsist_jax.suggest import closest_name
+from seqcsist_jax.suggest import closest_name, did_you_mean
 from seqcsist_jax.fileio import atomic_write_json
 from seqcsist_jax.evaluate import check_eval_config, eval_dir
 from seqcsist_jax.methods import check_method_name
-from seqcsist_jax.predictor import make_predict_fn, make_predictor  # noqa: F401 (make_predict_fn: public name kept here)
+# make_predict_fn: a public name kept here
+from seqcsist_jax.predictor import make_predict_fn, make_predictor, select_devices  # noqa: F401
 from seqcsist_jax.workdir import (ConfigMismatchError, inherit_saved_dataset_dirs, run_config_differences,
                                   save_or_check_run_config)
 from seqcsist_jax.metric_writers import MetricWriter
@@ -86,6 +87,31 @@ def check_learning_rate(config: ml_collections.ConfigDict) -> None:
     rate = config.get("learning_rate")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not np.isfinite(rate) or rate <= 0:
         raise OptimizerConfigError(f"config.optimizer.learning_rate must be a finite number > 0, got {rate!r}")
+
+
+#: What ``create_optimizer`` and ``learning_rate_schedule`` build, and the dtypes of ``model.compute_dtype``.
+OPTIMIZERS = ("adam",)
+SCHEDULES = ("constant", "cosine")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_optimizer_choices(config: ml_collections.ConfigDict) -> None:
+    """Raises :class:`OptimizerConfigError` for an ``optimizer.name`` or ``optimizer.schedule`` (``config``:
+    ``config.optimizer``) that :func:`create_optimizer` would refuse only after the data is built."""
+    for key, choices, default in (("name", OPTIMIZERS, "adam"), ("schedule", SCHEDULES, "constant")):
+        value = config.get(key, default)
+        if value not in choices:
+            raise OptimizerConfigError(f"config.optimizer.{key} must be one of {', '.join(choices)}, got {value!r}"
+                                       f"{did_you_mean(str(value), choices)}")
+
+
+def check_devices(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError when ``config.num_devices`` asks for more devices than exist, or the devices do not
+    split a fixed ``global_batch_size`` (the messages of :func:`~seqcsist_jax.predictor.select_devices` and
+    :func:`~seqcsist_jax.train_multistep.resolve_global_batch`, which the trainer would raise after building the
+    data). Needs the devices, so after ``jax.distributed.initialize()`` in a multi-host run."""
+    devices = select_devices(config.get("num_devices", -1))
+    train_multistep.resolve_global_batch(config, len(devices), jax.process_count())
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int | None = None) -> optax.Schedule | float:
@@ -455,7 +481,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Every check that needs no data and no workdir, in one call (``train_and_evaluate`` and
     ``experiments.compare`` run it before anything is created): the dataset and method names, a user's builder
     (built once: it must return a ``Method``), the sub-pixel division ``c``, the schedule, ``config.eval``, the
-    learning rate, the seed and the checkpoint intervals. Each failure is one line naming the key (the exceptions
+    optimizer (learning rate, name, schedule), ``model.compute_dtype``, the seed and the checkpoint intervals (the
+    devices: :func:`check_devices`, which needs them). Each failure is one line naming the key (the exceptions
     listed in :func:`train_and_evaluate`)."""
     check_config_fields(config)
     check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))
@@ -467,6 +494,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check_eval_config(config.eval)
     if "optimizer" in config:
         check_learning_rate(config.optimizer)
+        check_optimizer_choices(config.optimizer)
+    dtype = config.model.get("compute_dtype", "float32")
+    if dtype not in COMPUTE_DTYPES:
+        raise ModelInitError(f"config.model.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}"
+                             f"{did_you_mean(str(dtype), COMPUTE_DTYPES)}")
     seed = config.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ValueError(f"config.seed must be a whole number in [0, 2**32), got {seed!r}")
@@ -502,10 +534,14 @@ def train_and_evaluate(
         builder; idem).
       ScheduleConfigError: ``num_train_steps``/``num_epochs``/``checkpoint_every_*`` give no schedule (idem).
       EvalConfigError: a ``config.eval`` value the evaluations cannot use (idem).
-      OptimizerConfigError: ``optimizer.learning_rate`` is not a finite number > 0 (idem).
+      OptimizerConfigError: ``optimizer.learning_rate`` is not a finite number > 0, or ``optimizer.name`` /
+        ``optimizer.schedule`` is not one of :data:`OPTIMIZERS` / :data:`SCHEDULES` (idem).
+      ModelInitError: ``model.compute_dtype`` is not one of :data:`COMPUTE_DTYPES` (idem), or the model's
+        ``init`` fails on an example batch.
       UnknownConfigFieldError: a field nothing reads, e.g. ``config.learning_rate`` (idem).
       ValueError: ``config.seed`` is not a whole number in [0, 2**32), or ``config.dataset.c`` is not a positive odd
-        integer (idem).
+        integer (idem); ``config.num_devices`` asks for more devices than exist, or the devices do not split a
+        fixed ``global_batch_size`` (idem, checked after ``jax.distributed.initialize()``).
     """
     # Before the checks: the dataset name is checked against the data_dir the run will read.
     config, inherited = inherit_saved_dataset_dirs(workdir, config)
@@ -515,6 +551,7 @@ def train_and_evaluate(
     save_every_steps, save_every_seconds = _checkpoint_intervals(config)
     if config.get("multihost") and not jax.distributed.is_initialized():
         jax.distributed.initialize()
+    check_devices(config)
     workdir = pathlib.Path(workdir)
     created = not workdir.exists()
     was_empty = created or (workdir.is_dir() and not any(workdir.iterdir()))
@@ -689,8 +726,8 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
              f"{config.dataset.test_split} split")
     else:
         _say(
-            f"training {config.model.name} on {config.dataset.name}: {num_steps} steps ({trainer.steps_per_epoch} "
-            f"per epoch), global batch {trainer.global_batch} on {trainer.mesh.size} {jax.default_backend()} "
+            f"training {config.model.name} on {config.dataset.name}: {num_steps} step{'' if num_steps == 1 else 's'} "
+            f"({trainer.steps_per_epoch} per epoch), global batch {trainer.global_batch} on {trainer.mesh.size} {jax.default_backend()} "
             f"device(s); workdir {workdir}"
         )
     note = protocol.protocol_difference(is_single_image(config.dataset.name), config.eval.get("threshold", 70.0),

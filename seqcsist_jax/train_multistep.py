@@ -71,10 +71,12 @@ def resolve_global_batch(config: ml_collections.ConfigDict, num_devices: int, pr
         return int(config.per_device_batch_size) * num_devices
     if num_devices > fixed or fixed % num_devices or fixed % process_count:
         divisors = [d for d in range(1, fixed + 1) if fixed % d == 0]
+        # the example is a count these devices can run: the most devices, up to those selected, that split it
+        usable = [d for d in divisors if d <= num_devices and d % process_count == 0] or divisors
         raise ValueError(
             f"config.global_batch_size={fixed} cannot be split evenly over {num_devices} devices"
             + (f" in {process_count} processes" if process_count > 1 else "")
-            + f": run on {', '.join(map(str, divisors))} devices (e.g. --config.num_devices={divisors[-1]}), "
+            + f": run on {', '.join(map(str, divisors))} devices (e.g. --config.num_devices={usable[-1]}), "
             f"or set --config.global_batch_size to a multiple of {num_devices} (that changes the paper protocol's "
             "batch, and with it the optimisation trajectory)"
         )

@@ -146,6 +146,21 @@ def test_train_without_config_resumes_the_saved_config_with_overrides(tmp_path):
     assert workdir_lib.run_config_differences(tmp_path, resumed) == []  # the same run
 
 
+def test_restore_run_with_a_config_refuses_a_workdir_without_checkpoints_and_creates_nothing(tmp_path):
+    """With a config given, restore_run does not read config.json; it checked nothing before opening the
+    checkpoint managers, which created ``checkpoints/{latest,best}`` in a mistyped or empty workdir."""
+    from seqcsist_jax.predictor import restore_run
+
+    config = configs.get_config("derefnet:smoke")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("not a run")
+    for name, what in (("nowhere", "does not exist"), ("empty", "holds no checkpoints/ folder"),
+                       ("a_file", "is a file")):
+        with pytest.raises(FileNotFoundError, match=rf"/{name} {what}: pass a training run's directory"):
+            restore_run(str(tmp_path / name), "best", config)
+    assert not (tmp_path / "nowhere").exists() and list((tmp_path / "empty").iterdir()) == []
+
+
 def test_load_run_config_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json not found"):
         workdir_lib.load_run_config(tmp_path)

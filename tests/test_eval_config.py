@@ -70,3 +70,43 @@ def test_optimizer_and_seed_values_are_checked(tmp_path):
     with pytest.raises(ValueError, match=r"config.seed must be a whole number in \[0, 2\*\*32\), got -1"):
         train_lib.train_and_evaluate(config, tmp_path / "w")
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("optimizer.name", "adamw2", r"config.optimizer.name must be one of adam, got 'adamw2' \(did you mean 'adam'\?\)"),
+    ("optimizer.schedule", "cosin", r"config.optimizer.schedule must be one of constant, cosine, got 'cosin'"),
+    ("model.compute_dtype", "float8", r"config.model.compute_dtype must be one of float32, bfloat16, got 'float8'"),
+])
+def test_optimizer_and_dtype_choices_are_refused_before_the_workdir_is_created(tmp_path, key, value, expected):
+    """These were refused only when the optimizer or the model was built: after the dataset build and the Q
+    computation, leaving a lock and a Q cache in a new workdir."""
+    from seqcsist_jax import train as train_lib
+
+    for name in ("derefnet", "derefnet:smoke", "dista:quick"):
+        train_lib.check_config(configs.get_config(name))  # the shipped choices pass
+    config = configs.get_config("derefnet:smoke")
+    section, field = key.split(".")
+    config[section][field] = value
+    with pytest.raises(ValueError, match=expected):
+        train_lib.train_and_evaluate(config, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_too_many_devices_or_an_unsplittable_batch_is_refused_before_the_workdir_is_created(tmp_path):
+    import jax
+
+    from seqcsist_jax import train as train_lib
+
+    n = jax.device_count()
+    config = configs.get_config("derefnet:smoke")
+    train_lib.check_devices(config)  # every device, per-device batch: passes
+    config.num_devices = n + 1
+    with pytest.raises(ValueError, match=rf"config.num_devices={n + 1} but only {n} device"):
+        train_lib.train_and_evaluate(config, tmp_path / "w")
+    config.num_devices, config.global_batch_size = -1, n + 1  # n + 1 trajectories cannot split over n > 1 devices
+    if n > 1:
+        with pytest.raises(ValueError, match=rf"global_batch_size={n + 1} cannot be split evenly over {n} devices"):
+            train_lib.train_and_evaluate(config, tmp_path / "w")
+    else:
+        train_lib.check_devices(config)  # one device takes any batch
+    assert not (tmp_path / "w").exists()

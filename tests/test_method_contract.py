@@ -242,7 +242,8 @@ def test_select_devices_takes_all_or_the_first_n_and_refuses_too_many():
     assert select_devices() == devices and select_devices(-1) == devices and select_devices(0) == devices
     assert select_devices(1) == devices[:1] and select_devices(len(devices)) == devices
     n = len(devices) + 1
-    with pytest.raises(ValueError, match=rf"^config.num_devices={n} but only {len(devices)} devices exist$"):
+    exist = "device exists" if len(devices) == 1 else "devices exist"
+    with pytest.raises(ValueError, match=rf"^config.num_devices={n} but only {len(devices)} {exist}$"):
         select_devices(n)
 
 

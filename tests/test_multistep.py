@@ -154,8 +154,9 @@ def test_kill_inside_a_k_step_call_resumes_bitwise(tmp_path, monkeypatch):
 def test_global_batch_is_fixed_whatever_the_devices():
     config = ml_collections.ConfigDict({"global_batch_size": 4, "per_device_batch_size": 1})
     assert [train_multistep.resolve_global_batch(config, n) for n in (1, 2, 4)] == [4, 4, 4]
-    for n in (3, 8):
-        expected = r"global_batch_size=4 cannot be split evenly over \d+ devices: run on 1, 2, 4 devices .*=4"
+    for n, example in ((3, 2), (8, 4)):  # the example count is one these devices have
+        expected = (rf"global_batch_size=4 cannot be split evenly over {n} devices: run on 1, 2, 4 devices "
+                    rf"\(e.g. --config.num_devices={example}\)")
         with pytest.raises(ValueError, match=expected):
             train_multistep.resolve_global_batch(config, n)
     config.global_batch_size = -1

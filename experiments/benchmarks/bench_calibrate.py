@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_json(args.out / "bench_calibrate.json", res, indent=1, default=float)
     atomic_write(args.out / "bench_calibrate.md", markdown(res))
     print(markdown(res))
+    print(f"wrote {args.out / 'bench_calibrate.md'} and .json")
 
 
 if __name__ == "__main__":

@@ -136,6 +136,7 @@ def main(argv=None) -> dict:
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    print(f"wrote {out.with_suffix('.md')} and .json")
     return report
 
 

@@ -359,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps({"results": results, "machine": note}, indent=2, default=float) + "\n")
     (args.out / f"bench_decode{args.tag}.md").write_text(markdown(results, note, command))
     print(markdown(results, note, command))
+    print(f"wrote {args.out / f'bench_decode{args.tag}.md'} and .json")
 
 
 if __name__ == "__main__":

@@ -624,6 +624,7 @@ def main(argv: list[str] | None = None) -> None:
     fileio.atomic_write_json(args.out / f"bench_decode_csist100k{args.tag}.json", res, indent=2, default=float)
     fileio.atomic_write(args.out / f"bench_decode_csist100k{args.tag}.md", markdown(res))
     print(markdown(res))
+    print(f"wrote {args.out / f'bench_decode_csist100k{args.tag}.md'} and .json")
 
 
 if __name__ == "__main__":

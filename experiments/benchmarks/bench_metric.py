@@ -196,6 +196,7 @@ def main() -> None:
         f"Both give mAP = {fast['mAP']:.6f} (max |Δ| over AP05…AP25, mAP = {max_diff:.1e}).\n\n"
         f"Machine: {result['machine']}. {result['note']}.\n"
     )
+    print(f"wrote {args.out / 'bench_metric.md'} and .json")
 
 
 if __name__ == "__main__":

@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2, default=float))
     (args.out / f"{args.name}.md").write_text(md)
+    print(f"wrote {args.out / f'{args.name}.md'} and .json")
     return result
 
 

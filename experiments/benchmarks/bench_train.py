@@ -200,6 +200,7 @@ def _write(rows: list[dict], args, load_start) -> str:
                      if k in row["cost"] else "—"),
     ]
     atomic_write(RESULTS / f"bench_train{args.tag}.md", "\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / f'bench_train{args.tag}.md'} and .json")
     return "\n".join(lines)
 
 

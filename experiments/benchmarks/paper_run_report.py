@@ -237,6 +237,7 @@ def main() -> None:
 
     plots.plot_loss_curves(pathlib.Path(args.workdir) / "metrics.jsonl", out.with_suffix(".png"))
     print(text)
+    print(f"wrote {out.with_suffix('.md')}, .json and .png")
 
 
 if __name__ == "__main__":

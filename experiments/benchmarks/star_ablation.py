@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
               "refit alone.", "", f"Machine: {note}", ""]
     stem.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
+    print(f"wrote {stem.with_suffix('.md')} and .json")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def main() -> None:
             "numpy": np.__version__}
     atomic_write_json(args.out / "tie_order.json", {"meta": meta, "rows": rows})
     atomic_write(args.out / "tie_order.md", f"# CSO-mAP tie-order sensitivity\n\n{json.dumps(meta)}\n\n{table}\n")
+    print(f"wrote {args.out / 'tie_order.md'} and .json")
 
 
 if __name__ == "__main__":

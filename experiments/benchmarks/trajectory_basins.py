@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
                                               for k, v in diag.items()), "", f"Machine: {note}", ""]
     stem.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
+    print(f"wrote {stem.with_suffix('.md')} and .json")
 
 
 if __name__ == "__main__":
