@@ -759,7 +759,10 @@ def settings_text(settings: dict, rows: Sequence[dict] = ()) -> str:
         dataset_text += f"; config variant `{settings['variant']}` for every method"
     text = f"{dataset_text}; budget: {budget}; {lr_text}{eval_text}"
     if settings.get("overrides"):
-        text += "; overrides " + ", ".join(f"`{o}`" for o in settings["overrides"])
+        # (key, value) pairs (lists once read back from compare.json), shown as they were typed
+        text += "; overrides " + ", ".join(
+            f"`--config.{o[0]}={o[1]}`" if isinstance(o, (list, tuple)) and len(o) == 2 else f"`{o}`"
+            for o in settings["overrides"])
     if settings.get("method_steps"):
         reduced = ", ".join(f"{row_label(k)} {v}" for k, v in settings["method_steps"].items())
         text += f"; reduced step budgets (too slow for the common budget on this machine; marked †): {reduced}"

@@ -321,6 +321,16 @@ def test_settings_text_names_the_datasets_and_the_variant():
     assert text.startswith("dataset `csist100k/mini`; budget") and "variant" not in text
 
 
+def test_settings_text_shows_overrides_and_step_counts_as_typed():
+    """Overrides are (key, value) pairs (lists once compare.json is read back): shown as the flag that set them,
+    not as a Python tuple; one step is "1 step"."""
+    for pair in (("dataset.data_dir", "/tmp/tfds"), ["dataset.data_dir", "/tmp/tfds"]):
+        text = compare.settings_text({"budget_steps": 1, "overrides": [pair, ("seed", "2")]})
+        assert "; overrides `--config.dataset.data_dir=/tmp/tfds`, `--config.seed=2`" in text
+        assert "budget: 1 step (of each config's global batch)" in text
+    assert "budget: 3 steps (of" in compare.settings_text({"budget_steps": 3})
+
+
 def test_a_workers_log_lines_name_its_row(capsys):
     import logging
 
