@@ -329,6 +329,9 @@ def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence
             main(parsed_argv, overrides)
         except UsageError as e:
             fail(str(e))
+        except BrokenPipeError:  # stdout's reader went away (`... | head`): it read all it wanted, not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else the exit's flush fails again
+            sys.exit(128 + 13)  # as a command killed by SIGPIPE (the shell's 141)
         except expected as e:  # noqa: B030 (a tuple of exception types)
             signum = getattr(e, "signum", None)
             if isinstance(signum, int) and signum > 0:  # a stop asked for (Ctrl-C, SIGTERM): not an error

@@ -416,3 +416,18 @@ def test_a_stopped_run_exits_as_the_signal_would_and_errors_exit_2():
     assert _error_lines(stop) == ["stopped by SIGINT at step 3 of 9; checkpoint saved"]  # not "error: …"
     error = _run(["-c", script, "refuse"])
     assert error.returncode == 2 and _error_lines(error) == ["error: config.seed must be a whole number"]
+
+
+def test_a_closed_stdout_pipe_ends_quietly_like_a_shell_tool():
+    """`python -m experiments.train --print_config | head -1`: the reader goes away before the output is
+    written. That is no error of the command: exit 141 (SIGPIPE's shell status), nothing on stderr (it was
+    `error: Broken pipe`, exit 2)."""
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.train", "--config=derefnet:smoke", "--print_config"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    proc.stdout.close()  # before the command has printed anything (it imports for a second first)
+    try:
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 141, err
+    finally:
+        proc.kill()
+    assert "error:" not in err and "Broken pipe" not in err and "Traceback" not in err, err
