@@ -513,7 +513,7 @@ def no_detection_note(metrics: Mapping[str, Any], threshold: float, steps: int |
                 "check the machinery, not the score)")
     return (f"no map cell reached the threshold {threshold:g}: the model outputs nothing yet; if this persists the "
             "run has collapsed (the short CPU recipes do for some seeds, see README 'Quickstart'; try another "
-            "--config.seed or a lower --config.optimizer.learning_rate)")
+            "--config.seed, a lower --config.optimizer.learning_rate or --config.optimizer.grad_clip_norm)")
 
 
 def eval_dir(workdir: str | pathlib.Path, split: str, decode: str = "grid") -> pathlib.Path:

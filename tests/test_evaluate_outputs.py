@@ -171,7 +171,9 @@ def test_an_evaluation_without_detection_says_so():
     assert is_short_run(0) and is_short_run(SHORT_RUN_STEPS - 1)
     assert not is_short_run(SHORT_RUN_STEPS) and not is_short_run(None)
     long = no_detection_note({"num_detections": 0, "num_gt": 5}, 70.0, steps=350)
-    assert "collapsed" in long and "--config.seed" in long
+    assert "collapsed" in long and "--config.seed" in long and "--config.optimizer.grad_clip_norm" in long
+    one = no_detection_note({"num_detections": 0, "num_gt": 5}, 70.0, steps=1)
+    assert "after 1 training step the model" in one and "smoke configs check" in one
 
 
 def test_train_and_evaluate_commands_print_the_no_detection_note(tmp_path):
