@@ -69,7 +69,7 @@ def _wall_time_arg(value: str) -> float:
 def parser() -> argparse.ArgumentParser:
     """The command line (see the module docstring)."""
     p = ArgumentParser(prog="python -m experiments.export_weights",
-                                description=__doc__.split("\n")[0].replace("``", "`"))
+                       description=__doc__.split("\n")[0].replace("``", "`"))
     p.add_argument("--workdir", required=True, help="a finished training run's directory")
     p.add_argument("--name", required=True,
                    help="the weights' name, a plain file stem (NAME.npz and NAME.json are written)")

@@ -727,8 +727,8 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
     else:
         _say(
             f"training {config.model.name} on {config.dataset.name}: {num_steps} step{'' if num_steps == 1 else 's'} "
-            f"({trainer.steps_per_epoch} per epoch), global batch {trainer.global_batch} on {trainer.mesh.size} {jax.default_backend()} "
-            f"device(s); workdir {workdir}"
+            f"({trainer.steps_per_epoch} per epoch), global batch {trainer.global_batch} on {trainer.mesh.size} "
+            f"{jax.default_backend()} device(s); workdir {workdir}"
         )
     note = protocol.protocol_difference(is_single_image(config.dataset.name), config.eval.get("threshold", 70.0),
                                         config.eval.get("scored_margin", protocol.SCORED_MARGIN))

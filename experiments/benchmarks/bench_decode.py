@@ -323,7 +323,7 @@ def markdown(results: list[dict], note: str, command: str = "--config all") -> s
 
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default="default", choices=[*CONFIGS, "all"],
                    help="SeqCSIST builder config whose test split is regenerated (targets_2_8 uses its preset: "
                         "8 targets, 8 trajectory restarts, the rounding-likelihood refit from each restart end)")

@@ -527,10 +527,10 @@ def fresh_process_seconds(args: argparse.Namespace, background_compile: bool = T
 
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="Without --standin the TFDS dataset csist100k/default is built on first use "
-                                       "(about a minute; in $TFDS_DATA_DIR, else ~/tensorflow_datasets). The "
-                                       "defaults take about 10 minutes on 2 cores.")
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       epilog="Without --standin the TFDS dataset csist100k/default is built on first use "
+                              "(about a minute; in $TFDS_DATA_DIR, else ~/tensorflow_datasets). The "
+                              "defaults take about 10 minutes on 2 cores.")
     p.add_argument("--images", type=int, default=10_000, help="test images decoded (the first N of the test split)")
     p.add_argument("--seed", type=int, default=100_000,
                    help="seed of the --standin generator (its option-trial images use seed + 1)")

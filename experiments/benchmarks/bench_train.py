@@ -206,7 +206,7 @@ def _write(rows: list[dict], args, load_start) -> str:
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="steps per round of host, K=1, K=10 (K=100: 100)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; the best round is kept")
     parser.add_argument("--paper", action="store_true",

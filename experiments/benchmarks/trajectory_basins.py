@@ -111,7 +111,7 @@ def _non_negative(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default="targets_2_8", choices=list(CONFIGS), help="SeqCSIST builder config")
     p.add_argument("--trajectories", type=_count(1), default=750,
                    help="trajectories of the split (fewer than ~300 hold few 5–8-target groups: noisy numbers)")
