@@ -36,7 +36,8 @@ import optax
 from seqcsist_jax import methods, protocol, sharding, train_multistep
 from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like, fault_point
 from seqcsist_jax.data.public_format import PublicFormatError
-from seqcsist_jax.data.splits import cached_q, check_dataset_name, is_single_image, load_arrays, subpixel_c
+from seqcsist_jax.data.splits import (SIMULATED, cached_q, check_dataset_name, is_single_image, load_arrays,
+                                     subpixel_c)
 from seqcsist_jax.data.tfds_open import DamagedDatasetError
 from seqcsist_jax.run_lock import WorkdirLock
 from seqcsist_jax.suggest import closest_name, did_you_mean
@@ -477,6 +478,18 @@ def check_config_fields(config: ml_collections.ConfigDict) -> None:
                 "a run would ignore it)")
 
 
+def unused_dataset_dirs(dataset: ml_collections.ConfigDict) -> str | None:
+    """A one-line note when ``dataset.data_dir`` or ``dataset.manual_dir`` is set for an in-memory dataset
+    (``simulated``, ``simulated_csist100k``: e.g. a ``:smoke`` config), which reads neither; ``None`` otherwise."""
+    if dataset.get("name") not in SIMULATED:
+        return None
+    given = [f"dataset.{key}={dataset.get(key)}" for key in ("data_dir", "manual_dir") if dataset.get(key)]
+    if not given:
+        return None
+    return (f"{' and '.join(given)} not read: dataset {dataset.name!r} is generated in memory (set "
+            "--config.dataset.name to a TFDS dataset, e.g. seqcsist/mini or csist100k/mini, to train on one)")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Every check that needs no data and no workdir, in one call (``train_and_evaluate`` and
     ``experiments.compare`` run it before anything is created): the dataset and method names, a user's builder
@@ -734,6 +747,9 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
                                         config.eval.get("scored_margin", protocol.SCORED_MARGIN))
     if note:
         _say(f"note: {note}")
+    unused_dirs = unused_dataset_dirs(config.dataset)
+    if unused_dirs:
+        _say(f"note: {unused_dirs}")
     eta = _EtaNotice(num_steps, step)
 
     progress = None

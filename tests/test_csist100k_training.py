@@ -238,11 +238,17 @@ def test_baseline_losses_take_the_scored_margin_from_the_config(name):
 
 
 @pytest.mark.slow
-def test_dista_smoke_trains_and_scores_every_image(tmp_path):
+def test_dista_smoke_trains_and_scores_every_image(tmp_path, capsys):
     from seqcsist_jax.train import train_and_evaluate
 
     config = configs.get_config("dista:smoke")
-    result = train_and_evaluate(config, tmp_path)
+    config.dataset.data_dir = str(tmp_path / "tfds")  # in-memory data: said in a note, never created
+    result = train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "tfds").exists()
+    assert any(line.endswith(f"note: dataset.data_dir={tmp_path / 'tfds'} not read: dataset 'simulated_csist100k' "
+                             "is generated in memory (set --config.dataset.name to a TFDS dataset, e.g. seqcsist/mini "
+                             "or csist100k/mini, to train on one)") for line in capsys.readouterr().out.splitlines())
+    tmp_path = tmp_path / "run"
     test = result["test"]
     assert test["num_frames_scored"] == config.dataset.num_test  # every image, threshold 50
     assert 0.0 <= test["mAP"] <= 1.0 and np.isfinite(test["psnr"]) and -1.0 <= test["ssim"] <= 1.0
@@ -327,3 +333,19 @@ def test_make_predictor_uses_the_dataset_c():
     predictor = make_predictor(config, np.zeros((77 * 77, 121)))
     assert predictor.phi.shape == (121, 77 * 77)
     assert metrics.grids_to_detections(np.zeros((1, 77, 77)), 50.0, c=7)[0].shape[0] == 0
+
+
+@pytest.mark.parametrize("name, dirs, named", [
+    ("simulated_csist100k", {"data_dir": "D"}, ["dataset.data_dir=D"]),
+    ("simulated", {"data_dir": "D", "manual_dir": "M"}, ["dataset.data_dir=D and dataset.manual_dir=M"]),
+    ("simulated", {}, None),
+    ("csist100k/mini", {"data_dir": "D", "manual_dir": "M"}, None),  # a TFDS dataset reads them
+    ("seqcsist/mini", {"data_dir": "D"}, None),
+])
+def test_unused_dataset_dirs_are_named_only_for_in_memory_data(name, dirs, named):
+    dataset = ml_collections.ConfigDict({"name": name, "data_dir": None, "manual_dir": None, **dirs})
+    note = train_lib.unused_dataset_dirs(dataset)
+    if named is None:
+        assert note is None
+    else:
+        assert note.startswith(f"{named[0]} not read: dataset {name!r} is generated in memory")
