@@ -11,6 +11,7 @@ import ast
 import difflib
 import logging
 import os
+import signal
 import sys
 from typing import Any, Callable, Sequence
 
@@ -284,6 +285,8 @@ def os_error_line(error: OSError) -> str:
         rerun = getattr(error, "rerun_note", "finished outputs are kept; a training run resumes from its last "
                                              "checkpoint")
         return f"{text}: the disk is full; free space and run the same command again ({rerun})"
+    if error.errno == errno.EFBIG:
+        return f"{text}: the file-size limit (ulimit -f) was reached; raise it and run the same command again"
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"{text}: cannot write there; choose a writable --workdir (or data_dir)"
     if error.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
@@ -329,6 +332,12 @@ def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence
             main(parsed_argv, overrides)
         except UsageError as e:
             fail(str(e))
+        except KeyboardInterrupt:  # Ctrl-C where no stop handler turns it into a message (evaluate, a 2nd Ctrl-C)
+            start = "\n" if close_progress_bars() else ""
+            print(f"{start}interrupted by Ctrl-C (SIGINT): each output file is replaced whole, never left "
+                  "half-written; run the same command again (a training run resumes from its last checkpoint)",
+                  file=sys.stderr)
+            sys.exit(128 + signal.SIGINT)
         except BrokenPipeError:  # stdout's reader went away (`... | head`): it read all it wanted, not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else the exit's flush fails again
             sys.exit(128 + 13)  # as a command killed by SIGPIPE (the shell's 141)

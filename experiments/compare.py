@@ -654,7 +654,9 @@ def log_row_failure(name: str, error: BaseException) -> None:
     from seqcsist_jax.checkpointing import CheckpointError
     from seqcsist_jax.run_lock import WorkdirLockedError
 
-    if isinstance(error, (ValueError, FloatingPointError, CheckpointError, WorkdirLockedError, OSError)):
+    if isinstance(error, OSError) and error.filename:  # the machine's: say the file and what to do
+        log.error("%s failed: %s: %s", name, type(error).__name__, cli.os_error_line(error))
+    elif isinstance(error, (ValueError, FloatingPointError, CheckpointError, WorkdirLockedError, OSError)):
         log.error("%s failed: %s: %s", name, type(error).__name__, " ".join(str(error).split()))
     else:
         log.error("%s failed", name, exc_info=error)

@@ -64,6 +64,7 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     from seqcsist_jax.data.splits import check_split, is_single_image, load_arrays, q_for_workdir
     from seqcsist_jax.methods import display_name
     from seqcsist_jax.predictor import make_predictor, restore_run
+    from seqcsist_jax.run_lock import live_holder
 
     workdir = pathlib.Path(workdir)
     overridden: list[str] = []
@@ -167,6 +168,14 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         out_dir = out_dir.with_name(f"{out_dir.name}-{overrides_folder_suffix(overridden)}")
         print(f"scoring with a config that differs from the run's ({'; '.join(overridden)}): writing {out_dir}/ "
               "next to the run's own result")
+    trainer = live_holder(workdir)
+    if trainer is not None:  # scoring a run in progress is fine, but its own final test replaces the result
+        final = out_dir == evaluation.eval_dir(workdir, config.dataset.test_split,
+                                               config.eval.get("decode", "grid") or "grid")
+        which = f"best checkpoint so far (step {step})" if str(checkpoint) == "best" else f"checkpoint of step {step}"
+        print(f"note: {workdir} is being trained now (PID {trainer['pid']} on {trainer.get('host', '?')}): this "
+              f"scores its {which}" + (f"; the run writes its own result to {out_dir}/ when it finishes"
+                                       if final else ""))
     result = evaluation.evaluate_run(
         predictor.predict, params, arrays, config.eval, frame_index=predictor.method.frame_index,
         mesh=predictor.mesh, name=name, split=split, decode=decode, step=step, out_dir=out_dir,

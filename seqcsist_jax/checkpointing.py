@@ -130,7 +130,15 @@ class _FailedWriteEchoFilter(logging.Filter):
     logged when the task is collected): ~100 lines for one event.
     """
 
+    # Orbax's step-metadata file (``_CHECKPOINT_METADATA``: save times) missing or garbled: Orbax goes on without
+    # it, and the checkpoint is judged by this project's own checks (checksums in ``meta``, the items present),
+    # which name a real damage themselves. Orbax's ERROR line printed the file's content, on several lines, on
+    # runs that then resumed from that very checkpoint.
+    BENIGN = ("Metadata file does not exist", "Failed to read Metadata file", "Failed to json parse Metadata file")
+
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "absl" and "orbax" in record.pathname and str(record.msg).startswith(self.BENIGN):
+            return False
         if record.levelno < logging.ERROR:
             return True
         message = record.getMessage()
@@ -237,11 +245,26 @@ class RunCheckpoints:
 
     def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
         self.root = pathlib.Path(workdir) / "checkpoints"
+        _quiet_failed_write_echoes()  # before the managers read the step folders' metadata
+        self._move_non_folders()
         self.latest = _manager(self.root / "latest", max_to_keep=keep)
         # max_to_keep=None: which best folder survives is decided by the journal, not by orbax.
         self.best = _manager(self.root / "best")
         self.journal_path = self.root / JOURNAL_NAME
         self._damaged_journal: str | None = None  # the damage found in evals.json, if any (see journal())
+
+    def _move_non_folders(self) -> None:
+        """A file (or a link to nothing) where ``latest/`` or ``best/`` goes would fail every save, and every run,
+        the same way: it is moved to ``damaged/<kind>.not-a-folder-<UTC time>`` (kept) with a warning."""
+        for kind in CHECKPOINT_KINDS:
+            path = self.root / kind
+            if (path.exists() or path.is_symlink()) and not path.is_dir():
+                stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+                target = self.root / "damaged" / f"{kind}.not-a-folder-{stamp}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                log.warning("%s is not a folder (the run keeps its %s checkpoints there); moved it to %s (kept)",
+                            path, kind, target)
 
     # ------------------------------------------------------------------------------ journal
 

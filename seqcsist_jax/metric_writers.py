@@ -1,8 +1,12 @@
-"""Scalar logging for training runs: TensorBoard event files (tensorboardX) plus a JSONL file.
+"""Scalar logging for training runs: TensorBoard event files (tensorboardX's format) plus a JSONL file.
 
 The JSONL file (``{workdir}/metrics.jsonl``, one ``{"step": s, "split": ..., name: value}`` object per line)
 is what the plotting and report code reads; TensorBoard is for looking at runs live
 (``tensorboard --logdir WORKDIR/tensorboard``). Only process 0 writes.
+
+The event file is written on the calling thread, flushed after every write: tensorboardX's ``SummaryWriter``
+writes from a background thread and flushes again at exit, so a full disk there printed two tracebacks after
+the command's error line; here a failed write is one :class:`MetricsWriteError` naming the file.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import math
 import os
 import pathlib
+import time
 from typing import Mapping
 
 import jax
@@ -22,7 +27,11 @@ log = logging.getLogger(__name__)
 
 
 class MetricsWriteError(OSError):
-    """Appending to ``metrics.jsonl`` failed (e.g. a full disk); the message names the file."""
+    """Appending to ``metrics.jsonl`` or the TensorBoard event file failed (e.g. a full disk); the message names
+    the file."""
+
+    def __str__(self) -> str:  # the message alone: OSError's would start with "[Errno 28] "
+        return self.strerror or super().__str__()
 
 
 class MetricsFileError(ValueError):
@@ -42,9 +51,12 @@ class MetricWriter:
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
         self._tb = None
         if self.active and tensorboard:
-            from tensorboardX import SummaryWriter
+            from tensorboardX.event_file_writer import EventsWriter
 
-            self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+            logdir = pathlib.Path(workdir) / "tensorboard"
+            logdir.mkdir(parents=True, exist_ok=True)
+            # events.out.tfevents.<time>.<host>: a new file per start, as TensorBoard expects of a resumed run
+            self._tb = EventsWriter(str(logdir / "events"))
         if self.active:
             drop_torn_last_line(self.path)
 
@@ -58,13 +70,23 @@ class MetricWriter:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:
             # A torn line left by this failure is dropped on the next start (drop_torn_last_line).
-            message = (f"cannot append to {self.path} ({e.strerror or e}); training stopped, checkpoints are "
-                       "intact: free space and rerun to resume")
-            raise MetricsWriteError(e.errno, message) from None
+            raise MetricsWriteError(e.errno, _write_failed(f"cannot append to {self.path}", e)) from None
         if self._tb is not None:
+            self._write_events(int(step), scalars, split)
+
+    def _write_events(self, step: int, scalars: Mapping[str, float], split: str) -> None:
+        from tensorboardX.proto import event_pb2
+        from tensorboardX.summary import scalar
+
+        try:
             for name, value in scalars.items():
-                self._tb.add_scalar(f"{split}/{name}", _to_float(value), int(step))
+                self._tb.write_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                                     summary=scalar(f"{split}/{name}", _to_float(value))))
             self._tb.flush()
+        except OSError as e:
+            tb, self._tb = self._tb, None  # nothing more is written to it
+            path = _close_quietly(tb)
+            raise MetricsWriteError(e.errno, _write_failed(f"cannot write {path}", e)) from None
 
     def forget_after(self, step: int) -> int:
         """Removes the records of steps after ``step`` (a resumed run's last checkpoint: those steps are redone and
@@ -80,7 +102,32 @@ class MetricWriter:
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
+            tb, self._tb = self._tb, None
+            try:
+                tb.close()  # every write was flushed: nothing of metrics.jsonl's is lost if this fails
+            except OSError as e:
+                log.warning("closing %s failed: %s", _close_quietly(tb), e.strerror or e)
+
+
+def _write_failed(what: str, error: OSError) -> str:
+    """``what`` failed with ``error``: the one line that says so and what to do."""
+    import errno
+
+    fix = {errno.ENOSPC: "free space", errno.EFBIG: "raise the file-size limit (ulimit -f)"}.get(
+        error.errno, "fix the cause")
+    return f"{what} ({error.strerror or error}); training stopped, checkpoints are intact: {fix} and rerun to resume"
+
+
+def _close_quietly(events_writer) -> str:
+    """Closes a failed event file's handle (its unflushed bytes would fail again, as an "Exception ignored"
+    traceback when the handle is collected) and returns the file's path."""
+    handle = getattr(getattr(events_writer, "_py_recordio_writer", None), "_writer", None)
+    try:
+        if handle is not None:
+            handle.close()  # a failing flush still closes the file
+    except OSError:
+        pass
+    return str(getattr(events_writer, "_file_name", "the TensorBoard event file"))
 
 
 def _parse(path: pathlib.Path) -> tuple[list[dict], int | None, int]:

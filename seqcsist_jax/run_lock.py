@@ -68,6 +68,31 @@ class WorkdirLock:
         self.release()
 
 
+def live_holder(workdir: str | os.PathLike) -> dict | None:
+    """The ``{"pid", "host"}`` record of the process holding ``workdir``'s lock, or ``None`` when none does.
+
+    Read without locking (a probe lock would refuse a trainer starting at that instant): a released lock's file
+    is empty, and a record left by a killed holder is recognised on its own host by the missing process. A
+    holder on another host is taken to be alive.
+    """
+    try:
+        record = json.loads((pathlib.Path(workdir) / LOCK_NAME).read_text() or "{}")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
+        return None
+    if record.get("host") == socket.gethostname():
+        if record["pid"] == os.getpid():
+            return None
+        try:
+            os.kill(record["pid"], 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+    return record
+
+
 def _read_holder(fd: int) -> dict:
     try:
         return json.loads(os.pread(fd, 4096, 0).decode() or "{}")

@@ -409,13 +409,22 @@ def test_a_stopped_run_exits_as_the_signal_would_and_errors_exit_2():
         def refused(argv, overrides):
             raise ValueError("config.seed must be a whole number")
 
-        cli.run(stopped if sys.argv[1] == "stop" else refused, ["prog"], expected=(TrainingInterrupted, ValueError))
+        def interrupted(argv, overrides):  # Ctrl-C where nothing turns it into a message (evaluate's decoding)
+            raise KeyboardInterrupt
+
+        main = {"stop": stopped, "refuse": refused, "interrupt": interrupted}[sys.argv[1]]
+        cli.run(main, ["prog"], expected=(TrainingInterrupted, ValueError))
     """)
     stop = _run(["-c", script, "stop"])
     assert stop.returncode == 128 + signal.SIGINT, stop.stderr
     assert _error_lines(stop) == ["stopped by SIGINT at step 3 of 9; checkpoint saved"]  # not "error: …"
     error = _run(["-c", script, "refuse"])
     assert error.returncode == 2 and _error_lines(error) == ["error: config.seed must be a whole number"]
+    interrupted = _run(["-c", script, "interrupt"])  # one line and the shell's 130, not a traceback
+    assert interrupted.returncode == 128 + signal.SIGINT, interrupted.stderr
+    assert _error_lines(interrupted) == [
+        "interrupted by Ctrl-C (SIGINT): each output file is replaced whole, never left half-written; run the same "
+        "command again (a training run resumes from its last checkpoint)"]
 
 
 def test_a_closed_stdout_pipe_ends_quietly_like_a_shell_tool():

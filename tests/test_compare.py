@@ -400,9 +400,12 @@ def test_a_row_failing_with_a_config_error_is_logged_in_one_line(caplog):
     with caplog.at_level(logging.ERROR, logger="compare"):
         compare.log_row_failure("mine", MethodContractError("method 'mine': the model returned an array\nsecond"))
         compare.log_row_failure("bug", KeyError("x"))
-    one, bug = caplog.records
+        compare.log_row_failure("espcn", FileExistsError(17, "File exists", "/w/espcn"))  # the row folder a file
+    one, bug, machine = caplog.records
     assert one.getMessage() == ("mine failed: MethodContractError: method 'mine': the model returned an array "
                                 "second") and one.exc_info is None
+    assert machine.getMessage() == ("espcn failed: FileExistsError: File exists (/w/espcn): a path that must be a "
+                                    "directory is a file (or the reverse); check --workdir") and machine.exc_info is None
     assert bug.getMessage() == "bug failed" and isinstance(bug.exc_info[1], KeyError)  # a bug keeps its traceback
 
 

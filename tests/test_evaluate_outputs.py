@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 
 import pytest
 
@@ -287,3 +288,54 @@ def test_a_checkpoint_choice_with_named_weights_is_refused_not_ignored(tmp_path,
                                              r"--workdir; --(pretrained|torch_checkpoint) scores the weights"):
         evaluate_workdir(tmp_path / "out", checkpoint="bset", split="test", **weights)
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_scoring_a_run_being_trained_says_so(run, tmp_path, capsys):
+    """While a trainer holds the workdir (another live process), evaluate notes that it scores the best
+    checkpoint so far and that the run will write its own result there when it finishes; not once it is gone."""
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "run"
+    shutil.copytree(run[0], workdir)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from seqcsist_jax.run_lock import WorkdirLock; "
+                               "WorkdirLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)",
+                               str(workdir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = evaluate_workdir(workdir, checkpoint="best", split="test")
+        notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+        assert notes == [f"note: {workdir} is being trained now (PID {holder.pid} on {socket.gethostname()}): this "
+                         f"scores its best checkpoint so far (step {result['step']}); the run writes its own result "
+                         f"to {workdir / 'eval' / 'test'}/ when it finishes"]
+        evaluate_workdir(workdir, checkpoint="3", split="test")  # not the run's result folder: no overwrite to say
+        assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")] == [
+            f"note: {workdir} is being trained now (PID {holder.pid} on {socket.gethostname()}): this scores its "
+            "checkpoint of step 3"]
+    finally:
+        holder.kill()
+        holder.wait()
+    evaluate_workdir(workdir, checkpoint="best", split="test")  # the holder died (SIGKILL: its record stays)
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+
+
+def test_live_holder_reads_the_lock_record(tmp_path):
+    import subprocess
+    import sys
+
+    from seqcsist_jax.run_lock import LOCK_NAME, WorkdirLock, live_holder
+
+    assert live_holder(tmp_path) is None  # no lock file
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / LOCK_NAME
+    for text in ("", "{not json", '["a"]', json.dumps({"pid": "7", "host": socket.gethostname()}),
+                 json.dumps({"pid": dead.pid, "host": socket.gethostname()})):  # released, damaged, a dead holder
+        lock.write_text(text)
+        assert live_holder(tmp_path) is None, text
+    elsewhere = {"pid": dead.pid, "host": socket.gethostname() + "-another-host"}
+    lock.write_text(json.dumps(elsewhere))
+    assert live_holder(tmp_path) == elsewhere  # cannot be checked from here: taken to be alive
+    with WorkdirLock(tmp_path):
+        assert live_holder(tmp_path) is None  # this process itself
+    assert lock.read_text() == "" and live_holder(tmp_path) is None  # released

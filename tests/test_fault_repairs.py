@@ -70,6 +70,44 @@ def test_a_damaged_journal_is_rebuilt_from_the_best_checkpoint(finished, tmp_pat
     assert result["test"]["mAP"] == finished[1]["test"]["mAP"] or np.isnan(finished[1]["test"]["mAP"])
 
 
+@pytest.mark.parametrize("kind", ["latest", "best"])
+def test_a_file_where_a_checkpoint_folder_goes_is_moved_aside_and_the_run_finishes(finished, tmp_path, kind, caplog):
+    """It failed every save, and so every rerun, with NotADirectoryError; now it is kept under damaged/ and the
+    run goes on (without ``latest/`` from step 0, as after any loss of every latest checkpoint)."""
+    import logging
+
+    run = _copy(finished, tmp_path)
+    shutil.rmtree(run / "checkpoints" / kind)
+    (run / "checkpoints" / kind).write_text("not a folder")
+    with caplog.at_level(logging.WARNING):
+        result = train_lib.train_and_evaluate(_smoke(), run)
+    (moved,) = (run / "checkpoints" / "damaged").glob(f"{kind}.not-a-folder-*")
+    assert moved.read_text() == "not a folder"
+    assert any(f"{run / 'checkpoints' / kind} is not a folder" in r.getMessage() for r in caplog.records)
+    assert result["step"] == 6 and RunCheckpoints(run).best_step() == 6
+    mAP = finished[1]["test"]["mAP"]
+    assert result["test"]["mAP"] == mAP or (np.isnan(mAP) and np.isnan(result["test"]["mAP"]))
+    _params_equal(RunCheckpoints(run).restore_params("best")[0], RunCheckpoints(finished[0]).restore_params("best")[0])
+
+
+@pytest.mark.parametrize("damage", ["garbled", "missing"])
+def test_orbax_step_metadata_damage_resumes_without_orbax_error_lines(finished, tmp_path, caplog, damage):
+    """Orbax's own ``_CHECKPOINT_METADATA`` (save times) garbled or missing: Orbax goes on without it and so does
+    the run (the checkpoint's checksums hold); Orbax's ERROR line with the file's content is not shown."""
+    import logging
+
+    run = _copy(finished, tmp_path)
+    for kind in ("latest", "best"):
+        metadata = run / "checkpoints" / kind / "6" / "_CHECKPOINT_METADATA"
+        assert metadata.is_file()
+        metadata.write_text("xx") if damage == "garbled" else metadata.unlink()
+    with caplog.at_level(logging.INFO):
+        result = train_lib.train_and_evaluate(_smoke(), run)
+    assert result["step"] == 6
+    assert "Metadata file" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    _params_equal(RunCheckpoints(run).restore_params("best")[0], RunCheckpoints(finished[0]).restore_params("best")[0])
+
+
 def test_a_deleted_best_folder_is_restored_from_latest_of_the_same_step(finished, tmp_path):
     run = _copy(finished, tmp_path)
     shutil.rmtree(run / "checkpoints" / "best" / "6")
@@ -234,6 +272,9 @@ def test_os_errors_are_one_line_with_what_to_do():
     assert "built anew" in build and "checkpoint" not in build
     assert "writable --workdir" in cli.os_error_line(OSError(errno.EROFS, "Read-only file system", "/w"))
     assert "check --workdir" in cli.os_error_line(FileExistsError(errno.EEXIST, "File exists", "/w"))
+    assert cli.os_error_line(OSError(errno.EFBIG, "File too large", "/w/qinit.npz")) == (
+        "File too large (/w/qinit.npz): the file-size limit (ulimit -f) was reached; raise it and run the same "
+        "command again")
     assert cli.os_error_line(OSError("plain")) == "plain"
 
 
