@@ -88,6 +88,18 @@ class MetricWriter:
             path = _close_quietly(tb)
             raise MetricsWriteError(e.errno, _write_failed(f"cannot write {path}", e)) from None
 
+    def missing_history(self, step: int, every: int) -> str | None:
+        """A warning when a run resumed at ``step`` (> 0), logging every ``every`` steps, finds no record of its
+        earlier steps (``metrics.jsonl`` deleted or emptied): the loss curve and the reports then start at
+        ``step``. ``None`` otherwise (and on processes that do not write)."""
+        if not self.active or step < max(int(every), 1):
+            return None
+        records = _parse(self.path)[0] if self.path.exists() else []
+        if any(r["step"] <= int(step) for r in records):
+            return None
+        return (f"{self.path} holds no record of steps 1–{int(step)} (deleted or emptied?): the run resumes from its "
+                f"checkpoint at step {int(step)}, but its loss curve and reports start there")
+
     def forget_after(self, step: int) -> int:
         """Removes the records of steps after ``step`` (a resumed run's last checkpoint: those steps are redone and
         logged again, so the file keeps one record per step and split). Atomic; returns the number removed."""

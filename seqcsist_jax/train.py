@@ -730,6 +730,9 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
     writer = MetricWriter(workdir)
     state, step = trainer.restore_or_init()
     writer.forget_after(step)  # records of steps after the checkpoint are redone: one record per step and split
+    lost = writer.missing_history(step, config.log_every_steps)
+    if lost:
+        log.warning("%s", lost)
     num_steps = trainer.num_steps
     start_step, resumed_seconds = step, trainer.resumed_train_seconds
     if step >= num_steps:

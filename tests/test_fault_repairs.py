@@ -108,6 +108,17 @@ def test_orbax_step_metadata_damage_resumes_without_orbax_error_lines(finished, 
     _params_equal(RunCheckpoints(run).restore_params("best")[0], RunCheckpoints(finished[0]).restore_params("best")[0])
 
 
+def test_an_emptied_metrics_log_is_named_on_resume(finished, tmp_path, caplog):
+    import logging
+
+    run = _copy(finished, tmp_path)
+    (run / "metrics.jsonl").write_text("")
+    with caplog.at_level(logging.WARNING):
+        result = train_lib.train_and_evaluate(_smoke(), run)
+    assert result["step"] == 6
+    assert f"{run / 'metrics.jsonl'} holds no record of steps 1–6 (deleted or emptied?)" in caplog.text
+
+
 def test_a_deleted_best_folder_is_restored_from_latest_of_the_same_step(finished, tmp_path):
     run = _copy(finished, tmp_path)
     shutil.rmtree(run / "checkpoints" / "best" / "6")

@@ -91,3 +91,18 @@ def test_a_failed_event_file_write_is_one_error_naming_the_file_and_nothing_at_e
     assert proc.stderr == ""  # no "Exception ignored …" or thread traceback when the process exits
     steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")]
     assert 1 <= len(steps) < 100 and steps == list(range(len(steps)))
+
+
+def test_missing_history_is_named_only_when_records_before_the_resume_step_are_gone(tmp_path):
+    writer = MetricWriter(tmp_path, tensorboard=False)
+    assert writer.missing_history(0, 10) is None  # a new run
+    assert writer.missing_history(5, 10) is None  # resumed before its first log step: nothing was lost
+    note = writer.missing_history(20, 10)  # no metrics.jsonl at all
+    assert note == (f"{tmp_path / 'metrics.jsonl'} holds no record of steps 1–20 (deleted or emptied?): the run "
+                    "resumes from its checkpoint at step 20, but its loss curve and reports start there")
+    writer.write(30, {"loss": 1.0})  # only a record after the resume step (forget_after removes those)
+    assert writer.missing_history(20, 10) is not None
+    writer.write(10, {"loss": 2.0})
+    assert writer.missing_history(20, 10) is None
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert writer.missing_history(20, 10) is not None
