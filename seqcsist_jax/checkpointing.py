@@ -23,7 +23,9 @@ journal is written with :mod:`seqcsist_jax.fileio`)::
 On start, :meth:`RunCheckpoints.reconcile` takes the newest readable ``latest`` step L as the truth: journal
 records after L are dropped (their evaluations are redone, deterministically, when training passes them again)
 and ``best/`` folders other than the journal's best are removed. Whatever step a kill hits, the restarted run
-therefore ends exactly as an uninterrupted one (same best step, same test numbers).
+therefore ends exactly as an uninterrupted one (same best step, same test numbers). A ``latest/`` without any
+step (deleted by hand) takes the journal's ``best/N`` as L (:meth:`RunCheckpoints.latest_from_best`: the same
+state and input position, copied back), so the loss of ``latest/`` costs no training.
 """
 
 from __future__ import annotations
@@ -598,9 +600,26 @@ class RunCheckpoints:
                 log.warning("%s; moved it to %s and falling back to the previous checkpoint", e, moved)
                 continue
             return state, loader, meta, step
+        best = self.journal().get("best_step")
+        again = (f"resumes it from its best checkpoint (step {best}; see latest_from_best)"
+                 if best is not None and int(best) in self.best.all_steps() else "starts this run from step 0")
         raise CheckpointError("no readable 'latest' checkpoint: " + "; ".join(failures) + f". They were moved to "
-                              f"{self.root / 'damaged'} (kept); running the same command again starts this run "
-                              f"from step 0")
+                              f"{self.root / 'damaged'} (kept); running the same command again {again}")
+
+    def latest_from_best(self) -> int | None:
+        """When ``latest/`` holds no checkpoint at all (deleted, or moved aside as not a folder) but the journal's
+        best evaluation has its ``best/N`` folder, copies it to ``latest/N`` (an evaluation step saves the same
+        state and input position to both) and returns N, with a warning; else None (a new run starts at step 0).
+        Without it the run restarted from step 0 and deleted that best checkpoint as uncommitted."""
+        if self.latest.latest_step() is not None:
+            return None
+        step = self.journal().get("best_step")
+        if step is None or int(step) not in self.best.all_steps():
+            return None
+        self._copy_step(self.best, self.latest, int(step))
+        log.warning("%s holds no checkpoint; copied the best one (step %d, the same state and input position) there "
+                    "from %s and resuming from it", self.latest.directory, int(step), self.best.directory)
+        return int(step)
 
     def _restore_best_copy(self, step: int, restore_checked: Callable) -> tuple[Any, dict, dict] | None:
         """``(state, loader_state, meta)`` of ``best/step`` for a damaged ``latest/step`` (an evaluation step saves

@@ -408,7 +408,7 @@ class Trainer:
         self._clock_start = time.monotonic()
         state = self.initial_state()
         self.checkpoints.clean_leftovers()
-        if self.checkpoints.latest.latest_step() is None:
+        if self.checkpoints.latest.latest_step() is None and self.checkpoints.latest_from_best() is None:
             self.checkpoints.reconcile(0)
             return state, 0
         # a malformed saved position is a damaged checkpoint: it falls back to the previous one

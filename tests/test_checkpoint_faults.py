@@ -219,8 +219,30 @@ def test_changed_bytes_fail_the_checksum(tmp_path):
     ckpt = RunCheckpoints(tmp_path)
     with pytest.raises(CheckpointError, match=r"latest/1 fails its checksum"):
         ckpt.restore_params(1)
-    with pytest.raises(CheckpointError, match=r"no readable 'latest' checkpoint.*checksum"):
+    with pytest.raises(CheckpointError, match=r"no readable 'latest' checkpoint.*checksum.*running the same "
+                       r"command again starts this run from step 0$"):
         ckpt.restore("latest", abstract_like(state))
+
+
+def test_no_readable_latest_with_a_best_checkpoint_says_the_rerun_resumes_from_it(tmp_path):
+    """Every latest step damaged, but the journal's best/N (a step whose latest copy is already gone) is intact:
+    the error says the rerun resumes from it, and the rerun (latest_from_best) does."""
+    ckpt = RunCheckpoints(tmp_path, keep=1)
+    best_state = make_state(2)
+    assert ckpt.save_best(2, best_state, {"position": 2}, {"note": "test"}, {"mAP": 0.5})  # journal + best/2
+    ckpt.save_latest(2, best_state, {"position": 2}, {"note": "test"})
+    state = save(ckpt, 4)  # keep=1: latest/2 is deleted
+    assert ckpt.latest.all_steps() == [4]
+    _damage_state_item(tmp_path / "checkpoints" / "latest" / "4")
+    with pytest.raises(CheckpointError, match=r"running the same command again resumes it from its best checkpoint "
+                                              r"\(step 2; see latest_from_best\)$"):
+        ckpt.restore("latest", abstract_like(state))
+    ckpt.close()
+    again = RunCheckpoints(tmp_path, keep=1)
+    assert again.latest_from_best() == 2
+    restored, loader, _, step = again.restore("latest", abstract_like(state))
+    assert step == 2 and loader == {"position": 2}
+    assert_tree_equal(restored, best_state)
 
 
 def test_other_model_width_names_first_mismatching_parameter(tmp_path):

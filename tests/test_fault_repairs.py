@@ -73,7 +73,7 @@ def test_a_damaged_journal_is_rebuilt_from_the_best_checkpoint(finished, tmp_pat
 @pytest.mark.parametrize("kind", ["latest", "best"])
 def test_a_file_where_a_checkpoint_folder_goes_is_moved_aside_and_the_run_finishes(finished, tmp_path, kind, caplog):
     """It failed every save, and so every rerun, with NotADirectoryError; now it is kept under damaged/ and the
-    run goes on (without ``latest/`` from step 0, as after any loss of every latest checkpoint)."""
+    run goes on (without ``latest/`` from its best checkpoint, as after a deleted ``latest/``)."""
     import logging
 
     run = _copy(finished, tmp_path)
@@ -117,6 +117,37 @@ def test_an_emptied_metrics_log_is_named_on_resume(finished, tmp_path, caplog):
         result = train_lib.train_and_evaluate(_smoke(), run)
     assert result["step"] == 6
     assert f"{run / 'metrics.jsonl'} holds no record of steps 1–6 (deleted or emptied?)" in caplog.text
+
+
+def test_a_deleted_latest_folder_resumes_from_the_best_checkpoint(tmp_path, caplog):
+    """``latest/`` deleted (every step): the run resumes from ``best/N`` copied back (it restarted from step 0 and
+    deleted that checkpoint as uncommitted) and ends as an uninterrupted run."""
+    import logging
+
+    config = _smoke(num_train_steps=9)
+    uninterrupted = train_lib.train_and_evaluate(config, tmp_path / "reference")
+    run = tmp_path / "run"
+    stop_at_7 = lambda step, scalars: step == 7 and (_ for _ in ()).throw(KeyboardInterrupt)  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train_and_evaluate(config, run, hooks=[stop_at_7])
+    best = RunCheckpoints(run).best_step()
+    assert best in (3, 6)
+    shutil.rmtree(run / "checkpoints" / "latest")
+    with caplog.at_level(logging.WARNING):
+        result = train_lib.train_and_evaluate(config, run)
+    assert f"{run / 'checkpoints' / 'latest'} holds no checkpoint; copied the best one (step {best}" in caplog.text
+    assert "were not committed" not in caplog.text  # the evaluations up to the best one are kept
+    assert result["step"] == 9
+    assert RunCheckpoints(run).best_step() == RunCheckpoints(tmp_path / "reference").best_step()
+
+    def journal(workdir):  # evaluated steps and their CSO-mAP (the records also hold timings)
+        return {k: v["mAP"] for k, v in json.loads((workdir / "checkpoints" / "evals.json").read_text())["evals"].items()}
+
+    assert journal(run) == journal(tmp_path / "reference") and len(journal(run)) >= 2
+    assert result["best"]["mAP"] == uninterrupted["best"]["mAP"] or np.isnan(uninterrupted["best"]["mAP"])
+    for which in ("best", "latest"):  # the best state and the final one (step 9) as without the deletion
+        _params_equal(RunCheckpoints(run).restore_params(which)[0],
+                      RunCheckpoints(tmp_path / "reference").restore_params(which)[0])
 
 
 def test_a_deleted_best_folder_is_restored_from_latest_of_the_same_step(finished, tmp_path):
