@@ -518,3 +518,27 @@ def test_dataset_builder_testcase_on_dummy_data():
     result = unittest.TextTestRunner(stream=stream, verbosity=2).run(suite)
     assert result.wasSuccessful(), stream.getvalue()[-6000:]
     assert result.testsRun - len(result.skipped) >= 5, stream.getvalue()
+
+
+def test_a_prepared_dataset_in_a_read_only_folder_is_read(tmp_path, monkeypatch):
+    """A shared, read-only copy: the build lock cannot be created there (EROFS), which refused even reading it;
+    a prepared copy is now read without it, and a copy that is not prepared still fails naming the lock file."""
+    import errno
+
+    from seqcsist_jax.data import tfds_open
+
+    before = load_csist100k_arrays("csist100k/mini", "test", data_dir=os.fspath(tmp_path / "ro"))
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if str(path).endswith(".lock") and flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(tfds_open.os, "open", read_only)
+    after = load_csist100k_arrays("csist100k/mini", "test", data_dir=os.fspath(tmp_path / "ro"))
+    for key in before:
+        np.testing.assert_array_equal(after[key], before[key])
+    with pytest.raises(OSError, match="Read-only file system") as info:
+        load_csist100k_arrays("csist100k/mini", "test", data_dir=os.fspath(tmp_path / "empty"))
+    assert info.value.filename.endswith(".csist100k-mini.lock")

@@ -121,8 +121,31 @@ def test_tfds_public_build_refuses_frame_numbers_beyond_int32(tmp_path):
         write_public_split(manual, folder, simulate_seqcsist(n, split_seed(3, folder)),
                            start_index=2**32 if folder == "val" else 0, progress=False)
     builder = tfds.builder("seqcsist/public", data_dir=os.fspath(tmp_path / "data"))
-    with pytest.raises(ValueError, match=rf"frame number {2**32 + 19} does not fit the int32"):
+    with pytest.raises(ValueError, match=r"val/image/image_\d+\.png: frame number \d+ does not fit the int32"):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual)))
+
+
+def test_a_frame_number_beyond_int32_is_named_not_a_traceback(root):
+    """A number too large for int64 (it was an OverflowError traceback) or for the int32 features."""
+    for number in (10**20, 2**31):
+        _renumber(root, 12, number)
+        with pytest.raises(PublicFormatError, match=rf"image_{number}\.png: frame number {number} does not fit the "
+                                                    r"int32 frame numbers of the dataset \(at most 2147483647\)"):
+            read(root)
+        _renumber(root, number, 12)
+    _renumber(root, 12, 2**31 - 1)  # the largest that fits: read (as a gap in the last trajectory)
+    with pytest.raises(PublicFormatError, match="not consecutive"):
+        read(root)
+
+
+@pytest.mark.parametrize("kind", ["device", "folder"])
+def test_an_image_that_is_not_a_regular_file_is_named(root, kind):
+    victim = root / "s" / "image" / "image_3.png"
+    victim.unlink()
+    os.symlink("/dev/zero", victim) if kind == "device" else victim.mkdir()
+    with pytest.raises(PublicFormatError, match="not a regular file") as info:
+        read(root)
+    assert str(info.value).startswith(f"{victim}: ")  # it was "annotation without image (expected <victim>)"
 
 
 def test_public_format_module_still_round_trips(root, pristine):

@@ -251,6 +251,9 @@ def read_image(path: str | os.PathLike, size: int = 11) -> np.ndarray:
         raise PublicFormatError(f"{path}: cannot decode image ({e})") from None
 
 
+_MAX_FRAME_NUMBER = 2**31 - 1  # frame_numbers / image_number are int32 features
+
+
 def _numbered(directory: Path, suffix: str) -> dict[int, Path]:
     """``{first integer in name: path}`` for the visible ``*{suffix}`` files of ``directory``."""
     found: dict[int, Path] = {}
@@ -268,12 +271,15 @@ def _numbered(directory: Path, suffix: str) -> dict[int, Path]:
                 os.stat(entry.path)  # a dangling link or a symlink loop raises here
         except OSError as e:
             raise PublicFormatError(f"{directory / name}: cannot read ({e.strerror or e})") from None
-        if not is_file:
-            continue
+        if not is_file:  # a folder, a device (a link to /dev/zero): it would be reported as missing
+            raise PublicFormatError(f"{directory / name}: not a regular file")
         match = _FIRST_INT.search(name)
         if match is None:
             raise PublicFormatError(f"{directory / name}: no frame number in the file name")
         number = int(match.group())
+        if number > _MAX_FRAME_NUMBER:
+            raise PublicFormatError(f"{directory / name}: frame number {number} does not fit the int32 frame numbers "
+                                    f"of the dataset (at most {_MAX_FRAME_NUMBER})")
         if number in found:
             raise PublicFormatError(f"{directory / name}: frame number {number} also used by {found[number]}")
         found[number] = directory / name

@@ -13,6 +13,7 @@ again: generated configs rebuild byte-identically, ``public`` ones from their ma
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -54,7 +55,6 @@ def build_lock(name: str, data_dir: str | os.PathLike | None) -> Iterator[None]:
     waits, like another process)."""
     family, config = _family_config(name)
     root = data_root(data_dir)
-    root.mkdir(parents=True, exist_ok=True)
     path = str((root / f".{family}-{config}.lock").resolve())
     key = (path, threading.get_ident())
     if _HELD.get(key):
@@ -64,7 +64,18 @@ def build_lock(name: str, data_dir: str | os.PathLike | None) -> Iterator[None]:
         finally:
             _HELD[key] -= 1
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or prepared_dir(name, data_dir) is None:
+            raise
+        # A prepared copy in a folder this process may not write (a shared, read-only dataset folder): it is
+        # only read, and nothing can build there, so there is nothing to serialise.
+        log.debug("%s: not writable (%s); reading the prepared %s/%s without the build lock", path,
+                  e.strerror or e, family, config)
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
