@@ -104,6 +104,77 @@ def remove_stale_incomplete(version_dir: str | os.PathLike) -> list[pathlib.Path
     return stale
 
 
+CHECKSUMS_NAME = "shards.sha256.json"  # written by the builders next to the shards, when they are prepared
+_VERIFIED: set[tuple] = set()  # (folder, the record's and shards' sizes and mtimes) already verified in this process
+
+
+def _sha256(path: pathlib.Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_shard_checksums(folder: str | os.PathLike, files: list[pathlib.Path]) -> None:
+    """Records ``{file name: SHA-256}`` of ``files`` in ``folder/shards.sha256.json`` (sorted: byte-identical
+    builds give byte-identical records)."""
+    import json
+
+    from seqcsist_jax.fileio import atomic_write
+
+    record = {pathlib.Path(f).name: _sha256(pathlib.Path(f)) for f in files}
+    atomic_write(pathlib.Path(folder) / CHECKSUMS_NAME, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def _split_names(split: str) -> set[str]:
+    """The base split names of a TFDS split expression (``"train[:10%]+validation"`` → train, validation)."""
+    return {part.split("[", 1)[0].strip() for part in str(split).split("+")}
+
+
+def verify_shard_checksums(folder: str | os.PathLike, split: str | None = None) -> bool:
+    """Checks the shards of a prepared version folder (of ``split`` only, e.g. ``"test"`` or ``"train[:10]"``;
+    None: all) against the SHA-256 recorded when they were written; returns False when the folder has no
+    record (prepared before the builders wrote one: not checked).
+
+    Raises:
+      DamagedDatasetError: a shard is missing or its bytes changed since it was prepared (naming the file).
+    """
+    import json
+
+    folder = pathlib.Path(folder)
+    record_path = folder / CHECKSUMS_NAME
+    if not record_path.exists():
+        return False
+    try:
+        record = json.loads(record_path.read_text())
+        if not isinstance(record, dict) or not all(isinstance(v, str) for v in record.values()):
+            raise ValueError("not a {file: sha256} object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DamagedDatasetError(f"{record_path}: not a checksum record ({e})") from None
+    if split is not None:  # shard names are <dataset>-<split>.<format>-NNNNN-of-NNNNN
+        wanted = _split_names(split)
+        record = {n: v for n, v in record.items() if n.split(".", 1)[0].rpartition("-")[2] in wanted}
+    stats = []
+    for name in sorted(record):
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            raise DamagedDatasetError(f"{folder / name}: missing (listed in {CHECKSUMS_NAME})") from None
+        stats.append((name, st.st_size, st.st_mtime_ns))
+    key = (str(folder.resolve()), record_path.stat().st_mtime_ns, tuple(stats))
+    if key in _VERIFIED:
+        return True
+    for name, expected in sorted(record.items()):
+        if _sha256(folder / name) != expected:
+            raise DamagedDatasetError(f"{folder / name}: its SHA-256 differs from the one recorded when it was "
+                                      "prepared (the file changed on disk)")
+    _VERIFIED.add(key)
+    return True
+
+
 def prepared_dir(name: str, data_dir: str | os.PathLike | None) -> pathlib.Path | None:
     """The folder of the prepared version of ``name`` (``<data_dir>/<family>/<config>/<version>``), or None when
     it has not been prepared."""
@@ -143,8 +214,12 @@ def read_tfds_split(name: str, split: str, data_dir: str | os.PathLike | None, b
     for attempt in (0, 1):
         with build_lock(name, data_dir):
             try:
-                return read(tfds.data_source(name, split=split, data_dir=data_dir, download=build_if_missing,
-                                             **data_source_kwargs))
+                source = tfds.data_source(name, split=split, data_dir=data_dir, download=build_if_missing,
+                                          **data_source_kwargs)
+                folder = prepared_dir(name, data_dir)
+                if folder is not None:
+                    verify_shard_checksums(folder, split)  # a changed bit would read as other data, silently
+                return read(source)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as e:  # noqa: BLE001 (pyarrow, protobuf, OSError, KeyError: whatever the damage)

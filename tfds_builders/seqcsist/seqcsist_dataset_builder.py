@@ -367,6 +367,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _download_and_prepare(self, dl_manager, download_config) -> None:
         super()._download_and_prepare(dl_manager, download_config)
         self._check_parquet_row_counts()
+        self._record_shard_checksums()
+
+    def _record_shard_checksums(self) -> None:
+        """Writes the SHA-256 of every shard next to them (``shards.sha256.json``), still inside TFDS's
+        ``incomplete.*`` folder, so the record is renamed into place with the data it describes. Parquet pages
+        carry no checksum: a changed bit otherwise reads as other data without any error. The project's loaders
+        (``seqcsist_jax.data.tfds_open.read_tfds_split``) verify it and rebuild a copy that differs."""
+        from seqcsist_jax.data.tfds_open import write_shard_checksums
+
+        files = [pathlib.Path(i.filename) for split in self.info.splits.values() for i in split.file_instructions]
+        if files:
+            write_shard_checksums(files[0].parent, files)
 
     def _check_parquet_row_counts(self) -> None:
         """Fails the build if a Parquet shard holds fewer rows than its split info claims (see above)."""
