@@ -353,8 +353,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 raise
             # TFDS's writers say "Failed to finalize writing of split ..." without the folder or an errno; its
             # incomplete.* folder is removed (by TFDS, or by the next build), so the same command then builds it.
+            version = pathlib.Path(self.data_path)
+            damaged = sorted(version.parent.glob(f"{version.name}.damaged-*"))  # moved aside by the loaders
+            kept = (f" (damaged copies kept aside take space there: {', '.join(p.name for p in damaged)} in "
+                    f"{version.parent}; delete them once you no longer need them)" if damaged else "")
             full = OSError(errno.ENOSPC, f"No space left on device while preparing {self.name}/"
-                           f"{self.builder_config.name} in data_dir", str(root))
+                           f"{self.builder_config.name} in data_dir{kept}", str(root))
             full.rerun_note = "the dataset is built anew; nothing half-written is read"  # the CLI's error line
             raise full from e
         if not self.info.splits and (self.data_path / "dataset_info.json").exists():
