@@ -12,7 +12,6 @@ paper's schedule). Paper-schedule weights (``derefnet``) are added only from a r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -25,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from seqcsist_jax.fileio import atomic_path, atomic_write_json, json_type, read_json_object
+from seqcsist_jax.fileio import atomic_path, atomic_write_json, file_sha256, json_type, read_json_object
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -169,12 +168,7 @@ def _check_card(card: dict, path: pathlib.Path) -> dict:
     return card
 
 
-def _sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+_sha256 = file_sha256  # the weights file's checksum (its model card's npz_sha256)
 
 
 def _read_npz(npz: pathlib.Path) -> dict[str, np.ndarray]:

@@ -574,3 +574,15 @@ def test_remove_stale_temporaries(tmp_path):
     assert sorted(removed) == sorted(stale)
     assert not any(f.exists() for f in stale)
     assert all(f.exists() for f in kept)
+
+
+def test_file_sha256_matches_hashlib_across_block_boundaries(tmp_path):
+    import hashlib
+
+    from seqcsist_jax.fileio import file_sha256
+
+    for size in (0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 7):  # empty, one block, block edges, two blocks
+        data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+        path = tmp_path / f"f{size}"
+        path.write_bytes(data)
+        assert file_sha256(path) == hashlib.sha256(data).hexdigest(), size

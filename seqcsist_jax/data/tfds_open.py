@@ -108,24 +108,14 @@ CHECKSUMS_NAME = "shards.sha256.json"  # written by the builders next to the sha
 _VERIFIED: set[tuple] = set()  # (folder, the record's and shards' sizes and mtimes) already verified in this process
 
 
-def _sha256(path: pathlib.Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_shard_checksums(folder: str | os.PathLike, files: list[pathlib.Path]) -> None:
     """Records ``{file name: SHA-256}`` of ``files`` in ``folder/shards.sha256.json`` (sorted: byte-identical
     builds give byte-identical records)."""
     import json
 
-    from seqcsist_jax.fileio import atomic_write
+    from seqcsist_jax.fileio import atomic_write, file_sha256
 
-    record = {pathlib.Path(f).name: _sha256(pathlib.Path(f)) for f in files}
+    record = {pathlib.Path(f).name: file_sha256(f) for f in files}
     atomic_write(pathlib.Path(folder) / CHECKSUMS_NAME, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
@@ -167,8 +157,10 @@ def verify_shard_checksums(folder: str | os.PathLike, split: str | None = None) 
     key = (str(folder.resolve()), record_path.stat().st_mtime_ns, tuple(stats))
     if key in _VERIFIED:
         return True
+    from seqcsist_jax.fileio import file_sha256
+
     for name, expected in sorted(record.items()):
-        if _sha256(folder / name) != expected:
+        if file_sha256(folder / name) != expected:
             raise DamagedDatasetError(f"{folder / name}: its SHA-256 differs from the one recorded when it was "
                                       "prepared (the file changed on disk)")
     _VERIFIED.add(key)
