@@ -586,3 +586,126 @@ def test_file_sha256_matches_hashlib_across_block_boundaries(tmp_path):
         path = tmp_path / f"f{size}"
         path.write_bytes(data)
         assert file_sha256(path) == hashlib.sha256(data).hexdigest(), size
+
+
+# ----------------------------------------------------------------------- helpers named by no other test (batch 2)
+
+
+def test_eval_dir_paper_protocol_and_other_decoders(tmp_path):
+    from seqcsist_jax import evaluate
+
+    assert evaluate.eval_dir(tmp_path, "test") == tmp_path / "eval" / "test"
+    assert evaluate.eval_dir(str(tmp_path), "validation", "grid") == tmp_path / "eval" / "validation"
+    assert evaluate.eval_dir(tmp_path, "test", "trajectory") == tmp_path / "eval" / "test-trajectory"
+    # distinct decoders never share a folder (their metrics files would overwrite each other)
+    names = {evaluate.eval_dir(tmp_path, "test", d) for d in ("grid", "peak", "refine", "trajectory")}
+    assert len(names) == 4
+
+
+def test_check_optimizer_choices_accepts_the_choices_and_names_the_bad_field():
+    import ml_collections
+
+    from seqcsist_jax import train
+
+    for name in train.OPTIMIZERS:
+        for schedule in train.SCHEDULES:
+            train.check_optimizer_choices(ml_collections.ConfigDict({"name": name, "schedule": schedule}))
+    train.check_optimizer_choices(ml_collections.ConfigDict({}))  # the defaults (adam, constant)
+    with pytest.raises(train.OptimizerConfigError, match=r"config\.optimizer\.name must be one of adam, got 'adamw'"):
+        train.check_optimizer_choices(ml_collections.ConfigDict({"name": "adamw"}))
+    with pytest.raises(train.OptimizerConfigError, match=r"config\.optimizer\.schedule must be one of constant, cosine"):
+        train.check_optimizer_choices(ml_collections.ConfigDict({"schedule": "cosin"}))
+
+
+def test_case_rng_is_a_stable_function_of_the_name():
+    import zlib
+
+    from seqcsist_jax.testing import parity_inputs
+
+    a = parity_inputs.case_rng("offsets/mixed").standard_normal(5)
+    b = parity_inputs.case_rng("offsets/mixed").standard_normal(5)
+    c = parity_inputs.case_rng("offsets/zero").standard_normal(5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # the seed is the CRC-32 of the UTF-8 name (so a fixture written by another process matches)
+    ref = np.random.default_rng(zlib.crc32(b"offsets/mixed")).standard_normal(5)
+    np.testing.assert_array_equal(a, ref)
+
+
+def test_frames_nhwc_folds_time_into_batch_in_order():
+    from seqcsist_jax.baselines import dbpn_gmfn
+
+    frames = jnp.asarray(np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5), jnp.uint8)
+    x, b, t, h = dbpn_gmfn.frames_nhwc(frames)
+    assert (x.shape, x.dtype, b, t, h) == ((6, 4, 5, 1), jnp.float32, 2, 3, 4)
+    for i in range(2):
+        for j in range(3):  # row i·T + j is frame j of trajectory i
+            np.testing.assert_array_equal(np.asarray(x[i * 3 + j, :, :, 0]), np.asarray(frames[i, j], np.float32))
+
+
+def test_reconstruction_loss_is_the_mean_of_per_trajectory_mse():
+    from seqcsist_jax.baselines import classical
+
+    rng = np.random.default_rng(0)
+    out = rng.standard_normal((3, 4, 6, 6)).astype(np.float32)
+    lab = rng.standard_normal((3, 4, 6, 6)).astype(np.float32)
+    loss, metrics = classical.reconstruction_loss({"output": jnp.asarray(out)}, jnp.asarray(lab))
+    ref = np.mean((out.astype(np.float64) - lab) ** 2)  # equal-size trajectories: mean of means = global mean
+    # a mean of n ≤ 432 float32 squares: relative error ≤ n·eps32 (pairwise summation does better)
+    np.testing.assert_allclose(float(loss), ref, rtol=432 * EPS32)
+    assert float(metrics["mse"]) == float(loss)
+
+
+def test_loss_from_config_selects_own_frame_or_public_broadcast_mse():
+    import ml_collections
+
+    from seqcsist_jax.baselines import lista
+
+    rng = np.random.default_rng(1)
+    out = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    lab = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    outputs = {"output": jnp.asarray(out)}
+    o64, l64 = out.astype(np.float64), lab.astype(np.float64)
+    own = np.mean((o64 - l64) ** 2)
+    # the public broadcast form: every output frame against every label frame of its trajectory
+    broadcast = np.mean([np.mean((o64[b, i] - l64[b, j]) ** 2) for b in range(2) for i in range(3) for j in range(3)])
+    for cfg, ref in ((None, own), (ml_collections.ConfigDict({}), own),
+                     (ml_collections.ConfigDict({"public_broadcast": False}), own),
+                     (ml_collections.ConfigDict({"public_broadcast": True}), broadcast)):
+        loss, _ = lista.loss_from_config(cfg)(outputs, jnp.asarray(lab))
+        np.testing.assert_allclose(float(loss), ref, rtol=1e3 * EPS32)
+    assert abs(own - broadcast) > 0.1  # the two forms differ on this data, so the switch is observable
+
+
+def test_write_shard_checksums_round_trips_with_verify(tmp_path):
+    import hashlib
+    import json
+
+    from seqcsist_jax.data import tfds_open
+
+    shards = []
+    for split, payload in (("train", b"a" * 100), ("test", b"b" * 70)):
+        p = tmp_path / f"csist100k-{split}.array_record-00000-of-00001"
+        p.write_bytes(payload)
+        shards.append(p)
+    tfds_open.write_shard_checksums(tmp_path, shards)
+    record = json.loads((tmp_path / tfds_open.CHECKSUMS_NAME).read_text())
+    assert record == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in shards}
+    assert tfds_open.verify_shard_checksums(tmp_path, "test") is True
+    shards[0].write_bytes(b"a" * 99 + b"c")  # one changed byte in train: test still verifies, train does not
+    assert tfds_open.verify_shard_checksums(tmp_path, "test") is True
+    with pytest.raises(tfds_open.DamagedDatasetError, match="csist100k-train.array_record-00000-of-00001"):
+        tfds_open.verify_shard_checksums(tmp_path, "train[:10]")
+
+
+def test_register_makes_both_datasets_known_to_tfds_and_is_idempotent():
+    import tensorflow_datasets as tfds
+
+    from seqcsist_jax.data import tfds_registration
+
+    tfds_registration.register()
+    tfds_registration.register()
+    for name in ("seqcsist", "csist100k"):
+        cls = tfds.builder_cls(name)
+        assert cls.name == name
+        assert any(c.name == "mini" for c in cls.BUILDER_CONFIGS)
