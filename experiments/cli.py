@@ -294,14 +294,20 @@ def os_error_line(error: OSError) -> str:
     return text
 
 
+#: exception types whose message is the whole story (see :func:`run`)
+ErrorTypes = tuple[type[BaseException], ...]
+
+
 def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence[str] | None = None,
-        expected: tuple[type[BaseException], ...] = ()) -> None:
+        expected: ErrorTypes | Callable[[], ErrorTypes] = ()) -> None:
     """Runs ``main(argv, overrides)`` under absl with the overrides taken out of ``argv``.
 
     Usage errors, and the exception types in ``expected`` (errors whose message is the whole story: a bad
     file, a mismatched workdir), end with one ``error:`` line and exit status 2 instead of a traceback; an
     expected exception with a ``signum`` (a run stopped by a signal, checkpoint saved) ends with its message and
-    status 128 + signum, as a shell reports a stopped command.
+    status 128 + signum, as a shell reports a stopped command. ``expected`` may be a function returning the
+    tuple: it is called only when ``main`` raises, so that ``--help`` and usage errors do not import the
+    modules (and JAX) that define those types.
     """
     argv = list(sys.argv if argv is None else argv)
     try:
@@ -319,10 +325,10 @@ def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence
         flags.FLAGS(rest)
     except flags.Error as e:
         fail(flag_error_line(e))
-    from seqcsist_jax.decode import precompile
+    from seqcsist_jax.compile_threads import compile_threads
 
     try:  # environment settings the run reads later (the decoder's compile threads): refused before any work
-        precompile.default_workers()
+        compile_threads()
     except ValueError as e:
         fail(str(e))
 
@@ -341,13 +347,17 @@ def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence
         except BrokenPipeError:  # stdout's reader went away (`... | head`): it read all it wanted, not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else the exit's flush fails again
             sys.exit(128 + 13)  # as a command killed by SIGPIPE (the shell's 141)
-        except expected as e:  # noqa: B030 (a tuple of exception types)
-            signum = getattr(e, "signum", None)
-            if isinstance(signum, int) and signum > 0:  # a stop asked for (Ctrl-C, SIGTERM): not an error
-                print(str(e), file=sys.stderr)
-                sys.exit(128 + signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-            fail(str(e))
-        except OSError as e:  # the machine, not the code: a full disk, a read-only or misplaced --workdir
-            fail(os_error_line(e))
+        except SystemExit:
+            raise
+        except BaseException as e:
+            if isinstance(e, expected() if callable(expected) else expected):
+                signum = getattr(e, "signum", None)
+                if isinstance(signum, int) and signum > 0:  # a stop asked for (Ctrl-C, SIGTERM): not an error
+                    print(str(e), file=sys.stderr)
+                    sys.exit(128 + signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+                fail(str(e))
+            if isinstance(e, OSError):  # the machine, not the code: a full disk, a read-only --workdir
+                fail(os_error_line(e))
+            raise
 
     app.run(absl_main, argv=rest)

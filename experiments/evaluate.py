@@ -302,14 +302,18 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     print(f"wrote {result['out_dir']}/ ({', '.join(written_files(result['out_dir'], FLAGS.export_public))})")
 
 
-def run(argv: list[str] | None = None) -> None:
-    from seqcsist_jax.workdir import ConfigMismatchError
-
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message is the whole story (one ``error:`` line, no traceback); imported only when the
+    evaluation raises, so that ``--help`` and usage errors answer without importing JAX."""
     from seqcsist_jax.checkpointing import CheckpointError
     from seqcsist_jax.run_lock import WorkdirLockedError
+    from seqcsist_jax.workdir import ConfigMismatchError
 
-    cli.run(main, argv, expected=(ConfigMismatchError, FileNotFoundError, ValueError, CheckpointError,
-                                  WorkdirLockedError))
+    return ConfigMismatchError, FileNotFoundError, ValueError, CheckpointError, WorkdirLockedError
+
+
+def run(argv: list[str] | None = None) -> None:
+    cli.run(main, argv, expected=_expected_errors)
 
 
 if __name__ == "__main__":

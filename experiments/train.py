@@ -78,7 +78,9 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
         print(f"note: the test evaluation found no detection: {note}")
 
 
-def run(argv: list[str] | None = None) -> None:
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message is the whole story (one ``error:`` line, no traceback); imported only when the run
+    raises, so that ``--help`` and usage errors answer without importing JAX."""
     from seqcsist_jax.checkpointing import CheckpointError, CheckpointWriteError
     from seqcsist_jax.data.public_format import PublicFormatError
     from seqcsist_jax.data.splits import UnknownDatasetError
@@ -89,11 +91,14 @@ def run(argv: list[str] | None = None) -> None:
                                     TrainingInterrupted)
     from seqcsist_jax.workdir import ConfigMismatchError
 
-    cli.run(main, argv, expected=(ConfigMismatchError, FileNotFoundError, WorkdirLockedError, CheckpointError,
-                                  CheckpointWriteError, MetricsFileError, MetricsWriteError, TrainingInterrupted,
-                                  OptimizerConfigError, PublicFormatError, UnknownDatasetError,
-                                  ScheduleConfigError, UnknownMethodError, NonFiniteLossError,
-                                  ValueError))  # ValueError: a config value the code refuses (it says which)
+    return (ConfigMismatchError, FileNotFoundError, WorkdirLockedError, CheckpointError, CheckpointWriteError,
+            MetricsFileError, MetricsWriteError, TrainingInterrupted, OptimizerConfigError, PublicFormatError,
+            UnknownDatasetError, ScheduleConfigError, UnknownMethodError, NonFiniteLossError,
+            ValueError)  # ValueError: a config value the code refuses (it says which)
+
+
+def run(argv: list[str] | None = None) -> None:
+    cli.run(main, argv, expected=_expected_errors)
 
 
 if __name__ == "__main__":

@@ -396,6 +396,34 @@ def test_log_records_and_warnings_are_one_line_each():
     assert text == "warning: RuntimeWarning: Y Yᵀ is ill-conditioned\n"
 
 
+def _imported_modules(importtime_stderr: str) -> set[str]:
+    # `python -X importtime` writes "import time: self [us] | cumulative | <indent>module" per import
+    return {line.rsplit("|", 1)[1].strip() for line in importtime_stderr.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+@pytest.mark.parametrize("args,status,last_line", [
+    (["experiments.train", "--help"], 0, None),
+    (["experiments.evaluate", "--help"], 0, None),
+    (["experiments.train", "--workdir=unused"], 2, "error: --config is required; "),
+    (["experiments.train", "--config=derefnet:smoke", "--workdir=unused", "--config.learning_rate=abc"], 2,
+     "error: unknown config field learning_rate; did you mean optimizer.learning_rate?"),
+    (["experiments.evaluate", "--workdir=unused", "--decode=refin"], 2, "error: "),
+])
+def test_help_and_usage_errors_answer_without_importing_jax(args, status, last_line, tmp_path):
+    """`--help` and a mistyped command answer in about half a second: JAX (and everything that imports it, such
+    as the exception types of a run's own errors) is imported only by a command that runs."""
+    args = [a.replace("unused", str(tmp_path / "w")) for a in args]
+    proc = _run(["-X", "importtime", "-m", *args])
+    assert proc.returncode == status, proc.stderr[-2000:]
+    errors = [line for line in _error_lines(proc) if not line.startswith("import time:")]
+    assert (errors == []) if last_line is None else (len(errors) == 1 and errors[0].startswith(last_line)), errors
+    imported = _imported_modules(proc.stderr)
+    assert "experiments.cli" in imported  # the parse saw the imports
+    assert not {m for m in imported if m == "jax" or m.startswith(("jax.", "flax", "optax", "orbax"))}
+    assert not (tmp_path / "w").exists()
+
+
 def test_a_stopped_run_exits_as_the_signal_would_and_errors_exit_2():
     # In a subprocess: absl's app.run installs its log handler on the interpreter's (here captured) stderr.
     script = textwrap.dedent("""
@@ -413,13 +441,18 @@ def test_a_stopped_run_exits_as_the_signal_would_and_errors_exit_2():
             raise KeyboardInterrupt
 
         main = {"stop": stopped, "refuse": refused, "interrupt": interrupted}[sys.argv[1]]
-        cli.run(main, ["prog"], expected=(TrainingInterrupted, ValueError))
+        expected = (TrainingInterrupted, ValueError)
+        # the entry points pass a function returning the types (imported only when a run raises)
+        cli.run(main, ["prog"], expected=(lambda: expected) if sys.argv[2:] == ["lazy"] else expected)
     """)
     stop = _run(["-c", script, "stop"])
     assert stop.returncode == 128 + signal.SIGINT, stop.stderr
     assert _error_lines(stop) == ["stopped by SIGINT at step 3 of 9; checkpoint saved"]  # not "error: …"
-    error = _run(["-c", script, "refuse"])
-    assert error.returncode == 2 and _error_lines(error) == ["error: config.seed must be a whole number"]
+    for how in ([], ["lazy"]):
+        error = _run(["-c", script, "refuse", *how])
+        assert error.returncode == 2 and _error_lines(error) == ["error: config.seed must be a whole number"]
+    lazy_stop = _run(["-c", script, "stop", "lazy"])
+    assert lazy_stop.returncode == 128 + signal.SIGINT and _error_lines(lazy_stop) == _error_lines(stop)
     interrupted = _run(["-c", script, "interrupt"])  # one line and the shell's 130, not a traceback
     assert interrupted.returncode == 128 + signal.SIGINT, interrupted.stderr
     assert _error_lines(interrupted) == [

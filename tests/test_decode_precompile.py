@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from seqcsist_jax import compile_threads
 from seqcsist_jax.decode import precompile
 
 
@@ -91,11 +92,16 @@ def test_wrong_guesses_and_failed_compiles_only_cost_time(compile_log, monkeypat
     assert [t for t, name in compile_log if name == "jit(program)"] == ["MainThread"]
 
 
-def test_compile_threads_variable(monkeypatch):
+@pytest.mark.parametrize("read", [precompile.default_workers, compile_threads.compile_threads])
+def test_compile_threads_variable(monkeypatch, read):
+    # the entry points check it through the JAX-free module; the decoder reads it through precompile
     monkeypatch.delenv("SEQCSIST_COMPILE_THREADS", raising=False)
-    assert precompile.default_workers() == min(2, __import__("os").cpu_count() or 1)
+    assert read() == min(2, __import__("os").cpu_count() or 1)
     monkeypatch.setenv("SEQCSIST_COMPILE_THREADS", " 3 ")
-    assert precompile.default_workers() == 3
-    monkeypatch.setenv("SEQCSIST_COMPILE_THREADS", "two")
-    with pytest.raises(ValueError, match=r"^SEQCSIST_COMPILE_THREADS must be a non-negative integer .*'two'"):
-        precompile.default_workers()
+    assert read() == 3
+    monkeypatch.setenv("SEQCSIST_COMPILE_THREADS", "0")
+    assert read() == 0
+    for bad in ("two", "-1", "1.5"):
+        monkeypatch.setenv("SEQCSIST_COMPILE_THREADS", bad)
+        with pytest.raises(ValueError, match=rf"^SEQCSIST_COMPILE_THREADS must be a non-negative integer .*'{bad}'"):
+            read()

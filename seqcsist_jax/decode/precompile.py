@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import os
 import threading
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
+
+from seqcsist_jax.compile_threads import compile_threads
 
 #: ``(jitted function, its positional arguments)``: arrays as ``jax.ShapeDtypeStruct``, static arguments as
 #: values, passed exactly as the call passes them (JAX keys its caches on whether a static argument came by
@@ -53,13 +54,7 @@ def spec(fn: Callable[..., Any], shapes: Sequence[tuple[tuple[int, ...], Any]], 
 def default_workers() -> int:
     """Compiling threads of :func:`compiling`: ``SEQCSIST_COMPILE_THREADS`` if set (``0``: off), else 2 (1 on a
     single core). Raises ValueError naming the variable when it is not a non-negative integer."""
-    value = os.environ.get("SEQCSIST_COMPILE_THREADS", "").strip()
-    if not value:
-        return min(2, os.cpu_count() or 1)
-    if not value.isdigit():
-        raise ValueError(f"SEQCSIST_COMPILE_THREADS must be a non-negative integer (0 turns background "
-                         f"compilation off), got {value!r}")
-    return int(value)
+    return compile_threads()
 
 
 def _compile(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
