@@ -208,14 +208,16 @@ def overrides_folder_suffix(differences: list[str]) -> str:
     return suffix
 
 
-def decoder_note(decode: str | None, single_image: bool = False) -> str:
+def decoder_note(decode: str | None, single_image: bool = False, image_quality: bool = False) -> str:
     """The line that tells a reader whose score a continuous fit is ('' for the map decoders, grid and peak);
-    on single images (CSIST-100K) ``trajectory`` gets a second line pointing to ``refine``."""
+    on single images (CSIST-100K) ``trajectory`` gets a second line pointing to ``refine``. ``image_quality``:
+    the row has PSNR and SSIM columns (:func:`seqcsist_jax.evaluate.table_header`), which the note then names."""
     if decode not in ("refine", "trajectory"):  # these fit the imaging model to the frames
         return ""
+    columns = "FPS, PSNR and SSIM are" if image_quality else "FPS is"
     note = (f"note: the {decode} decoder fits the frames themselves; the model's maps only seed it, so this score "
             "measures the decoder more than the model (decoding the frames alone, without the model, scores about "
-            "the same: README 'Beyond the grid: continuous decoding'); the row's FPS, PSNR and SSIM are the model's "
+            f"the same: README 'Beyond the grid: continuous decoding'); the row's {columns} the model's "
             "(its maps), not the decoder's")
     if decode == "trajectory" and single_image:
         # One frame has no motion to share, and trajectory does not use the single-pixel geometry of CSIST-100K.
@@ -297,8 +299,9 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     note = evaluation.no_detection_note(result, result["threshold"], result.get("step"))
     if note:
         print(f"note: this evaluation found no detection: {note}")
-    if decoder_note(result.get("decode")):
-        print(decoder_note(result.get("decode"), result.get("single_image", False)))
+    note = decoder_note(result.get("decode"), result.get("single_image", False), result.get("psnr") is not None)
+    if note:
+        print(note)
     print(f"wrote {result['out_dir']}/ ({', '.join(written_files(result['out_dir'], FLAGS.export_public))})")
 
 

@@ -368,8 +368,10 @@ def test_continuous_scores_are_attributed_to_the_decoder():
 
     for decode in ("refine", "trajectory"):
         assert evaluate.decoder_note(decode).startswith(f"note: the {decode} decoder fits the frames themselves")
-        assert evaluate.decoder_note(decode).endswith("the row's FPS, PSNR and SSIM are the model's (its maps), "
-                                                      "not the decoder's")
+        # the note names only the columns the row has (PSNR/SSIM: single-image benchmarks)
+        assert evaluate.decoder_note(decode).endswith("the row's FPS is the model's (its maps), not the decoder's")
+        assert evaluate.decoder_note(decode, image_quality=True).endswith(
+            "the row's FPS, PSNR and SSIM are the model's (its maps), not the decoder's")
     assert evaluate.decoder_note("grid") == evaluate.decoder_note("peak") == evaluate.decoder_note(None) == ""
     # on single images, trajectory is pointed to refine (a second line); refine and grid are not
     assert evaluate.decoder_note("refine", True) == evaluate.decoder_note("refine")
