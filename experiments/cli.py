@@ -40,11 +40,14 @@ def define_config_flag(default: str | None = None) -> flags.FlagHolder:
     return flags.DEFINE_string("config", default, config_help())
 
 
-def require_config(value: str | None) -> str:
-    """Raises UsageError listing the configs when ``--config`` was not given."""
+def require_config(value: str | None, workdir: str | None = None) -> str:
+    """Raises UsageError listing the configs when ``--config`` was not given; with ``workdir`` (where a saved
+    run would have been resumed without ``--config``) it also says that none is saved there, for a mistyped
+    path."""
     if not value:
-        raise UsageError(f"--config is required; available configs: {', '.join(configs.available_configs())} "
-                         "(e.g. --config=derefnet_quick)")
+        nothing_saved = f" (no run is saved in {workdir} to resume)" if workdir else ""
+        raise UsageError(f"--config is required{nothing_saved}; available configs: "
+                         f"{', '.join(configs.available_configs())} (e.g. --config=derefnet_quick)")
     return value
 
 

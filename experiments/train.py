@@ -61,7 +61,7 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     if not FLAGS.config and os.path.isfile(os.path.join(FLAGS.workdir, "config.json")):
         config = cli.saved_run_config(FLAGS.workdir, overrides)  # resuming: the run's own config, as it was saved
     else:
-        config = cli.load_config(cli.require_config(FLAGS.config), overrides)
+        config = cli.load_config(cli.require_config(FLAGS.config, FLAGS.workdir), overrides)
     from seqcsist_jax.train import train_and_evaluate
 
     result = train_and_evaluate(config, FLAGS.workdir, force_config=FLAGS.force_config)

@@ -88,6 +88,10 @@ def test_load_config_names_unknown_configs_and_variants():
         cli.load_config("DISTA-Net")
     with pytest.raises(cli.UsageError, match="--config is required; available configs"):
         cli.require_config(None)
+    with pytest.raises(cli.UsageError, match=r"^--config is required \(no run is saved in runs/typo to resume\); "
+                                             "available configs: .*derefnet_quick"):
+        cli.require_config("", "runs/typo")
+    assert cli.require_config("dista", "runs/typo") == "dista"
 
 
 def test_get_config_accepts_a_path(tmp_path):
@@ -245,10 +249,10 @@ def test_entry_points_help_and_errors(tmp_path):
     proc = _run(["-m", "experiments.compare", "--help"])
     assert proc.returncode == 0 and "--budget_steps" in proc.stdout
 
-    missing = _run(["-m", "experiments.train", f"--workdir={tmp_path / 'w'}"])
+    missing = _run(["-m", "experiments.train", f"--workdir={tmp_path / 'w'}"])  # a workdir with no saved run
     assert missing.returncode == 2 and _error_lines(missing) == [
-        f"error: --config is required; available configs: {', '.join(configs.available_configs())} "
-        "(e.g. --config=derefnet_quick)"]
+        f"error: --config is required (no run is saved in {tmp_path / 'w'} to resume); available configs: "
+        f"{', '.join(configs.available_configs())} (e.g. --config=derefnet_quick)"]
     bad = _run(["-m", "experiments.train", "--config=derefnet:smoke", f"--workdir={tmp_path / 'w'}",
                 "--config.learning_rate=abc"])
     assert bad.returncode == 2
@@ -407,7 +411,7 @@ def _imported_modules(importtime_stderr: str) -> set[str]:
 @pytest.mark.parametrize("args,status,last_line", [
     (["experiments.train", "--help"], 0, None),
     (["experiments.evaluate", "--help"], 0, None),
-    (["experiments.train", "--workdir=unused"], 2, "error: --config is required; "),
+    (["experiments.train", "--workdir=unused"], 2, "error: --config is required (no run is saved in "),
     (["experiments.train", "--config=derefnet:smoke", "--workdir=unused", "--config.learning_rate=abc"], 2,
      "error: unknown config field learning_rate; did you mean optimizer.learning_rate?"),
     (["experiments.evaluate", "--workdir=unused", "--decode=refin"], 2, "error: "),
