@@ -11,6 +11,7 @@ import ast
 import difflib
 import logging
 import os
+import re
 import signal
 import sys
 from typing import Any, Callable, Sequence
@@ -301,6 +302,15 @@ def os_error_line(error: OSError) -> str:
 ErrorTypes = tuple[type[BaseException], ...]
 
 
+def plain_text(doc: str) -> str:
+    """A module docstring as a terminal shows it: reST markup (````code````, ``:func:`name```, a literal block's
+    ``::``) removed, the words and line breaks kept."""
+    doc = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", doc)  # :func:`run` -> run
+    doc = re.sub(r"(\S)::$", r"\1:", doc, flags=re.M)  # "e.g.::" -> "e.g.:"; a bare "::" line is dropped
+    doc = re.sub(r"^[ \t]*::[ \t]*\n", "", doc, flags=re.M)
+    return doc.replace("``", "")
+
+
 def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence[str] | None = None,
         expected: ErrorTypes | Callable[[], ErrorTypes] = ()) -> None:
     """Runs ``main(argv, overrides)`` under absl with the overrides taken out of ``argv``.
@@ -319,7 +329,7 @@ def run(main: Callable[[list[str], list[tuple[str, str]]], None], argv: Sequence
         fail(str(e))
     if any(a in ("--help", "-h", "-?", "--helpshort") for a in rest[1:]):
         # absl's own --help exits with status 1; asking for help is not an error.
-        doc = (sys.modules["__main__"].__doc__ or "").strip()
+        doc = plain_text(sys.modules["__main__"].__doc__ or "").strip()
         print(f"{doc}\n\nflags (and --config.a.b=value to override any config field):\n"
               f"{flags.FLAGS.main_module_help()}")
         sys.exit(0)

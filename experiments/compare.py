@@ -173,7 +173,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         fv = flags.FlagValues()
         _define_flags(fv)
         if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in rest):
-            paragraphs = __doc__.split(chr(10) + chr(10))
+            paragraphs = cli.plain_text(__doc__).split(chr(10) + chr(10))
             status = next(p for p in paragraphs if p.startswith("Exit status"))
             print(f"{paragraphs[0]}\n\n{status}\n\nflags (--config.a.b=value overrides every method's "
                   f"config):\n{fv.get_help()}")

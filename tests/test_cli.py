@@ -241,13 +241,23 @@ def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path):
     assert not (tmp_path / "nothing").exists()
 
 
+def test_plain_text_drops_rest_markup_and_keeps_the_words():
+    doc = ("Run ``python -m x --a=1``; see :func:`run` and :class:`~m.Error`, e.g.::\n\n"
+           "    python -m x\n\nA paragraph::\n\n  ::\n\nend with `single` ticks kept.")
+    assert cli.plain_text(doc) == ("Run python -m x --a=1; see run and m.Error, e.g.:\n\n"
+                                   "    python -m x\n\nA paragraph:\n\n\nend with `single` ticks kept.")
+    plain = "no markup: a::b stays, and so do 3 lines\n\n  indented\n"
+    assert cli.plain_text(plain) == plain
+
+
 def test_entry_points_help_and_errors(tmp_path):
     for module in ("experiments.train", "experiments.evaluate"):
         proc = _run(["-m", module, "--help"])
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "available:" in proc.stdout and "derefnet_quick" in proc.stdout and "tilista" in proc.stdout
+        assert "``" not in proc.stdout and "--workdir" in proc.stdout.split("flags (")[0]  # docstring, plain text
     proc = _run(["-m", "experiments.compare", "--help"])
-    assert proc.returncode == 0 and "--budget_steps" in proc.stdout
+    assert proc.returncode == 0 and "--budget_steps" in proc.stdout and "``" not in proc.stdout
 
     missing = _run(["-m", "experiments.train", f"--workdir={tmp_path / 'w'}"])  # a workdir with no saved run
     assert missing.returncode == 2 and _error_lines(missing) == [
