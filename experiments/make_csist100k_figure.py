@@ -29,6 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from experiments.arg_parser import ArgumentParser
+from experiments.cli import plain_text  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "benchmarks" / "results" / "bench_decode_csist100k_tfds.json"
 
@@ -157,7 +158,7 @@ def draw(images: np.ndarray, targets: np.ndarray, num_targets: np.ndarray, detec
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=plain_text(__doc__.splitlines()[0]))
     p.add_argument("--images", type=int, default=2000, help="first test images decoded to pick the examples")
     p.add_argument("--results", type=pathlib.Path, default=RESULTS, help="bench_decode_csist100k results (JSON)")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/csist100k_decoding.png"))

@@ -17,10 +17,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from experiments.arg_parser import ArgumentParser
+from experiments.cli import plain_text  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=plain_text(__doc__.splitlines()[0]))
     p.add_argument("--workdir", default="workdirs/quick", help="training run (its best checkpoint is used)")
     p.add_argument("--out", default="docs/headline.png")
     p.add_argument("--trajectories", type=int, nargs="+", default=[3, 17, 42], help="test trajectory indices")

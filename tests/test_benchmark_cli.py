@@ -75,5 +75,6 @@ def test_help_lists_every_option(name):
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("usage:")
+    assert "``" not in proc.stdout and ":func:" not in proc.stdout  # the docstring as plain text
     absent = [o for o in options if o not in proc.stdout]
     assert not absent, f"{name} --help lacks {absent}"

@@ -16,6 +16,7 @@ import pathlib
 import platform
 import time
 from experiments.arg_parser import ArgumentParser
+from experiments.cli import plain_text
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -63,7 +64,7 @@ def _run(cases: list[tuple[str, list[int] | None]], repeats: int) -> list[float]
 
 
 def main() -> dict:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=plain_text(__doc__.split("\n\n")[0]))
     parser.add_argument("--repeats", type=int, default=10,
                         help="timed calls per case after one compile call; the fastest is reported "
                              "(default %(default)s)")

@@ -33,6 +33,7 @@ from seqcsist_jax import imaging
 from seqcsist_jax.data import public_format
 from seqcsist_jax.data.simulate import simulate_seqcsist
 from experiments.arg_parser import ArgumentParser
+from experiments.cli import plain_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -225,7 +226,7 @@ def _markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=plain_text(__doc__.split("\n\n")[0]))
     p.add_argument("--dblquad-frames", type=int, default=2, help="frames rendered by the dblquad reference")
     p.add_argument("--render-trajectories", type=int, default=5000, help="×20 frames for the vectorised render")
     p.add_argument("--sim-trajectories", type=int, default=5000, help="simulator size (paper: 5000)")

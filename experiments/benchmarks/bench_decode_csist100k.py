@@ -61,6 +61,7 @@ from seqcsist_jax import fileio, metrics
 from seqcsist_jax.decode import (CSIST100K_OPTIONS, CountCapWarning, centre, decode_arrays, frames,
                                  localisation_confidence, make_options)
 from experiments.arg_parser import ArgumentParser
+from experiments.cli import plain_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
@@ -526,7 +527,7 @@ def fresh_process_seconds(args: argparse.Namespace, background_compile: bool = T
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=plain_text(__doc__.split("\n\n")[0]),
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        epilog="Without --standin the TFDS dataset csist100k/default is built on first use "
                               "(about a minute; in $TFDS_DATA_DIR, else ~/tensorflow_datasets). The "

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from experiments.arg_parser import ArgumentParser
+from experiments.cli import plain_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -215,7 +216,7 @@ def to_markdown(result: dict, note: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=plain_text(__doc__.splitlines()[0]))
     parser.add_argument("--batch", type=int, default=64,
                         help="batch size N of the input (DeRefNet: 64 centre/neighbour pairs; "
                              "default %(default)s)")

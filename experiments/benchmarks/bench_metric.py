@@ -24,6 +24,7 @@ import numpy as np
 
 from seqcsist_jax.metrics import DEFAULT_THRESHOLDS, ap_key, cso_map, grids_to_detections
 from experiments.arg_parser import ArgumentParser
+from experiments.cli import plain_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -125,7 +126,7 @@ def machine() -> str:
 
 def main() -> None:
     parser = ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--frames", type=int, default=12_000,
                         help="synthetic frames scored, and 33×33 maps decoded (default %(default)s: "

@@ -31,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 from experiments.arg_parser import ArgumentParser
+from experiments.cli import plain_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER = {"params_M": 0.89, "GFLOPs": 15.70, "FPS": 367}
@@ -330,7 +331,7 @@ def to_markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed calls per measurement after one warm-up call, median kept; the faster "
                              "measurements use 2× or 3× as many (default %(default)s)")

@@ -26,6 +26,7 @@ from experiments.arg_parser import ArgumentParser
 from experiments.benchmarks.bench_decode import CONFIGS, KEYS, RESULTS, load_split, machine, score
 from seqcsist_jax.decode import decode_arrays, make_options, trajectory
 from seqcsist_jax.decode.api import localisation_confidence
+from experiments.cli import plain_text
 
 VARIANTS: list[tuple[str, dict]] = [
     ("hard, 4 best subsets by geometric misfit, no screening", dict(star_screen=0, star_candidates=4)),
@@ -39,7 +40,7 @@ VARIANTS: list[tuple[str, dict]] = [
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=plain_text(__doc__.split("\n\n")[0]))
     p.add_argument("--config", default="targets_2_8", choices=list(CONFIGS),
                    help="SeqCSIST builder config whose test split is regenerated and whose decoder "
                         "options are used (default %(default)s)")
