@@ -83,7 +83,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     raises, so that ``--help`` and usage errors answer without importing JAX."""
     from seqcsist_jax.checkpointing import CheckpointError, CheckpointWriteError
     from seqcsist_jax.data.public_format import PublicFormatError
-    from seqcsist_jax.data.splits import UnknownDatasetError
+    from seqcsist_jax.data.names import UnknownDatasetError
     from seqcsist_jax.metric_writers import MetricsFileError, MetricsWriteError
     from seqcsist_jax.run_lock import WorkdirLockedError
     from seqcsist_jax.methods import UnknownMethodError

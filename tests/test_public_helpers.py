@@ -526,6 +526,17 @@ def test_dataset_family(name, family):
     assert splits.dataset_family(name) == family
 
 
+@pytest.mark.parametrize("name, single", [
+    ("csist100k/mini", True), ("csist100k:1.0.0", True), ("simulated_csist100k", True),
+    ("seqcsist/mini", False), ("simulated", False), ("seqcsist/targets_2_8", False),
+])
+def test_is_single_image(name, single):
+    from seqcsist_jax.data import names
+
+    assert names.is_single_image(name) is single
+    assert splits.is_single_image is names.is_single_image  # one definition, re-exported where data is loaded
+
+
 def test_known_dataset_names_cover_the_documented_names():
     names = splits.known_dataset_names()
     assert len(set(names)) == len(names)

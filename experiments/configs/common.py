@@ -113,7 +113,7 @@ def set_dataset(config: ml_collections.ConfigDict, name: str) -> ml_collections.
     (``eval.scored_margin = 0``) at brightness threshold 50; SeqCSIST datasets use frames 2..T-3 and 70.
     """
     from seqcsist_jax import protocol
-    from seqcsist_jax.data.splits import is_single_image
+    from seqcsist_jax.data.names import is_single_image
 
     config.dataset.name = name
     if is_single_image(name):

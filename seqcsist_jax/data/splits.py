@@ -22,64 +22,11 @@ import ml_collections
 import numpy as np
 
 from seqcsist_jax import imaging
+# the dataset names and their checks, re-exported from a module without JAX (see its docstring)
+from seqcsist_jax.data.names import (SIMULATED, SINGLE_IMAGE, UnknownDatasetError,  # noqa: F401
+                                     check_dataset_name, dataset_family, is_single_image, known_dataset_names)
 from seqcsist_jax.fileio import atomic_path
 from seqcsist_jax.suggest import did_you_mean
-
-
-SIMULATED = ("simulated", "simulated_csist100k")  # in-memory datasets (SeqCSIST trajectories, CSIST-100K images)
-SINGLE_IMAGE = ("csist100k", "simulated_csist100k")  # dataset families whose examples are single images
-
-
-def dataset_family(name: str) -> str:
-    """``"seqcsist/mini"`` → ``"seqcsist"``, ``"csist100k:1.0.0"`` → ``"csist100k"``."""
-    return name.split("/", 1)[0].split(":", 1)[0]
-
-
-class UnknownDatasetError(ValueError):
-    """``config.dataset.name`` names no dataset this project reads."""
-
-
-def known_dataset_names() -> tuple[str, ...]:
-    """Every ``config.dataset.name`` this project reads: ``seqcsist/<config>``, ``csist100k/<config>`` (the TFDS
-    builders' configs) and the in-memory :data:`SIMULATED` datasets."""
-    from tfds_builders.csist100k import csist100k_dataset_builder as csist100k
-    from tfds_builders.seqcsist import seqcsist_dataset_builder as seqcsist
-
-    names = [f"{family}/{c.name}" for family, module in (("seqcsist", seqcsist), ("csist100k", csist100k))
-             for c in module.BUILDER_CONFIGS]
-    return (*names, *SIMULATED)
-
-
-def check_dataset_name(name: str, data_dir: str | None = None) -> None:
-    """Raises :class:`UnknownDatasetError` (one line, with the nearest known name) unless ``name`` is a known
-    dataset: a TFDS name as :func:`known_dataset_names` lists it (a bare family means its ``default`` config;
-    a ``:version`` suffix is allowed), a simulated dataset, or another config of the ``seqcsist``/``csist100k``
-    builders already prepared in ``data_dir`` (default: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``), e.g. a
-    researcher's own size.
-
-    Checked before anything is built or written: TFDS's own error for an unknown name lists every dataset in its
-    catalogue (hundreds of lines) and would leave an empty workdir behind.
-    """
-    import os
-
-    known = known_dataset_names()
-    text = str(name)
-    family, rest = dataset_family(text), text.partition("/")[2]
-    config = rest.split(":", 1)[0] if rest else "default"
-    if text in SIMULATED or f"{family}/{config}" in known:
-        return
-    families = {n.split("/", 1)[0] for n in known if "/" in n}
-    root = pathlib.Path(os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"))
-    if family in families and (root / family / config).is_dir():  # a prepared custom config of our builders
-        return
-    hint = did_you_mean(f"{family}/{config}" if rest else text, known, cutoff=0.5)
-    raise UnknownDatasetError(f"config.dataset.name: unknown dataset {text!r}{hint}; known: {', '.join(known)}"
-                              + (f", or a config prepared in {root}/{family}/" if family in families else ""))
-
-
-def is_single_image(name: str) -> bool:
-    """Whether dataset ``name`` holds single images (scored without a frame margin, SPEC §9)."""
-    return dataset_family(name) in SINGLE_IMAGE
 
 
 def subpixel_c(config: ml_collections.ConfigDict) -> int:
