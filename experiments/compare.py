@@ -136,7 +136,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_bool("paper_scale", False, "each config's own (paper) schedule (instead of a "
                        "--budget_steps / --budget_epochs budget)", flag_values=fv)
     flags.DEFINE_float("learning_rate", None, "learning-rate override for every method", flag_values=fv)
-    flags.DEFINE_string("variant", "", "config variant for every method ('' = paper architecture)", flag_values=fv)
+    flags.DEFINE_string("variant", "", "config variant for every method: quick or smoke ('' = paper architecture)",
+                        flag_values=fv)
     flags.DEFINE_integer("evals", 2, "validation evaluations per training run", flag_values=fv)
     flags.DEFINE_integer("max_eval_trajectories", None, "validation subset size", flag_values=fv)
     flags.DEFINE_string("workdir", None, "output directory (one subdirectory per method); a finished row is reused "
@@ -788,7 +789,7 @@ def settings_text(settings: dict, rows: Sequence[dict] = ()) -> str:
 
 def is_single_image(dataset_name: str | None) -> bool:
     """Whether the comparison runs on a single-image dataset (CSIST-100K)."""
-    from seqcsist_jax.data.splits import is_single_image as single
+    from seqcsist_jax.data.names import is_single_image as single
 
     return bool(dataset_name) and single(dataset_name)
 

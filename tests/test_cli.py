@@ -86,6 +86,10 @@ def test_load_config_names_unknown_configs_and_variants():
         cli.load_config("derefnet:smok")
     with pytest.raises(cli.UsageError, match=r"unknown config 'DISTA-Net' \(did you mean 'dista'\?\)"):
         cli.load_config("DISTA-Net")
+    with pytest.raises(cli.UsageError, match=r"unknown config 'dista_quick' \(did you mean 'dista:quick'\?\)"):
+        cli.load_config("dista_quick")  # as derefnet_quick is named; not "did you mean 'derefnet_quick'"
+    with pytest.raises(cli.UsageError, match=r"unknown config 'ista_smoke' \(did you mean 'ista:smoke'\?\)"):
+        cli.load_config("ista_smoke")
     with pytest.raises(cli.UsageError, match="--config is required; available configs"):
         cli.require_config(None)
     with pytest.raises(cli.UsageError, match=r"^--config is required \(no run is saved in runs/typo to resume\); "
@@ -425,6 +429,10 @@ def _imported_modules(importtime_stderr: str) -> set[str]:
     (["experiments.train", "--config=derefnet:smoke", "--workdir=unused", "--config.learning_rate=abc"], 2,
      "error: unknown config field learning_rate; did you mean optimizer.learning_rate?"),
     (["experiments.evaluate", "--workdir=unused", "--decode=refin"], 2, "error: "),
+    # configs that point at CSIST-100K resolve their dataset's protocol while loading (seqcsist_jax.data.names)
+    (["experiments.train", "--config=dista:quik", "--workdir=unused"], 2, "error: unknown config variant 'quik'"),
+    (["experiments.train", "--config=dista:quick", "--workdir=unused", "--config.num_train_step=1"], 2,
+     "error: unknown config field num_train_step; did you mean num_train_steps?"),
 ])
 def test_help_and_usage_errors_answer_without_importing_jax(args, status, last_line, tmp_path):
     """`--help` and a mistyped command answer in about half a second: JAX (and everything that imports it, such

@@ -42,6 +42,10 @@ def config_path(spec: str) -> str:
     path = CONFIG_DIR / f"{name}.py"
     if not path.exists() or name in _NOT_CONFIGS:
         hint = did_you_mean(name, available_configs())
+        stem, _, suffix = name.rpartition("_")
+        if not sep and suffix in ("quick", "smoke") and stem in available_configs():
+            # `derefnet_quick` is a config of its own; the other models take the variant after a colon
+            hint = f" (did you mean '{stem}:{suffix}'?)"
         raise ValueError(
             f"unknown config {name!r}{hint}; available configs: {', '.join(available_configs())} "
             f"(or pass a path to a config file)"
