@@ -177,7 +177,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             paragraphs = cli.plain_text(__doc__).split(chr(10) + chr(10))
             status = next(p for p in paragraphs if p.startswith("Exit status"))
             print(f"{paragraphs[0]}\n\n{status}\n\nflags (--config.a.b=value overrides every method's "
-                  f"config):\n{fv.get_help()}")
+                  f"config):\n{fv.get_help(include_special_flags=False)}")
             raise SystemExit(0)
         try:
             extra = fv(["compare"] + rest)[1:]

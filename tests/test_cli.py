@@ -262,6 +262,7 @@ def test_entry_points_help_and_errors(tmp_path):
         assert "``" not in proc.stdout and "--workdir" in proc.stdout.split("flags (")[0]  # docstring, plain text
     proc = _run(["-m", "experiments.compare", "--help"])
     assert proc.returncode == 0 and "--budget_steps" in proc.stdout and "``" not in proc.stdout
+    assert "--flagfile" not in proc.stdout  # its own flags only, as train's and evaluate's --help show
 
     missing = _run(["-m", "experiments.train", f"--workdir={tmp_path / 'w'}"])  # a workdir with no saved run
     assert missing.returncode == 2 and _error_lines(missing) == [
