@@ -35,7 +35,9 @@ flags.DEFINE_string("workdir", None, "Run directory (holds config.json and check
                     "directory for imported or shipped weights (default for --pretrained: workdirs/pretrained/NAME).")
 flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
 flags.DEFINE_string("split", "test", "Split to score: one of the config's train/eval/test split names.")
-flags.DEFINE_enum("decode", None, list(DECODERS), "Map decoder (grid = paper protocol; default: config.eval.decode).")
+flags.DEFINE_enum("decode", None, list(DECODERS), "Map decoder (grid = paper protocol; default: "
+                  "config.eval.decode); continuous: trajectory fits a SeqCSIST trajectory's frames together, "
+                  "refine each frame alone (the one for CSIST-100K's single images).")
 flags.DEFINE_string("torch_checkpoint", None, "Public PyTorch DeRefNet checkpoint (.pth or .npz) to import.")
 flags.DEFINE_string("pretrained", None, "Score weights shipped with the package (seqcsist_jax/weights/NAME.npz), "
                     "e.g. derefnet_quick, or exported ones given by path (DIR/NAME.npz, next to its NAME.json card); "

@@ -6,6 +6,9 @@
     python -m experiments.train --config=derefnet_quick --workdir=workdirs/quick
     python -m experiments.train --config=derefnet --workdir=workdirs/paper --config.dataset.data_dir=~/tfds
     python -m experiments.train --config=derefnet:smoke --workdir=/tmp/smoke --config.num_train_steps=10
+    python -m experiments.train --config=dista:quick --workdir=workdirs/dista   # DISTA-Net on CSIST-100K (mini)
+
+Every config trains on SeqCSIST except ``dista``, which trains on CSIST-100K's single images (SPEC §9).
 
 An existing run in ``--workdir`` is resumed from its latest checkpoint; a workdir that holds a run of another
 config is refused (the differing keys are printed) unless ``--force_config``; without ``--config`` the run saved
