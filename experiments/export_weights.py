@@ -68,8 +68,10 @@ def _wall_time_arg(value: str) -> float:
 
 def parser() -> argparse.ArgumentParser:
     """The command line (see the module docstring)."""
+    from experiments.cli import plain_text
+
     p = ArgumentParser(prog="python -m experiments.export_weights",
-                       description=__doc__.split("\n")[0].replace("``", "`"))
+                       description=plain_text(__doc__.split("\n")[0]))
     p.add_argument("--workdir", required=True, help="a finished training run's directory")
     p.add_argument("--name", required=True,
                    help="the weights' name, a plain file stem (NAME.npz and NAME.json are written)")
