@@ -36,8 +36,8 @@ import optax
 from seqcsist_jax import methods, protocol, sharding, train_multistep
 from seqcsist_jax.checkpointing import RunCheckpoints, abstract_like, fault_point
 from seqcsist_jax.data.public_format import PublicFormatError
-from seqcsist_jax.data.splits import (SIMULATED, cached_q, check_dataset_name, is_single_image, load_arrays,
-                                     subpixel_c)
+from seqcsist_jax.data.splits import (SIMULATED, cached_q, check_dataset_name, check_split_names, is_single_image,
+                                     load_arrays, subpixel_c)
 from seqcsist_jax.data.tfds_open import DamagedDatasetError
 from seqcsist_jax.run_lock import WorkdirLock
 from seqcsist_jax.suggest import closest_name, did_you_mean
@@ -492,13 +492,14 @@ def unused_dataset_dirs(dataset: ml_collections.ConfigDict) -> str | None:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Every check that needs no data and no workdir, in one call (``train_and_evaluate`` and
-    ``experiments.compare`` run it before anything is created): the dataset and method names, a user's builder
-    (built once: it must return a ``Method``), the sub-pixel division ``c``, the schedule, ``config.eval``, the
-    optimizer (learning rate, name, schedule), ``model.compute_dtype``, the seed and the checkpoint intervals (the
-    devices: :func:`check_devices`, which needs them). Each failure is one line naming the key (the exceptions
+    ``experiments.compare`` run it before anything is created): the dataset, split and method names, a user's
+    builder (built once: it must return a ``Method``), the sub-pixel division ``c``, the schedule, ``config.eval``,
+    the optimizer (learning rate, name, schedule), ``model.compute_dtype``, the seed and the checkpoint intervals
+    (the devices: :func:`check_devices`, which needs them). Each failure is one line naming the key (the exceptions
     listed in :func:`train_and_evaluate`)."""
     check_config_fields(config)
     check_dataset_name(config.dataset.name, config.dataset.get("data_dir"))
+    check_split_names(config.dataset)
     check_method_name(config.model.name)
     if config.model.name not in methods.METHOD_TABLE:  # a user's builder: its return value is checked now
         methods.build_method(config.model, config.loss)

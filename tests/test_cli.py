@@ -314,6 +314,12 @@ def test_entry_points_help_and_errors(tmp_path):
     assert typo.returncode == 2 and len(_error_lines(typo)) == 1  # not TFDS's catalogue of every dataset
     assert "unknown dataset 'csist10k/mini' (did you mean 'csist100k/mini'?)" in typo.stderr
     assert not (tmp_path / "typo").exists()  # refused before the workdir is created
+    split_typo = _run(["-m", "experiments.train", "--config=derefnet_quick", f"--workdir={tmp_path / 'typo'}",
+                       "--config.dataset.test_split=tset"])  # TFDS itself would say so after the whole training
+    assert split_typo.returncode == 2 and _error_lines(split_typo) == [
+        "error: config.dataset.test_split: unknown split 'tset' of seqcsist/mini (did you mean 'test'?); its "
+        "splits are train, validation, test"]
+    assert not (tmp_path / "typo").exists()
 
     no_run = _run(["-m", "experiments.evaluate", f"--workdir={tmp_path / 'empty'}"])
     assert no_run.returncode == 2 and len(_error_lines(no_run)) == 1 and "empty does not exist" in no_run.stderr

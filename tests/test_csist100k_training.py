@@ -72,6 +72,35 @@ def test_split_names_and_unknown_splits():
         splits.check_split(dataset, "validation")
 
 
+def test_tfds_split_names_are_checked_with_the_config(tmp_path):
+    dataset = configs.get_config("dista:quick").dataset  # csist100k/mini: train, validation, test
+    splits.check_split_names(dataset)
+    dataset.train_split = "train+validation"  # whole splits joined with '+' are read as asked
+    splits.check_split_names(dataset)
+    for key, value, hint in (("eval_split", "valid", " (did you mean 'validation'?)"),
+                             ("test_split", "test+tset", " (did you mean 'test'?)"),
+                             ("train_split", "everything", "")):
+        bad = dataset.copy_and_resolve_references()
+        bad[key] = value
+        with pytest.raises(ValueError) as error:
+            splits.check_split_names(bad)
+        assert str(error.value) == (f"config.dataset.{key}: unknown split {value!r} of csist100k/mini{hint}; "
+                                    "its splits are train, validation, test")
+    bad = dataset.copy_and_resolve_references()
+    bad.test_split = "test[:100]"  # TFDS would read the whole split on these Parquet files
+    with pytest.raises(ValueError, match=r"^config.dataset.test_split: split 'test\[:100\]': slices are not "
+                                         r"applied to this project's datasets"):
+        splits.check_split_names(bad)
+    smoke = configs.get_config("dista:smoke").dataset  # generated in memory under the config's own names
+    smoke.eval_split = "val"
+    splits.check_split_names(smoke)
+    config = configs.get_config("dista:quick")
+    config.dataset.eval_split = "valid"
+    with pytest.raises(ValueError, match="config.dataset.eval_split: unknown split 'valid'"):
+        train_lib.train_and_evaluate(config, tmp_path / "w")
+    assert not (tmp_path / "w").exists()  # refused before the workdir is created or the data built
+
+
 def test_dataset_names_are_checked_before_anything_is_built(tmp_path):
     for name in ("seqcsist", "seqcsist/mini:1.0.0", "csist100k/public", "csist100k:1.0.0", "simulated",
                  "simulated_csist100k", "seqcsist/targets_2_8"):

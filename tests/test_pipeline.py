@@ -268,3 +268,9 @@ def test_load_split_arrays(mini_dir):
     np.testing.assert_array_equal(arrays["trajectory_id"], np.arange(75))
     with pytest.raises(ValueError, match="split"):
         make_source("seqcsist/mini", data_dir=mini_dir)
+    # a slice is refused (tfds.data_source reads Parquet-stored splits whole); whole splits joined with '+' are read
+    for read in (load_split_arrays, make_source):
+        with pytest.raises(ValueError, match=r"^split 'validation\[:7\]': slices are not applied"):
+            read("seqcsist/mini", "validation[:7]", data_dir=mini_dir, build_if_missing=False)
+    both = make_source("seqcsist/mini", "validation+test", data_dir=mini_dir, build_if_missing=False)
+    assert len(both) == 75 + 75

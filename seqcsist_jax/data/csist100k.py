@@ -338,7 +338,8 @@ def load_csist100k_arrays(
 
     Args:
       name: TFDS name, e.g. ``"csist100k/default"``, ``"csist100k/mini"`` or ``"csist100k/public"``.
-      split: ``train``, ``validation``, ``test`` or any TFDS split expression.
+      split: ``train``, ``validation`` or ``test``, or several joined with ``+`` (slices such as ``test[:7]`` are
+        refused: TFDS would ignore them on these Parquet files).
       data_dir: TFDS data directory (``None``: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
       build_if_missing: run ``download_and_prepare`` first when the config is not prepared yet.
       manual_dir: where ``csist100k/public`` reads the release when it is first prepared (None:

@@ -144,7 +144,8 @@ def make_source(
     Args:
       name_or_arrays: a TFDS name such as ``"seqcsist/mini"`` (``seqcsist`` = the ``default`` config), or a
         dict of numpy arrays (see :class:`ArraySource`).
-      split: TFDS split (``train``, ``validation``, ``test`` or any TFDS split expression); required for names.
+      split: TFDS split (``train``, ``validation`` or ``test``, or several joined with ``+``; a slice such as
+        ``test[:7]`` is refused: TFDS would ignore it on these Parquet files); required for names.
       data_dir: TFDS data directory (``None``: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
       build_if_missing: run ``download_and_prepare`` first when the dataset is not prepared yet.
       **data_source_kwargs: passed to ``tfds.data_source``.

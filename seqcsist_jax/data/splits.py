@@ -24,7 +24,8 @@ import numpy as np
 from seqcsist_jax import imaging
 # the dataset names and their checks, re-exported from a module without JAX (see its docstring)
 from seqcsist_jax.data.names import (SIMULATED, SINGLE_IMAGE, UnknownDatasetError,  # noqa: F401
-                                     check_dataset_name, dataset_family, is_single_image, known_dataset_names)
+                                     check_dataset_name, check_split_names, dataset_family, is_single_image,
+                                     known_dataset_names)
 from seqcsist_jax.fileio import atomic_path
 from seqcsist_jax.suggest import did_you_mean
 

@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Any, Callable, Iterator, TypeVar
 
+from seqcsist_jax.data.names import check_whole_splits, split_expression_names
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -119,11 +121,6 @@ def write_shard_checksums(folder: str | os.PathLike, files: list[pathlib.Path]) 
     atomic_write(pathlib.Path(folder) / CHECKSUMS_NAME, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
-def _split_names(split: str) -> set[str]:
-    """The base split names of a TFDS split expression (``"train[:10%]+validation"`` → train, validation)."""
-    return {part.split("[", 1)[0].strip() for part in str(split).split("+")}
-
-
 def verify_shard_checksums(folder: str | os.PathLike, split: str | None = None) -> bool:
     """Checks the shards of a prepared version folder (of ``split`` only, e.g. ``"test"`` or ``"train[:10]"``;
     None: all) against the SHA-256 recorded when they were written; returns False when the folder has no
@@ -145,7 +142,7 @@ def verify_shard_checksums(folder: str | os.PathLike, split: str | None = None) 
     except (ValueError, UnicodeDecodeError) as e:
         raise DamagedDatasetError(f"{record_path}: not a checksum record ({e})") from None
     if split is not None:  # shard names are <dataset>-<split>.<format>-NNNNN-of-NNNNN
-        wanted = _split_names(split)
+        wanted = set(split_expression_names(split))
         record = {n: v for n, v in record.items() if n.split(".", 1)[0].rpartition("-")[2] in wanted}
     stats = []
     for name in sorted(record):
@@ -197,7 +194,9 @@ def read_tfds_split(name: str, split: str, data_dir: str | os.PathLike | None, b
 
     Raises:
       DamagedDatasetError: the dataset still cannot be read after rebuilding (or may not be rebuilt).
+      ValueError: ``split`` slices a split (:func:`~seqcsist_jax.data.names.check_whole_splits`).
     """
+    check_whole_splits(split)
     import tensorflow_datasets as tfds
 
     from seqcsist_jax.data import tfds_registration
