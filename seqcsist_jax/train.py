@@ -757,7 +757,7 @@ def _train_locked(config, workdir, hooks, force_config, save_every_steps, save_e
     eta = _EtaNotice(num_steps, step)
 
     progress = None
-    if config.progress_bar and jax.process_index() == 0 and step < num_steps:  # a finished run trains nothing
+    if show_progress_bar(config) and jax.process_index() == 0 and step < num_steps:  # a finished run trains nothing
         from tqdm.auto import tqdm
 
         progress = tqdm(total=num_steps, initial=step, desc=MESSAGE_PREFIX + "train", unit="step", dynamic_ncols=True)
@@ -896,9 +896,30 @@ class _EtaNotice:
                      "use --config=derefnet_quick for a 5-minute CPU run.")
 
 
+def show_progress_bar(config: ml_collections.ConfigDict, stream: Any = None) -> bool:
+    """Whether training draws a tqdm bar: ``config.progress_bar`` and the bar has a screen to draw on.
+
+    A terminal (``stream``, default ``sys.stderr``, is a TTY) or a notebook kernel (Jupyter, Colab: tqdm draws a
+    widget there while stderr is no TTY). Redirected to a file or a pipe (``train ... > log``, ``| tail``, a batch
+    job), a bar would write every refresh into the log, so the run prints its ``step s of n`` lines instead.
+    """
+    if not config.get("progress_bar", True):
+        return False
+    stream = sys.stderr if stream is None else stream
+    try:
+        if stream.isatty():
+            return True
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        pass
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and hasattr(shell, "kernel")
+
+
 class _ProgressLines:
-    """Without a progress bar (``config.progress_bar`` off: ``compare`` workers, batch jobs, logs), a line every
-    :attr:`EVERY_SECONDS` at most, at the logging cadence, so a long stretch between evaluations is not silent."""
+    """Without a progress bar (``config.progress_bar`` off, or no terminal: :func:`show_progress_bar`), a line
+    every :attr:`EVERY_SECONDS` at most, at the logging cadence, so a long stretch between evaluations is not
+    silent."""
 
     EVERY_SECONDS = 60.0
 

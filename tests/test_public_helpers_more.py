@@ -578,3 +578,30 @@ def test_remove_stale_incomplete_removes_only_this_versions_incomplete_folders(t
     assert not any(f.exists() for f in stale)
     assert all(f.is_dir() for f in keep) and (version_dir / "data" / "keep.txt").read_text() == "prepared"
     assert tfds_open.remove_stale_incomplete(version_dir) == []  # nothing left to remove
+
+
+def test_show_progress_bar_needs_the_flag_and_a_screen(monkeypatch):
+    import io
+
+    from seqcsist_jax import train as train_lib
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    on, off = ml_collections.ConfigDict({"progress_bar": True}), ml_collections.ConfigDict({"progress_bar": False})
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)  # pytest may have imported it: no kernel here
+    assert train_lib.show_progress_bar(on, Terminal()) is True
+    assert train_lib.show_progress_bar(off, Terminal()) is False
+    assert train_lib.show_progress_bar(on, io.StringIO()) is False  # a file or a pipe: step lines instead
+    closed = io.StringIO()
+    closed.close()  # isatty raises ValueError on a closed stream
+    assert train_lib.show_progress_bar(on, closed) is False
+    # a notebook kernel (Jupyter, Colab) draws a widget although its stderr is no terminal
+    kernel = types.SimpleNamespace(kernel=object())
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: kernel))
+    assert train_lib.show_progress_bar(on, io.StringIO()) is True
+    assert train_lib.show_progress_bar(off, io.StringIO()) is False
+    terminal_ipython = types.SimpleNamespace()  # IPython in a terminal: no kernel, its stderr decides
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: terminal_ipython))
+    assert train_lib.show_progress_bar(on, io.StringIO()) is False

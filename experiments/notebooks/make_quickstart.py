@@ -77,7 +77,7 @@ CELLS = [
     ),
     new_markdown_cell(
         "## Train\n`derefnet:quick` is the paper's architecture with fewer stages, trained for two epochs of "
-        "`seqcsist/mini` (about 5 minutes on 2 CPU cores). The call resumes automatically if the workdir already "
+        "`seqcsist/mini` (5–12 minutes on 2 CPU cores, depending on the machine's load). The call resumes automatically if the workdir already "
         "holds a run."
     ),
     new_code_cell(
@@ -98,7 +98,9 @@ CELLS = [
     new_markdown_cell(
         "## Beyond the grid: continuous decoding\nThe paper protocol snaps detections to the 1/3-px grid. "
         "`seqcsist_jax.decode` fits the imaging model to the frames instead; `trajectory` fits each target's "
-        "path over all 20 frames."
+        "path over all 20 frames. Two warnings are expected on this data: `SaturationWarning` counts frames with "
+        "255-clipped pixels (fitted as censored), and `CountCapWarning` counts frames that chose 4 targets, "
+        "SeqCSIST's maximum and the decoder's default `max_targets`."
     ),
     new_code_cell(
         "from seqcsist_jax import metrics\n"
