@@ -77,8 +77,8 @@ CELLS = [
     ),
     new_markdown_cell(
         "## Train\n`derefnet:quick` is the paper's architecture with fewer stages, trained for two epochs of "
-        "`seqcsist/mini` (5–12 minutes on 2 CPU cores, depending on the machine's load). The call resumes automatically if the workdir already "
-        "holds a run."
+        "`seqcsist/mini` (5–12 minutes on 2 CPU cores, depending on the machine's load). The call resumes "
+        "automatically if the workdir already holds a run."
     ),
     new_code_cell(
         "config = configs.get_config('derefnet:smoke' if SMOKE else 'derefnet:quick')\n"
