@@ -379,7 +379,6 @@ def method_config(name: str, args: argparse.Namespace):
         else:
             config.num_train_steps = -1
             config.num_epochs = float(args.budget_epochs)
-    config.progress_bar = sys.stderr.isatty()
     return config  # main() checks it (train.check_config: a mistyped --dataset too) before any row runs
 
 
