@@ -155,6 +155,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple
     for key, raw in overrides:
         parts = key.split(".")
         node = config
+        if parts[:2] == ["eval", "decode_options"] and not _has_path(config, parts):
+            # A dict of decoder options, empty by default: the command line has its own flag for its keys.
+            raise UsageError(f"--config.{key}: the continuous decoder's options are set with experiments.evaluate "
+                             "--decode_option KEY=VALUE (e.g. --decode_option=max_targets=6), or in a config file "
+                             "as config.eval.decode_options = {'max_targets': 6}")
         for depth, part in enumerate(parts[:-1]):
             if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
                 raise UsageError(f"unknown config field {key}{_suggest(key, config)}")
@@ -176,6 +181,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple
         except TypeError as e:
             raise UsageError(f"--config.{key}={raw!r}: {e}") from None
     return config
+
+
+def _has_path(config: ml_collections.ConfigDict, parts: Sequence[str]) -> bool:
+    """Whether ``config`` holds the dotted field ``parts`` (e.g. ``["eval", "decode_options", "max_targets"]``)."""
+    node: Any = config
+    for part in parts:
+        if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def load_config(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:

@@ -47,6 +47,9 @@ flags.adopt_module_key_flags(cli)  # --help lists --config and the config names
 flags.DEFINE_bool("geometry_prior", None, "Continuous decoders on SeqCSIST data: add the generator's star geometry "
                   "(DecodeOptions.geometry='star', a simulator-specific DECISION; default: config.eval.geometry_prior "
                   "or off).")
+flags.DEFINE_multi_string("decode_option", [], "Continuous decoders: a decoder option KEY=VALUE (repeatable; a "
+                          "DecodeOptions field, e.g. max_targets=6), over the dataset's count range and "
+                          "config.eval.decode_options; the result goes to its own eval/ folder.")
 flags.DEFINE_bool("export_public", False, "Also write the predictions in the public release's layout: "
                   "public/annotation/COS{N}.xml (SeqCSIST) or public/Annotations/CSO{N}.xml (CSIST-100K).")
 flags.DEFINE_bool("calibrate", True, "Continuous decoders: fit the imaging model (PSF σ, offset, gain, background, "
@@ -56,19 +59,23 @@ flags.DEFINE_bool("calibrate", True, "Continuous decoders: fit the imaging model
 
 def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torch_checkpoint=None,
                      config=None, export_public=False, calibrate=True, pretrained=None,
-                     geometry_prior=None) -> dict:
+                     geometry_prior=None, decode_options=None) -> dict:
     """Library form of this command (no flags). Returns the metrics dict (plus ``out_dir``, ``protocol_note``
     -- ``""`` unless the threshold/margin differ from the dataset's benchmark protocol -- and, for continuous
     decoders with ``calibrate``, the ``imaging`` parameters used). ``geometry_prior`` (``None``: the config's
-    ``eval.geometry_prior``, else off) adds the SeqCSIST star geometry to the continuous decoders."""
+    ``eval.geometry_prior``, else off) adds the SeqCSIST star geometry to the continuous decoders.
+    ``decode_options`` (``--decode_option``: a dict of :class:`seqcsist_jax.decode.DecodeOptions` fields) override
+    the dataset's and ``config.eval.decode_options`` for a continuous decoder; its results go to their own folder
+    (``eval/<split>-<decode>-decode.<key>=<value>``), next to the run's own."""
     from seqcsist_jax import evaluate as evaluation
     from seqcsist_jax import protocol
     from seqcsist_jax.data.splits import check_split, is_single_image, load_arrays, q_for_workdir
     from seqcsist_jax.methods import display_name
     from seqcsist_jax.predictor import make_predictor, restore_run
+    from seqcsist_jax.evaluate import check_decode_options
     from seqcsist_jax.run_lock import live_holder
 
-    workdir = pathlib.Path(workdir)
+    decode_options_given, workdir = decode_options, pathlib.Path(workdir)
     overridden: list[str] = []
     if (pretrained or torch_checkpoint) and ((workdir / "config.json").exists() or (workdir / "checkpoints").is_dir()):
         # Its eval/ holds the run's own test results: scoring other weights there would replace them silently.
@@ -84,8 +91,14 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     if pretrained:
         from seqcsist_jax import pretrained as shipped
 
+        from seqcsist_jax.workdir import run_differences
+
         name, weights_dir = shipped.resolve(pretrained)
+        given = config
         config, params = shipped.load_pretrained(name, config=config, weights_dir=weights_dir)
+        if given is not None:  # e.g. another dataset: its results go next to the weights' own, not over them
+            card = shipped.load_card(name, weights_dir)["config"]
+            overridden = [d for d in run_differences(card, config.to_dict()) if not d.startswith("eval.decode:")]
         q = shipped.pretrained_q(name, weights_dir)
         workdir.mkdir(parents=True, exist_ok=True)
         predictor = make_predictor(config, q if q is not None else q_for_workdir(workdir, config.dataset))
@@ -126,6 +139,12 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
                 raise FileNotFoundError(f"{e} (a checkpoint changed while it was read: a trainer still running in "
                                         "this workdir deletes older ones; run the command again)") from None
             if newest is None:
+                trainer = live_holder(workdir)
+                if trainer is not None:  # "train it first" would be refused: that trainer holds the workdir
+                    raise FileNotFoundError(
+                        f"{e}, and no other checkpoint either: {workdir} is being trained now (PID {trainer['pid']} "
+                        f"on {trainer.get('host', '?')}) and has not saved one yet; run this again after its first "
+                        "checkpoint") from None
                 raise FileNotFoundError(f"{e}, and no other checkpoint either (the run has not saved one yet); train "
                                         f"it first: python -m experiments.train --workdir={workdir}") from None
             raise FileNotFoundError(f"{e} (an unfinished run: no validation has finished yet); pass "
@@ -153,11 +172,23 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         except ValueError as e:
             raise cli.UsageError(str(e)) from None
         decode_options.update(config.eval.get("decode_options") or {})
+    extra = dict(decode_options_given or {})
+    if extra:
+        if decode not in ("refine", "trajectory"):
+            raise cli.UsageError(f"--decode_option ({', '.join(extra)}) applies to the continuous decoders "
+                                 f"(--decode=refine or trajectory), not --decode={decode}")
+        try:
+            check_decode_options(extra, "--decode_option")
+        except ValueError as e:
+            raise cli.UsageError(str(e)) from None
+        decode_options.update(extra)
+        overridden += [f"decode.{key}: {value!r}" for key, value in sorted(extra.items())]
     if decode != "grid" and calibrate:
         from seqcsist_jax.decode import load_or_calibrate
 
         imaging, fresh = load_or_calibrate(workdir / IMAGING_FILE,
-                                           lambda: load_arrays(config.dataset, config.dataset.train_split))
+                                           lambda: load_arrays(config.dataset, config.dataset.train_split),
+                                           calibrated_on=calibration_data(config.dataset))
         print(imaging_line(imaging, fresh, workdir / IMAGING_FILE))
         decode_options["imaging"] = imaging
     arrays = load_arrays(config.dataset, split)
@@ -168,8 +199,9 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         out_dir = out_dir.with_name(f"{out_dir.name}-step{step}")
     if overridden:  # a config other than the run's (e.g. --config.eval.threshold): next to the result, not over it
         out_dir = out_dir.with_name(f"{out_dir.name}-{overrides_folder_suffix(overridden)}")
-        print(f"scoring with a config that differs from the run's ({'; '.join(overridden)}): writing {out_dir}/ "
-              "next to the run's own result")
+        whose = "the weights' model card" if pretrained else "the run's"
+        print(f"scoring with a config that differs from {whose} ({'; '.join(overridden)}): writing {out_dir}/ "
+              "next to the " + ("weights' own results" if pretrained else "run's own result"))
     trainer = live_holder(workdir)
     if trainer is not None:  # scoring a run in progress is fine, but its own final test replaces the result
         final = out_dir == evaluation.eval_dir(workdir, config.dataset.test_split,
@@ -192,6 +224,15 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     if imaging is not None:
         result["imaging"] = json.loads(imaging.to_json())
     return result
+
+
+def calibration_data(dataset: Any) -> dict[str, str]:
+    """What a workdir's ``imaging.json`` is calibrated on (stored in it): the dataset and its training split, and
+    the manual dir of a release read from one. A file calibrated on other data is calibrated again, not reused."""
+    data = {"dataset": str(dataset.name), "split": str(dataset.train_split)}
+    if dataset.get("manual_dir"):
+        data["manual_dir"] = str(dataset.manual_dir)
+    return data
 
 
 def overrides_folder_suffix(differences: list[str]) -> str:
@@ -259,6 +300,14 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
     from seqcsist_jax import evaluate as evaluation
     from seqcsist_jax.workdir import load_run_config
 
+    decode_options = {}
+    if FLAGS.decode_option:  # checked before anything is read or created
+        from seqcsist_jax.decode.options import parse_option_items
+
+        try:
+            decode_options = parse_option_items(FLAGS.decode_option, "--decode_option")
+        except ValueError as e:
+            raise cli.UsageError(str(e)) from None
     config = None
     workdir = FLAGS.workdir
     if FLAGS.pretrained:
@@ -288,7 +337,7 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
         config = cli.apply_overrides(load_run_config(pathlib.Path(workdir)), overrides)
     result = evaluate_workdir(workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.decode,
                               FLAGS.torch_checkpoint, config, FLAGS.export_public, FLAGS.calibrate, FLAGS.pretrained,
-                              FLAGS.geometry_prior)
+                              FLAGS.geometry_prior, decode_options)
     print(evaluation.table_header(result))
     print(result["table_row"])
     from seqcsist_jax.fileio import without_non_finite

@@ -363,11 +363,12 @@ class RunCheckpoints:
                 return evals
             if step in self.latest.all_steps() and step <= int(resume_step):
                 source = self._copy_step(self.latest, self.best, step)
-                log.warning("the best checkpoint (step %d) was missing; restored it from %s (the same state)",
-                            step, source)
+                log.warning("the best evaluation (step %d) had no best/ folder (deleted, or damaged and moved to "
+                            "damaged/); copied it from %s (the same state)", step, source)
                 return evals
-            log.warning("the best checkpoint (step %d) is missing and no other copy exists; its evaluation is "
-                        "dropped and the best remaining one is used", step)
+            log.warning("the best evaluation (step %d) has no checkpoint left (no best/%d or latest/%d folder: "
+                        "deleted, or damaged and moved to damaged/); that evaluation is dropped and the next best one "
+                        "is used", step, step, step)
             del evals[str(step)]
 
     @staticmethod

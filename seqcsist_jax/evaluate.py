@@ -346,6 +346,25 @@ def check_eval_config(eval_config: Mapping[str, Any]) -> None:
                               f"{did_you_mean(str(decode), DECODERS)}")
     if eval_config.get("ties", "input_order") not in ("input_order", "grouped"):
         raise EvalConfigError(f"config.eval.ties must be 'input_order' or 'grouped', got {eval_config.get('ties')!r}")
+    options = eval_config.get("decode_options")
+    if options:  # checked now, not after a whole training at its final test
+        check_decode_options(options, "config.eval.decode_options")
+
+
+def check_decode_options(options: Any, source: str) -> None:
+    """Raises :class:`EvalConfigError` (one line naming ``source``) unless ``options`` is a mapping of valid
+    continuous-decoder options (:func:`seqcsist_jax.decode.make_options`: known names, valid values)."""
+    if hasattr(options, "to_dict"):
+        options = options.to_dict()
+    if not isinstance(options, Mapping):
+        raise EvalConfigError(f"{source} must be a mapping of decoder options (e.g. {{'max_targets': 5}}), got "
+                              f"{type(options).__name__}")
+    from seqcsist_jax.decode import make_options
+
+    try:
+        make_options(**options)
+    except (TypeError, ValueError) as e:
+        raise EvalConfigError(f"{source}: {' '.join(str(e).split())}") from None
 
 
 def evaluate_run(

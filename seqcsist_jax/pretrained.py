@@ -59,7 +59,8 @@ def check_name(name: str) -> str:
     """Returns ``name`` if it is a plain file stem (``NAME`` of ``NAME.npz``/``NAME.json``); raises ValueError.
 
     Refused: empty names, path separators, ``.``/``..``, a leading dot (hidden files; the atomic writers'
-    temporaries start with one), and a ``.npz``/``.json`` ending (the extension is added here).
+    temporaries start with one), a ``.npz``/``.json`` ending (the extension is added here), and characters other
+    than ASCII letters, digits, ``_``, ``.`` and ``-`` (or a leading ``-``), so ``--pretrained=NAME`` needs no quoting.
     """
     text = str(name)
     seps = {"/", "\\", os.sep, *([os.altsep] if os.altsep else [])}
@@ -75,6 +76,12 @@ def check_name(name: str) -> str:
         if text.endswith(ext):
             raise ValueError(f"{text!r} ends with {ext}; give the stem only ({text[:-len(ext)]}): NAME.npz and its "
                              "card NAME.json are both written")
+    odd = sorted({c for c in text if not (c.isascii() and (c.isalnum() or c in "_.-"))})
+    if odd or text.startswith("-"):
+        # --pretrained=NAME must read back without quoting, and a leading '-' reads as a flag in most shells' tools
+        what = f"characters {''.join(odd)!r}" if odd else "a leading '-'"
+        raise ValueError(f"{text!r} has {what}; expected a plain file stem of letters, digits, '_', '.' and '-' "
+                         "(not first) such as derefnet_quick")
     return text
 
 
@@ -86,7 +93,8 @@ def available(weights_dir: str | os.PathLike | None = None) -> list[str]:
 
 def resolve(spec: str) -> tuple[str, pathlib.Path | None]:
     """``(name, weights_dir)`` of a weights reference: a shipped name (``"derefnet_quick"`` → its name and
-    ``None``, the package folder) or a path to an exported ``NAME.npz`` (``.npz`` optional), as
+    ``None``, the package folder) or a path to an exported ``NAME.npz`` (``.npz`` optional; its card ``NAME.json``
+    names it too), as
     ``experiments.export_weights --weights_dir=DIR`` writes them (→ ``NAME`` and ``DIR``).
 
     Raises:
@@ -98,6 +106,8 @@ def resolve(spec: str) -> tuple[str, pathlib.Path | None]:
     if text.endswith(".npz") or "/" in text or os.sep in text:
         path = pathlib.Path(text).expanduser()
         name, folder = path.name.removesuffix(".npz"), path.parent
+        if path.suffix == ".json" and path.with_suffix(".npz").exists():  # its model card names the weights too
+            name = path.stem
         npz, card = folder / f"{name}.npz", folder / f"{name}.json"
         if path.is_dir() and not npz.exists():
             inside = ", ".join(f"{n}.npz" for n in available(path)) or "no weights"

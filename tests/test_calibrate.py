@@ -255,3 +255,33 @@ def test_load_or_calibrate_stores_and_reuses_json(data, tmp_path):
             again, fresh = load_or_calibrate(path, lambda: {"frames": frames, "targets": data["targets"]})
         assert fresh and again == params and (tmp_path / "run" / "imaging.json.damaged").read_bytes() == damage
         assert load_or_calibrate(path, must_not_load) == (params, False)
+
+
+def test_load_or_calibrate_is_tied_to_the_data_it_was_calibrated_on(data, tmp_path):
+    """A workdir's imaging.json calibrated on one dataset is never reused for another (an evaluation with
+    ``--config.dataset.name=...`` would decode with the wrong noise/blur and score silently wrong): it is
+    calibrated again, replaced, and a warning names both datasets."""
+    sharp = {"frames": render_frames(data["targets"]), "targets": data["targets"]}
+    blurred = {"frames": render_frames(data["targets"], CASES["blurred_shifted"]), "targets": data["targets"]}
+    path = tmp_path / "imaging.json"
+    mini = {"dataset": "seqcsist/mini", "split": "train"}
+    other = {"dataset": "seqcsist/noise_2", "split": "train"}
+
+    def must_not_load():
+        raise AssertionError("the stored parameters should be reused")
+
+    first, fresh = load_or_calibrate(path, lambda: sharp, calibrated_on=mini)
+    assert fresh and json.loads(path.read_text())["calibrated_on"] == mini
+    assert load_or_calibrate(path, must_not_load, calibrated_on=dict(reversed(mini.items()))) == (first, False)
+    with pytest.warns(RuntimeWarning, match="calibrated on dataset=seqcsist/mini, split=train, not on "
+                                            "dataset=seqcsist/noise_2, split=train; calibrating .* again"):
+        second, fresh = load_or_calibrate(path, lambda: blurred, calibrated_on=other)
+    assert fresh and second != first
+    _close(second, CASES["blurred_shifted"])
+    assert json.loads(path.read_text())["calibrated_on"] == other
+    assert load_or_calibrate(path, must_not_load, calibrated_on=other) == (second, False)
+    assert load_or_calibrate(path, must_not_load) == (second, False)  # no key given: any valid file
+    # a file of an older version (no record of its data) is calibrated again when the caller names its data
+    path.write_text(first.to_json())
+    with pytest.warns(RuntimeWarning, match="calibrated on unrecorded data"):
+        assert load_or_calibrate(path, lambda: blurred, calibrated_on=other)[1]

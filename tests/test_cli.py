@@ -321,6 +321,12 @@ def test_entry_points_help_and_errors(tmp_path):
         "splits are train, validation, test"]
     assert not (tmp_path / "typo").exists()
 
+    bad_option = _run(["-m", "experiments.evaluate", f"--workdir={tmp_path / 'empty'}", "--decode=refine",
+                       "--decode_option=max_tragets=3"])  # before the workdir is looked at
+    (line,) = _error_lines(bad_option)
+    assert bad_option.returncode == 2 and line.startswith(
+        "error: --decode_option: unknown decode option(s): max_tragets (did you mean max_targets?)")
+
     no_run = _run(["-m", "experiments.evaluate", f"--workdir={tmp_path / 'empty'}"])
     assert no_run.returncode == 2 and len(_error_lines(no_run)) == 1 and "empty does not exist" in no_run.stderr
 
@@ -436,6 +442,9 @@ def _imported_modules(importtime_stderr: str) -> set[str]:
     (["experiments.train", "--config=derefnet:smoke", "--workdir=unused", "--config.learning_rate=abc"], 2,
      "error: unknown config field learning_rate; did you mean optimizer.learning_rate?"),
     (["experiments.evaluate", "--workdir=unused", "--decode=refin"], 2, "error: "),
+    (["experiments.train", "--config=derefnet:smoke", "--workdir=unused", "--config.eval.decode_options.max_targets=3"],
+     2, "error: --config.eval.decode_options.max_targets: the continuous decoder's options are set with "
+        "experiments.evaluate --decode_option KEY=VALUE"),
     # configs that point at CSIST-100K resolve their dataset's protocol while loading (seqcsist_jax.data.names)
     (["experiments.train", "--config=dista:quik", "--workdir=unused"], 2, "error: unknown config variant 'quik'"),
     (["experiments.train", "--config=dista:quick", "--workdir=unused", "--config.num_train_step=1"], 2,

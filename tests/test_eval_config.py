@@ -110,3 +110,26 @@ def test_too_many_devices_or_an_unsplittable_batch_is_refused_before_the_workdir
     else:
         train_lib.check_devices(config)  # one device takes any batch
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("options,words", [
+    ({"max_targets": 0}, "max_targets must be a positive integer"),
+    ({"max_tragets": 3}, "did you mean max_targets?"),
+    ([("max_targets", 3)], "must be a mapping of decoder options"),
+])
+def test_decode_options_are_checked_before_training(options, words, tmp_path):
+    """A bad ``config.eval.decode_options`` (set from Python or a config file) was refused only at the final test,
+    after the whole training; it is now one line before the workdir is created."""
+    from seqcsist_jax import train as train_lib
+
+    evaluation.check_eval_config({"decode": "refine", "decode_options": {"max_targets": 5, "layout_starts": 0}})
+    with pytest.raises(evaluation.EvalConfigError, match="^config.eval.decode_options") as info:
+        evaluation.check_eval_config({"decode": "refine", "decode_options": options})
+    assert words in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(evaluation.EvalConfigError, match="^--my_flag"):
+        evaluation.check_decode_options(options, "--my_flag")
+    config = configs.get_config("derefnet:smoke")
+    config.eval.decode, config.eval.decode_options = "refine", options
+    with pytest.raises(ValueError, match=words.replace("?", r"\?")):
+        train_lib.train_and_evaluate(config, tmp_path / "w")
+    assert not (tmp_path / "w").exists()

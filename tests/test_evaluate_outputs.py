@@ -121,6 +121,23 @@ def test_an_unfinished_run_suggests_the_latest_checkpoint(run, tmp_path):
                                                 r"run has not saved one yet\); train it first: python -m "
                                                 r"experiments.train --workdir="):
         evaluate_workdir(workdir)
+    # ... unless a trainer holds it now (it would refuse that command): then it says so
+    import socket
+    import subprocess
+    import sys
+
+    from seqcsist_jax.run_lock import LOCK_NAME
+
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (workdir / LOCK_NAME).write_text(json.dumps({"pid": trainer.pid, "host": socket.gethostname()}))
+        with pytest.raises(FileNotFoundError, match=rf"no other checkpoint either: {workdir} is being trained now "
+                                                    rf"\(PID {trainer.pid} on .*\) and has not saved one yet; run "
+                                                    r"this again after its first checkpoint$"):
+            evaluate_workdir(workdir)
+    finally:
+        trainer.kill()
+        trainer.wait()
 
 
 def test_a_damaged_best_checkpoint_names_the_repair_which_works(run, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -150,10 +151,13 @@ def test_a_deleted_latest_folder_resumes_from_the_best_checkpoint(tmp_path, capl
                       RunCheckpoints(tmp_path / "reference").restore_params(which)[0])
 
 
-def test_a_deleted_best_folder_is_restored_from_latest_of_the_same_step(finished, tmp_path):
+def test_a_deleted_best_folder_is_restored_from_latest_of_the_same_step(finished, tmp_path, caplog):
     run = _copy(finished, tmp_path)
     shutil.rmtree(run / "checkpoints" / "best" / "6")
-    train_lib.train_and_evaluate(_smoke(), run)
+    with caplog.at_level(logging.WARNING):
+        train_lib.train_and_evaluate(_smoke(), run)
+    assert any(r.getMessage().startswith("the best evaluation (step 6) had no best/ folder (deleted, or damaged and "
+                                         "moved to damaged/); copied it from ") for r in caplog.records)
     checkpoints = RunCheckpoints(run)
     best, step = checkpoints.restore_params("best")
     latest, _ = checkpoints.restore_params(6)
@@ -174,6 +178,26 @@ def test_a_damaged_best_folder_is_moved_aside_and_restored_from_latest(finished,
     best, _ = RunCheckpoints(run).restore_params("best")  # the repaired folder passes its checksum
     reference, _ = RunCheckpoints(finished[0]).restore_params("best")
     _params_equal(best, reference)
+
+
+def test_a_best_evaluation_without_any_checkpoint_is_dropped_with_a_warning(finished, tmp_path, caplog):
+    """The journal names an evaluation as best whose checkpoint is gone everywhere (here: a better evaluation at
+    step 3 written into the journal, latest/3 deleted): it is dropped with a warning that says so, and the next
+    best is used."""
+    run = _copy(finished, tmp_path)
+    journal = run / "checkpoints" / "evals.json"
+    data = json.loads(journal.read_text())
+    early, last = 3, finished[1]["step"]
+    assert early < last and not (run / "checkpoints" / "best" / str(early)).exists()
+    data["evals"][str(early)] = {**data["evals"][str(last)], "mAP": 1.0}
+    data["best_step"] = early
+    journal.write_text(json.dumps(data))
+    shutil.rmtree(run / "checkpoints" / "latest" / str(early), ignore_errors=True)
+    with caplog.at_level(logging.WARNING):
+        result = train_lib.train_and_evaluate(_smoke(), run)
+    assert any(r.getMessage().startswith(f"the best evaluation (step {early}) has no checkpoint left (no best/{early} "
+                                         f"or latest/{early} folder") for r in caplog.records)
+    assert RunCheckpoints(run).best_step() == result["step"] == finished[1]["step"]
 
 
 def test_without_best_folder_and_journal_the_latest_checkpoint_is_scored(finished, tmp_path):

@@ -162,8 +162,30 @@ def test_export_weights_writes_the_best_checkpoint_and_a_card_with_the_runs_wall
     assert pretrained.resolve(str(path)) == ("tiny", tmp_path / "weights")
     assert pretrained.resolve(str(path.with_suffix(""))) == ("tiny", tmp_path / "weights")
     assert pretrained.resolve("derefnet_quick") == ("derefnet_quick", None)
+    assert pretrained.resolve(str(path.with_suffix(".json"))) == ("tiny", tmp_path / "weights")
     scored = evaluate_workdir(tmp_path / "scored", split="test", pretrained=str(path))
     assert scored["mAP"] == result["test"]["mAP"] or (np.isnan(scored["mAP"]) and np.isnan(result["test"]["mAP"]))
+    assert pathlib.Path(scored["out_dir"]) == tmp_path / "scored" / "eval" / "test"
+    # another config than the card's (here a threshold; another dataset alike) writes next to the weights' own
+    # results, never over them
+    config = pretrained.load_pretrained("tiny", weights_dir=tmp_path / "weights")[0]
+    config.eval.threshold = float(config.eval.threshold) + 5.0
+    other = evaluate_workdir(tmp_path / "scored", split="test", pretrained=str(path), config=config)
+    assert pathlib.Path(other["out_dir"]).name == f"test-eval.threshold={config.eval.threshold}"
+    assert json.loads((tmp_path / "scored" / "eval" / "test" / "metrics.json").read_text())["threshold"] == (
+        scored["threshold"])
+    # decoder options (--decode_option) reach the decoder and write their own folder; refused for map decoders
+    from experiments import cli
+
+    capped = evaluate_workdir(tmp_path / "scored", split="test", pretrained=str(path), decode="refine",
+                              decode_options={"max_targets": 1})
+    assert pathlib.Path(capped["out_dir"]).name == "test-refine-decode.max_targets=1"
+    assert capped["count_accuracy"] < 1.0  # SeqCSIST frames hold 1-4 targets: a cap at 1 must miss counts
+    for options, decode, match in (({"max_targets": 1}, "grid", "applies to the continuous decoders"),
+                                   ({"max_targets": 0}, "refine", "max_targets must be a positive integer")):
+        with pytest.raises(cli.UsageError, match=match):
+            evaluate_workdir(tmp_path / "scored", split="test", pretrained=str(path), decode=decode,
+                             decode_options=options)
     proc = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--pretrained={tmp_path / 'nothing.npz'}"],
                           capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -377,7 +399,7 @@ def test_a_pair_whose_npz_was_replaced_is_refused(pair, smoke_model):
 def test_save_refuses_names_that_are_not_a_plain_stem(tmp_path, smoke_model):
     config, params = smoke_model
     folder = tmp_path / "weights"
-    for name in ("../evil", "a/b", ".", "..", ".hidden", "", "x.npz", "x.json"):
+    for name in ("../evil", "a/b", ".", "..", ".hidden", "", "x.npz", "x.json", "my weights", "-x", "a:b", "ü"):
         with pytest.raises(ValueError) as info:
             pretrained.save_pretrained(name, params, config, {}, weights_dir=folder)
         assert "expected a plain file stem" in _one_line(info.value) or "give the stem only" in str(info.value)

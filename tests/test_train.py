@@ -422,7 +422,32 @@ def test_evaluate_decode_choices_change_the_numbers(smoke_run):
     assert (workdir / "eval" / "test-trajectory" / "detections.csv").exists()
     # continuous decoders calibrate the imaging model once per workdir; noise-free SPEC data gives the SPEC model
     saved = json.loads((workdir / "imaging.json").read_text())
+    dataset = json.loads((workdir / "config.json").read_text())["dataset"]
+    assert saved.pop("calibrated_on") == {"dataset": dataset["name"], "split": dataset["train_split"]}
     assert saved == traj["imaging"] and abs(saved["sigma"] - 0.5) < 0.01 and abs(saved["gain"] - 1) < 0.01
+
+
+@pytest.mark.slow
+def test_evaluate_recalibrates_for_other_data(smoke_run, tmp_path):
+    """The workdir's imaging.json is tied to the data it was calibrated on: evaluating with a config that reads
+    other data (here another split as the calibration split; ``--config.dataset.name=...`` alike) calibrates
+    again with a warning instead of reusing it, and writes next to the run's own result."""
+    import shutil
+
+    from experiments.evaluate import evaluate_workdir
+    from seqcsist_jax.workdir import load_run_config
+
+    workdir = tmp_path / "run"
+    shutil.copytree(smoke_run[0], workdir)
+    evaluate_workdir(workdir, checkpoint="best", split="test", decode="refine")
+    own = json.loads((workdir / "imaging.json").read_text())["calibrated_on"]
+    config = load_run_config(workdir)
+    config.dataset.train_split = "validation"
+    with pytest.warns(RuntimeWarning, match=f"calibrated on dataset={own['dataset']}, split=train, not on "
+                                            f"dataset={own['dataset']}, split=validation"):
+        other = evaluate_workdir(workdir, checkpoint="best", split="test", decode="refine", config=config)
+    assert json.loads((workdir / "imaging.json").read_text())["calibrated_on"]["split"] == "validation"
+    assert pathlib.Path(other["out_dir"]).name.startswith("test-refine-dataset.train_split=")
 
 
 def test_evaluate_geometry_prior_reaches_the_decoder(smoke_run, monkeypatch):

@@ -58,6 +58,7 @@ from seqcsist_jax.decode import (
     decode,
     decode_arrays,
     make_options,
+    parse_option_items,
     trajectory,
 )
 from experiments.arg_parser import ArgumentParser
@@ -214,25 +215,13 @@ def diagnostics(method: str, dec, data: dict, frames: np.ndarray, opts: dict) ->
 
 
 def parse_decode_options(items: list[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` (``--decode-option``) → decoder options; values are Python literals (``8``, ``0.1``,
-    ``None``, ``(235, 8.66)``) or else strings. Unknown keys are refused by :func:`make_options` with the list of
-    known ones."""
-    import ast
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"--decode-option {item!r}: expected KEY=VALUE, e.g. trajectory_restarts=0")
-        try:
-            out[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value.strip()
+    """``["key=value", ...]`` (``--decode-option``) → decoder options (:func:`seqcsist_jax.decode.parse_option_items`:
+    Python literals or strings; unknown keys and invalid values refused in one line)."""
     try:
-        make_options(**out)
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"--decode-option: {e}") from None
-    return out
+        return parse_option_items(items, "--decode-option")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def run_config(config: str, args: argparse.Namespace) -> dict:

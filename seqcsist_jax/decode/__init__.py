@@ -38,7 +38,7 @@ from seqcsist_jax.decode.api import (
 from seqcsist_jax.decode.calibrate import calibrate, calibrate_split, load_or_calibrate
 from seqcsist_jax.decode.imaging_params import DEFAULT_IMAGING, ImagingParams
 from seqcsist_jax.decode.maps import grid_detections, peak_detections, physics_maps
-from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
+from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options, parse_option_items
 from seqcsist_jax.decode.presets import (
     CSIST100K_OPTIONS,
     SEQCSIST_CONFIG_OPTIONS,
@@ -69,6 +69,7 @@ __all__ = [
     "load_or_calibrate",
     "localisation_confidence",
     "make_options",
+    "parse_option_items",
     "map_seeds",
     "peak_detections",
     "physics_maps",

@@ -227,12 +227,20 @@ def calibrate_split(arrays: Mapping[str, Any], *, max_frames: int | None = 20000
 def load_or_calibrate(
     path: str | pathlib.Path,
     arrays: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+    *,
+    calibrated_on: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> tuple[ImagingParams, bool]:
     """The imaging parameters stored at ``path`` (JSON), or calibrated from ``arrays`` and stored there.
 
-    For a CLI: ``params, fresh = load_or_calibrate(workdir / "imaging.json", lambda: load_split("train"))``
-    calibrates once per run directory (``arrays`` may be a callable so the split is only loaded when needed).
+    For a CLI: ``params, fresh = load_or_calibrate(workdir / "imaging.json", lambda: load_split("train"),
+    calibrated_on={"dataset": "seqcsist/mini", "split": "train"})`` calibrates once per run directory and data
+    (``arrays`` may be a callable so the split is only loaded when needed).
+
+    ``calibrated_on`` (JSON-ready) says which data ``arrays`` are; it is stored with the parameters, and a file
+    calibrated on other data (or written without saying, by an older version) is not reused: the parameters are
+    calibrated again and the file replaced, with a warning naming both. Reusing another dataset's model would
+    decode with the wrong noise, blur or registration and score silently wrong. ``None`` reuses any valid file.
 
     A damaged file (not UTF-8, not JSON, a missing or invalid field) is a cache that can be rebuilt: it is moved
     to ``<path>.damaged`` with a warning naming the problem, and the parameters are calibrated again.
@@ -240,24 +248,46 @@ def load_or_calibrate(
     Returns:
       The parameters and whether they were calibrated now (``False``: read from ``path``).
     """
+    import json
     import os
     import warnings
 
     from seqcsist_jax.fileio import atomic_write
 
     path = pathlib.Path(path)
+    want = None if calibrated_on is None else json.loads(json.dumps(dict(calibrated_on), sort_keys=True))
     if path.exists():
+        stored, problem = None, None
         try:
-            return ImagingParams.from_json(path.read_bytes().decode("utf-8"), source=str(path)), False
+            data = json.loads(path.read_bytes().decode("utf-8"))
+            stored = data.pop("calibrated_on", None) if isinstance(data, dict) else None
+            params = ImagingParams.from_dict(data, source=str(path))
         except UnicodeDecodeError as e:
             problem = f"{path} is not UTF-8 text (byte {e.start})"
+        except json.JSONDecodeError as e:
+            problem = f"{path}: not valid JSON ({e})"
         except ValueError as e:
             problem = " ".join(str(e).split())
-        aside = path.with_name(path.name + ".damaged")
-        os.replace(path, aside)
-        warnings.warn(f"{problem}; moved it to {aside.name} and calibrating the imaging model again",
-                      RuntimeWarning, stacklevel=2)
+        if problem is not None:
+            aside = path.with_name(path.name + ".damaged")
+            os.replace(path, aside)
+            warnings.warn(f"{problem}; moved it to {aside.name} and calibrating the imaging model again",
+                          RuntimeWarning, stacklevel=2)
+        elif want is None or stored == want:
+            return params, False
+        else:
+            was = "unrecorded data (an older file)" if stored is None else _describe(stored)
+            warnings.warn(f"{path} was calibrated on {was}, not on {_describe(want)}; calibrating the imaging "
+                          "model again and replacing it", RuntimeWarning, stacklevel=2)
     params = calibrate_split(arrays() if callable(arrays) else arrays, **kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, params.to_json() + "\n")
+    record = params.to_dict() if want is None else {**params.to_dict(), "calibrated_on": want}
+    atomic_write(path, json.dumps(record, sort_keys=True) + "\n")
     return params, True
+
+
+def _describe(source: Any) -> str:
+    """``{"dataset": "seqcsist/mini", "split": "train"}`` → ``"dataset=seqcsist/mini, split=train"``."""
+    if isinstance(source, Mapping):
+        return ", ".join(f"{k}={v}" for k, v in sorted(source.items()))
+    return repr(source)

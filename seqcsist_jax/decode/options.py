@@ -384,3 +384,28 @@ def make_options(options: DecodeOptions | Mapping[str, Any] | None = None, **ove
     overrides = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in overrides.items()}
     base = options if options is not None else DecodeOptions()
     return dataclasses.replace(base, **overrides)
+
+
+def parse_option_items(items: list[str] | tuple[str, ...], source: str = "--decode_option") -> dict[str, Any]:
+    """``["max_targets=5", "layout_starts=0"]`` (a command line's ``KEY=VALUE`` items) → decoder options.
+
+    Values are Python literals (``8``, ``0.1``, ``None``, ``True``, ``(235, 8.66)``), else strings. The result is
+    checked by :func:`make_options`; a malformed item, an unknown name or an invalid value raises one
+    ``ValueError`` line naming ``source`` (an unknown name with the nearest known one).
+    """
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{source} {item!r}: expected KEY=VALUE, e.g. max_targets=5")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    try:
+        make_options(**out)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: {' '.join(str(e).split())}") from None
+    return out
