@@ -72,7 +72,6 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     from seqcsist_jax.data.splits import check_split, is_single_image, load_arrays, q_for_workdir
     from seqcsist_jax.methods import display_name
     from seqcsist_jax.predictor import make_predictor, restore_run
-    from seqcsist_jax.evaluate import check_decode_options
     from seqcsist_jax.run_lock import live_holder
 
     decode_options_given, workdir = decode_options, pathlib.Path(workdir)
@@ -90,7 +89,6 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
                              f"{flag} scores the weights it names (leave --checkpoint out)")
     if pretrained:
         from seqcsist_jax import pretrained as shipped
-
         from seqcsist_jax.workdir import run_differences
 
         name, weights_dir = shipped.resolve(pretrained)
@@ -178,7 +176,7 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
             raise cli.UsageError(f"--decode_option ({', '.join(extra)}) applies to the continuous decoders "
                                  f"(--decode=refine or trajectory), not --decode={decode}")
         try:
-            check_decode_options(extra, "--decode_option")
+            evaluation.check_decode_options(extra, "--decode_option")
         except ValueError as e:
             raise cli.UsageError(str(e)) from None
         decode_options.update(extra)
