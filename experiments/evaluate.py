@@ -82,6 +82,9 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         raise cli.UsageError(f"--workdir={workdir} holds a training run (config.json, checkpoints/); {flag} would "
                              "replace its eval/ results with another model's: give a new or empty --workdir"
                              + (" (or leave it out: workdirs/pretrained/NAME)" if pretrained else ""))
+    if (pretrained or torch_checkpoint) and workdir.exists() and not workdir.is_dir():
+        raise cli.UsageError(f"--workdir={workdir} is a file, not a directory; give a new or empty directory for "
+                             "the evaluation's outputs")
     if (pretrained or torch_checkpoint) and str(checkpoint) != "best":
         # Otherwise it would be ignored: a silently different checkpoint than the one asked for.
         flag = "--pretrained" if pretrained else "--torch_checkpoint"
@@ -158,6 +161,9 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     except ValueError as e:
         raise cli.UsageError(str(e)) from None
     decode = decode or config.eval.get("decode", "grid") or "grid"
+    if geometry_prior and decode not in ("refine", "trajectory"):  # it would be ignored without a word
+        raise cli.UsageError(f"--geometry_prior applies to the continuous decoders (--decode=refine or trajectory), "
+                             f"not --decode={decode}")
     decode_options, imaging = {}, None
     if decode != "grid":
         from seqcsist_jax.decode import dataset_decode_options

@@ -108,6 +108,19 @@ def test_shipped_weights_are_refused_in_a_training_run(run):
         evaluate_workdir(run[0], pretrained="derefnet_quick")
 
 
+def test_options_that_would_be_ignored_or_fail_late_are_one_line(run, tmp_path):
+    """``--geometry_prior`` with a map decoder would be ignored silently, and a file as the output directory of
+    shipped weights failed with the errno's wording: both are one line naming the flag."""
+    with pytest.raises(cli.UsageError, match=r"^--geometry_prior applies to the continuous decoders \(--decode=refine "
+                                             r"or trajectory\), not --decode=grid$"):
+        evaluate_workdir(run[0], decode="grid", geometry_prior=True)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(cli.UsageError, match=rf"^--workdir={afile} is a file, not a directory"):
+        evaluate_workdir(afile, pretrained="derefnet_quick")
+    assert afile.read_text() == "x"
+
+
 def test_an_unfinished_run_suggests_the_latest_checkpoint(run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(run[0], workdir)
