@@ -26,7 +26,7 @@ from typing import Any
 from absl import flags
 
 from experiments import cli
-from seqcsist_jax.protocol import DECODERS
+from seqcsist_jax.protocol import CONTINUOUS_DECODERS, DECODERS
 from seqcsist_jax.suggest import did_you_mean
 
 FLAGS = flags.FLAGS
@@ -161,7 +161,7 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     except ValueError as e:
         raise cli.UsageError(str(e)) from None
     decode = decode or config.eval.get("decode", "grid") or "grid"
-    if geometry_prior and decode not in ("refine", "trajectory"):  # it would be ignored without a word
+    if geometry_prior and decode not in CONTINUOUS_DECODERS:  # it would be ignored without a word
         raise cli.UsageError(f"--geometry_prior applies to the continuous decoders (--decode=refine or trajectory), "
                              f"not --decode={decode}")
     decode_options, imaging = {}, None
@@ -178,7 +178,7 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         decode_options.update(config.eval.get("decode_options") or {})
     extra = dict(decode_options_given or {})
     if extra:
-        if decode not in ("refine", "trajectory"):
+        if decode not in CONTINUOUS_DECODERS:
             raise cli.UsageError(f"--decode_option ({', '.join(extra)}) applies to the continuous decoders "
                                  f"(--decode=refine or trajectory), not --decode={decode}")
         try:
@@ -259,7 +259,7 @@ def decoder_note(decode: str | None, single_image: bool = False, image_quality: 
     """The line that tells a reader whose score a continuous fit is ('' for the map decoders, grid and peak);
     on single images (CSIST-100K) ``trajectory`` gets a second line pointing to ``refine``. ``image_quality``:
     the row has PSNR and SSIM columns (:func:`seqcsist_jax.evaluate.table_header`), which the note then names."""
-    if decode not in ("refine", "trajectory"):  # these fit the imaging model to the frames
+    if decode not in CONTINUOUS_DECODERS:  # these fit the imaging model to the frames
         return ""
     columns = "FPS, PSNR and SSIM are" if image_quality else "FPS is"
     note = (f"note: the {decode} decoder fits the frames themselves; the model's maps only seed it, so this score "

@@ -17,6 +17,8 @@ CSIST100K_THRESHOLD = 50.0
 METRIC_KEYS: tuple[str, ...] = ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")
 # Decoders of seqcsist_jax.decode; "grid" is the paper protocol, the others are this project's continuous ones.
 DECODERS: tuple[str, ...] = ("grid", "peak", "refine", "trajectory")
+# The decoders that fit the imaging model to the frames (grid and peak read the model's maps only).
+CONTINUOUS_DECODERS: tuple[str, ...] = ("refine", "trajectory")
 
 
 def protocol_difference(single_image: bool, threshold: float, scored_margin: int) -> str:

@@ -18,6 +18,7 @@ from seqcsist_jax.decode import precompile
 from seqcsist_jax.decode import trajectory as traj_mod
 from seqcsist_jax.decode.forward import saturated_frames
 from seqcsist_jax.decode.options import METHODS, DecodeOptions, make_options
+from seqcsist_jax.protocol import CONTINUOUS_DECODERS
 from seqcsist_jax.suggest import did_you_mean
 
 __all__ = ["decode", "decode_arrays", "Decoded", "CountCapWarning", "SaturationWarning", "localisation_confidence",
@@ -211,9 +212,9 @@ def decode_arrays(
     **options: Any,
 ) -> Decoded:
     """Continuous decoding (``refine`` or ``trajectory``) as padded arrays; see :func:`decode`."""
-    if method not in ("refine", "trajectory"):
+    if method not in CONTINUOUS_DECODERS:
         raise ValueError(f"decode_arrays supports 'refine' and 'trajectory', got {method!r}"
-                         f"{did_you_mean(str(method), ('refine', 'trajectory'))}")
+                         f"{did_you_mean(str(method), CONTINUOUS_DECODERS)}")
     imaging = _check_imaging(imaging)
     if imaging is not None:
         frames, options = imaging_mod.to_fit_space(_check_frames(frames), options, imaging)
@@ -378,7 +379,7 @@ def decode(
         return [frames_dets[0] for frames_dets in per_image]
     progress = bool(options.pop("progress", False))
     physics_iterations = int(options.pop("physics_iterations", 100))
-    if method in ("refine", "trajectory"):
+    if method in CONTINUOUS_DECODERS:
         return decode_arrays(frames, maps, method, progress=progress, imaging=imaging, **options).to_lists()
     imaging = _check_imaging(imaging)
     if imaging is not None:

@@ -8,12 +8,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from seqcsist_jax.protocol import DECODERS
 from seqcsist_jax.suggest import closest_name
 
 __all__ = ["DecodeOptions", "make_options", "METHODS", "GEOMETRIES"]
 
 #: Decoding methods of :func:`seqcsist_jax.decode.decode`.
-METHODS: tuple[str, ...] = ("grid", "peak", "refine", "trajectory")
+METHODS: tuple[str, ...] = DECODERS
 
 #: Group geometries of the ``trajectory`` fit (``DecodeOptions.geometry``).
 GEOMETRIES: tuple[str, ...] = ("free", "star")
