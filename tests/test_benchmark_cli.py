@@ -78,3 +78,14 @@ def test_help_lists_every_option(name):
     assert "``" not in proc.stdout and ":func:" not in proc.stdout  # the docstring as plain text
     absent = [o for o in options if o not in proc.stdout]
     assert not absent, f"{name} --help lacks {absent}"
+
+
+OUTPUT_OPTIONS = ("--out", "--output", "--results-dir")
+
+
+def test_every_benchmark_that_writes_results_can_write_elsewhere():
+    """A user trying a benchmark must be able to keep the committed results (the README's numbers) untouched."""
+    writers = [p for p in sorted(BENCHMARKS.glob("*.py")) if "RESULTS" in p.read_text(encoding="utf-8")]
+    assert len(writers) > 10
+    lacking = [p.name for p in writers if not set(OUTPUT_OPTIONS) & set(_parser_options(p))]
+    assert not lacking, f"no {'/'.join(OUTPUT_OPTIONS)} option: {lacking}"

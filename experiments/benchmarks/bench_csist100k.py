@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m experiments.benchmarks.bench_csist100k [--data-dir DIR] [--images 16000] [--note TEXT]
+    python -m experiments.benchmarks.bench_csist100k [--data-dir DIR] [--images 16000] [--note TEXT] [--out DIR]
 
 Measures, in this process and on this machine, one after another:
 
@@ -13,7 +13,7 @@ Measures, in this process and on this machine, one after another:
   fresh data_dir, and their ratio;
 * :func:`~seqcsist_jax.data.csist100k.load_csist100k_arrays` of the train and test splits.
 
-Writes ``experiments/benchmarks/results/bench_csist100k.{json,md}``.
+Writes ``bench_csist100k.{json,md}`` into ``--out`` (default ``experiments/benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="TFDS data_dir to build into (default: a fresh temp dir)")
     p.add_argument("--images", type=int, default=16000, help="images per target count for the generator rows")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. the machine's load)")
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help="folder (created if missing) for bench_csist100k.json and .md "
+                        "(default: experiments/benchmarks/results, the README's numbers)")
     args = p.parse_args(argv)
 
     import tensorflow_datasets as tfds
@@ -92,13 +95,13 @@ def main(argv=None) -> int:
         *[f"| {split} | {s:.2f} |" for split, s in results["load_seconds"].items()],
         "",
     ]
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     from seqcsist_jax.fileio import atomic_write, atomic_write_json
 
-    atomic_write_json(RESULTS / "bench_csist100k.json", results)
-    atomic_write(RESULTS / "bench_csist100k.md", "\n".join(md).encode("utf-8"))
+    atomic_write_json(args.out / "bench_csist100k.json", results)
+    atomic_write(args.out / "bench_csist100k.md", "\n".join(md).encode("utf-8"))
     print("\n".join(md))
-    print(f"wrote {RESULTS / 'bench_csist100k.json'} and .md")
+    print(f"wrote {args.out / 'bench_csist100k.json'} and .md")
     return 0
 
 

@@ -16,13 +16,12 @@ Measures, in this process and on this machine:
   ``tfds.load`` + ``tfds.as_numpy`` decoding the same examples without labels;
 * the target of the issue: > 20,000 frames/s.
 
-Writes ``experiments/benchmarks/results/bench_pipeline.{json,md}``.
+Writes ``bench_pipeline.{json,md}`` into ``--out`` (default ``experiments/benchmarks/results/``).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -111,6 +110,9 @@ def main(argv=None) -> int:
                         help="loader batch sizes to measure, in trajectories of 20 frames, space-separated "
                              "(default: 1 8 32)")
     parser.add_argument("--no-tf", action="store_true", help="skip the tfds.load comparison")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="folder (created if missing) for bench_pipeline.json and .md "
+                             "(default: experiments/benchmarks/results, the README's numbers)")
     args = parser.parse_args(argv)
 
     results: dict = {
@@ -169,8 +171,10 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     print(table)
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
+    from seqcsist_jax.fileio import atomic_write, atomic_write_json
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "bench_pipeline.json", results, indent=2)
     md = [
         "# Input pipeline benchmark",
         "",
@@ -190,8 +194,8 @@ def main(argv=None) -> int:
         table,
         "",
     ]
-    (RESULTS / "bench_pipeline.md").write_text("\n".join(md))
-    print(f"\nwrote {RESULTS / 'bench_pipeline.json'} and .md")
+    atomic_write(args.out / "bench_pipeline.md", "\n".join(md))
+    print(f"\nwrote {args.out / 'bench_pipeline.json'} and .md")
     tmp.cleanup()
     return 0
 

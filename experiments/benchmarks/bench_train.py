@@ -23,7 +23,7 @@ backward pass) afresh on every call and faults them in, so a K-step call pays th
 ``--paper`` adds the paper-size model (9 stages, 32 channels) at batch 1, float32: host vs K = 1 and
 K = ``--paper_steps``. ``--model=paper`` runs the whole grid with the paper-size model instead (what a GPU run
 measures: the paper protocol is global batch 4, float32).
-Writes ``experiments/benchmarks/results/bench_train{--tag}.{json,md}``.
+Writes ``bench_train{--tag}.{json,md}`` into ``--out`` (default ``experiments/benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -170,8 +170,8 @@ def _write(rows: list[dict], args, load_start) -> str:
         "repeats": args.repeats,
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"bench_train{args.tag}.json", result, indent=2)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / f"bench_train{args.tag}.json", result, indent=2)
     names = list(rows[0]["traj_per_s"])
     head = ["| model | global batch | dtype | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
     lines = [
@@ -199,8 +199,8 @@ def _write(rows: list[dict], args, load_start) -> str:
                      f"({row['cpu_ratio_vs_host'][k]:.2f}×), {row['cost'][k]['minor_faults_per_step']:.0f} faults"
                      if k in row["cost"] else "—"),
     ]
-    atomic_write(RESULTS / f"bench_train{args.tag}.md", "\n".join(lines) + "\n")
-    print(f"wrote {RESULTS / f'bench_train{args.tag}.md'} and .json")
+    atomic_write(args.out / f"bench_train{args.tag}.md", "\n".join(lines) + "\n")
+    print(f"wrote {args.out / f'bench_train{args.tag}.md'} and .json")
     return "\n".join(lines)
 
 
@@ -220,6 +220,9 @@ def main() -> None:
                         help="DeRefNet size of the grid: smoke = 2 stages x 8 channels, paper = 9 x 32")
     parser.add_argument("--tag", default="", help="suffix of the results files, e.g. _gpu writes "
                         "results/bench_train_gpu.{md,json}; without one the run replaces results/bench_train.*")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="folder (created if missing) for bench_train<tag>.json and .md "
+                             "(the default holds the README's numbers)")
     args = parser.parse_args()
 
     rows = []
