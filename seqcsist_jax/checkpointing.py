@@ -526,6 +526,8 @@ class RunCheckpoints:
                 saved_params = None
             if saved_params is not None:
                 check_params_match(_field(abstract_state, "params"), saved_params, str(folder))
+        elif params_only:
+            abstract_state = _on_this_device(manager, step)
         _quiet_failed_write_echoes()  # a damaged data file otherwise prints ~100 tracebacks per restore
         try:
             args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
@@ -676,6 +678,24 @@ class RunCheckpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _on_this_device(manager: Any, step: int) -> Any | None:
+    """The saved state's shapes and dtypes, each placed on this process's first device; ``None`` when the metadata
+    is unreadable (the restore then reports the damage). Without a target, orbax restores onto the devices that
+    saved the checkpoint and refuses when they are not all here (a run trained on 4 devices scored on 1)."""
+    try:
+        saved = manager.item_metadata(step)["state"]
+    except Exception:  # noqa: BLE001 (damaged metadata is reported by the restore)
+        return None
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def target(leaf: Any) -> Any:
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            return jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=device)
+        return leaf
+
+    return jax.tree_util.tree_map(target, getattr(saved, "tree", saved))
 
 
 def _check_journal(data: Any) -> None:

@@ -286,6 +286,15 @@ class Trainer:
         self.replicated = sharding.replicated(self.mesh)
         self.data_sharding = sharding.batch_sharding(self.mesh)
         self.global_batch = train_multistep.resolve_global_batch(config, self.mesh.size, jax.process_count())
+        num_train = len(self.train_arrays["frames"])
+        if self.global_batch > num_train:  # the loader drops the remainder: not one batch per epoch
+            fixed = int(config.get("global_batch_size", -1) or -1) > 0
+            how = ("config.global_batch_size" if fixed else
+                   f"config.per_device_batch_size={config.per_device_batch_size} × {self.mesh.size} device(s)")
+            knob = "config.global_batch_size" if fixed else "config.per_device_batch_size or config.num_devices"
+            raise ValueError(f"the global batch of {self.global_batch} trajectories ({how}) exceeds the {num_train} "
+                             f"training trajectories (dataset {config.dataset.name}): lower {knob}, or train on "
+                             "more data")
 
         self.loader = TrajectoryLoader(
             make_source(self.train_arrays),
@@ -414,12 +423,27 @@ class Trainer:
         # a malformed saved position is a damaged checkpoint: it falls back to the previous one
         state, loader_state, meta, step = self.checkpoints.restore(
             "latest", abstract_like(state), check_loader=self.loader.check_state_format)
-        self.loader.set_state(loader_state)
+        try:
+            self.loader.set_state(loader_state)
+        except ValueError as e:
+            raise ValueError(f"{e}{self._device_count_hint(loader_state)}") from None
         # checkpoints written before the time was recorded count from this call on
         self.resumed_train_seconds = float((meta or {}).get("train_seconds") or 0.0)
         self.checkpoints.reconcile(int(step))
         _say(f"resumed from {self.checkpoints.latest.directory} at step {step}")
         return state, int(step)
+
+    def _device_count_hint(self, loader_state: Any) -> str:
+        """Why a saved global batch differs from this one when the device count sets it (``global_batch_size``
+        <= 0: per-device batch × devices): the run was trained on another number of devices. '' otherwise."""
+        saved = loader_state.get("batch_size") if isinstance(loader_state, dict) else None
+        per_device = int(self.config.get("per_device_batch_size", 1))
+        if (not isinstance(saved, int) or saved == self.global_batch or self.config.get("global_batch_size", -1) > 0
+                or per_device <= 0 or saved % per_device):
+            return ""
+        return (f" (the global batch is per_device_batch_size={per_device} × the devices: this run was trained "
+                f"on {saved // per_device} device(s) and this process has {self.mesh.size}; resume it on "
+                f"{saved // per_device}, or train into a new --workdir)")
 
     def evaluate(self, params, split: str, max_trajectories: int | None = None, **options) -> dict:
         """CSO-mAP of ``params`` on a split (frames 2..17 of each trajectory, SPEC §4.6), through

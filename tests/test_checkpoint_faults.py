@@ -575,3 +575,31 @@ def test_full_disk_while_logging_is_one_clear_error(tmp_path, monkeypatch):
     assert info.value.errno == errno.ENOSPC and "\n" not in str(info.value)
     monkeypatch.undo()
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
+
+
+_SAVE_ON_FOUR_DEVICES = """
+import sys, jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from seqcsist_jax.checkpointing import RunCheckpoints
+from tests.test_checkpoint_faults import make_state
+assert jax.device_count() == 4, jax.devices()
+replicated = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec())
+state = jax.tree_util.tree_map(lambda x: jax.device_put(x, replicated), make_state(3))
+RunCheckpoints(sys.argv[1]).save_latest(3, state, {"position": 3}, {"note": "four devices"})
+"""
+
+
+def test_params_saved_on_four_devices_restore_on_this_one(tmp_path):
+    """A run trained data-parallel (parameters replicated on a 4-device mesh) is scored and exported elsewhere:
+    ``restore_params`` places the arrays on this process's devices instead of asking for the saving ones."""
+    from tests.xla_env import xla_flags
+
+    env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=4"), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _SAVE_ON_FOUR_DEVICES, str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert jax.device_count() < 4  # this process cannot offer the saving devices
+    params, step = RunCheckpoints(tmp_path).restore_params("latest")
+    assert step == 3
+    assert_tree_equal(params, make_state(3)["params"])
+    assert all(leaf.devices() == {jax.local_devices()[0]} for leaf in jax.tree_util.tree_leaves(params))
