@@ -24,7 +24,8 @@ Flags:
                       in a user's file, the same source of that file) are reused
   --output            path prefix of the table files (default ``WORKDIR/compare`` → .md, .json, .png)
   --force             recompute even when a finished run with the same config exists
-  --restart_changed   a row whose workdir holds an unfinished run of another config is set aside and restarted
+  --restart_changed   a row whose workdir holds a run of another config (or one trained on another device count,
+                      hence another global batch) is set aside and restarted
   --jobs N            rows run at once, each in its own process (default 1). XLA runs a convolution on one CPU
                       core, so two jobs cut the 2-core table from 74 to 55 min; the FPS column is re-measured row by
                       row at the end with nothing else running (compilations come from a cache in WORKDIR);
@@ -146,8 +147,9 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("output", None, "path prefix of compare.{md,json,png} (default WORKDIR/compare)",
                         flag_values=fv)
     flags.DEFINE_bool("force", False, "recompute finished runs", flag_values=fv)
-    flags.DEFINE_bool("restart_changed", False, "a row whose workdir holds an unfinished run of another config (e.g. "
-                      "another budget) sets it aside (renamed, kept) and starts over", flag_values=fv)
+    flags.DEFINE_bool("restart_changed", False, "a row whose workdir holds a run of another config (e.g. another "
+                      "budget) or of another global batch (another device count) sets it aside (renamed, kept) and "
+                      "starts over", flag_values=fv)
     flags.DEFINE_integer("jobs", 1, "rows run at once in separate processes (2 on a 2-core CPU: 55 instead of 74 "
                          "min for the table, as XLA runs a convolution on one core; rows of a few seconds gain "
                          "nothing, each process pays JAX's start-up); FPS is then re-measured row by row",
@@ -475,8 +477,13 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
     config = method_config(name, args)
     workdir.mkdir(parents=True, exist_ok=True)
     trainable = is_trainable(config)
+    batch = None
     if trainable:
         _schedule(config, args.evals)
+        from seqcsist_jax.train_multistep import resolve_global_batch
+
+        devices = _num_devices(config)
+        batch = {"global_batch": resolve_global_batch(config, devices), "num_devices": devices}
     key = json.loads(json.dumps(config.to_dict(), default=str))
     source = row_source(name, config)
     if source is not None:  # a user's method: a row of other code is neither reused nor resumed
@@ -494,8 +501,11 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
         # restart-safe fields (a data_dir left out of a rerun, the progress bar) do not change the row
         same_run = isinstance(cached.get("config"), dict) and not run_differences(cached["config"], key)
         if same_run and cached.get("source") == source:
-            log.info("%s: reusing the finished run in %s", name, workdir)
-            return cached
+            if batch is None or cached.get("global_batch") in (None, batch["global_batch"]):
+                log.info("%s: reusing the finished run in %s", name, workdir)
+                return cached
+            # the same config on another device count: per_device_batch_size × devices is another global batch
+            _set_aside_other_batch(workdir, cached, batch, force=getattr(args, "restart_changed", False))
 
     if trainable:
         _set_aside_stale_run(workdir, config, force=args.force or getattr(args, "restart_changed", False))
@@ -547,6 +557,7 @@ def run_method(name: str, args: argparse.Namespace, workdir: pathlib.Path) -> di
         **{k: float(test[k]) for k in ("psnr", "ssim") if test.get(k) is not None},
         "config": key,
         "source": source,
+        **(batch or {}),
         **extra,
     }
     atomic_write_json(row_path, row)
@@ -624,8 +635,30 @@ def _aside_path(workdir: pathlib.Path, tag: str) -> pathlib.Path:
     return aside
 
 
+def _set_aside_other_batch(workdir: pathlib.Path, cached: dict, batch: dict, force: bool) -> None:
+    """A finished row trained with another global batch than this process would use (the same config on another
+    device count): with ``force`` it is renamed to ``<workdir>.replaced-<UTC time>`` so the row is trained again;
+    without, a clear error (reusing it would put rows of two batch sizes in one table, silently).
+
+    Raises:
+      cli.UsageError: ``force`` is off (the message names both batches and device counts).
+    """
+    then = f"a global batch of {cached['global_batch']} trajectories"
+    if cached.get("num_devices"):
+        then += f" on {cached['num_devices']} device(s)"
+    now = f"{batch['global_batch']} on {batch['num_devices']} device(s)"
+    if not force:
+        raise cli.UsageError(f"{workdir} holds a run trained with {then}; here it would be {now}: run on "
+                             f"{cached.get('num_devices') or 'those'} device(s) to reuse it, or rerun with "
+                             "--restart_changed to set it aside and train this row again")
+    aside = _aside_path(workdir, "replaced")
+    workdir.rename(aside)
+    workdir.mkdir(parents=True)
+    log.warning("%s held a run trained with %s (here %s); moved it to %s and starting over", workdir, then, now, aside)
+
+
 def _set_aside_stale_run(workdir: pathlib.Path, config, force: bool) -> None:
-    """A row's workdir holding an unfinished run of another config (e.g. an earlier budget): with ``force`` it is
+    """A row's workdir holding a run of another config (e.g. an earlier budget): with ``force`` it is
     renamed to ``<workdir>.replaced-<UTC time>`` (kept, not deleted) so the row starts over; without, a clear error.
     Continuing it would mix two budgets' schedules in one run.
 
@@ -639,7 +672,8 @@ def _set_aside_stale_run(workdir: pathlib.Path, config, force: bool) -> None:
         return  # the same run: train_and_evaluate resumes it from its checkpoints
     shown = "; ".join(diffs[:4]) + (f"; … ({len(diffs) - 4} more)" if len(diffs) > 4 else "")
     if not force:
-        raise cli.UsageError(f"{workdir} holds an unfinished run of another config ({shown}); rerun with "
+        state = "a finished" if (workdir / "result.json").exists() else "an unfinished"
+        raise cli.UsageError(f"{workdir} holds {state} run of another config ({shown}); rerun with "
                              "--restart_changed to set it aside and start this row over, or use another --workdir")
     aside = _aside_path(workdir, "replaced")
     workdir.rename(aside)
@@ -1332,8 +1366,12 @@ def failed_rows_line(rows: Sequence[dict]) -> str | None:
     if not failed:
         return None
     reasons = ", ".join(f"{r['method']} ({str(r['error']).splitlines()[0]})" for r in failed)
-    return (f"{len(failed)} of {len(rows)} rows failed: {reasons}; the table marks them failed; run the same "
-            "command again to retry them (finished rows are reused)")
+    if any("--restart_changed" in str(r["error"]) for r in failed):  # the same command would fail the same way
+        advice = ("rerun with --restart_changed where a reason asks for it (or another --workdir); finished rows "
+                  "are reused")
+    else:
+        advice = "run the same command again to retry them (finished rows are reused)"
+    return f"{len(failed)} of {len(rows)} rows failed: {reasons}; the table marks them failed; {advice}"
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -246,6 +246,49 @@ def test_a_changed_budget_sets_the_unfinished_run_aside_only_when_asked(tmp_path
     assert row_dir.is_dir() and not any(row_dir.iterdir())
 
 
+def test_a_finished_run_of_another_budget_is_called_finished(tmp_path):
+    from seqcsist_jax.workdir import save_or_check_run_config
+
+    argv = ["--methods=srcnn", f"--workdir={tmp_path}", "--budget_steps=10", "--evals=1"]
+    old = compare.method_config("srcnn", compare.parse_args(argv))
+    compare._schedule(old, 1)
+    row_dir = tmp_path / "srcnn"
+    row_dir.mkdir()
+    save_or_check_run_config(row_dir, old)
+    (row_dir / "result.json").write_text("{}")
+    new = compare.method_config("srcnn", compare.parse_args(argv[:2] + ["--budget_steps=20", "--evals=1"]))
+    compare._schedule(new, 1)
+    with pytest.raises(cli.UsageError, match="holds a finished run of another config"):
+        compare._set_aside_stale_run(row_dir, new, force=False)
+
+
+def test_a_row_trained_on_another_device_count_is_not_reused_silently(tmp_path):
+    """The same config on other devices trains another global batch (per-device batch × devices): reusing it
+    would put rows of two batch sizes in one table without a word."""
+    from seqcsist_jax.train_multistep import resolve_global_batch
+
+    args = compare.parse_args(["--methods=srcnn", f"--workdir={tmp_path}", "--budget_steps=6", "--evals=1",
+                               "--variant=smoke"])
+    config = compare.method_config("srcnn", args)
+    compare._schedule(config, args.evals)
+    devices = compare._num_devices(config)
+    here = resolve_global_batch(config, devices)
+    row_dir = compare.row_dir(tmp_path, "srcnn")
+    row_dir.mkdir(parents=True)
+    (row_dir / "marker").write_text("the earlier run")
+    cached = {"method": "srcnn", "config": json.loads(json.dumps(config.to_dict(), default=str)), "source": None,
+              "global_batch": 4 * here, "num_devices": 4 * devices, "mAP": 12.5}
+    (row_dir / compare.ROW_FILE).write_text(json.dumps(cached))
+    with pytest.raises(cli.UsageError, match=rf"a global batch of {4 * here} trajectories on {4 * devices} "
+                                             rf"device\(s\); here it would be {here} on {devices} device\(s\): run on "
+                                             rf"{4 * devices} device\(s\) to reuse it, or rerun with --restart_changed"):
+        compare.run_method("srcnn", args, row_dir)
+    assert (row_dir / "marker").exists()  # nothing moved without --restart_changed
+    cached.update(global_batch=here, num_devices=devices)
+    (row_dir / compare.ROW_FILE).write_text(json.dumps(cached))
+    assert compare.run_method("srcnn", args, row_dir) == cached  # the same batch: reused as it is
+
+
 def test_jobs_schedule_longest_rows_first_from_the_previous_table(tmp_path):
     prefix = tmp_path / "table"
     assert compare.previous_row_seconds(prefix) == {}  # no previous table
@@ -418,6 +461,11 @@ def test_failed_rows_line_and_output_error_line(tmp_path):
     assert line.startswith("2 of 3 rows failed: espcn (FloatingPointError: loss is nan), edsr (killed for memory);")
     assert "traceback" not in line and "run the same command again" in line
     assert compare.failed_rows_line(rows[:1]) is None
+    rows.append({"method": "rdn", "error": "UsageError: w/rdn holds a finished run of another config (…); rerun "
+                                           "with --restart_changed to set it aside"})
+    line = compare.failed_rows_line(rows)  # the same command would fail the same way: it must not be the advice
+    assert "run the same command again" not in line and line.endswith(
+        "rerun with --restart_changed where a reason asks for it (or another --workdir); finished rows are reused")
 
     prefix = tmp_path / "table"
     read_only = compare.output_error_line(OSError(errno.EROFS, "Read-only file system", str(tmp_path)), prefix)
