@@ -45,7 +45,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from seqcsist_jax.fileio import atomic_write_json, is_disk_full
+from seqcsist_jax.fileio import atomic_write_json, is_disk_full, is_file_too_large
 from seqcsist_jax.suggest import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -454,6 +454,13 @@ class RunCheckpoints:
                     errno.ENOSPC,
                     f"no space left on device while saving checkpoint {folder}; training stopped. Everything "
                     f"committed before is intact: free some space and run the same command again to resume",
+                ) from None
+            if is_file_too_large(e):
+                raise CheckpointWriteError(
+                    errno.EFBIG,
+                    f"a file-size limit (File too large: `ulimit -f`, or the file system's largest file) stopped "
+                    f"saving checkpoint {folder}; training stopped. Everything committed before is intact: raise "
+                    f"the limit (`ulimit -f unlimited`) or use another --workdir, and run the command again to resume",
                 ) from None
             raise CheckpointWriteError(f"saving checkpoint {folder} failed: {type(e).__name__}: {e}") from e
 

@@ -177,6 +177,21 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
+def is_file_too_large(error: BaseException) -> bool:
+    """Whether ``error`` (or an exception it was raised from) is a file-size limit (``EFBIG``: ``ulimit -f``, a
+    file system's largest file), also when a library wraps it in its own exception (Orbax's TensorStore writes
+    raise ``ValueError: OUT_OF_RANGE … File too large``)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.EFBIG:
+            return True
+        if "File too large" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def file_sha256(path: PathLike) -> str:
     """SHA-256 of the file at ``path`` as 64 lowercase hex digits, read in 1 MiB blocks."""
     digest = hashlib.sha256()

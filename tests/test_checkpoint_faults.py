@@ -603,3 +603,50 @@ def test_params_saved_on_four_devices_restore_on_this_one(tmp_path):
     assert step == 3
     assert_tree_equal(params, make_state(3)["params"])
     assert all(leaf.devices() == {jax.local_devices()[0]} for leaf in jax.tree_util.tree_leaves(params))
+
+
+_SAVE_UNDER_A_FILE_SIZE_LIMIT = """
+import errno, json, resource, sys
+from seqcsist_jax.checkpointing import CheckpointWriteError, RunCheckpoints
+from tests.test_checkpoint_faults import make_state
+ckpt = RunCheckpoints(sys.argv[1])
+state = make_state(1, size=16384)  # a 128 KiB array: above the limit below
+ckpt.save_latest(1, make_state(1, size=4), {"position": 1}, {"note": "small"})
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (32768, hard))  # `ulimit -f 32`; Python ignores SIGXFSZ: writes get EFBIG
+try:
+    ckpt.save_latest(2, state, {"position": 2}, {"note": "large"})
+    error = None
+except CheckpointWriteError as e:
+    error = {"errno": e.errno, "text": str(e)}
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+ckpt.save_latest(2, state, {"position": 2}, {"note": "large"})  # the limit raised: the same save succeeds
+print(json.dumps({"error": error, "steps": sorted(ckpt.latest.all_steps())}))
+"""
+
+
+def test_a_file_size_limit_during_a_save_is_one_clear_error_and_the_retry_saves(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _SAVE_UNDER_A_FILE_SIZE_LIMIT, str(tmp_path / "run")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    error = result["error"]
+    assert error is not None and error["errno"] == errno.EFBIG, result
+    assert "\n" not in error["text"] and "latest/2" in error["text"] and "ulimit -f" in error["text"]
+    assert "OUT_OF_RANGE" not in error["text"]  # Orbax's wrapped TensorStore message is not passed on
+    assert result["steps"] == [1, 2]
+
+
+def test_is_file_too_large_reads_errnos_messages_and_causes():
+    from seqcsist_jax.fileio import is_file_too_large
+
+    assert is_file_too_large(OSError(errno.EFBIG, "File too large"))
+    assert is_file_too_large(ValueError("OUT_OF_RANGE: Error writing …: File too large [os_error_code='27']"))
+    try:
+        try:
+            raise OSError(errno.EFBIG, "big")
+        except OSError as e:
+            raise RuntimeError("async save failed") from e
+    except RuntimeError as wrapped:
+        assert is_file_too_large(wrapped)
+    assert not is_file_too_large(OSError(errno.ENOSPC, "No space left on device"))
