@@ -58,11 +58,11 @@ def pr_curves_figure(metrics: Mapping, title: str = "") -> Figure:
     The end of each curve (its highest recall) is marked: where precision stays at 1, as for continuous
     decoders, AP equals that recall, so the markers carry the information the overlapping curves cannot.
     When every curve stays above ``precision 0.5`` the precision axis is zoomed to the data (the axis label
-    says so).
+    says so). Curves without points (no detection) say so in the axes.
     """
     fig, ax = plt.subplots(figsize=(6.4, 4))
     curves = metrics.get("pr_curves", {}) or {}
-    lowest = 1.0
+    lowest, drawn = 1.0, False
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for n, (key, curve) in enumerate(curves.items()):
         recall, precision = np.asarray(curve["recall"], float), np.asarray(curve["precision"], float)
@@ -72,21 +72,24 @@ def pr_curves_figure(metrics: Mapping, title: str = "") -> Figure:
         ax.plot(recall, precision, color=colour, label=label, lw=1.5)
         if len(recall):
             ax.plot(recall[-1], precision[-1], "o", color=colour, ms=5, mec="black", mew=0.5)
-            lowest = min(lowest, float(np.min(precision)))
+            lowest, drawn = min(lowest, float(np.min(precision))), True
     ax.set_xlabel("recall")
     ax.set_xlim(0, 1.02)
-    if curves and lowest >= 1.0:  # every ranked detection is a match at every threshold
+    if curves and drawn and lowest >= 1.0:  # every ranked detection is a match at every threshold
         ax.set_ylim(0.95, 1.005)
         ax.set_ylabel("precision (axis zoomed)")
         ax.text(0.02, 0.05, "precision 1 at every rank and threshold:\nAP = the recall reached (●)",
                 transform=ax.transAxes, fontsize=8, va="bottom")
-    elif curves and lowest >= _ZOOM_FLOOR:
+    elif curves and drawn and lowest >= _ZOOM_FLOOR:
         pad = max(0.01, 0.08 * (1 - lowest))
         ax.set_ylim(lowest - pad, 1 + pad)
         ax.set_ylabel("precision (axis zoomed)")
     else:
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("precision")
+        if curves and not drawn:  # empty curves: nothing was detected, not "precision 1"
+            ax.text(0.5, 0.5, "no detection at any threshold: every AP is 0", transform=ax.transAxes,
+                    fontsize=9, ha="center", va="center")
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(title="distance threshold", fontsize=8, title_fontsize=8, loc="upper left",

@@ -93,6 +93,18 @@ def test_pr_curves_without_curves_still_draw():
     matplotlib.pyplot.close(fig)
 
 
+def test_pr_curves_of_an_evaluation_without_detections_say_so():
+    """A barely trained model detects nothing: its curves are empty, which is not "precision 1 at every rank"."""
+    arrays = _arrays()
+    result = _cso(arrays, [[np.zeros((0, 4), np.float32) for _ in frames] for frames in _detections(arrays, 0.0)])
+    assert result["mAP"] == 0.0 and all(len(c["recall"]) == 0 for c in result["pr_curves"].values())
+    fig = plots.pr_curves_figure(result)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["no detection at any threshold: every AP is 0"]
+    assert fig.axes[0].get_ylim() == (0.0, 1.02) and fig.axes[0].get_ylabel() == "precision"
+    matplotlib.pyplot.close(fig)
+
+
 # --------------------------------------------------------------------------------------------- samples
 
 
