@@ -47,9 +47,11 @@ def main(argv: list[str], overrides: list[tuple[str, str]]) -> None:
                                  "--config to print a named config")
         else:
             config, source = cli.load_config(cli.require_config(FLAGS.config), overrides), f"--config={FLAGS.config}"
-        from seqcsist_jax.train import check_config
+        from seqcsist_jax.train import check_config, check_devices
 
         check_config(config)  # the same checks as a run: unknown fields, dataset and method names, schedule
+        if not config.get("multihost"):  # a multi-host run counts its devices after jax.distributed.initialize()
+            check_devices(config)  # and whether these devices split the global batch
         shown = ", ".join(f"--config.{key}={value}" for key, value in overrides)
         print(f"# {source}" + (f" with {shown}" if shown else ""))  # a YAML comment: the output stays YAML
         print(str(config).rstrip("\n"))

@@ -245,6 +245,18 @@ def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path):
     assert not (tmp_path / "nothing").exists()
 
 
+def test_print_config_checks_the_devices_as_a_run_does():
+    """``derefnet`` fixes the paper's global batch of 4, which 3 devices cannot split: the run would refuse it."""
+    from tests.xla_env import xla_flags
+
+    proc = _run(["-m", "experiments.train", "--config=derefnet", "--print_config"],
+                XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=3"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = _error_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: config.global_batch_size=4 cannot be split evenly over 3 devices: run on 1, 2, 4 devices"), lines
+
+
 def test_plain_text_drops_rest_markup_and_keeps_the_words():
     doc = ("Run ``python -m x --a=1``; see :func:`run` and :class:`~m.Error`, e.g.::\n\n"
            "    python -m x\n\nA paragraph::\n\n  ::\n\nend with `single` ticks kept.")
