@@ -242,6 +242,11 @@ def expand_rows(text: str) -> list[str]:
         for row in ROW_LISTS.get(item, (item,)):
             base, _, variant = row.partition("@")
             if variant and variant not in ROW_VARIANTS:
+                from experiments.configs.common import VARIANTS
+
+                if variant in VARIANTS:  # a config variant (name:smoke) typed as a row variant
+                    raise cli.UsageError(f"{row!r}: {variant!r} is a config variant, set for every row with "
+                                         f"--variant={variant} (row variants after '@': {', '.join(ROW_VARIANTS)})")
                 raise cli.UsageError(f"unknown row variant {variant!r} in {row!r}{did_you_mean(variant, ROW_VARIANTS)}; "
                                      f"variants: {', '.join(ROW_VARIANTS)}")
             if row not in rows:
@@ -360,7 +365,10 @@ def method_config(name: str, args: argparse.Namespace):
         try:
             cli.apply_overrides(config, ROW_VARIANTS[variant][0])
         except cli.UsageError as e:
-            raise cli.UsageError(f"row variant {variant!r} does not apply to {base}: {e}") from None
+            sets = ", ".join(f"{key}={value}" for key, value in ROW_VARIANTS[variant][0])
+            rows = [r for r in TABLE_ROWS if r.endswith(f"@{variant}")]
+            raise cli.UsageError(f"row variant {variant!r} ({sets}) does not apply to {base}: {e}"
+                                 + (f"; it is for {', '.join(rows)}" if rows else "")) from None
     if args.dataset:  # with that benchmark's protocol (CSIST-100K: every image scored at threshold 50)
         from experiments.configs import common
 

@@ -58,7 +58,9 @@ def test_unknown_method_is_reported(tmp_path):
     assert str(err.value).startswith("error: unknown method 'ISTA-Net++' (did you mean 'istanet_pp'?)")
     for methods, message in (("srcnn,tabel", "unknown method 'tabel' (did you mean 'table'?)"),  # a list name
                              ("srcnn@public_los", "unknown row variant 'public_los' in 'srcnn@public_los' (did you "
-                                                  "mean 'public_loss'?); variants: ")):
+                                                  "mean 'public_loss'?); variants: "),
+                             ("srcnn@smoke", "'srcnn@smoke': 'smoke' is a config variant, set for every row with "
+                                             "--variant=smoke (row variants after '@': public_loss,")):
         with pytest.raises(SystemExit) as err:
             compare.main([f"--methods={methods}", "--budget_steps=1", f"--workdir={tmp_path}"])
         assert str(err.value).startswith(f"error: {message}"), err.value
@@ -134,7 +136,8 @@ def test_row_variants_and_reduced_budgets():
     assert compare.method_config("srcnn", args).num_train_steps == -1  # the common (epoch) budget
     assert compare.row_label("lista@public_loss") == "LISTA (public broadcast loss)"
     assert compare._paper_row("lista@public_loss") == compare._paper_row("lista")
-    with pytest.raises(cli.UsageError, match="does not apply to srcnn"):
+    with pytest.raises(cli.UsageError, match=r"row variant 'public_loss' \(loss.public_broadcast=True\) does not apply "
+                                             r"to srcnn: .*; it is for lista@public_loss, liht@public_loss"):
         compare.method_config("srcnn@public_loss", args)
     for bad, message in (("--methods=lista@nope", "unknown row variant"), ("--method_steps=rdn=0", "positive"),
                          ("--method_steps=rdn", "NAME=STEPS"), ("--method_steps=edsr=5", "not among"),
