@@ -222,6 +222,10 @@ class ModelInitError(ValueError):
     """The model's ``init`` failed on an example batch (a config value it cannot build); chained to the cause."""
 
 
+class BatchConfigError(ValueError):
+    """A global batch larger than the training set (the loader, which drops the remainder, has no batch)."""
+
+
 class ScheduleConfigError(ValueError):
     """``num_train_steps``/``num_epochs`` give no training schedule (reported in one line, before the workdir is
     created)."""
@@ -292,7 +296,7 @@ class Trainer:
             how = ("config.global_batch_size" if fixed else
                    f"config.per_device_batch_size={config.per_device_batch_size} × {self.mesh.size} device(s)")
             knob = "config.global_batch_size" if fixed else "config.per_device_batch_size or config.num_devices"
-            raise ValueError(f"the global batch of {self.global_batch} trajectories ({how}) exceeds the {num_train} "
+            raise BatchConfigError(f"the global batch of {self.global_batch} trajectories ({how}) exceeds the {num_train} "
                              f"training trajectories (dataset {config.dataset.name}): lower {knob}, or train on "
                              "more data")
 
@@ -598,9 +602,9 @@ def train_and_evaluate(
     lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
     try:
         return _train_locked(config, workdir, hooks, force_config, save_every_steps, save_every_seconds)
-    except (methods.MethodContractError, ModelInitError, PublicFormatError, DamagedDatasetError):
+    except (methods.MethodContractError, ModelInitError, BatchConfigError, PublicFormatError, DamagedDatasetError):
         # Refused before the first step (a user's method that breaks the contract, a model that cannot be built,
-        # a damaged or missing public release): leave the workdir as it was, not a run that evaluate would then
+        # a batch the data cannot fill, a damaged or missing public release): leave the workdir as it was, not a run that evaluate would then
         # report as having no checkpoint.
         if lock is not None and was_empty:
             _remove_unstarted_run(workdir, remove_dir=created, lock=lock)

@@ -24,6 +24,9 @@ def test_a_global_batch_larger_than_the_training_set_names_the_knob(tmp_path):
     batch, devices, num_train = map(int, found.groups())
     assert batch == 64 * devices and num_train < batch
     assert "lower config.per_device_batch_size or config.num_devices" in message
+    with pytest.raises(train_lib.BatchConfigError):  # refused before the first step: no workdir left behind
+        train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def _trainer_view(global_batch: int, devices: int, per_device: int = 1, fixed: int = -1):
