@@ -296,9 +296,9 @@ class Trainer:
             how = ("config.global_batch_size" if fixed else
                    f"config.per_device_batch_size={config.per_device_batch_size} × {self.mesh.size} device(s)")
             knob = "config.global_batch_size" if fixed else "config.per_device_batch_size or config.num_devices"
-            raise BatchConfigError(f"the global batch of {self.global_batch} trajectories ({how}) exceeds the {num_train} "
-                             f"training trajectories (dataset {config.dataset.name}): lower {knob}, or train on "
-                             "more data")
+            raise BatchConfigError(f"the global batch of {self.global_batch} trajectories ({how}) exceeds the "
+                                   f"{num_train} training trajectories (dataset {config.dataset.name}): lower {knob}, "
+                                   "or train on more data")
 
         self.loader = TrajectoryLoader(
             make_source(self.train_arrays),
@@ -604,8 +604,8 @@ def train_and_evaluate(
         return _train_locked(config, workdir, hooks, force_config, save_every_steps, save_every_seconds)
     except (methods.MethodContractError, ModelInitError, BatchConfigError, PublicFormatError, DamagedDatasetError):
         # Refused before the first step (a user's method that breaks the contract, a model that cannot be built,
-        # a batch the data cannot fill, a damaged or missing public release): leave the workdir as it was, not a run that evaluate would then
-        # report as having no checkpoint.
+        # a batch the data cannot fill, a damaged or missing public release): leave the workdir as it was, not a
+        # run that evaluate would then report as having no checkpoint.
         if lock is not None and was_empty:
             _remove_unstarted_run(workdir, remove_dir=created, lock=lock)
             lock = None
