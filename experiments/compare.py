@@ -651,14 +651,16 @@ def _set_aside_other_batch(workdir: pathlib.Path, cached: dict, batch: dict, for
     Raises:
       cli.UsageError: ``force`` is off (the message names both batches and device counts).
     """
-    then = f"a global batch of {cached['global_batch']} trajectories"
+    size = cached["global_batch"]
+    then = f"a global batch of {size} trajector{'y' if size == 1 else 'ies'}"
     if cached.get("num_devices"):
         then += f" on {cached['num_devices']} device(s)"
     now = f"{batch['global_batch']} on {batch['num_devices']} device(s)"
     if not force:
-        raise cli.UsageError(f"{workdir} holds a run trained with {then}; here it would be {now}: run on "
-                             f"{cached.get('num_devices') or 'those'} device(s) to reuse it, or rerun with "
-                             "--restart_changed to set it aside and train this row again")
+        # --restart_changed first: in a table of rows from several device counts, moving machines only swaps rows
+        raise cli.UsageError(f"{workdir} holds a run trained with {then}; here it would be {now}: rerun with "
+                             "--restart_changed to set it aside and train this row again here, or run the whole "
+                             f"table on {cached.get('num_devices') or 'those'} device(s) to reuse it")
     aside = _aside_path(workdir, "replaced")
     workdir.rename(aside)
     workdir.mkdir(parents=True)

@@ -292,7 +292,9 @@ def load_pretrained(
     """``(config, params)`` of the published weights ``name``.
 
     Args:
-      name: a weight file's stem, e.g. ``"derefnet_quick"`` (see :func:`available`).
+      name: a weight file's stem, e.g. ``"derefnet_quick"`` (see :func:`available`), or, without
+        ``weights_dir``, the path of exported weights ``DIR/NAME.npz`` (or of their card ``DIR/NAME.json``), as
+        ``--pretrained`` takes them (:func:`resolve`).
       config: the config whose model the params must fit (default: the run config stored in the card).
       weights_dir: folder of the weight files (default :data:`WEIGHTS_DIR`).
 
@@ -309,6 +311,8 @@ def load_pretrained(
         One line naming the file and the first bad member or field.
       ValueError: the file does not fit the model (names the missing/unexpected keys and shape mismatches).
     """
+    if weights_dir is None:
+        name, weights_dir = resolve(name)
     npz, card_path = _paths(name, weights_dir)
     card = load_card(name, weights_dir)
     sha = card.get(_SHA_KEY)

@@ -295,7 +295,8 @@ class Trainer:
             fixed = int(config.get("global_batch_size", -1) or -1) > 0
             how = ("config.global_batch_size" if fixed else
                    f"config.per_device_batch_size={config.per_device_batch_size} × {self.mesh.size} device(s)")
-            knob = "config.global_batch_size" if fixed else "config.per_device_batch_size or config.num_devices"
+            knob = ("config.global_batch_size" if fixed else "config.per_device_batch_size"
+                    + (" or config.num_devices" if self.mesh.size > 1 else ""))
             raise BatchConfigError(f"the global batch of {self.global_batch} trajectories ({how}) exceeds the "
                                    f"{num_train} training trajectories (dataset {config.dataset.name}): lower {knob}, "
                                    "or train on more data")
@@ -430,7 +431,8 @@ class Trainer:
         try:
             self.loader.set_state(loader_state)
         except ValueError as e:
-            raise ValueError(f"{e}{self._device_count_hint(loader_state)}") from None
+            hint = self._device_count_hint(loader_state)
+            raise ValueError(f"{hint} ({e})" if hint else str(e)) from None
         # checkpoints written before the time was recorded count from this call on
         self.resumed_train_seconds = float((meta or {}).get("train_seconds") or 0.0)
         self.checkpoints.reconcile(int(step))
@@ -439,15 +441,17 @@ class Trainer:
 
     def _device_count_hint(self, loader_state: Any) -> str:
         """Why a saved global batch differs from this one when the device count sets it (``global_batch_size``
-        <= 0: per-device batch × devices): the run was trained on another number of devices. '' otherwise."""
+        <= 0: per-device batch × devices): the run was trained on another number of devices, and what to do.
+        '' otherwise."""
         saved = loader_state.get("batch_size") if isinstance(loader_state, dict) else None
         per_device = int(self.config.get("per_device_batch_size", 1))
         if (not isinstance(saved, int) or saved == self.global_batch or self.config.get("global_batch_size", -1) > 0
                 or per_device <= 0 or saved % per_device):
             return ""
-        return (f" (the global batch is per_device_batch_size={per_device} × the devices: this run was trained "
-                f"on {saved // per_device} device(s) and this process has {self.mesh.size}; resume it on "
-                f"{saved // per_device}, or train into a new --workdir)")
+        trained_on = saved // per_device
+        return (f"this run was trained on {trained_on} device(s) and this process has {self.mesh.size}: its global "
+                f"batch is per_device_batch_size={per_device} × the devices, so resume it on {trained_on} device(s) "
+                "(the same batches), or train into a new --workdir")
 
     def evaluate(self, params, split: str, max_trajectories: int | None = None, **options) -> dict:
         """CSO-mAP of ``params`` on a split (frames 2..17 of each trajectory, SPEC §4.6), through

@@ -283,7 +283,8 @@ def test_a_row_trained_on_another_device_count_is_not_reused_silently(tmp_path):
               "global_batch": 4 * here, "num_devices": 4 * devices, "mAP": 12.5}
     (row_dir / compare.ROW_FILE).write_text(json.dumps(cached))
     want = (rf"a global batch of {4 * here} trajectories on {4 * devices} device\(s\); here it would be {here} on "
-            rf"{devices} device\(s\): run on {4 * devices} device\(s\) to reuse it, or rerun with --restart_changed")
+            rf"{devices} device\(s\): rerun with --restart_changed to set it aside and train this row again here, "
+            rf"or run the whole table on {4 * devices} device\(s\) to reuse it")
     with pytest.raises(cli.UsageError, match=want):
         compare.run_method("srcnn", args, row_dir)
     assert (row_dir / "marker").exists()  # nothing moved without --restart_changed

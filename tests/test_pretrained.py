@@ -144,6 +144,8 @@ def test_export_weights_writes_the_best_checkpoint_and_a_card_with_the_runs_wall
     _, params = pretrained.load_pretrained("tiny", weights_dir=tmp_path / "weights")
     _, _, best, _ = restore_run(str(run), "best")
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, jax.device_get(best))
+    for by_path in (path, path.with_suffix(".json")):  # a path, as --pretrained takes it
+        jax.tree_util.tree_map(np.testing.assert_array_equal, pretrained.load_pretrained(str(by_path))[1], params)
     # an existing name is kept unless asked, and a directory that is no run is one clear line
     for argv, expected in (([f"--workdir={run}", "--name=tiny"], "exists already; pass --overwrite"),
                            ([f"--workdir={tmp_path / 'nope'}", "--name=other"], "no config.json there")):

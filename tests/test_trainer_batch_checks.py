@@ -23,7 +23,7 @@ def test_a_global_batch_larger_than_the_training_set_names_the_knob(tmp_path):
     assert found, message
     batch, devices, num_train = map(int, found.groups())
     assert batch == 64 * devices and num_train < batch
-    assert "lower config.per_device_batch_size or config.num_devices" in message
+    assert f"lower config.per_device_batch_size{' or config.num_devices' if devices > 1 else ','}" in message
     with pytest.raises(train_lib.BatchConfigError):  # refused before the first step: no workdir left behind
         train_lib.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
@@ -36,7 +36,8 @@ def _trainer_view(global_batch: int, devices: int, per_device: int = 1, fixed: i
 
 def test_resuming_on_another_device_count_says_so():
     hint = train_lib.Trainer._device_count_hint(_trainer_view(1, 1), {"batch_size": 4})
-    assert "trained on 4 device(s) and this process has 1; resume it on 4" in hint
+    assert hint.startswith("this run was trained on 4 device(s) and this process has 1: ")
+    assert "resume it on 4 device(s)" in hint
     hint = train_lib.Trainer._device_count_hint(_trainer_view(4, 2, per_device=2), {"batch_size": 8})
     assert "per_device_batch_size=2" in hint and "trained on 4 device(s) and this process has 2" in hint
 
