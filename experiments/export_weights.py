@@ -103,6 +103,27 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         _fail(str(e))
 
 
+def _trained_batch(workdir: pathlib.Path, config, step: int) -> dict:
+    """``{"trained_global_batch": B}`` as the checkpoint at ``step`` recorded it (with ``global_batch_size`` <= 0
+    it is per_device_batch_size × the devices the run trained on, which the config alone does not say), plus
+    ``trained_on_devices`` when that is what set it; ``{}`` for a checkpoint that does not record it."""
+    from seqcsist_jax.checkpointing import RunCheckpoints
+
+    checkpoints = RunCheckpoints(workdir, keep=config.get("keep_checkpoints", 2))
+    try:
+        batch = checkpoints.restore_meta(int(step))[0].get("global_batch")
+    except Exception:  # noqa: BLE001 (the params were read; a record the card can do without)
+        return {}
+    finally:
+        checkpoints.close()
+    if not isinstance(batch, int):
+        return {}
+    per_device = int(config.get("per_device_batch_size", 1) or 1)
+    if int(config.get("global_batch_size", -1) or -1) > 0 or per_device <= 0 or batch % per_device:
+        return {"trained_global_batch": batch}
+    return {"trained_global_batch": batch, "trained_on_devices": batch // per_device}
+
+
 def _no_best_line(workdir: pathlib.Path, error: Exception) -> str:
     """The one line for a run without a best checkpoint: what there is, and the flag that exports it."""
     from seqcsist_jax.workdir import latest_checkpoint_step
@@ -173,6 +194,7 @@ def export(args: argparse.Namespace) -> pathlib.Path:
             if args.checkpoint == "best" and "'best' checkpoint" in str(e):
                 raise ExportError(_no_best_line(workdir, e)) from None
             raise ExportError(f"--checkpoint={args.checkpoint}: {e}") from None
+        trained = _trained_batch(workdir, config, step)
         result_path, metrics_path = workdir / "result.json", workdir / "metrics.jsonl"
         result = (read_json_object(result_path, "the summary the training run writes", error=ExportError)
                   if result_path.exists() else {})
@@ -190,6 +212,7 @@ def export(args: argparse.Namespace) -> pathlib.Path:
         "data": config.dataset.to_dict(),
         "protocol": {k: config.get(k) for k in ("global_batch_size", "per_device_batch_size", "sampler", "shuffle",
                                                 "num_epochs", "num_train_steps", "eval_every_epochs")}
+        | trained
         | {"optimizer": config.optimizer.to_dict(), "loss": config.loss.to_dict(),
            "collision": config.dataset.collision},
         "seed": config.seed,

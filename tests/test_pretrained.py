@@ -140,6 +140,12 @@ def test_export_weights_writes_the_best_checkpoint_and_a_card_with_the_runs_wall
     recorded = json.loads((run / "result.json").read_text())["train_seconds"]
     assert card["wall_time_s"] == recorded == result["train_seconds"] and recorded > 0
     assert card["hardware"] == "one test GPU" and card["trained_with"] == "train smoke"
+    protocol = card["protocol"]  # the batch the run trained with, which per_device_batch_size alone does not say
+    if protocol["global_batch_size"] > 0:
+        assert protocol["trained_global_batch"] == protocol["global_batch_size"]
+    else:
+        assert protocol["trained_on_devices"] == jax.device_count()
+        assert protocol["trained_global_batch"] == protocol["per_device_batch_size"] * jax.device_count()
     assert card["test_cso_map"] == result["test"]["mAP"]
     _, params = pretrained.load_pretrained("tiny", weights_dir=tmp_path / "weights")
     _, _, best, _ = restore_run(str(run), "best")
