@@ -162,34 +162,30 @@ def read_json_object(path: PathLike, expected: str, *, label: str | None = None,
     return data
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """Whether ``error`` (or an exception it was raised from) is a full disk: ``ENOSPC``, or a library's own
-    exception whose message carries it (TFDS's writers raise ``OSError`` without an errno, Orbax wraps it)."""
+def _caused_by(error: BaseException | None, code: int, texts: tuple[str, ...]) -> bool:
+    """Whether ``error`` or an exception it was raised from is ``OSError(code)`` or says one of ``texts``."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        if isinstance(error, OSError) and error.errno == code:
             return True
-        text = str(error)
-        if "No space left on device" in text or "ENOSPC" in text:
+        if any(text in str(error) for text in texts):
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or an exception it was raised from) is a full disk: ``ENOSPC``, or a library's own
+    exception whose message carries it (TFDS's writers raise ``OSError`` without an errno, Orbax wraps it)."""
+    return _caused_by(error, errno.ENOSPC, ("No space left on device", "ENOSPC"))
 
 
 def is_file_too_large(error: BaseException) -> bool:
     """Whether ``error`` (or an exception it was raised from) is a file-size limit (``EFBIG``: ``ulimit -f``, a
     file system's largest file), also when a library wraps it in its own exception (Orbax's TensorStore writes
     raise ``ValueError: OUT_OF_RANGE … File too large``)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno == errno.EFBIG:
-            return True
-        if "File too large" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return _caused_by(error, errno.EFBIG, ("File too large",))
 
 
 def file_sha256(path: PathLike) -> str:

@@ -336,21 +336,29 @@ def test_enospc_during_save_is_one_clear_error(tmp_path, monkeypatch):
     assert "\n" not in str(info.value)
 
 
-def test_is_disk_full_reads_errnos_messages_and_causes():
-    from seqcsist_jax.fileio import is_disk_full
-
-    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+@pytest.mark.parametrize("check, code, messages, other", [
     # TFDS's writers: an OSError without errno; Orbax: the OSError as the cause of its own exception
-    assert is_disk_full(OSError('Failed to finalize writing of split "train": [errno 28] No space left on device'))
+    ("is_disk_full", errno.ENOSPC,
+     ['Failed to finalize writing of split "train": [errno 28] No space left on device'], errno.EACCES),
+    # Orbax's TensorStore writes under `ulimit -f`
+    ("is_file_too_large", errno.EFBIG,
+     ["OUT_OF_RANGE: Error writing …: File too large [os_error_code='27']"], errno.ENOSPC),
+])
+def test_disk_limit_checks_read_errnos_messages_and_causes(check, code, messages, other):
+    from seqcsist_jax import fileio
+
+    is_it = getattr(fileio, check)
+    assert is_it(OSError(code, os.strerror(code)))
+    assert all(is_it(OSError(message)) for message in messages)
     try:
         try:
-            raise OSError(errno.ENOSPC, "full")
+            raise OSError(code, "short")
         except OSError as e:
             raise RuntimeError("async save failed") from e
     except RuntimeError as wrapped:
-        assert is_disk_full(wrapped)
-    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
-    assert not is_disk_full(ValueError("bad value"))
+        assert is_it(wrapped)
+    assert not is_it(OSError(other, os.strerror(other)))
+    assert not is_it(ValueError("bad value"))
 
 
 def test_enospc_on_a_real_small_disk_then_resume_bitwise(tmp_path):
@@ -635,18 +643,3 @@ def test_a_file_size_limit_during_a_save_is_one_clear_error_and_the_retry_saves(
     assert "\n" not in error["text"] and "latest/2" in error["text"] and "ulimit -f" in error["text"]
     assert "OUT_OF_RANGE" not in error["text"]  # Orbax's wrapped TensorStore message is not passed on
     assert result["steps"] == [1, 2]
-
-
-def test_is_file_too_large_reads_errnos_messages_and_causes():
-    from seqcsist_jax.fileio import is_file_too_large
-
-    assert is_file_too_large(OSError(errno.EFBIG, "File too large"))
-    assert is_file_too_large(ValueError("OUT_OF_RANGE: Error writing …: File too large [os_error_code='27']"))
-    try:
-        try:
-            raise OSError(errno.EFBIG, "big")
-        except OSError as e:
-            raise RuntimeError("async save failed") from e
-    except RuntimeError as wrapped:
-        assert is_file_too_large(wrapped)
-    assert not is_file_too_large(OSError(errno.ENOSPC, "No space left on device"))

@@ -226,7 +226,7 @@ def test_set_overrides_and_schedule_reach_the_config():
 
 
 def test_a_changed_budget_sets_the_unfinished_run_aside_only_when_asked(tmp_path):
-    """An unfinished row run of another budget is neither continued (two schedules in one run) nor deleted."""
+    """A row run of another budget is neither continued (two schedules in one run) nor deleted."""
     from seqcsist_jax.workdir import save_or_check_run_config
 
     argv = ["--methods=srcnn", f"--workdir={tmp_path}", "--budget_steps=10", "--evals=1"]
@@ -241,28 +241,15 @@ def test_a_changed_budget_sets_the_unfinished_run_aside_only_when_asked(tmp_path
     compare._schedule(new, 1)
     compare._set_aside_stale_run(row_dir, old, force=False)  # the same config: resumed, nothing moved
     assert (row_dir / "marker").exists()
-    with pytest.raises(cli.UsageError, match="num_train_steps: 10 → 20.*--restart_changed"):
+    with pytest.raises(cli.UsageError, match="holds an unfinished run .*num_train_steps: 10 → 20.*--restart_changed"):
+        compare._set_aside_stale_run(row_dir, new, force=False)
+    (row_dir / "result.json").write_text("{}")  # finished: said so, as a finished run is no less another config
+    with pytest.raises(cli.UsageError, match="holds a finished run of another config"):
         compare._set_aside_stale_run(row_dir, new, force=False)
     compare._set_aside_stale_run(row_dir, new, force=True)
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("srcnn.replaced-")]
     assert len(aside) == 1 and (aside[0] / "marker").read_text() == "an earlier run"
     assert row_dir.is_dir() and not any(row_dir.iterdir())
-
-
-def test_a_finished_run_of_another_budget_is_called_finished(tmp_path):
-    from seqcsist_jax.workdir import save_or_check_run_config
-
-    argv = ["--methods=srcnn", f"--workdir={tmp_path}", "--budget_steps=10", "--evals=1"]
-    old = compare.method_config("srcnn", compare.parse_args(argv))
-    compare._schedule(old, 1)
-    row_dir = tmp_path / "srcnn"
-    row_dir.mkdir()
-    save_or_check_run_config(row_dir, old)
-    (row_dir / "result.json").write_text("{}")
-    new = compare.method_config("srcnn", compare.parse_args(argv[:2] + ["--budget_steps=20", "--evals=1"]))
-    compare._schedule(new, 1)
-    with pytest.raises(cli.UsageError, match="holds a finished run of another config"):
-        compare._set_aside_stale_run(row_dir, new, force=False)
 
 
 def test_a_row_trained_on_another_device_count_is_not_reused_silently(tmp_path):
