@@ -57,6 +57,13 @@ flags.DEFINE_bool("calibrate", True, "Continuous decoders: fit the imaging model
                   "(--nocalibrate: the nominal SPEC model).")
 
 
+def _continuous_only(flag: str, decode: str) -> None:
+    """Raises a one-line UsageError when ``flag`` (a setting of the continuous fits) meets a map decoder."""
+    if decode not in CONTINUOUS_DECODERS:
+        raise cli.UsageError(f"{flag} applies to the continuous decoders (--decode=refine or trajectory), "
+                             f"not --decode={decode}")
+
+
 def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torch_checkpoint=None,
                      config=None, export_public=False, calibrate=True, pretrained=None,
                      geometry_prior=None, decode_options=None) -> dict:
@@ -161,9 +168,8 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
     except ValueError as e:
         raise cli.UsageError(str(e)) from None
     decode = decode or config.eval.get("decode", "grid") or "grid"
-    if geometry_prior and decode not in CONTINUOUS_DECODERS:  # it would be ignored without a word
-        raise cli.UsageError(f"--geometry_prior applies to the continuous decoders (--decode=refine or trajectory), "
-                             f"not --decode={decode}")
+    if geometry_prior:  # it would be ignored without a word
+        _continuous_only("--geometry_prior", decode)
     decode_options, imaging = {}, None
     if decode != "grid":
         from seqcsist_jax.decode import dataset_decode_options
@@ -178,9 +184,7 @@ def evaluate_workdir(workdir, checkpoint="best", split="test", decode=None, torc
         decode_options.update(config.eval.get("decode_options") or {})
     extra = dict(decode_options_given or {})
     if extra:
-        if decode not in CONTINUOUS_DECODERS:
-            raise cli.UsageError(f"--decode_option ({', '.join(extra)}) applies to the continuous decoders "
-                                 f"(--decode=refine or trajectory), not --decode={decode}")
+        _continuous_only(f"--decode_option ({', '.join(extra)})", decode)
         try:
             evaluation.check_decode_options(extra, "--decode_option")
         except ValueError as e:
